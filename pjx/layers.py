@@ -1,0 +1,567 @@
+"""Shared Transformer building blocks: attention, MLP, norms, masks, relative position bias.
+
+Layers see only `LayerConfig`, never a run config. Parameters are float32 and carry logical
+axis names (docs/architecture.md); compute runs in `LayerConfig.dtype`; softmax and norms run
+in float32. Shape letters: B batch, T query length, S key length, L length, D model dim,
+H heads, K head dim, F MLP dim, V vocab.
+
+Modules that hold projections take their submodule names as fields so each model family can
+mirror Hugging Face parameter paths (see the tree comment at the top of each family file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ACTIVATION_LEGEND = ("gelu", "gelu_new", "relu", "gated-gelu", "gated-relu")
+
+# "gelu" is the exact erf GELU (HF BERT/ViT); "gelu_new" the tanh approximation (GPT-2, T5.1.1).
+_ACTIVATIONS = {
+    "gelu": functools.partial(nn.gelu, approximate=False),
+    "gelu_new": functools.partial(nn.gelu, approximate=True),
+    "relu": nn.relu,
+}
+# Gated variants (Shazeer 2020, "GLU Variants Improve Transformer"; T5.1.1 "gated-gelu").
+_GATED = {"gated-gelu": "gelu_new", "gated-relu": "relu"}
+
+BLOCK_AXES = ("activation_batch", "activation_length", "activation_embed")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerConfig:
+    """Everything a shared layer may know. Family configs build one with `layer_config()`."""
+
+    hidden_size: int
+    num_heads: int
+    head_dim: int
+    mlp_dim: int
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    activation: str = "gelu"  # one of ACTIVATION_LEGEND
+    norm_type: str = "layernorm"  # "layernorm" | "rmsnorm"
+    norm_position: str = "post"  # "post" (BERT) | "pre" (GPT-2, T5, ViT)
+    norm_eps: float = 1e-12
+    use_bias: bool = True
+    attention_scale: float | None = None  # None: 1/sqrt(head_dim); T5 uses 1.0
+    init_std: float | None = 0.02  # None: fan-in scaled (T5)
+    dtype: str = "float32"  # compute dtype
+    attention_impl: str | None = None  # None | "xla" | "cudnn"
+
+    def __post_init__(self):
+        if self.activation not in ACTIVATION_LEGEND:
+            raise ValueError(f"activation {self.activation!r} not in {ACTIVATION_LEGEND}")
+        if self.norm_type not in ("layernorm", "rmsnorm"):
+            raise ValueError(f"norm_type {self.norm_type!r}")
+        if self.norm_position not in ("pre", "post"):
+            raise ValueError(f"norm_position {self.norm_position!r}")
+        if self.attention_impl not in (None, "xla", "cudnn"):
+            raise ValueError(f"attention_impl {self.attention_impl!r}")
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+
+def constrain(x_BxLxD):
+    """Logical sharding constraint at a block boundary (no-op without a mesh/rules)."""
+    return nn.with_logical_constraint(x_BxLxD, BLOCK_AXES)
+
+
+def normal_init(std: float | None, axes: Sequence[str | None]):
+    """Normal(std) initialiser with logical axes; std=None scales by fan-in (lecun normal)."""
+    init = nn.initializers.lecun_normal() if std is None else nn.initializers.normal(std)
+    return nn.with_logical_partitioning(init, tuple(axes))
+
+
+def dense(
+    cfg: LayerConfig,
+    features: int | Sequence[int],
+    axes: Sequence[str | None],
+    *,
+    name: str,
+    axis: int | Sequence[int] = -1,
+    use_bias: bool | None = None,
+    std: float | None = -1.0,
+) -> nn.DenseGeneral:
+    """A DenseGeneral with logical axes; call inside a compact method (it becomes a child there).
+
+    `axes` names every kernel dim (contracted dims first, then `features`); the bias takes the
+    names of the feature dims. `std` overrides `cfg.init_std` (None: fan-in scaled).
+    """
+    feats = (features,) if isinstance(features, int) else tuple(features)
+    return nn.DenseGeneral(
+        feats,
+        axis=axis,
+        use_bias=cfg.use_bias if use_bias is None else use_bias,
+        dtype=cfg.compute_dtype,
+        param_dtype=jnp.float32,
+        kernel_init=normal_init(cfg.init_std if std == -1.0 else std, axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, tuple(axes)[-len(feats) :]),
+        name=name,
+    )
+
+
+class Embed(nn.Module):
+    """Embedding table [N,D]; `attend` gives float32 logits against it (tied heads)."""
+
+    num_embeddings: int
+    features: int
+    axes: tuple[str, str] = ("vocab", "embed")
+    init_std: float = 0.02
+    dtype: str = "float32"
+
+    def setup(self):
+        self.embedding = self.param(
+            "embedding",
+            normal_init(self.init_std, self.axes),
+            (self.num_embeddings, self.features),
+            jnp.float32,
+        )
+
+    def __call__(self, ids):
+        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+    def attend(self, x_BxLxD):
+        return jnp.einsum(
+            "...D,VD->...V",
+            x_BxLxD,
+            self.embedding.astype(x_BxLxD.dtype),
+            preferred_element_type=jnp.float32,
+        )
+
+
+def tied_logits(x_BxLxD, embedding_VxD):
+    """Logits against a (tied) embedding table, accumulated and returned in float32."""
+    return jnp.einsum(
+        "...D,VD->...V",
+        x_BxLxD,
+        embedding_VxD.astype(x_BxLxD.dtype),
+        preferred_element_type=jnp.float32,
+    )
+
+
+class Logits(nn.Module):
+    """Untied output projection [D,V] (no bias) with float32 logits (T5 `lm_head`)."""
+
+    vocab_size: int
+    init_std: float = 0.02
+
+    @nn.compact
+    def __call__(self, x_BxLxD):
+        kernel = self.param(
+            "kernel",
+            normal_init(self.init_std, ("embed", "vocab")),
+            (x_BxLxD.shape[-1], self.vocab_size),
+            jnp.float32,
+        )
+        return jnp.einsum(
+            "...D,DV->...V",
+            x_BxLxD,
+            kernel.astype(x_BxLxD.dtype),
+            preferred_element_type=jnp.float32,
+        )
+
+
+class Norm(nn.Module):
+    """LayerNorm (scale, bias) or RMSNorm (scale only, T5), computed in float32."""
+
+    config: LayerConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        D = x.shape[-1]
+        x32 = x.astype(jnp.float32)
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (D,)
+        )
+        if cfg.norm_type == "rmsnorm":
+            # Zhang & Sennrich 2019; T5 LayerNorm has no mean subtraction and no bias.
+            y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) + cfg.norm_eps)
+            return (y * scale).astype(cfg.compute_dtype)
+        bias = self.param(
+            "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), (D,)
+        )
+        mean = jnp.mean(x32, -1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), -1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + cfg.norm_eps)
+        return (y * scale + bias).astype(cfg.compute_dtype)
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def make_attention_mask(
+    q_len: int,
+    kv_len: int,
+    *,
+    causal: bool = False,
+    q_offset=0,
+    kv_mask=None,
+    q_segment_ids=None,
+    kv_segment_ids=None,
+):
+    """One boolean mask [B|1, 1, T, S] (True = attend) for causal, padding and packed segments.
+
+    `kv_mask` [B,S] is a HF `attention_mask` (1 real, 0 pad) over keys; `*_segment_ids` [B,T]/[B,S]
+    (1, 2, ... per packed document, 0 on padding) keep attention inside a document. `q_offset`
+    shifts query positions for KV-cache decoding. Returns None when nothing is masked.
+    """
+    mask = None
+
+    def _and(a, b):
+        return b if a is None else jnp.logical_and(a, b)
+
+    if causal:
+        q_pos = jnp.arange(q_len)[:, None] + q_offset
+        k_pos = jnp.arange(kv_len)[None, :]
+        mask = (k_pos <= q_pos)[None, None]
+    if kv_mask is not None:
+        mask = _and(mask, kv_mask.astype(bool)[:, None, None, :])
+    if q_segment_ids is not None:
+        kv_seg = q_segment_ids if kv_segment_ids is None else kv_segment_ids
+        mask = _and(mask, q_segment_ids[:, None, :, None] == kv_seg[:, None, None, :])
+    return mask
+
+
+def decode_state(module: nn.Module, attention_mask_BxT, batch: int, length: int):
+    """KV-cache bookkeeping for a decoder stack; call from the stack's compact method.
+
+    Keeps `cache/index` (tokens written so far) and `cache/key_mask` [B,S] (which cache slots
+    hold real tokens, so left-padded prompts work). Returns (offset of this call's first token,
+    key mask [B,S]); mask with `make_attention_mask(T, S, causal=True, q_offset=offset,
+    kv_mask=key_mask)` so slots past the current position stay hidden. The first (init) call
+    sizes the cache from its input: S = that call's length.
+    """
+    initialized = module.has_variable("cache", "index")
+    index = module.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+    new_BxT = (
+        jnp.ones((batch, length), jnp.int32)
+        if attention_mask_BxT is None
+        else attention_mask_BxT.astype(jnp.int32)
+    )
+    key_mask = module.variable("cache", "key_mask", lambda: new_BxT)
+    offset = 0
+    if initialized:
+        offset = index.value
+        key_mask.value = jax.lax.dynamic_update_slice(key_mask.value, new_BxT, (0, offset))
+        index.value = offset + length
+    return offset, key_mask.value
+
+
+# --------------------------------------------------------------------------- attention
+
+
+def dot_product_attention(
+    q_BxTxHxK,
+    k_BxSxHxK,
+    v_BxSxHxK,
+    *,
+    bias=None,
+    mask=None,
+    scale: float | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng=None,
+    implementation: str | None = None,
+):
+    """softmax(q k^T * scale + bias, masked) v -> [B,T,H,K].
+
+    Fused `jax.nn.dot_product_attention` unless attention dropout is active (it has no dropout):
+    then an explicit einsum path with float32 softmax and the same mask/bias semantics
+    (masked logits set to -0.7 * float32 max as jax does, so fully masked rows stay finite).
+    """
+    K = q_BxTxHxK.shape[-1]
+    scale = 1.0 / math.sqrt(K) if scale is None else scale
+    if dropout_rate > 0.0 and dropout_rng is not None:
+        logits = jnp.einsum(
+            "BTHK,BSHK->BHTS", q_BxTxHxK, k_BxSxHxK, preferred_element_type=jnp.float32
+        )
+        logits = logits * scale
+        if bias is not None:
+            logits = logits + bias.astype(jnp.float32)
+        if mask is not None:
+            logits = jnp.where(mask, logits, -0.7 * float(np.finfo(np.float32).max))
+        probs = jax.nn.softmax(logits, axis=-1)
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+        return jnp.einsum("BHTS,BSHK->BTHK", probs.astype(v_BxSxHxK.dtype), v_BxSxHxK)
+    if bias is not None and implementation == "cudnn":
+        bias = bias.astype(q_BxTxHxK.dtype)
+    return jax.nn.dot_product_attention(
+        q_BxTxHxK,
+        k_BxSxHxK,
+        v_BxSxHxK,
+        bias=bias,
+        mask=mask,
+        scale=scale,
+        implementation=implementation,
+    )
+
+
+class Attention(nn.Module):
+    """Multi-head self/cross attention with an optional KV cache.
+
+    `names`: three names for separate q/k/v kernels [D,H,K] ('embed','heads','kv'), or one name
+    for a fused kernel [D,3,H,K] (GPT-2 `c_attn`). `out_name`: the output projection [H,K,D]
+    ('heads','kv','embed'); None returns the context [B,T,H,K] for a caller that projects it
+    in its own scope (BERT/ViT `attention/output/dense`).
+    """
+
+    config: LayerConfig
+    names: tuple[str, ...] = ("query", "key", "value")
+    out_name: str | None = None
+
+    @nn.compact
+    def __call__(
+        self, x_BxTxD, kv_BxSxD=None, *, mask=None, bias=None, deterministic=True, decode=False
+    ):
+        cfg = self.config
+        H, K = cfg.num_heads, cfg.head_dim
+        if len(self.names) == 1:
+            if kv_BxSxD is not None:
+                raise ValueError("a fused qkv projection is self-attention only")
+            qkv = dense(cfg, (3, H, K), ("embed", None, "heads", "kv"), name=self.names[0])(x_BxTxD)
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        else:
+            kv_BxSxD = x_BxTxD if kv_BxSxD is None else kv_BxSxD
+            axes = ("embed", "heads", "kv")
+            q = dense(cfg, (H, K), axes, name=self.names[0])(x_BxTxD)
+            k = dense(cfg, (H, K), axes, name=self.names[1])(kv_BxSxD)
+            v = dense(cfg, (H, K), axes, name=self.names[2])(kv_BxSxD)
+        if decode:
+            k, v = self._update_cache(k, v)
+        rate = cfg.attention_dropout_rate
+        rng = self.make_rng("dropout") if rate > 0.0 and not deterministic else None
+        ctx_BxTxHxK = dot_product_attention(
+            q,
+            k,
+            v,
+            bias=bias,
+            mask=mask,
+            scale=cfg.attention_scale,
+            dropout_rate=rate,
+            dropout_rng=rng,
+            implementation=cfg.attention_impl,
+        )
+        if self.out_name is None:
+            return ctx_BxTxHxK
+        out = dense(
+            cfg, cfg.hidden_size, ("heads", "kv", "embed"), axis=(-2, -1), name=self.out_name
+        )
+        return out(ctx_BxTxHxK)
+
+    def _update_cache(self, k_BxTxHxK, v_BxTxHxK):
+        """Write this step's keys/values at `cache_index`; return the whole cache [B,S,H,K].
+
+        The first (init) call creates the cache with the input's shape (S = max length) and
+        attends normally; the model's mask hides cache slots past the current position.
+        """
+        initialized = self.has_variable("cache", "cached_key")
+        ck = self.variable("cache", "cached_key", jnp.zeros, k_BxTxHxK.shape, k_BxTxHxK.dtype)
+        cv = self.variable("cache", "cached_value", jnp.zeros, v_BxTxHxK.shape, v_BxTxHxK.dtype)
+        idx = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+        if not initialized:
+            return k_BxTxHxK, v_BxTxHxK
+        start = (0, idx.value, 0, 0)
+        ck.value = jax.lax.dynamic_update_slice(ck.value, k_BxTxHxK.astype(ck.value.dtype), start)
+        cv.value = jax.lax.dynamic_update_slice(cv.value, v_BxTxHxK.astype(cv.value.dtype), start)
+        idx.value = idx.value + k_BxTxHxK.shape[1]
+        return ck.value, cv.value
+
+
+# --------------------------------------------------------------------------- MLP
+
+
+def mlp_in(cfg: LayerConfig, x_BxLxD, names: Sequence[str]):
+    """x -> act(x W_in) [B,L,F] (gated: act(x W_0) * (x W_1)); projections become children of the
+    calling module (call inside a compact method)."""
+    axes = ("embed", "mlp")
+    if cfg.activation in _GATED:
+        if len(names) != 2:
+            raise ValueError(f"gated activation {cfg.activation} needs two names, got {names}")
+        act = _ACTIVATIONS[_GATED[cfg.activation]]
+        gate = dense(cfg, cfg.mlp_dim, axes, name=names[0])(x_BxLxD)
+        return act(gate) * dense(cfg, cfg.mlp_dim, axes, name=names[1])(x_BxLxD)
+    return _ACTIVATIONS[cfg.activation](dense(cfg, cfg.mlp_dim, axes, name=names[0])(x_BxLxD))
+
+
+class MLP(nn.Module):
+    """Feed-forward D -> F -> D in one scope (GPT-2 `mlp/c_fc,c_proj`; T5 `wi_0,wi_1,wo`)."""
+
+    config: LayerConfig
+    in_names: tuple[str, ...] = ("wi",)
+    out_name: str = "wo"
+    hidden_dropout: bool = False  # T5 drops out the hidden activation; GPT-2 does not
+
+    @nn.compact
+    def __call__(self, x_BxLxD, *, deterministic=True):
+        cfg = self.config
+        h_BxLxF = mlp_in(cfg, x_BxLxD, self.in_names)
+        if self.hidden_dropout:
+            h_BxLxF = nn.Dropout(cfg.dropout_rate)(h_BxLxF, deterministic=deterministic)
+        return dense(cfg, cfg.hidden_size, ("mlp", "embed"), name=self.out_name)(h_BxLxF)
+
+
+class Intermediate(nn.Module):
+    """HF `intermediate`: `dense` D -> F plus activation (BERT, ViT)."""
+
+    config: LayerConfig
+
+    @nn.compact
+    def __call__(self, x_BxLxD):
+        names = ("dense", "dense_gate") if self.config.activation in _GATED else ("dense",)
+        return mlp_in(self.config, x_BxLxD, names)
+
+
+class Output(nn.Module):
+    """HF `output`: `dense` back to D, dropout, residual, and `LayerNorm` when post-norm.
+
+    Contracts the last `contract` dims: 1 for [B,L,F], 2 for an attention context [B,L,H,K].
+    """
+
+    config: LayerConfig
+    contract: int = 1
+
+    @nn.compact
+    def __call__(self, h, residual_BxLxD, *, deterministic=True):
+        cfg = self.config
+        if self.contract == 2:
+            proj = dense(
+                cfg, cfg.hidden_size, ("heads", "kv", "embed"), axis=(-2, -1), name="dense"
+            )
+        else:
+            proj = dense(cfg, cfg.hidden_size, ("mlp", "embed"), name="dense")
+        y = nn.Dropout(cfg.dropout_rate)(proj(h), deterministic=deterministic)
+        y = y + residual_BxLxD
+        if cfg.norm_position == "post":
+            y = Norm(cfg, name="LayerNorm")(y)
+        return y
+
+
+class EncoderAttention(nn.Module):
+    """HF `attention`: `{attention_name}/query,key,value`, `output/dense` [, `output/LayerNorm`]."""
+
+    config: LayerConfig
+    attention_name: str = "self"
+
+    @nn.compact
+    def __call__(self, h_BxLxD, residual_BxLxD, *, mask=None, bias=None, deterministic=True):
+        ctx = Attention(self.config, name=self.attention_name)(
+            h_BxLxD, mask=mask, bias=bias, deterministic=deterministic
+        )
+        return Output(self.config, contract=2, name="output")(
+            ctx, residual_BxLxD, deterministic=deterministic
+        )
+
+
+class EncoderLayer(nn.Module):
+    """HF-style encoder layer shared by BERT (post-norm) and ViT (pre-norm).
+
+    post (Vaswani et al. 2017): x = LN(x + Attn(x)); x = LN(x + FFN(x)).
+    pre (Xiong et al. 2020; ViT): x = x + Attn(LN(x)); x = x + FFN(LN(x)).
+    Paths: attention/{attention_name}/{query,key,value}, attention/output/dense[, LayerNorm],
+    intermediate/dense, output/dense[, LayerNorm]; pre-norm adds layernorm_before/_after.
+    """
+
+    config: LayerConfig
+    attention_name: str = "self"
+
+    @nn.compact
+    def __call__(self, x_BxLxD, *, mask=None, bias=None, deterministic=True):
+        cfg = self.config
+        pre = cfg.norm_position == "pre"
+        h = Norm(cfg, name="layernorm_before")(x_BxLxD) if pre else x_BxLxD
+        x_BxLxD = EncoderAttention(cfg, self.attention_name, name="attention")(
+            h, x_BxLxD, mask=mask, bias=bias, deterministic=deterministic
+        )
+        h = Norm(cfg, name="layernorm_after")(x_BxLxD) if pre else x_BxLxD
+        h_BxLxF = Intermediate(cfg, name="intermediate")(h)
+        x_BxLxD = Output(cfg, name="output")(h_BxLxF, x_BxLxD, deterministic=deterministic)
+        return constrain(x_BxLxD)
+
+
+# --------------------------------------------------------------------------- positions
+
+
+class LearnedPositions(nn.Module):
+    """Learned absolute position embeddings [P,D] looked up at `position_ids` [B,L]."""
+
+    num_positions: int
+    features: int
+    init_std: float = 0.02
+    dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, position_ids_BxL):
+        table = self.param(
+            "embedding",
+            normal_init(self.init_std, ("position", "embed")),
+            (self.num_positions, self.features),
+            jnp.float32,
+        )
+        return jnp.take(table, position_ids_BxL, axis=0).astype(self.dtype)
+
+
+def relative_position_bucket(
+    relative_position, *, bidirectional: bool = True, num_buckets: int = 32, max_distance: int = 128
+):
+    """T5 relative position buckets (Raffel et al. 2020, sec. 2.1; HF `_relative_position_bucket`).
+
+    `relative_position` = key position - query position. Half the buckets are exact offsets,
+    the rest grow logarithmically up to `max_distance`; bidirectional splits buckets by sign.
+    """
+    relative_position = jnp.asarray(relative_position)
+    buckets = jnp.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (relative_position > 0).astype(relative_position.dtype) * num_buckets
+        n = jnp.abs(relative_position)
+    else:
+        n = -jnp.minimum(relative_position, 0)
+    max_exact = num_buckets // 2
+    is_small = n < max_exact
+    # maximum(n, 1) only guards log(0); those entries take the is_small branch.
+    large = max_exact + (
+        jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / max_exact)
+        / math.log(max_distance / max_exact)
+        * (num_buckets - max_exact)
+    ).astype(relative_position.dtype)
+    large = jnp.minimum(large, num_buckets - 1)
+    return buckets + jnp.where(is_small, n, large)
+
+
+class RelativePositionBias(nn.Module):
+    """T5 relative attention bias: bucket table [buckets, H] -> float32 bias [1,H,T,S]."""
+
+    num_heads: int
+    num_buckets: int = 32
+    max_distance: int = 128
+    bidirectional: bool = True
+    init_std: float = 0.02
+
+    @nn.compact
+    def __call__(self, q_len: int, kv_len: int, q_offset=0):
+        table = self.param(
+            "embedding",
+            normal_init(self.init_std, ("relpos_buckets", "heads")),
+            (self.num_buckets, self.num_heads),
+            jnp.float32,
+        )
+        q_pos = jnp.arange(q_len)[:, None] + q_offset
+        k_pos = jnp.arange(kv_len)[None, :]
+        buckets_TxS = relative_position_bucket(
+            k_pos - q_pos,
+            bidirectional=self.bidirectional,
+            num_buckets=self.num_buckets,
+            max_distance=self.max_distance,
+        )
+        bias_TxSxH = jnp.take(table, buckets_TxS, axis=0)
+        return jnp.transpose(bias_TxSxH, (2, 0, 1))[None]

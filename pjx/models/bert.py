@@ -1,0 +1,259 @@
+"""BERT (Devlin et al. 2019): post-LN encoder, pooler, MLM / NSP / classification heads.
+
+Parameter tree (mirrors Hugging Face `BertForPreTraining`; HF `weight` -> `kernel`/`embedding`/
+`scale`; q/k/v kernels [D,H,K], attention output kernel [H,K,D], other kernels [in,out]):
+
+  bert/embeddings/word_embeddings/embedding          [V,D]
+  bert/embeddings/position_embeddings/embedding      [P,D]
+  bert/embeddings/token_type_embeddings/embedding    [2,D]
+  bert/embeddings/LayerNorm/{scale,bias}
+  bert/encoder/layer_{i}/attention/self/{query,key,value}/{kernel,bias}
+  bert/encoder/layer_{i}/attention/output/dense/{kernel,bias}
+  bert/encoder/layer_{i}/attention/output/LayerNorm/{scale,bias}
+  bert/encoder/layer_{i}/intermediate/dense/{kernel,bias}
+  bert/encoder/layer_{i}/output/dense/{kernel,bias}
+  bert/encoder/layer_{i}/output/LayerNorm/{scale,bias}
+  bert/pooler/dense/{kernel,bias}
+  cls/predictions/transform/dense/{kernel,bias}       (mlm_head; decoder tied to word_embeddings)
+  cls/predictions/transform/LayerNorm/{scale,bias}
+  cls/predictions/bias                                [V]
+  cls/seq_relationship/{kernel,bias}                  (nsp_head)
+  classifier/{kernel,bias}                            (num_labels > 0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from pjx import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    vocab_size: int = 30522
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 2
+    mlp_dim: int = 512
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.1
+    layer_norm_eps: float = 1e-12
+    activation: str = "gelu"  # HF BERT hidden_act "gelu" is the exact erf GELU
+    init_std: float = 0.02
+    dtype: str = "float32"
+    attention_impl: str | None = None
+    mlm_head: bool = True
+    nsp_head: bool = False
+    num_labels: int = 0  # > 0 adds the sequence-classification head
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def layer_config(self) -> layers.LayerConfig:
+        return layers.LayerConfig(
+            hidden_size=self.hidden_size,
+            num_heads=self.num_heads,
+            head_dim=self.head_dim,
+            mlp_dim=self.mlp_dim,
+            dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.attention_dropout_rate,
+            activation=self.activation,
+            norm_type="layernorm",
+            norm_position="post",
+            norm_eps=self.layer_norm_eps,
+            init_std=self.init_std,
+            dtype=self.dtype,
+            attention_impl=self.attention_impl,
+        )
+
+
+def _size(layers_, hidden, heads):
+    return dict(num_layers=layers_, hidden_size=hidden, num_heads=heads, mlp_dim=4 * hidden)
+
+
+PRESETS = {
+    "tiny": _size(2, 128, 2),
+    "mini": _size(4, 256, 4),
+    "small": _size(4, 512, 8),
+    "medium": _size(8, 512, 8),
+    "base": _size(12, 768, 12),
+    "large": _size(24, 1024, 16),
+}
+
+
+class Embeddings(nn.Module):
+    config: Config
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids, position_ids, inputs_embeds, deterministic):
+        cfg = self.config
+        D = cfg.hidden_size
+        word = layers.Embed(
+            cfg.vocab_size, D, ("vocab", "embed"), cfg.init_std, cfg.dtype, name="word_embeddings"
+        )
+        x_BxLxD = word(input_ids) if inputs_embeds is None else inputs_embeds.astype(cfg.dtype)
+        x_BxLxD = x_BxLxD + layers.LearnedPositions(
+            cfg.max_position_embeddings, D, cfg.init_std, cfg.dtype, name="position_embeddings"
+        )(position_ids)
+        x_BxLxD = x_BxLxD + layers.Embed(
+            cfg.type_vocab_size,
+            D,
+            ("token_type", "embed"),
+            cfg.init_std,
+            cfg.dtype,
+            name="token_type_embeddings",
+        )(token_type_ids)
+        x_BxLxD = layers.Norm(cfg.layer_config(), name="LayerNorm")(x_BxLxD)
+        x_BxLxD = nn.Dropout(cfg.dropout_rate)(x_BxLxD, deterministic=deterministic)
+        return x_BxLxD, word.embedding
+
+
+class Encoder(nn.Module):
+    config: Config
+
+    @nn.compact
+    def __call__(self, x_BxLxD, mask, deterministic):
+        lcfg = self.config.layer_config()
+        for i in range(self.config.num_layers):
+            x_BxLxD = layers.EncoderLayer(lcfg, "self", name=f"layer_{i}")(
+                x_BxLxD, mask=mask, deterministic=deterministic
+            )
+        return x_BxLxD
+
+
+class Pooler(nn.Module):
+    """dense + tanh on the first ([CLS]) token."""
+
+    config: Config
+
+    @nn.compact
+    def __call__(self, x_BxLxD):
+        lcfg = self.config.layer_config()
+        dense = layers.dense(lcfg, lcfg.hidden_size, ("embed", "mlp"), name="dense")
+        return jnp.tanh(dense(x_BxLxD[:, 0]))
+
+
+class BertModel(nn.Module):
+    """HF `BertModel` with its pooler -> (hidden [B,L,D], pooled [B,D], word table [V,D])."""
+
+    config: Config
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids,
+        attention_mask,
+        token_type_ids,
+        position_ids,
+        segment_ids,
+        inputs_embeds,
+        deterministic,
+    ):
+        x_BxLxD, word_VxD = Embeddings(self.config, name="embeddings")(
+            input_ids, token_type_ids, position_ids, inputs_embeds, deterministic
+        )
+        L = x_BxLxD.shape[1]
+        mask = layers.make_attention_mask(L, L, kv_mask=attention_mask, q_segment_ids=segment_ids)
+        x_BxLxD = Encoder(self.config, name="encoder")(
+            layers.constrain(x_BxLxD), mask, deterministic
+        )
+        return x_BxLxD, Pooler(self.config, name="pooler")(x_BxLxD), word_VxD
+
+
+class Transform(nn.Module):
+    config: Config
+
+    @nn.compact
+    def __call__(self, x_BxPxD):
+        lcfg = self.config.layer_config()
+        h = layers.dense(lcfg, lcfg.hidden_size, ("embed", "mlp"), name="dense")(x_BxPxD)
+        h = nn.gelu(h, approximate=self.config.activation != "gelu")
+        return layers.Norm(lcfg, name="LayerNorm")(h)
+
+
+class Predictions(nn.Module):
+    """MLM head: transform, then the decoder tied to the word embeddings, plus a vocab bias."""
+
+    config: Config
+
+    @nn.compact
+    def __call__(self, x_BxPxD, word_VxD):
+        h_BxPxD = Transform(self.config, name="transform")(x_BxPxD)
+        bias_V = self.param(
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
+            (self.config.vocab_size,),
+            jnp.float32,
+        )
+        return layers.tied_logits(h_BxPxD, word_VxD) + bias_V
+
+
+class PreTrainingHeads(nn.Module):
+    config: Config
+
+    @nn.compact
+    def __call__(self, x_BxPxD, pooled_BxD, word_VxD):
+        cfg, lcfg = self.config, self.config.layer_config()
+        out = {}
+        if cfg.mlm_head:
+            out["mlm_logits"] = Predictions(cfg, name="predictions")(x_BxPxD, word_VxD)
+        if cfg.nsp_head:
+            nsp = layers.dense(lcfg, 2, ("embed", "classes"), name="seq_relationship")
+            out["nsp_logits"] = nsp(pooled_BxD).astype(jnp.float32)
+        return out
+
+
+class Model(nn.Module):
+    """BERT with the heads `config` asks for. See the module docstring for the parameter tree."""
+
+    config: Config
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        segment_ids=None,
+        masked_positions=None,
+        *,
+        inputs_embeds=None,
+        deterministic=True,
+    ):
+        cfg = self.config
+        B, L = (input_ids if inputs_embeds is None else inputs_embeds).shape[:2]
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros((B, L), jnp.int32)
+        if position_ids is None:
+            position_ids = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
+        x_BxLxD, pooled_BxD, word_VxD = BertModel(cfg, name="bert")(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            segment_ids,
+            inputs_embeds,
+            deterministic,
+        )
+        out = {"last_hidden_state": x_BxLxD, "pooler_output": pooled_BxD}
+        if cfg.mlm_head or cfg.nsp_head:
+            # Gather before the vocab projection: only P << L positions pay for the [D,V] matmul.
+            if masked_positions is None:
+                x_BxPxD = x_BxLxD
+            else:
+                x_BxPxD = jnp.take_along_axis(x_BxLxD, masked_positions[..., None], axis=1)
+            out.update(PreTrainingHeads(cfg, name="cls")(x_BxPxD, pooled_BxD, word_VxD))
+        if cfg.num_labels > 0:
+            h = nn.Dropout(cfg.dropout_rate)(pooled_BxD, deterministic=deterministic)
+            head = layers.dense(
+                cfg.layer_config(), cfg.num_labels, ("embed", "classes"), name="classifier"
+            )
+            out["logits"] = head(h).astype(jnp.float32)
+        return out

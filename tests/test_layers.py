@@ -1,0 +1,183 @@
+"""Shared layers against straightforward NumPy references."""
+
+import math
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pjx import layers
+
+
+def _t5_bucket_reference(rel, bidirectional, num_buckets, max_distance):
+    """Scalar Python port of the T5 formula (Mesh TensorFlow / HF `_relative_position_bucket`)."""
+    ret = 0
+    n = -rel
+    if bidirectional:
+        num_buckets //= 2
+        ret += (n < 0) * num_buckets
+        n = abs(n)
+    else:
+        n = max(n, 0)
+    max_exact = num_buckets // 2
+    if n < max_exact:
+        return ret + n
+    val = max_exact + int(
+        math.log(n / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+    )
+    return ret + min(val, num_buckets - 1)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_relative_position_bucket_matches_reference(bidirectional):
+    rel = np.arange(-300, 301)
+    expected = [_t5_bucket_reference(int(r), bidirectional, 32, 128) for r in rel]
+
+    fn = lambda r: layers.relative_position_bucket(r, bidirectional=bidirectional)
+    for f in (fn, jax.jit(fn)):
+        np.testing.assert_array_equal(np.asarray(f(jnp.asarray(rel))), expected)
+
+
+def _np_attention(q, k, v, bias, mask, scale):
+    logits = np.einsum("bthk,bshk->bhts", q, k) * scale
+    if bias is not None:
+        logits = logits + bias
+    if mask is not None:
+        logits = np.where(mask, logits, -1e30)
+    logits = logits - logits.max(-1, keepdims=True)
+    p = np.exp(logits)
+    p = p / p.sum(-1, keepdims=True)
+    return np.einsum("bhts,bshk->bthk", p, v)
+
+
+def _np_mask(T, S, causal, kv_mask, seg):
+    m = np.ones((kv_mask.shape[0], 1, T, S), bool)
+    if causal:
+        m &= np.tril(np.ones((T, S), bool))[None, None]
+    m &= kv_mask.astype(bool)[:, None, None, :]
+    m &= seg[:, None, :, None] == seg[:, None, None, :]
+    return m
+
+
+class AttentionTest(chex.TestCase):
+    def setUp(self):
+        super().setUp()
+        rng = np.random.default_rng(0)
+        self.B, self.L, self.H, self.K = 2, 6, 3, 4
+        shape = (self.B, self.L, self.H, self.K)
+        self.q, self.k, self.v = (rng.normal(size=shape).astype(np.float32) for _ in range(3))
+        self.bias = rng.normal(size=(1, self.H, self.L, self.L)).astype(np.float32)
+        self.kv_mask = np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+        self.seg = np.array([[1, 1, 1, 2, 2, 2], [1, 1, 2, 2, 0, 0]])
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_mask_matches_reference(self):
+        fn = self.variant(
+            lambda m, s: layers.make_attention_mask(6, 6, causal=True, kv_mask=m, q_segment_ids=s)
+        )
+        got = fn(jnp.asarray(self.kv_mask), jnp.asarray(self.seg))
+        chex.assert_shape(got, (2, 1, 6, 6))
+        np.testing.assert_array_equal(got, _np_mask(6, 6, True, self.kv_mask, self.seg))
+
+    def test_causal_offset_for_decoding(self):
+        got = layers.make_attention_mask(1, 5, causal=True, q_offset=2)
+        np.testing.assert_array_equal(got[0, 0, 0], [True, True, True, False, False])
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_fused_and_explicit_match_reference(self):
+        mask = _np_mask(self.L, self.L, True, self.kv_mask, self.seg)
+        want = _np_attention(self.q, self.k, self.v, self.bias, mask, 0.5)
+        fused = self.variant(
+            lambda q, k, v, b, m: layers.dot_product_attention(q, k, v, bias=b, mask=m, scale=0.5)
+        )
+        np.testing.assert_allclose(fused(self.q, self.k, self.v, self.bias, mask), want, atol=1e-5)
+        # A vanishing dropout rate takes the explicit einsum path but keeps every weight.
+        explicit = self.variant(
+            lambda q, k, v, b, m: layers.dot_product_attention(
+                q,
+                k,
+                v,
+                bias=b,
+                mask=m,
+                scale=0.5,
+                dropout_rate=1e-12,
+                dropout_rng=jax.random.key(0),
+            )
+        )
+        np.testing.assert_allclose(
+            explicit(self.q, self.k, self.v, self.bias, mask), want, atol=1e-5
+        )
+
+    def test_attention_dropout_is_active_when_not_deterministic(self):
+        out = layers.dot_product_attention(
+            self.q, self.k, self.v, dropout_rate=0.5, dropout_rng=jax.random.key(0)
+        )
+        ref = layers.dot_product_attention(self.q, self.k, self.v)
+        self.assertFalse(np.allclose(out, ref))
+        self.assertTrue(np.all(np.isfinite(out)))
+
+    def test_attention_module_bf16_keeps_float32_params(self):
+        cfg = layers.LayerConfig(
+            hidden_size=8, num_heads=2, head_dim=4, mlp_dim=16, dtype="bfloat16"
+        )
+        mod = layers.Attention(cfg, out_name="out")
+        x = jnp.ones((2, 3, 8))
+        variables = mod.init(jax.random.key(0), x)
+        params = nn.meta.unbox(variables["params"])
+        chex.assert_trees_all_equal_dtypes(params, jax.tree.map(jnp.float32, params))
+        chex.assert_shape(params["query"]["kernel"], (8, 2, 4))
+        chex.assert_shape(params["out"]["kernel"], (2, 4, 8))
+        self.assertEqual(mod.apply(variables, x).dtype, jnp.bfloat16)
+        axes = variables["params"]["query"]["kernel"].names
+        self.assertEqual(axes, ("embed", "heads", "kv"))
+
+
+@pytest.mark.parametrize("norm_type", ["layernorm", "rmsnorm"])
+def test_norm_matches_numpy(norm_type):
+    cfg = layers.LayerConfig(
+        hidden_size=8, num_heads=2, head_dim=4, mlp_dim=16, norm_type=norm_type, norm_eps=1e-6
+    )
+    x = np.random.default_rng(1).normal(size=(2, 3, 8)).astype(np.float32) * 3 + 1
+    mod = layers.Norm(cfg)
+    variables = mod.init(jax.random.key(0), x)
+    got = mod.apply(variables, x)
+    if norm_type == "rmsnorm":
+        want = x / np.sqrt((x**2).mean(-1, keepdims=True) + 1e-6)
+        assert set(variables["params"]) == {"scale"}
+    else:
+        want = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_new", "gated-gelu"])
+def test_mlp_activation(activation):
+    cfg = layers.LayerConfig(
+        hidden_size=8, num_heads=2, head_dim=4, mlp_dim=16, activation=activation, use_bias=False
+    )
+    names = ("wi_0", "wi_1") if activation.startswith("gated") else ("wi",)
+    mod = layers.MLP(cfg, in_names=names, out_name="wo")
+    x = np.random.default_rng(2).normal(size=(2, 3, 8)).astype(np.float32)
+    p = nn.meta.unbox(mod.init(jax.random.key(0), x)["params"])
+    erf = np.vectorize(math.erf)
+    gelu = lambda h: 0.5 * h * (1 + erf(h / np.sqrt(2)))
+    gelu_new = lambda h: 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
+    if activation == "gated-gelu":
+        h = gelu_new(x @ np.asarray(p["wi_0"]["kernel"])) * (x @ np.asarray(p["wi_1"]["kernel"]))
+    else:
+        h = (gelu if activation == "gelu" else gelu_new)(x @ np.asarray(p["wi"]["kernel"]))
+    want = h @ np.asarray(p["wo"]["kernel"])
+    np.testing.assert_allclose(mod.apply({"params": p}, x), want, atol=1e-5)
+
+
+def test_relative_position_bias_shape_and_sharing():
+    mod = layers.RelativePositionBias(num_heads=3, bidirectional=False)
+    variables = mod.init(jax.random.key(0), 4, 4)
+    bias = mod.apply(variables, 4, 4)
+    chex.assert_shape(bias, (1, 3, 4, 4))
+    # Unidirectional: future keys (rel > 0) all share bucket 0, same as rel == 0.
+    np.testing.assert_allclose(bias[0, :, 0, 1], bias[0, :, 0, 0])
+    step = mod.apply(variables, 1, 4, 2)
+    np.testing.assert_allclose(step[0, :, 0], bias[0, :, 2])
