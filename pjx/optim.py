@@ -1,0 +1,155 @@
+"""AdamW with warm-up + decay schedules, global-norm clipping and a weight-decay mask.
+
+Gradient accumulation is not an optax wrapper here: `pjx.train.train_step` scans
+over micro-batches inside the jitted step (see `accumulate_gradients`), so that
+`accum_steps` micro-batches give the same update as one large batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+SCHEDULES = ("cosine", "linear", "constant")
+# Parameter leaf names that never get weight decay (BERT's `exclude_from_weight_decay`
+# = ["LayerNorm", "layer_norm", "bias"]; GPT-2 / nanoGPT decay only >= 2-D weights).
+NO_DECAY_NAMES = ("bias", "scale")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The `config.optimizer` block and its defaults."""
+    return ml_collections.ConfigDict(
+        dict(
+            lr=1e-4,
+            warmup_steps=0,
+            schedule="cosine",  # cosine | linear | constant (after warm-up)
+            decay_steps=0,  # steps of warm-up + decay; 0 = the run's `steps`
+            end_lr=0.0,  # absolute final lr ...
+            end_lr_fraction=None,  # ... or a fraction of `lr` (wins when set)
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=0.01,
+            clip_norm=1.0,  # global-norm clipping; 0 disables
+            accum_steps=1,  # micro-batches per step (scanned inside the jitted step)
+            mu_dtype="float32",  # "bfloat16" halves the first-moment memory
+        )
+    )
+
+
+def schedule(opt_cfg, total_steps: int) -> Callable[[Any], Any]:
+    """Linear warm-up from 0 to `lr`, then cosine / linear / constant decay to the end lr."""
+    lr = float(opt_cfg.lr)
+    warmup = int(opt_cfg.warmup_steps)
+    total = int(opt_cfg.get("decay_steps", 0) or total_steps)
+    frac = opt_cfg.get("end_lr_fraction", None)
+    end = lr * float(frac) if frac is not None else float(opt_cfg.get("end_lr", 0.0))
+    kind = opt_cfg.get("schedule", "cosine")
+    if kind not in SCHEDULES:
+        raise ValueError(f"optimizer.schedule={kind!r}; expected one of {SCHEDULES}")
+    decay = max(total - warmup, 1)
+    if kind == "constant":
+        after = optax.constant_schedule(lr)
+    elif kind == "linear":
+        after = optax.linear_schedule(lr, end, decay)
+    else:  # Loshchilov & Hutter 2017 (SGDR) half-cosine, no restarts.
+        after = optax.cosine_decay_schedule(lr, decay, alpha=end / lr if lr else 0.0)
+    if warmup <= 0:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup])
+
+
+def decay_mask(params):
+    """True where weight decay applies: weights of rank >= 2 (kernels, embeddings).
+
+    Off for biases and norm scales/biases (rank 1, or leaf named `bias`/`scale`), as in
+    BERT (Devlin et al. 2019, `exclude_from_weight_decay`) and GPT-2 / nanoGPT.
+    Embedding tables are decayed, as in both of those.
+    """
+
+    def keep(path, x):
+        name = getattr(path[-1], "key", getattr(path[-1], "name", str(path[-1])))
+        return x.ndim >= 2 and name not in NO_DECAY_NAMES
+
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def make(opt_cfg, total_steps: int) -> tuple[optax.GradientTransformation, Callable]:
+    """Returns (optax transformation, lr schedule)."""
+    lr_fn = schedule(opt_cfg, total_steps)
+    mu_dtype = jnp.dtype(opt_cfg.get("mu_dtype", "float32") or "float32")
+    parts = []
+    if opt_cfg.get("clip_norm", 0.0):
+        parts.append(optax.clip_by_global_norm(float(opt_cfg.clip_norm)))
+    parts.append(
+        optax.adamw(
+            lr_fn,
+            b1=float(opt_cfg.b1),
+            b2=float(opt_cfg.b2),
+            eps=float(opt_cfg.eps),
+            mu_dtype=None if mu_dtype == jnp.float32 else mu_dtype,
+            weight_decay=float(opt_cfg.weight_decay),
+            mask=decay_mask,
+        )
+    )
+    return optax.chain(*parts), lr_fn
+
+
+def accumulate_gradients(loss_fn, params, batch, rng, accum_steps: int, batch_sharding=None):
+    """Sum of gradients over `accum_steps` micro-batches with one `lax.scan`.
+
+    `loss_fn(params, micro_batch, rng) -> (loss, metrics)` where `metrics["count"]`
+    is the number of loss terms (tokens, examples). Each micro-batch's mean loss is
+    weighted by its count and the total is divided by the total count, so the
+    gradient equals that of one large batch exactly for a single mean-reduced loss
+    (for sums of several means, e.g. MLM + NSP, the secondary terms are weighted by
+    the primary count). Micro-batch j takes rows j, j+A, j+2A, ..., so with the
+    batch sharded on its leading axis every micro-batch stays spread over all devices.
+    Returns (loss, metrics summed over micro-batches, grads).
+    """
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if accum_steps <= 1:
+        (loss, metrics), grads = grad_fn(params, batch, rng)
+        return loss, metrics, grads
+
+    def split(x):
+        x = x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:])
+        x = jnp.moveaxis(x, 1, 0)  # [A, B/A, ...]
+        if batch_sharding is not None:
+            spec = jax.sharding.PartitionSpec(None, *batch_sharding.spec)
+            x = jax.lax.with_sharding_constraint(
+                x, jax.sharding.NamedSharding(batch_sharding.mesh, spec)
+            )
+        return x
+
+    micro = jax.tree.map(split, batch)
+
+    def weighted(p, mb, r):
+        loss, metrics = loss_fn(p, mb, r)
+        count = jax.lax.stop_gradient(metrics["count"])
+        return loss * count, (loss, metrics)
+
+    wgrad_fn = jax.value_and_grad(weighted, has_aux=True)
+
+    def body(carry, xs):
+        i, mb = xs
+        (_, (loss, metrics)), g = wgrad_fn(params, mb, jax.random.fold_in(rng, i))
+        gsum, lsum, msum = carry
+        gsum = jax.tree.map(jnp.add, gsum, g)
+        msum = jax.tree.map(jnp.add, msum, metrics)
+        return (gsum, lsum + loss * metrics["count"], msum), None
+
+    _, metrics_shape = jax.eval_shape(loss_fn, params, jax.tree.map(lambda x: x[0], micro), rng)
+    zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape)
+    zeros_g = jax.tree.map(jnp.zeros_like, params)
+    (gsum, lsum, msum), _ = jax.lax.scan(
+        body, (zeros_g, jnp.zeros((), jnp.float32), zeros_m), (jnp.arange(accum_steps), micro)
+    )
+    total = jnp.maximum(msum["count"], 1.0)
+    grads = jax.tree.map(lambda g: g / total, gsum)
+    return lsum / total, msum, grads

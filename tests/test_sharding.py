@@ -1,0 +1,106 @@
+"""Mesh construction, the rules table, and sharded == single-device training."""
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from pjx import config as config_lib
+from pjx import sharding, train
+
+
+def test_make_mesh_fills_minus_one():
+    mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=2, fsdp=-1, tensor=2)))
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    with pytest.raises(ValueError, match="needs"):
+        sharding.make_mesh(ml_collections.ConfigDict(dict(data=3, fsdp=1, tensor=1)))
+    with pytest.raises(ValueError, match="at most one"):
+        sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=-1, tensor=1)))
+
+
+def test_spec_rules_and_indivisible_fallback(capsys):
+    mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=2, fsdp=2, tensor=2)))
+    assert sharding.spec_for(P("vocab", "embed"), (64, 32), mesh) == P("tensor", "fsdp")
+    assert sharding.spec_for(P("embed", "mlp"), (32, 128), mesh) == P("fsdp", "tensor")
+    assert sharding.spec_for(P("norm"), (32,), mesh) == P(None)
+    # A mesh axis is used at most once per array.
+    assert sharding.spec_for(P("embed", "embed"), (32, 32), mesh) == P("fsdp", None)
+    # 63 is not divisible by tensor=2: that dim is replicated, and it is said once.
+    assert sharding.spec_for(P("vocab", "embed"), (63, 32), mesh, "wte") == P(None, "fsdp")
+    sharding.spec_for(P("vocab", "embed"), (63, 32), mesh, "wte")
+    out = capsys.readouterr().out
+    assert out.count("not divisible") == 1 and "wte" in out
+
+
+def _config(mesh):
+    c = config_lib.base_config()
+    c.model.name, c.task = "gpt2", "clm"
+    c.model.update(
+        dict(
+            num_layers=1,
+            hidden_size=32,
+            num_heads=2,
+            mlp_dim=64,
+            vocab_size=64,
+            max_position_embeddings=16,
+            dropout_rate=0.0,
+            attention_dropout_rate=0.0,
+        )
+    )
+    c.data.seq_len, c.batch_size, c.steps = 16, 8, 5
+    c.optimizer.update(dict(lr=1e-2, warmup_steps=2))
+    c.mesh.update(mesh)
+    return c
+
+
+def _batches(n=5, B=8, L=16):
+    rng = np.random.RandomState(0)
+    for _ in range(n):
+        ids = rng.randint(0, 64, (B, L)).astype(np.int32)
+        seg = (np.arange(L)[None] < rng.randint(6, L + 1, (B, 1))).astype(np.int32)
+        yield {"input_ids": ids, "segment_ids": seg}
+
+
+def _losses(mesh, devices):
+    s = train.setup(_config(mesh), devices=devices)
+    state = train.create_state(s, seed=0)
+    out = []
+    with sharding.context(s.mesh):
+        for b in _batches():
+            state, m = s.step_fn(state, sharding.global_batch(b, s.batch_sharding))
+            out.append(float(m["loss"]))
+    return np.array(out), state, s
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return _losses(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])[0]
+
+
+@pytest.mark.parametrize(
+    "mesh",
+    [
+        dict(data=8, fsdp=1, tensor=1),
+        dict(data=2, fsdp=4, tensor=1),
+        dict(data=2, fsdp=2, tensor=2),
+    ],
+    ids=["dp8", "dp2-fsdp4", "dp2-fsdp2-tp2"],
+)
+def test_sharded_losses_equal_single_device(reference, mesh):
+    losses, state, s = _losses(mesh, jax.devices())
+    np.testing.assert_allclose(losses, reference, rtol=1e-5)
+    assert np.all(np.diff(reference) != 0)  # the run actually trains
+
+    wte = state.params["transformer"]["wte"]["embedding"]
+    fc = state.params["transformer"]["h_0"]["mlp"]["c_fc"]["kernel"]
+    spec = lambda a: tuple(a.sharding.spec) + (None,) * (a.ndim - len(a.sharding.spec))
+    fsdp = "fsdp" if mesh["fsdp"] > 1 else None
+    tensor = "tensor" if mesh["tensor"] > 1 else None
+    assert spec(wte) == (tensor, fsdp)  # ("vocab", "embed")
+    assert spec(fc)[0] == fsdp and spec(fc)[-1] == tensor  # ("embed", "mlp")
+    # Adam moments are sharded like their parameters (FSDP shards the optimizer too).
+    mus = [x for x in jax.tree.leaves(state.opt_state) if x.shape == wte.shape]
+    assert mus and all(m.sharding.spec == wte.sharding.spec for m in mus)
+    if fsdp:  # FSDP really reduces the per-device bytes
+        assert wte.addressable_shards[0].data.shape[1] == wte.shape[1] // mesh["fsdp"]
