@@ -1,0 +1,455 @@
+"""Orbax checkpoints: async save, exact resume, preemption, incomplete-save recovery.
+
+A checkpoint is one Orbax step directory `<dir>/<step>/` with four items:
+
+  state/      the whole train state pytree (params, opt_state, step, rng), sharded
+  data/       the data iterator state, one JSON file per process
+  config/     the resolved run config (JSON)
+  tokenizer/  a copy of the tokenizer folder (self-contained for eval/generation)
+
+All four are written inside Orbax's `<step>.orbax-checkpoint-tmp` directory and
+appear together on the atomic rename that commits the step, so `keep` rotation
+and a `kill -9` never leave a step with only some of them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+from orbax.checkpoint import checkpoint_managers as ocm
+
+# Orbax 0.12 writes this file into a step dir as the last act of a commit (on
+# local disks as well as GCS); a step without it is not trusted.
+COMMIT_MARKER = "commit_success.txt"
+_B64 = "__bytes_b64__"
+
+
+# ----------------------------------------------------------------- item handlers
+class _DataStateHandler(ocp.CheckpointHandler):
+    """Per-process JSON files: every host has its own iterator position.
+
+    (`ocp.args.JsonSave` writes on the primary host only, which would lose the
+    other hosts' positions; this mirrors Grain's own Orbax handler but takes the
+    already-captured state, so an async save sees the state of its step.)
+    """
+
+    def save(self, directory, args):
+        i, n = jax.process_index(), jax.process_count()
+        (Path(directory) / f"process_{i}-of-{n}.json").write_text(args.item)
+
+    def restore(self, directory, args=None):
+        i, n = jax.process_index(), jax.process_count()
+        path = Path(directory) / f"process_{i}-of-{n}.json"
+        if not path.exists():
+            found = sorted(p.name for p in Path(directory).glob("process_*.json"))
+            print(
+                f"checkpoint: no data iterator state for process {i} of {n} "
+                f"(saved: {found}); the data pipeline starts from the beginning."
+            )
+            return None
+        return _decode(json.loads(path.read_text()))
+
+    def metadata(self, directory):
+        return None
+
+    def finalize(self, directory):
+        pass
+
+    def close(self):
+        pass
+
+
+@ocp.args.register_with_handler(_DataStateHandler, for_save=True)
+@dataclass
+class DataSave(ocp.args.CheckpointArgs):
+    item: str  # JSON text
+
+
+@ocp.args.register_with_handler(_DataStateHandler, for_restore=True)
+@dataclass
+class DataRestore(ocp.args.CheckpointArgs):
+    pass
+
+
+class _FolderHandler(ocp.CheckpointHandler):
+    """Copies a folder of small files (the tokenizer) into the step directory."""
+
+    def save(self, directory, args):
+        if jax.process_index() == 0:
+            shutil.copytree(args.src, directory, dirs_exist_ok=True)
+
+    def restore(self, directory, args=None) -> str:
+        return str(directory)
+
+    def metadata(self, directory):
+        return None
+
+    def finalize(self, directory):
+        pass
+
+    def close(self):
+        pass
+
+
+@ocp.args.register_with_handler(_FolderHandler, for_save=True)
+@dataclass
+class FolderSave(ocp.args.CheckpointArgs):
+    src: str
+
+
+@ocp.args.register_with_handler(_FolderHandler, for_restore=True)
+@dataclass
+class FolderRestore(ocp.args.CheckpointArgs):
+    pass
+
+
+def _encode(x):
+    """JSON-safe copy of an iterator state / config: bytes -> base64, numpy -> python."""
+    if isinstance(x, (bytes, bytearray)):
+        return {_B64: base64.b64encode(bytes(x)).decode("ascii")}
+    if isinstance(x, Mapping):
+        return {str(k): _encode(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_encode(v) for v in x]
+    if isinstance(x, (np.ndarray, np.generic, jax.Array)):
+        return np.asarray(x).tolist()
+    return x
+
+
+def _decode(x):
+    if isinstance(x, dict):
+        if set(x) == {_B64}:
+            return base64.b64decode(x[_B64])
+        return {k: _decode(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_decode(v) for v in x]
+    return x
+
+
+def _config_dict(config) -> dict:
+    if hasattr(config, "to_dict"):  # ml_collections.ConfigDict
+        config = config.to_dict()
+    return json.loads(json.dumps(_encode(config), default=str))
+
+
+# ----------------------------------------------------------------- manager
+def create_manager(
+    directory,
+    *,
+    checkpoint_every: int = 1000,
+    keep: int = 3,
+    best_metric: str | None = None,
+    best_mode: str = "min",
+    async_save: bool = True,
+) -> ocp.CheckpointManager:
+    """An Orbax manager saving every `checkpoint_every` steps, keeping the last
+    `keep` and (with `best_metric`) also the best one by that eval metric.
+
+    Reports (and has Orbax delete) half-written `*.orbax-checkpoint-tmp` dirs.
+    """
+    if best_mode not in ("min", "max"):
+        raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
+    directory = Path(directory).absolute()
+    report_incomplete(directory)
+    policies: list = [ocm.LatestN(n=keep)]
+    if best_metric is not None:
+        policies.append(
+            ocm.BestN(
+                get_metric_fn=lambda m: m[best_metric],
+                reverse=best_mode == "min",  # BestN keeps the *last* n after sorting
+                n=1,
+                keep_checkpoints_without_metrics=False,
+            )
+        )
+    options = ocp.CheckpointManagerOptions(
+        save_decision_policy=ocm.AnySavePolicy(
+            [ocm.FixedIntervalPolicy(checkpoint_every), ocm.PreemptionCheckpointingPolicy()]
+        ),
+        preservation_policy=ocm.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save,
+        # Never silently skip a due save because the previous one is still writing.
+        enable_should_save_is_saving_in_progress_check=False,
+        cleanup_tmp_directories=True,
+    )
+    return ocp.CheckpointManager(
+        directory, options=options, item_names=("state", "data", "config", "tokenizer")
+    )
+
+
+def save(
+    manager: ocp.CheckpointManager,
+    step: int,
+    state,
+    *,
+    data_state: Any | Callable[[], Any] = None,
+    config=None,
+    tokenizer_dir=None,
+    metrics: Mapping[str, Any] | None = None,
+    force: bool = False,
+) -> bool:
+    """Starts an (async) save if `step` is due (or `force`); returns whether it did.
+
+    `data_state` may be a callable (`iterator.get_state`), called only when saving.
+    `metrics` (eval metrics, for `best_metric`) are stored as floats.
+    """
+    if not force and not manager.should_save(step):
+        return False
+    if force and manager.latest_step() == step:
+        return False  # already saved (e.g. a preemption on a checkpoint_every step)
+    if callable(data_state):
+        data_state = data_state()
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_state is not None:
+        items["data"] = DataSave(json.dumps(_encode(data_state)))
+    if config is not None:
+        items["config"] = ocp.args.JsonSave(_config_dict(config))
+    if tokenizer_dir is not None:
+        items["tokenizer"] = FolderSave(str(tokenizer_dir))
+    if metrics is not None:
+        metrics = {k: float(np.asarray(v)) for k, v in metrics.items()}
+    return manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+
+
+def step_dir(manager: ocp.CheckpointManager, step: int) -> Path:
+    return Path(manager.directory) / str(step)
+
+
+def is_complete(path) -> bool:
+    path = Path(path)
+    return (
+        path.is_dir()
+        and not path.name.endswith(ocp.step.TMP_DIR_SUFFIX)
+        and ocp.step.TMP_DIR_SUFFIX not in path.name
+        and (path / COMMIT_MARKER).exists()
+        and (path / "state").is_dir()
+    )
+
+
+def _step_dirs(directory: Path) -> dict[int, Path]:
+    if not directory.is_dir():
+        return {}
+    return {int(p.name): p for p in directory.iterdir() if p.is_dir() and p.name.isdigit()}
+
+
+def incomplete_checkpoints(directory) -> list[Path]:
+    """Step dirs that a crash left behind: Orbax tmp dirs and dirs without a commit marker."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    tmp = [p for p in directory.iterdir() if ocp.step.TMP_DIR_SUFFIX in p.name]
+    uncommitted = [p for p in _step_dirs(directory).values() if not is_complete(p)]
+    return sorted(tmp + uncommitted)
+
+
+def report_incomplete(directory) -> list[Path]:
+    bad = incomplete_checkpoints(directory)
+    if bad and jax.process_index() == 0:
+        names = ", ".join(p.name for p in bad)
+        print(f"checkpoint: skipping incomplete (interrupted) checkpoints in {directory}: {names}")
+    return bad
+
+
+def latest_step(manager: ocp.CheckpointManager) -> int | None:
+    """The newest COMPLETE step (Orbax alone would also list uncommitted step dirs)."""
+    manager.wait_until_finished()
+    steps = [s for s in manager.all_steps() if is_complete(step_dir(manager, s))]
+    return max(steps) if steps else None
+
+
+# ----------------------------------------------------------------- restore
+class Restored(NamedTuple):
+    state: Any
+    data_state: Any
+    config: dict | None
+    step: int
+
+
+def _key_str(k) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def path_str(keypath) -> str:
+    return "/".join(_key_str(k) for k in keypath)
+
+
+def _shape(x) -> tuple:
+    if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+        x = jax.eval_shape(jax.random.key_data, x)  # Orbax stores typed keys as key data
+    return tuple(x.shape)
+
+
+def flat_shapes(tree) -> dict[str, tuple]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {path_str(p): _shape(x) for p, x in leaves}
+
+
+def _check_shapes(saved: dict[str, tuple], wanted: dict[str, tuple], where: str):
+    bad = [
+        f"  {p}: checkpoint {saved[p]} vs model {s}"
+        for p, s in wanted.items()
+        if p in saved and saved[p] != s
+    ]
+    missing = [f"  {p}: not in checkpoint" for p in wanted if p not in saved]
+    extra = [f"  {p}: only in checkpoint" for p in saved if p not in wanted]
+    if bad or missing or extra:
+        lines = (bad + missing + extra)[:20]
+        raise ValueError(
+            f"checkpoint {where} does not match the current model/optimizer "
+            f"(did the config change between runs?):\n" + "\n".join(lines) + "\n"
+            "Use a new --workdir, or start from it with config.init_from (loads "
+            "matching parameters only). Existing checkpoints were left untouched."
+        )
+
+
+def state_metadata(path) -> dict:
+    """The saved train-state tree of a step dir, as Orbax array metadata (no data read)."""
+    meta = ocp.PyTreeCheckpointHandler().metadata(Path(path) / "state")
+    return getattr(meta, "tree", meta)
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = None) -> Restored:
+    """Restores `step` (default: latest complete) directly onto the shardings of
+    `abstract_state` (a pytree of `jax.ShapeDtypeStruct(..., sharding=...)`)."""
+    if step is None:
+        step = latest_step(manager)
+        if step is None:
+            raise FileNotFoundError(f"no complete checkpoint in {manager.directory}")
+    path = step_dir(manager, step)
+    if not is_complete(path):
+        raise FileNotFoundError(f"checkpoint {path} is incomplete or missing")
+    if abstract_state is not None:
+        _check_shapes(flat_shapes(state_metadata(path)), flat_shapes(abstract_state), str(path))
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if (path / "data").is_dir():
+        items["data"] = DataRestore()
+    if (path / "config").is_dir():
+        items["config"] = ocp.args.JsonRestore()
+    out = manager.restore(step, args=ocp.args.Composite(**items))
+    return Restored(out["state"], out.get("data"), out.get("config"), step)
+
+
+def maybe_restore(manager: ocp.CheckpointManager, abstract_state):
+    """(state, data_state, step) from the latest complete checkpoint, or (None, None, 0)."""
+    step = latest_step(manager)
+    if step is None:
+        return None, None, 0
+    r = restore(manager, abstract_state, step)
+    print(f"checkpoint: resumed from {step_dir(manager, step)} (step {step})")
+    return r.state, r.data_state, step
+
+
+# ----------------------------------------------------------------- sources
+def resolve(source) -> Path:
+    """A complete step dir from a workdir, a checkpoints dir, or a step dir."""
+    path = Path(source)
+    if (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
+    if (path / "state").is_dir():
+        if not is_complete(path):
+            raise FileNotFoundError(f"checkpoint {path} is incomplete (no {COMMIT_MARKER})")
+        return path
+    report_incomplete(path)
+    steps = {s: p for s, p in _step_dirs(path).items() if is_complete(p)}
+    if not steps:
+        raise FileNotFoundError(f"no complete checkpoint found under {source}")
+    return steps[max(steps)]
+
+
+def read_checkpoint_config(source) -> dict:
+    """The run config saved with a checkpoint (a HF folder: its config.json)."""
+    if str(source).startswith("hf:"):
+        return json.loads((Path(str(source)[3:]) / "config.json").read_text())
+    path = resolve(source) / "config"
+    if not path.is_dir():
+        return {}
+    return dict(ocp.handlers.JsonCheckpointHandler().restore(path))
+
+
+def tokenizer_dir(source) -> Path | None:
+    """The tokenizer folder saved with a checkpoint (a HF folder: the folder)."""
+    if str(source).startswith("hf:"):
+        return Path(str(source)[3:])
+    path = resolve(source) / "tokenizer"
+    return path if path.is_dir() else None
+
+
+# ----------------------------------------------------------------- preemption
+class PreemptionGuard:
+    """SIGTERM/SIGINT only set a flag; the loop finishes its step, saves, exits 0.
+
+        with PreemptionGuard() as guard:
+            for step in ...:
+                ...
+                if guard.should_stop(step): save(force=True); break
+
+    A second signal restores the previous handlers and re-delivers itself, so a
+    second Ctrl-C (KeyboardInterrupt) or `kill` still stops a hung process.
+    Handlers can only be installed from the main thread; elsewhere this is a no-op
+    apart from multi-host agreement.
+    """
+
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
+        self.signals = tuple(signals)
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in self.signals:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        self._restore_handlers()
+        return False
+
+    def _restore_handlers(self):
+        for s, h in self._previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.received is not None:  # second signal: stop now
+            self._restore_handlers()
+            os.write(2, f"\n{name} again: stopping immediately.\n".encode())
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.received = signum
+        msg = (
+            f"\n{name} received: finishing the current step, saving a checkpoint and "
+            "exiting (send it again to stop immediately).\n"
+        )
+        os.write(2, msg.encode())
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.received is not None
+
+    def should_stop(self, step: int) -> bool:
+        """Same answer on every host: call it at every step on all hosts."""
+        if jax.process_count() == 1:
+            return self.stop_requested
+        # Any host's signal stops all; Orbax's sync point covers preemption notices
+        # delivered through jax.distributed (which may own SIGTERM itself).
+        flags = multihost_utils.process_allgather(np.int32(self.stop_requested))
+        return bool(np.max(flags) > 0) or bool(ocp.utils.reached_preemption(step))

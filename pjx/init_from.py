@@ -1,0 +1,203 @@
+"""`config.init_from`: start a run from another run's parameters.
+
+Loads every parameter whose full path and shape match the new model, keeps the
+new model's fresh initialisation for the rest, and reports loaded / new /
+dropped. Only the `params` subtree of the source train state is read, so the
+optimizer (or its absence) in the source does not matter.
+
+Vocabulary resize policy (`allow_vocab_resize=True`): a an embedding table
+(a path containing "embed", "wte", "shared" or "vocab") whose shape differs in
+one axis fixes the (old, new) vocabulary size; it and every other parameter
+that differs in exactly one axis by that same pair (output projection, output
+bias) get the overlapping entries copied and keep their fresh init for the rest.
+Any other shape difference is still an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from pjx import checkpoint as ckpt
+
+
+@dataclass
+class InitReport:
+    source: str
+    loaded: list = field(default_factory=list)  # (path, shape)
+    resized: list = field(default_factory=list)  # (path, source shape, model shape)
+    new: list = field(default_factory=list)  # (path, shape)
+    dropped: list = field(default_factory=list)  # (path, shape) only in the source
+
+    def table(self) -> str:
+        rows = [("loaded", p, str(s)) for p, s in self.loaded]
+        rows += [("resized", p, f"{a} -> {b}") for p, a, b in self.resized]
+        rows += [("new", p, str(s)) for p, s in self.new]
+        rows += [("dropped", p, str(s)) for p, s in self.dropped]
+        w = max([len(r[1]) for r in rows] + [9])
+        lines = [
+            f"init_from {self.source}: {len(self.loaded)} loaded, {len(self.resized)} "
+            f"resized, {len(self.new)} newly initialised, {len(self.dropped)} dropped",
+            f"  {'status':<8} {'parameter':<{w}} shape",
+        ]
+        lines += [f"  {a:<8} {p:<{w}} {s}" for a, p, s in rows]
+        return "\n".join(lines)
+
+    __str__ = table
+
+
+def _source_params(source) -> tuple[dict, callable, str]:
+    """(path -> saved shape, loader(paths, targets) -> {path: array}, description)."""
+    source = str(source)
+    if source.startswith("hf:"):
+        try:
+            from pjx import hf
+        except ImportError as e:
+            raise RuntimeError(
+                f"init_from={source!r} needs pjx.hf (Hugging Face import), "
+                f"which is not available: {e}"
+            ) from None
+        if not hasattr(hf, "load_params"):
+            raise RuntimeError(
+                f"init_from={source!r} needs pjx.hf.load_params, which pjx.hf does not define"
+            )
+        flat = {
+            ckpt.path_str(p): np.asarray(x)
+            for p, x in jax.tree_util.tree_flatten_with_path(hf.load_params(source[3:]))[0]
+        }
+        return (
+            {p: x.shape for p, x in flat.items()},
+            lambda wanted: {p: flat[p] for p in wanted},
+            source,
+        )
+
+    step = ckpt.resolve(source)
+    meta = ckpt.state_metadata(step)
+    if "params" not in meta:
+        raise ValueError(f"checkpoint {step} has no 'params' in its state (found {sorted(meta)})")
+    leaves = jax.tree_util.tree_flatten_with_path(meta["params"])[0]
+    saved = {ckpt.path_str(p): tuple(m.shape) for p, m in leaves}
+    keypaths = {ckpt.path_str(p): p for p, _ in leaves}
+
+    def load(wanted: dict):  # path -> sharding (or None: host numpy)
+        # Partial restore of just these leaves of params/: the optimizer state
+        # and the other params are never read.
+        item, rargs = {}, {}
+        for p, sharding in wanted.items():
+            node_i, node_r = item.setdefault("params", {}), rargs.setdefault("params", {})
+            *parents, last = [ckpt._key_str(k) for k in keypaths[p]]
+            for k in parents:
+                node_i, node_r = node_i.setdefault(k, {}), node_r.setdefault(k, {})
+            node_i[last] = 0
+            node_r[last] = (
+                ocp.ArrayRestoreArgs(sharding=sharding)
+                if sharding is not None
+                else ocp.RestoreArgs(restore_type=np.ndarray)
+            )
+        out = ocp.PyTreeCheckpointer().restore(
+            step / "state",
+            args=ocp.args.PyTreeRestore(item=item, restore_args=rargs, partial_restore=True),
+        )
+        flat = jax.tree_util.tree_flatten_with_path(out.get("params", {}))[0]
+        return {ckpt.path_str(p): x for p, x in flat}
+
+    return saved, load, str(step)
+
+
+_EMBEDDING_NAMES = ("embed", "wte", "shared", "vocab")
+
+
+def _is_embedding(path: str) -> bool:
+    return any(n in path.lower() for n in _EMBEDDING_NAMES)
+
+
+def _sharding(x):
+    s = getattr(x, "sharding", None)
+    return s if isinstance(s, jax.sharding.Sharding) else None
+
+
+def init_from(source, target_params, *, allow_vocab_resize: bool = False, verbose: bool = True):
+    """(params, InitReport): `target_params` (freshly initialised, concrete) with every
+    parameter whose path and shape match `source` replaced by the source's values.
+
+    `source`: a workdir (its latest checkpoint), a checkpoints dir, a step dir,
+    or `hf:PATH` (via `pjx.hf.load_params`).
+    """
+    saved, load, where = _source_params(source)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(target_params)
+    target = {ckpt.path_str(p): x for p, x in leaves}
+    report = InitReport(source=where)
+    exact, resize, mismatched = {}, {}, []
+    for p, x in target.items():
+        if p not in saved:
+            report.new.append((p, tuple(x.shape)))
+        elif saved[p] == tuple(x.shape):
+            exact[p] = _sharding(x)
+            report.loaded.append((p, tuple(x.shape)))
+        else:
+            mismatched.append((p, saved[p], tuple(x.shape)))
+    report.dropped = [(p, s) for p, s in saved.items() if p not in target]
+
+    if mismatched:
+        diffs = [
+            [(a, b) for a, b in zip(s, t) if a != b] if len(s) == len(t) else None
+            for _, s, t in mismatched
+        ]
+        # The (old, new) vocabulary size comes from an embedding table; every other
+        # resized parameter (output projection, bias) must change by the same pair.
+        vocab = {
+            d[0]
+            for (p, _, _), d in zip(mismatched, diffs)
+            if d and len(d) == 1 and _is_embedding(p)
+        }
+        resizable = (
+            allow_vocab_resize
+            and len(vocab) == 1
+            and all(d is not None and len(d) == 1 and d[0] in vocab for d in diffs)
+        )
+        if not resizable:
+            lines = "\n".join(f"  {p}: checkpoint {s} vs model {t}" for p, s, t in mismatched)
+            hint = (
+                "set allow_vocab_resize to copy the overlapping vocabulary rows"
+                if not allow_vocab_resize
+                else "allow_vocab_resize only covers a vocabulary change: an embedding table and "
+                "parameters that differ from it in one axis by the same (old, new) size"
+            )
+            raise ValueError(
+                f"init_from {where}: parameter shapes differ between the checkpoint "
+                "and the model:\n"
+                f"{lines}\nFix the model config to match, or {hint}."
+            )
+        resize = {p: None for p, _, _ in mismatched}
+        report.resized = mismatched
+
+    values = load({**exact, **resize}) if (exact or resize) else {}
+    out = []
+    for p, x in target.items():
+        if p in exact:
+            v = values[p]
+            out.append(v.astype(x.dtype) if v.dtype != x.dtype else v)
+        elif p in resize:
+            src = np.asarray(values[p])
+            axis = next(i for i, (a, b) in enumerate(zip(src.shape, x.shape)) if a != b)
+            n = min(src.shape[axis], x.shape[axis])
+            host = np.array(x)  # fresh init for the new rows
+            idx = tuple(slice(0, n) if i == axis else slice(None) for i in range(src.ndim))
+            host[idx] = src[idx]
+            out.append(
+                jax.device_put(host.astype(x.dtype), _sharding(x))
+                if _sharding(x)
+                else host.astype(x.dtype)
+            )
+        else:
+            out.append(x)
+    params = jax.tree_util.tree_unflatten(treedef, out)
+    if verbose and jax.process_index() == 0:
+        print(report.table())
+    return params, report
+
+
+__all__ = ["InitReport", "init_from"]
