@@ -1,0 +1,71 @@
+"""`pjx tokenizer train|show`: train a SentencePiece tokenizer on a data source, inspect one."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pjx.tokenizers.base import FAMILY_SPECIALS
+from pjx.tokenizers.load import atomic_directory, load
+from pjx.tokenizers.spm import train_sentencepiece
+
+
+def add_cli_arguments(parser):
+    sub = parser.add_subparsers(dest="tokenizer_command", required=True)
+    t = sub.add_parser("train", help="train SentencePiece with a model family's special tokens")
+    t.add_argument(
+        "--source", required=True, help="data URI: text:PATH, tsv:PATH, tfds:NAME, embedded"
+    )
+    t.add_argument("--vocab-size", type=int, default=8000, help="including the special tokens")
+    t.add_argument("--model", choices=("unigram", "bpe"), default="unigram")
+    t.add_argument("--family", choices=sorted(FAMILY_SPECIALS), required=True)
+    t.add_argument("--out", required=True, help="new folder; load it with tokenizer=DIR")
+    s = sub.add_parser("show", help="print a tokenizer's size and special ids, and encode a text")
+    s.add_argument("spec", help="a tokenizer spec or folder")
+    s.add_argument("text", nargs="?", help="text to encode and decode")
+
+
+def _train(args) -> int:
+    from pjx import data  # the data sources (imported late: they pull in TFDS / Grain)
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"--out {out} exists and is not empty: choose a new folder")
+    count = [0]
+
+    def texts():
+        for t in data.read_texts(args.source):
+            count[0] += 1
+            yield t
+
+    with atomic_directory(out) as tmp:
+        tok = train_sentencepiece(
+            texts(), tmp, vocab_size=args.vocab_size, model_type=args.model,
+            family=args.family,
+        )  # fmt: skip
+    print(f"trained on {count[0]} texts from {args.source}: {tok}")
+    print(f"wrote {out} (use tokenizer={str(out)!r} in a config)")
+    return 0
+
+
+def _show(args) -> int:
+    tok = load(args.spec)
+    print(tok)
+    print(f"special_ids: {list(tok.special_ids)}")
+    if args.text is not None:
+        ids = tok.encode(args.text)
+        print(f"{len(ids)} ids: {ids}")
+        print(f"decoded: {tok.decode(ids)!r}")
+    return 0
+
+
+COMMANDS = {"train": _train, "show": _show}
+
+
+def cli_main(args, overrides=None) -> int:
+    """Runs `pjx tokenizer ...`; bad input prints one line and returns 2."""
+    try:
+        return COMMANDS[args.tokenizer_command](args)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        print(f"pjx tokenizer: error: {e}", file=sys.stderr)
+        return 2
