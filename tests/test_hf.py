@@ -18,7 +18,7 @@ import safetensors.numpy
 from flax import traverse_util
 
 from pjx import checkpoint as ckpt
-from pjx import hf, models
+from pjx import hf, models, tokenizers
 from pjx.init_from import init_from, source_model
 
 ATOL = 1e-4
@@ -141,15 +141,24 @@ def test_minilm_parity_on_real_sentences(tf):
     assert fields["num_layers"] == 6 and fields["hidden_size"] == 384
     assert (fields["mlm_head"], fields["nsp_head"], fields["num_labels"]) == (False, False, 0)
 
-    tok = tf.BertTokenizer.from_pretrained(str(path))
-    enc = tok(SENTENCES, padding=True, return_tensors="np")
-    assert enc["attention_mask"].min() == 0  # the batch really is padded
+    # pjx's WordPiece (from the HF folder) builds the batch; it must equal BertTokenizer's.
+    tok = tokenizers.load(str(path))
+    rows = [[tok.cls_id, *ids, tok.sep_id] for ids in tok.encode_batch(SENTENCES)]
+    L = max(map(len, rows))
+    input_ids = np.array([r + [tok.pad_id] * (L - len(r)) for r in rows], np.int32)
+    attention_mask = np.array([[1] * len(r) + [0] * (L - len(r)) for r in rows], np.int32)
+    token_type_ids = np.zeros_like(input_ids)
+    enc = tf.BertTokenizer.from_pretrained(str(path))(SENTENCES, padding=True, return_tensors="np")
+    np.testing.assert_array_equal(input_ids, enc["input_ids"])
+    np.testing.assert_array_equal(attention_mask, enc["attention_mask"])
+    assert attention_mask.min() == 0  # the batch really is padded
+
     model, params = hf.load(path)
     out = jax.jit(model.apply)(
         {"params": params},
-        input_ids=enc["input_ids"],
-        attention_mask=enc["attention_mask"],
-        token_type_ids=enc["token_type_ids"],
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        token_type_ids=token_type_ids,
     )
     ref = tf.BertModel.from_pretrained(str(path)).eval()
     with torch.no_grad():
@@ -450,6 +459,40 @@ def test_sharded_checkpoint_and_missing_base_prefix(tmp_path):
     # A bare-encoder checkpoint (like sentence-transformers'): no "bert." prefix.
     _reshard(tmp_path / "single", tmp_path / "bare", strip_prefix="bert.")
     assert_same_params(hf.load_params(tmp_path / "bare"), params)
+
+
+def _rewrite(folder: Path, edit):
+    tensors = safetensors.numpy.load_file(folder / "model.safetensors")
+    safetensors.numpy.save_file(edit(tensors), folder / "model.safetensors")
+
+
+def test_checkpoint_variants(tmp_path, capsys):
+    # BertForMaskedLM has no pooler, and early TF ports name LayerNorm params gamma / beta.
+    config, params = init_params("bert", **TINY["bert"])
+    hf.save("bert", config, params, tmp_path / "bert")
+    _rewrite(
+        tmp_path / "bert",
+        lambda t: {
+            k.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
+                "LayerNorm.bias", "LayerNorm.beta"
+            ): v
+            for k, v in t.items()
+            if "pooler" not in k
+        },
+    )
+    loaded = hf.load_params(tmp_path / "bert")
+    assert "pooler" not in loaded["bert"]
+    pooler = params["bert"].pop("pooler")
+    assert_same_params(loaded, params)
+    model, full = hf.load(tmp_path / "bert")
+    assert "freshly initialised: bert/pooler/dense/bias" in capsys.readouterr().out
+    assert jax.tree.map(np.shape, full["bert"]["pooler"]) == jax.tree.map(np.shape, pooler)
+    # transformers 5 saves a T5 whose LM head is tied (unscaled) to `shared` without lm_head.
+    config, params = init_params("t5", **TINY["t5"])
+    params["lm_head"]["kernel"] = params["shared"]["embedding"].T.copy()
+    hf.save("t5", config, params, tmp_path / "t5")
+    _rewrite(tmp_path / "t5", lambda t: {k: v for k, v in t.items() if k != "lm_head.weight"})
+    assert_same_params(hf.load_params(tmp_path / "t5"), params)
 
 
 def test_refuses_pickle_checkpoints(tmp_path):

@@ -19,6 +19,7 @@ import safetensors.numpy
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+OTHER_WEIGHTS = ("*.h5", "*.msgpack")  # TensorFlow / Flax weights: also not read
 # Files a tokenizer may need, for every tokenizer kind transformers / pjx write.
 TOKENIZER_FILES = (
     "vocab.txt",
@@ -58,7 +59,7 @@ def read_config(path) -> dict:
 
 
 def _refuse_pickles(folder: Path):
-    found = sorted(p.name for pattern in PICKLES for p in folder.glob(pattern))
+    found = sorted(p.name for pat in PICKLES + OTHER_WEIGHTS for p in folder.glob(pat))
     what = ", ".join(found) if found else "no weights file"
     raise FileNotFoundError(
         f"{folder} has no {SINGLE} (or {INDEX}); found: {what}.\n"
