@@ -533,7 +533,8 @@ def test_refuses_unsupported_configs(tmp_path):
         hf.load_params(tmp_path)
 
 
-def test_cli_hf_to_pjx_to_hf(tmp_path):
+def test_cli_hf_to_pjx_to_hf(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative SRC / DST, as typed on a command line
     config, params = init_params("bert", **TINY["bert"])
     src = hf.save("bert", config, params, tmp_path / "hf")
     (src / "vocab.txt").write_text("\n".join(f"tok{i}" for i in range(50)) + "\n")
@@ -555,13 +556,17 @@ def test_cli_hf_to_pjx_to_hf(tmp_path):
     assert report.new == [] and report.dropped == [] and len(report.loaded) == len(flat(params))
     assert_same_params(loaded, params)
 
-    assert cli("hf-to-pjx", src, tmp_path / "pjx") == 2  # DST not empty, no --overwrite
-    assert cli("pjx-to-hf", tmp_path / "pjx", tmp_path / "back") == 0
+    assert cli("hf-to-pjx", "hf", "pjx") == 2  # DST not empty, no --overwrite
+    assert cli("hf-to-pjx", "hf", "pjx", "--overwrite") == 0
+    assert cli("pjx-to-hf", "pjx", "back") == 0
     want = safetensors.numpy.load_file(src / "model.safetensors")
     got = safetensors.numpy.load_file(tmp_path / "back" / "model.safetensors")
     assert sorted(got) == sorted(want)
     for k in want:
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
     assert (tmp_path / "back" / "vocab.txt").read_text() == (src / "vocab.txt").read_text()
+    assert sorted(p.name for p in (tmp_path / "back").iterdir()) == sorted(
+        p.name for p in src.iterdir()
+    )
     back_cfg = json.loads((tmp_path / "back" / "config.json").read_text())
     assert back_cfg == json.loads((src / "config.json").read_text())

@@ -77,7 +77,7 @@ def read_params(source) -> dict:
 
     from pjx import checkpoint as ckpt
 
-    step = ckpt.resolve(source)
+    step = ckpt.resolve(source).absolute()  # Orbax restores from absolute paths only
     meta = ckpt.state_metadata(step)
     if "params" not in meta:
         raise ValueError(f"checkpoint {step} has no 'params' in its state (found {sorted(meta)})")
@@ -99,7 +99,9 @@ def pjx_to_hf(src, dst) -> Path:
     out = hf.save(family, fields, read_params(src), dst)
     tok = ckpt.tokenizer_dir(src)
     if tok is not None:
-        shutil.copytree(tok, out, dirs_exist_ok=True)
+        # The step's Orbax commit marker is not a tokenizer file.
+        ignore = shutil.ignore_patterns(ckpt.COMMIT_MARKER)
+        shutil.copytree(tok, out, ignore=ignore, dirs_exist_ok=True)
     return out
 
 
@@ -112,7 +114,7 @@ def cli_main(args, overrides=()) -> int:
         _prepare(dst, args.overwrite)
         if args.direction == "hf-to-pjx":
             where = hf_to_pjx(args.src, dst)
-            print(f"wrote pjx checkpoint {where} (use it as init_from={dst})")
+            print(f"wrote pjx checkpoint {where} (use it as init_from={dst.absolute()})")
         else:
             where = pjx_to_hf(args.src, dst)
             print(f"wrote Hugging Face model folder {where}")
