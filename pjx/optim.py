@@ -7,6 +7,7 @@ over micro-batches inside the jitted step (see `accumulate_gradients`), so that
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,9 @@ def default_config() -> ml_collections.ConfigDict:
             clip_norm=1.0,  # global-norm clipping; 0 disables
             accum_steps=1,  # micro-batches per step (scanned inside the jitted step)
             mu_dtype="float32",  # "bfloat16" halves the first-moment memory
+            # Regex on parameter paths ("vit/encoder/layer_0/..."): matching parameters get
+            # no update and no optimizer state (linear probe: freeze="^(?!classifier)").
+            freeze="",
         )
     )
 
@@ -79,8 +83,31 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(keep, params)
 
 
+def param_path(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def frozen_mask(params, pattern: str):
+    """True where `pattern` (a regex, `re.search` on the '/'-joined path) freezes a leaf."""
+    rx = re.compile(pattern)
+    return jax.tree_util.tree_map_with_path(lambda p, _: bool(rx.search(param_path(p))), params)
+
+
 def make(opt_cfg, total_steps: int) -> tuple[optax.GradientTransformation, Callable]:
     """Returns (optax transformation, lr schedule)."""
+    tx, lr_fn = _make_trainable(opt_cfg, total_steps)
+    pattern = opt_cfg.get("freeze", "") or ""
+    if not pattern:
+        return tx, lr_fn
+    # Frozen leaves bypass clipping and AdamW entirely (set_to_zero keeps no state), so
+    # their gradients are dead code that XLA removes: a linear probe costs a forward pass.
+    labels = lambda params: jax.tree.map(
+        lambda f: "frozen" if f else "trainable", frozen_mask(params, pattern)
+    )
+    return optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()}, labels), lr_fn
+
+
+def _make_trainable(opt_cfg, total_steps: int):
     lr_fn = schedule(opt_cfg, total_steps)
     mu_dtype = jnp.dtype(opt_cfg.get("mu_dtype", "float32") or "float32")
     parts = []

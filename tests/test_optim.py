@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from pjx import models, optim, tasks
@@ -140,3 +141,22 @@ def test_gradient_accumulation_equals_large_batch():
     # Property check that can fail: unweighted mean of micro-batch means differs.
     counts = np.stack([seg[j::4, 1:].sum() for j in range(4)])
     assert len(set(counts.tolist())) > 1
+
+
+def test_freeze_leaves_frozen_params_untouched_and_stateless():
+    params = {
+        "encoder": {"kernel": jnp.ones((3, 3)), "bias": jnp.ones((3,))},
+        "classifier": {"kernel": jnp.ones((3, 2))},
+    }
+    grads = jax.tree.map(jnp.ones_like, params)
+    tx, _ = optim.make(_opt(lr=0.1, warmup_steps=0, freeze="^encoder/"), total_steps=10)
+    state = tx.init(params)
+    # Only the classifier carries Adam moments: frozen leaves cost no optimizer memory.
+    moments = [x for x in jax.tree.leaves(state) if getattr(x, "shape", ()) == (3, 3)]
+    assert moments == []
+    updates, _ = tx.update(grads, state, params)
+    new = optax.apply_updates(params, updates)
+    chex.assert_trees_all_equal(new["encoder"], params["encoder"])
+    assert not np.allclose(new["classifier"]["kernel"], params["classifier"]["kernel"])
+    mask = optim.frozen_mask(params, "^encoder/")
+    assert mask == {"encoder": {"kernel": True, "bias": True}, "classifier": {"kernel": False}}
