@@ -40,6 +40,8 @@ def _train(args, overrides) -> int:
     except train.NonFiniteLossError as e:
         print(f"pjx: {e}", file=sys.stderr)
         return 1
+    except train.Preempted as e:  # a clean, resumable stop: exit 0 like a finished run
+        print(f"pjx: {e}", file=sys.stderr)
     return 0
 
 
@@ -56,9 +58,22 @@ def _bench(args, overrides) -> int:
     return bench.main(args, overrides)
 
 
+def _tokenizer_args(p):
+    from pjx import tokenizers
+
+    tokenizers.add_cli_arguments(p)
+
+
+def _tokenizer(args, overrides) -> int:
+    from pjx import tokenizers
+
+    return tokenizers.cli_main(args, overrides)
+
+
 COMMANDS = {
     "train": (_train_args, _train, "train / fine-tune from a config file"),
     "bench": (_bench_args, _bench, "time train steps; last line is a JSON object"),
+    "tokenizer": (_tokenizer_args, _tokenizer, "train / inspect a tokenizer"),
 }
 
 

@@ -47,7 +47,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every = 0  # 0 = only at the end
     c.eval_steps = 0  # 0 = the whole eval set
     c.checkpoint_every = 0  # 0 = only at the end
+    c.keep_checkpoints = 3  # the last N are kept ...
+    c.best_metric = ""  # ... plus the best by this eval metric ("" = none), e.g. "accuracy"
+    c.best_mode = "max"  # "max" | "min"
     c.init_from = ""  # workdir, checkpoint path or hf:PATH
+    c.allow_vocab_resize = False  # init_from: copy the overlapping rows of a resized vocab
     c.progress = True  # live progress line on stderr
     # Chained stages: (("name", {"dotted.key": value, ...}), ...), each run in WORKDIR/name.
     # An init_from of "stage:NAME" means WORKDIR/NAME.

@@ -200,4 +200,55 @@ def init_from(source, target_params, *, allow_vocab_resize: bool = False, verbos
     return params, report
 
 
-__all__ = ["InitReport", "init_from"]
+# Fields that belong to the task, not the pretrained body: the fine-tuning run decides them.
+HEAD_FIELDS = ("mlm_head", "nsp_head", "num_labels", "projection_dim")
+_RUNTIME_FIELDS = ("dtype", "attention_impl")  # how to compute, never what was trained
+
+
+def source_model(source) -> tuple[str, dict]:
+    """(family, Config fields) of the model saved at `source` (pjx checkpoint or hf:PATH)."""
+    source = str(source)
+    if source.startswith("hf:"):
+        from pjx import hf
+
+        return hf.model_config(source[3:])
+    saved = ckpt.read_checkpoint_config(source).get("model") or {}
+    if "name" not in saved:
+        raise ValueError(
+            f"init_from {source}: the checkpoint holds no model config; set config.model.* to "
+            "the architecture it was trained with."
+        )
+    fields = {k: v for k, v in saved.items() if k not in ("name", "size")}
+    if saved.get("size"):
+        from pjx import models
+
+        fields = {**models.MODELS[saved["name"]].PRESETS.get(saved["size"], {}), **fields}
+    return saved["name"], fields
+
+
+def resolve_model_config(config):
+    """`config` with `config.model` taken from `config.init_from`'s checkpoint.
+
+    The body's architecture comes from the source; fields the run config sets itself
+    (other than name / size) win, and the task heads are left to the new task. A family
+    mismatch is an error: a BERT body cannot initialise a GPT-2.
+    """
+    source = config.get("init_from") or ""
+    if not source:
+        return config
+    family, fields = source_model(source)
+    if config.model.name != family:
+        raise ValueError(
+            f"init_from {source} holds a {family!r} model but config.model.name is "
+            f"{config.model.name!r}; set --config.model.name={family}."
+        )
+    own = {k: v for k, v in config.model.items() if k not in ("name", "size")}
+    body = {k: v for k, v in fields.items() if k not in HEAD_FIELDS + _RUNTIME_FIELDS}
+    config = config.copy_and_resolve_references()
+    with config.model.unlocked():
+        for k, v in {**body, **own}.items():
+            config.model[k] = v
+    return config
+
+
+__all__ = ["InitReport", "init_from", "resolve_model_config", "source_model"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import time
@@ -28,9 +27,20 @@ import numpy as np
 import optax
 
 from pjx import optim, sharding, tasks
+from pjx.logger import TIMING_KEYS, Logger
 
-# Wall-clock fields of metrics.jsonl: they differ between identical runs.
-TIMING_KEYS = ("tokens_per_s", "examples_per_s", "step_s", "elapsed_s", "eta_s")
+__all__ = ["TIMING_KEYS", "TrainState", "train", "run", "setup", "train_step", "eval_step"]
+
+
+class Preempted(Exception):
+    """SIGTERM / SIGINT arrived: the step finished and a checkpoint was saved."""
+
+    def __init__(self, step: int, path: str):
+        super().__init__(
+            f"stopped by a signal after step {step}; checkpoint saved in {path}. "
+            "Run the same command again to resume."
+        )
+        self.step, self.path = step, path
 
 
 class NonFiniteLossError(RuntimeError):
@@ -224,18 +234,36 @@ def evaluate(s: Setup, params, batches: Iterable, *, seed: int = 0, max_batches:
     return s.task.finalize(jax.device_get(total))
 
 
-# ------------------------------------------------------------------------------ seams
-def build_tokenizer(config):
-    """The tokenizer named by `config.data.tokenizer` ('' = none / the data's default)."""
-    spec = config.data.get("tokenizer", "")
-    if not spec:
+# ------------------------------------------------------------------------ run resources
+def build_tokenizer(config, workdir: str | None = None):
+    """`config.data.tokenizer`, else the tokenizer saved with `config.init_from`, else None.
+
+    A `train:...` spec trains on the training texts into WORKDIR/tokenizer on the first
+    run and is reloaded from there when the run resumes.
+    """
+    spec = config.data.get("tokenizer", "") or ""
+    source = config.get("init_from") or ""
+    if not spec and not source:
         return None
     from pjx import tokenizers
 
-    return tokenizers.load(spec)
+    if spec:
+        texts = None
+        if spec.startswith("train:"):
+            from pjx import data as pjx_data
+
+            texts = lambda: pjx_data.read_texts(config.data.source)
+        return tokenizers.from_config(spec, workdir=workdir, family=config.model.name, texts=texts)
+    if source:
+        from pjx import checkpoint
+
+        folder = checkpoint.tokenizer_dir(source)
+        if folder is not None:
+            return tokenizers.load(str(folder))
+    return None
 
 
-def build_data(config, tokenizer, *, train: bool):
+def build_data(config, tokenizer, *, train: bool, workdir=None):
     """Train: an infinite iterator with get_state/set_state; eval: a re-iterable."""
     from pjx import data as pjx_data
 
@@ -244,26 +272,43 @@ def build_data(config, tokenizer, *, train: bool):
     return pjx_data.build(
         cfg,
         task=config.task,
+        model=config.model.name,
         tokenizer=tokenizer,
         batch_size=bs,
         seed=config.seed,
         train=train,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        workdir=workdir,
     )
 
 
-class Checkpointer:
-    """The one place the loop saves / restores state and reads the data iterator's state."""
+def resolved_config(config, model_config):
+    """The run config with every model field spelled out: what a checkpoint stores, so
+    `init_from` rebuilds the exact architecture even if presets change later."""
+    config = config.copy_and_resolve_references()
+    with config.model.unlocked():
+        for k, v in dataclasses.asdict(model_config).items():
+            config.model[k] = v
+    return config
 
-    def __init__(self, config, workdir):
+
+class Checkpointer:
+    """The one place the loop saves / restores state, the data position and the tokenizer."""
+
+    def __init__(self, config, workdir, tokenizer_dir=None):
         from pjx import checkpoint
 
         self.ckpt = checkpoint
         every = int(config.get("checkpoint_every", 0) or 0) or max(int(config.steps), 1)
-        self.config = config
+        self.config, self.tokenizer_dir = config, tokenizer_dir
+        self.directory = os.path.join(workdir, "checkpoints")
         self.manager = checkpoint.create_manager(
-            os.path.join(workdir, "checkpoints"), checkpoint_every=every
+            self.directory,
+            checkpoint_every=every,
+            keep=int(config.get("keep_checkpoints", 3) or 3),
+            best_metric=config.get("best_metric", "") or None,
+            best_mode=config.get("best_mode", "max"),
         )
 
     def restore(self, abstract_state, data_iter):
@@ -272,15 +317,21 @@ class Checkpointer:
             data_iter.set_state(data_state)
         return state, step
 
+    def due(self, step) -> bool:
+        return self.manager.should_save(step)
+
     def save(self, step, state, data_iter, *, force=False, metrics=None):
-        get = getattr(data_iter, "get_state", None)
+        best = self.config.get("best_metric", "") or None
+        if best and metrics is not None and best not in metrics:
+            raise ValueError(f"best_metric={best!r} is not an eval metric: {sorted(metrics)}")
         self.ckpt.save(
             self.manager,
             step,
             state,
-            data_state=get,
+            data_state=getattr(data_iter, "get_state", None),
             config=self.config,
-            metrics=metrics,
+            tokenizer_dir=self.tokenizer_dir,
+            metrics={best: metrics[best]} if best and metrics is not None else None,
             force=force,
         )
 
@@ -289,12 +340,24 @@ class Checkpointer:
         self.manager.close()
 
 
-def init_params_from(source, state: TrainState) -> TrainState:
+def init_params_from(source, state: TrainState, allow_vocab_resize=False) -> TrainState:
     """`config.init_from`: matching parameters from another run / HF folder."""
     from pjx import init_from
 
-    params, _ = init_from.init_from(source, state.params)
+    params, _ = init_from.init_from(source, state.params, allow_vocab_resize=allow_vocab_resize)
     return state.replace(params=params)
+
+
+def _save_tokenizer(tokenizer, workdir) -> str | None:
+    """The tokenizer's files in WORKDIR/tokenizer (checkpoints copy them from there)."""
+    if tokenizer is None or not hasattr(tokenizer, "save"):
+        return None
+    folder = os.path.join(workdir, "tokenizer")
+    if jax.process_index() == 0 and not os.path.isdir(folder):
+        tmp = folder + f".tmp{os.getpid()}"
+        tokenizer.save(tmp)
+        os.replace(tmp, folder)
+    return folder
 
 
 # ------------------------------------------------------------------------------- loop
@@ -310,26 +373,41 @@ def train(
 ) -> dict:
     """Runs `config` in `workdir`; returns the last eval metrics (or the last train line).
 
-    `train_data` / `eval_data` default to `pjx.data.build` from the config.
+    `train_data` / `eval_data` default to `pjx.data.build` from the config. Resumes from
+    WORKDIR/checkpoints when it holds one. Raises `Preempted` after saving on SIGTERM /
+    SIGINT, `NonFiniteLossError` when the loss becomes NaN / Inf.
     """
+    from pjx import checkpoint, init_from
+
     os.makedirs(workdir, exist_ok=True)
-    tokenizer = tokenizer if tokenizer is not None else build_tokenizer(config)
+    config = init_from.resolve_model_config(config)
+    tokenizer = tokenizer if tokenizer is not None else build_tokenizer(config, workdir)
     s = setup(config, tokenizer=tokenizer, devices=devices)
     print(describe(s))
     if train_data is None:
-        train_data = build_data(config, tokenizer, train=True)
+        train_data = build_data(config, tokenizer, train=True, workdir=workdir)
     if eval_data is None and config.eval_data.get("source"):
-        eval_data = build_data(config, tokenizer, train=False)
+        eval_data = build_data(config, tokenizer, train=False, workdir=workdir)
     train_iter = iter(train_data)
 
-    ckpt = Checkpointer(config, workdir) if checkpoints else None
+    ckpt = None
+    if checkpoints:
+        ckpt = Checkpointer(
+            resolved_config(config, s.model.config), workdir, _save_tokenizer(tokenizer, workdir)
+        )
     state, start = (None, 0)
     if ckpt is not None:
         state, start = ckpt.restore(s.abstract_state, train_data)
     if state is None:
         state = create_state(s, config.seed)
         if config.get("init_from"):
-            state = init_params_from(config.init_from, state)
+            state = init_params_from(
+                config.init_from, state, bool(config.get("allow_vocab_resize", False))
+            )
+    if start >= config.steps:
+        print(f"run already complete: step {start} of {config.steps} in {workdir}")
+        ckpt.close()
+        return Logger.last_record(workdir)
     log = Logger(
         workdir, total_steps=config.steps, resume_step=start, progress=config.get("progress", True)
     )
@@ -373,8 +451,16 @@ def train(
             line["accuracy"] = sum(float(m["correct"]) for m in host) / max(cnt, 1e-12)
         last = log.train(window[-1][0], line, unit, per_step * len(window))
 
+    def run_eval(step) -> dict:
+        nonlocal last
+        mets = evaluate(
+            s, state.params, eval_data, seed=config.seed, max_batches=config.get("eval_steps", 0)
+        )
+        last = log.eval(step, mets)
+        return mets
+
     batch = first
-    with sharding.context(s.mesh):
+    with sharding.context(s.mesh), checkpoint.PreemptionGuard() as guard:
         for step in range(start, config.steps):
             if step > start:
                 batch = next(train_iter)
@@ -387,35 +473,24 @@ def train(
             is_eval = eval_every and done % eval_every == 0 and done < config.steps
             if done % log_every == 0 and (is_eval or done == config.steps):
                 flush(done)
-            if is_eval or (ckpt is not None and ckpt.manager.should_save(done)):
+            stop = guard.should_stop(done) and done < config.steps
+            saving = ckpt is not None and done < config.steps and (stop or ckpt.due(done))
+            if is_eval or saving:
                 flush(done, write=False)  # never evaluate / save past an unseen NaN
-            if is_eval and eval_data is not None:
-                last = log.eval(
-                    done,
-                    evaluate(
-                        s,
-                        state.params,
-                        eval_data,
-                        seed=config.seed,
-                        max_batches=config.get("eval_steps", 0),
-                    ),
-                )
-            if ckpt is not None and done < config.steps:
-                ckpt.save(done, state, train_data)
+            eval_mets = run_eval(done) if is_eval and eval_data is not None else None
+            if saving:
+                ckpt.save(done, state, train_data, force=stop, metrics=eval_mets)
+            if stop:
+                flush(done)
+                log.close()
+                where = ckpt.directory if ckpt is not None else "(checkpoints disabled)"
+                if ckpt is not None:
+                    ckpt.close()
+                raise Preempted(done, where)
         flush(config.steps)
-        if eval_data is not None:
-            last = log.eval(
-                config.steps,
-                evaluate(
-                    s,
-                    state.params,
-                    eval_data,
-                    seed=config.seed,
-                    max_batches=config.get("eval_steps", 0),
-                ),
-            )
+        eval_mets = run_eval(config.steps) if eval_data is not None else None
         if ckpt is not None:
-            ckpt.save(config.steps, state, train_data, force=True)
+            ckpt.save(config.steps, state, train_data, force=True, metrics=eval_mets)
             ckpt.close()
     log.close()
     return last
@@ -437,84 +512,3 @@ def run(config, workdir: str, overrides=(), **kw) -> dict:
             print(f"=== stage {os.path.basename(stage_dir)} -> {stage_dir}")
         out = train(cfg, stage_dir, **kw)
     return out
-
-
-# ---------------------------------------------------------------------------- logging
-class Logger:
-    """metrics.jsonl + TensorBoard event files + a plain progress line (process 0 only)."""
-
-    def __init__(self, workdir, *, total_steps, resume_step=0, progress=True):
-        self.active = jax.process_index() == 0
-        self.total, self.progress = int(total_steps), progress
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self.t_start = self.t_last = time.perf_counter()
-        self.steps_timed, self.last_step = 0, resume_step
-        self.tb = None
-        if not self.active:
-            return
-        if os.path.exists(self.path):  # resumed: drop lines past the restored step
-            with open(self.path) as f:
-                keep = [ln for ln in f if ln.strip() and json.loads(ln)["step"] <= resume_step]
-            with open(self.path, "w") as f:
-                f.writelines(keep)
-        try:
-            from tensorboardX import SummaryWriter
-
-            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step)
-        except ImportError:  # pragma: no cover - optional at runtime
-            self.tb = None
-
-    def _write(self, record):
-        if not self.active:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for k, v in record.items():
-                if k not in ("step", "split") and isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"{record['split']}/{k}", v, record["step"])
-
-    def train(self, step, line, unit, units) -> dict:
-        now = time.perf_counter()
-        dt = max(now - self.t_last, 1e-9)
-        n = step - self.last_step
-        self.t_last, self.last_step = now, step
-        self.steps_timed += n
-        eta = (now - self.t_start) / max(self.steps_timed, 1) * (self.total - step)
-        record = {
-            "step": int(step),
-            "split": "train",
-            **line,
-            f"{unit}_per_s": units / dt,
-            "step_s": dt / max(n, 1),
-            "elapsed_s": now - self.t_start,
-            "eta_s": eta,
-        }
-        self._write(record)
-        if self.active and self.progress:
-            rate = units / dt
-            print(
-                f"step {step}/{self.total} | loss {line['loss']:.4f} | lr "
-                f"{line['learning_rate']:.2e} | {rate:,.0f} {unit}/s | ETA "
-                f"{_hms(eta)}",
-                flush=True,
-            )
-        return record
-
-    def eval(self, step, mets) -> dict:
-        record = {"step": int(step), "split": "eval", **mets}
-        self._write(record)
-        if self.active and self.progress:
-            shown = " | ".join(f"{k} {v:.4f}" for k, v in mets.items() if k != "count")
-            print(f"eval @ {step}: {shown}", flush=True)
-        return record
-
-    def close(self):
-        if self.tb is not None:
-            self.tb.close()
-            self.tb = None
-
-
-def _hms(seconds) -> str:
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -12,3 +12,9 @@ import jax  # noqa: E402
 
 # Exact float32 matmuls so references and sharded/unsharded comparisons are tight.
 jax.config.update("jax_default_matmul_precision", "highest")
+# Many tests compile the same tiny programs (each `train.train` call compiles its step):
+# a persistent compilation cache shared by the xdist workers compiles each only once.
+jax.config.update(
+    "jax_compilation_cache_dir", os.path.join(os.path.dirname(__file__), "..", ".jax_cache")
+)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -2,6 +2,8 @@
 and a tiny GPT-2 that learns."""
 
 import json
+import os
+import signal
 
 import jax
 import numpy as np
@@ -150,3 +152,53 @@ def test_tiny_gpt2_overfits_repeated_text(tmp_path):
     )
     first = _read(tmp_path / "metrics.jsonl")[0]["loss"]
     assert first > 2.0 and last["loss"] < 0.1, (first, last)
+
+
+class _ResumableBatches:
+    """An LM stream with get_state / set_state, like pjx.data's iterators; it can send
+    itself SIGTERM when it hands out batch `kill_at` (how preemption arrives)."""
+
+    def __init__(self, kill_at=None):
+        self.i, self.kill_at = 0, kill_at
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.i == self.kill_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        ids = np.random.RandomState(self.i).randint(0, VOCAB, (4, L)).astype(np.int32)
+        self.i += 1
+        return {"input_ids": ids, "segment_ids": np.ones_like(ids)}
+
+    def get_state(self):
+        return {"i": self.i}
+
+    def set_state(self, state):
+        self.i = state["i"]
+
+
+@pytest.mark.parametrize("stop_after", [2, 3])
+def test_preempted_and_resumed_equals_uninterrupted(tmp_path, stop_after):
+    """SIGTERM finishes the step, saves and raises Preempted; rerunning the same command
+    gives the uninterrupted run's metrics.jsonl (dropout on, 2 micro-batches per step)."""
+    c = _gpt2_config(
+        steps=5, log_every=1, eval_every=2, checkpoint_every=2, **{"model.dropout_rate": 0.1}
+    )
+    c.optimizer.accum_steps = 2
+    kw = dict(eval_data=_lm_eval(), devices=_one_device())
+    train.train(c, str(tmp_path / "ref"), train_data=_ResumableBatches(), **kw)
+    run = str(tmp_path / "run")
+    # Batch k is pulled when step k+1 starts (batch 0 before the loop): that step completes.
+    with pytest.raises(train.Preempted) as e:
+        train.train(c, run, train_data=_ResumableBatches(kill_at=stop_after - 1), **kw)
+    assert e.value.step == stop_after
+    assert (tmp_path / "run" / "checkpoints" / str(stop_after)).is_dir()
+    train.train(c, run, train_data=_ResumableBatches(), **kw)
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in train.TIMING_KEYS} for r in rs]
+    assert strip(_read(tmp_path / "run" / "metrics.jsonl")) == strip(
+        _read(tmp_path / "ref" / "metrics.jsonl")
+    )
+    # A third run finds the run complete and changes nothing.
+    last = train.train(c, run, train_data=_ResumableBatches(), **kw)
+    assert last["step"] == 5 and len(_read(tmp_path / "run" / "metrics.jsonl")) == 8

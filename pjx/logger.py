@@ -1,0 +1,107 @@
+"""metrics.jsonl, TensorBoard event files and the live progress line (process 0 writes).
+
+metrics.jsonl holds one JSON object per event, `{"step", "split", "loss", ...}`. The
+wall-clock fields (`TIMING_KEYS`) vary between runs; everything else is a deterministic
+function of (config, seed, machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+
+# Wall-clock fields of metrics.jsonl: they differ between identical runs.
+TIMING_KEYS = ("tokens_per_s", "examples_per_s", "step_s", "elapsed_s", "eta_s")
+
+
+class Logger:
+    """metrics.jsonl + TensorBoard event files + a plain progress line (process 0 only)."""
+
+    def __init__(self, workdir, *, total_steps, resume_step=0, progress=True):
+        self.active = jax.process_index() == 0
+        self.total, self.progress = int(total_steps), progress
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.t_start = self.t_last = time.perf_counter()
+        self.steps_timed, self.last_step = 0, resume_step
+        self.tb = None
+        if not self.active:
+            return
+        if os.path.exists(self.path):  # resumed: drop lines past the restored step
+            with open(self.path) as f:
+                keep = [ln for ln in f if ln.strip() and json.loads(ln)["step"] <= resume_step]
+            with open(self.path, "w") as f:
+                f.writelines(keep)
+        try:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step)
+        except ImportError:  # pragma: no cover - optional at runtime
+            self.tb = None
+
+    @staticmethod
+    def last_record(workdir) -> dict:
+        """The last line of WORKDIR/metrics.jsonl ({} if there is none)."""
+        path = os.path.join(workdir, "metrics.jsonl")
+        if not os.path.exists(path):
+            return {}
+        with open(path) as f:
+            lines = [ln for ln in f if ln.strip()]
+        return json.loads(lines[-1]) if lines else {}
+
+    def _write(self, record):
+        if not self.active:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if k not in ("step", "split") and isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"{record['split']}/{k}", v, record["step"])
+
+    def train(self, step, line, unit, units) -> dict:
+        now = time.perf_counter()
+        dt = max(now - self.t_last, 1e-9)
+        n = step - self.last_step
+        self.t_last, self.last_step = now, step
+        self.steps_timed += n
+        eta = (now - self.t_start) / max(self.steps_timed, 1) * (self.total - step)
+        record = {
+            "step": int(step),
+            "split": "train",
+            **line,
+            f"{unit}_per_s": units / dt,
+            "step_s": dt / max(n, 1),
+            "elapsed_s": now - self.t_start,
+            "eta_s": eta,
+        }
+        self._write(record)
+        if self.active and self.progress:
+            rate = units / dt
+            print(
+                f"step {step}/{self.total} | loss {line['loss']:.4f} | lr "
+                f"{line['learning_rate']:.2e} | {rate:,.0f} {unit}/s | ETA "
+                f"{_hms(eta)}",
+                flush=True,
+            )
+        return record
+
+    def eval(self, step, mets) -> dict:
+        record = {"step": int(step), "split": "eval", **mets}
+        self._write(record)
+        if self.active and self.progress:
+            shown = " | ".join(f"{k} {v:.4f}" for k, v in mets.items() if k != "count")
+            print(f"eval @ {step}: {shown}", flush=True)
+        return record
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+
+
+def _hms(seconds) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
