@@ -356,8 +356,9 @@ def maybe_restore(manager: ocp.CheckpointManager, abstract_state):
 
 # ----------------------------------------------------------------- sources
 def resolve(source) -> Path:
-    """A complete step dir from a workdir, a checkpoints dir, or a step dir."""
-    path = Path(source)
+    """A complete step dir (absolute: Orbax needs it) from a workdir, a checkpoints dir,
+    or a step dir."""
+    path = Path(source).absolute()
     if (path / "checkpoints").is_dir():
         path = path / "checkpoints"
     if (path / "state").is_dir():

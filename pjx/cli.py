@@ -7,6 +7,7 @@ modules add theirs there (`tokenizer`, `convert`).
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from pjx import config as config_lib
@@ -58,22 +59,24 @@ def _bench(args, overrides) -> int:
     return bench.main(args, overrides)
 
 
-def _tokenizer_args(p):
-    from pjx import tokenizers
+def _delegated(module: str):
+    """(add_arguments, run) of a subcommand whose module defines `add_cli_arguments` and
+    `cli_main`; imported only when that subcommand runs, keeping `pjx train` start-up lean."""
 
-    tokenizers.add_cli_arguments(p)
+    def add(p):
+        importlib.import_module(module).add_cli_arguments(p)
 
+    def run(args, overrides) -> int:
+        return importlib.import_module(module).cli_main(args, overrides)
 
-def _tokenizer(args, overrides) -> int:
-    from pjx import tokenizers
-
-    return tokenizers.cli_main(args, overrides)
+    return add, run
 
 
 COMMANDS = {
     "train": (_train_args, _train, "train / fine-tune from a config file"),
     "bench": (_bench_args, _bench, "time train steps; last line is a JSON object"),
-    "tokenizer": (_tokenizer_args, _tokenizer, "train / inspect a tokenizer"),
+    "tokenizer": (*_delegated("pjx.tokenizers"), "train / inspect a tokenizer"),
+    "convert": (*_delegated("pjx.hf"), "convert Hugging Face <-> pjx checkpoints"),
 }
 
 

@@ -70,7 +70,11 @@ def _source_params(source) -> tuple[dict, callable, str]:
         }
         return (
             {p: x.shape for p, x in flat.items()},
-            lambda wanted: {p: flat[p] for p in wanted},
+            # Onto the target's sharding, like the Orbax branch (None: stays on host).
+            lambda wanted: {
+                p: flat[p] if sh is None else jax.device_put(flat[p], sh)
+                for p, sh in wanted.items()
+            },
             source,
         )
 

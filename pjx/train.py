@@ -236,31 +236,31 @@ def evaluate(s: Setup, params, batches: Iterable, *, seed: int = 0, max_batches:
 
 # ------------------------------------------------------------------------ run resources
 def build_tokenizer(config, workdir: str | None = None):
-    """`config.data.tokenizer`, else the tokenizer saved with `config.init_from`, else None.
+    """The run's tokenizer (None if it needs none).
 
-    A `train:...` spec trains on the training texts into WORKDIR/tokenizer on the first
-    run and is reloaded from there when the run resumes.
+    Precedence: a tokenizer the config names (`sentencepiece:PATH`, `wordpiece:...`), then
+    the one saved with `config.init_from` (a fine-tuned model must read text the way it was
+    pretrained), then a `train:...` spec, which trains on the training texts into
+    WORKDIR/tokenizer on the first run and is reloaded from there on resume.
     """
-    spec = config.data.get("tokenizer", "") or ""
-    source = config.get("init_from") or ""
-    if not spec and not source:
-        return None
     from pjx import tokenizers
 
-    if spec:
-        texts = None
-        if spec.startswith("train:"):
-            from pjx import data as pjx_data
-
-            texts = lambda: pjx_data.read_texts(config.data.source)
-        return tokenizers.from_config(spec, workdir=workdir, family=config.model.name, texts=texts)
+    spec = config.data.get("tokenizer", "") or ""
+    source = config.get("init_from") or ""
+    if spec and not spec.startswith("train:"):
+        return tokenizers.load(spec)
     if source:
         from pjx import checkpoint
 
         folder = checkpoint.tokenizer_dir(source)
         if folder is not None:
             return tokenizers.load(str(folder))
-    return None
+    if not spec:
+        return None
+    from pjx import data as pjx_data
+
+    texts = pjx_data.read_texts(config.data.source)  # a generator: read only if training
+    return tokenizers.from_config(spec, workdir=workdir, family=config.model.name, texts=texts)
 
 
 def build_data(config, tokenizer, *, train: bool, workdir=None):
