@@ -1,0 +1,130 @@
+"""Data: sources (tfds, text, tsv, idx, embedded) -> cached arrays -> Grain batch streams.
+
+    cfg = pjx.data.default_config()               # config.data / config.eval_data
+    it = pjx.data.build(cfg, task="mlm", model="bert", tokenizer=tok, batch_size=32,
+                        seed=0, train=True)       # endless, get_state / set_state
+    evals = pjx.data.build(cfg, ..., train=False) # list-like, padded, with `weight`
+    texts = pjx.data.read_texts("text:corpus/*.txt")   # raw texts (tokenizer training)
+
+Modules: sources (URIs, slices, text / idx readers), tsv (GLUE layouts), tfds_source,
+embedded (the offline corpus and its classification task), text (packing, NSP,
+classification, seq2seq encodings), images (normalisation, SimCLR views), cache
+(pre-encoded arrays on disk), encode (source + task -> arrays), pipeline (Grain),
+throughput (`pjx bench --data-only`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import ml_collections
+
+from pjx.data.sources import DataError, parse_uri
+from pjx.data.throughput import bench_pipeline
+
+__all__ = ["DataError", "bench_pipeline", "build", "default_config", "parse_uri", "read_texts"]
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Keys of `config.data` / `config.eval_data` with their defaults."""
+    c = ml_collections.ConfigDict()
+    c.source = "embedded"  # tfds:NAME[:SPLIT] | text:PATH_OR_GLOB | tsv:PATH | idx:DIR | embedded
+    c.seq_len = 128  # tokens per row (encoder / decoder input)
+    c.target_len = 0  # seq2seq label length (0 = seq_len)
+    c.tokenizer = ""  # a pjx.tokenizers spec, read by pjx.train.build_tokenizer
+    c.data_dir = ""  # TFDS data_dir ("" = TFDS's default)
+    c.download = False  # TFDS: download_and_prepare when not prepared (needs internet)
+    c.cache = True  # store encoded arrays (see pjx.data.cache) ...
+    c.cache_dir = ""  # ... here ("" = DATA_DIR/pjx_cache, WORKDIR/data_cache, ~/.cache/pjx)
+    # text: sources
+    c.text_split = "line"  # documents: "line" | "blank_line" | "file"
+    c.pack = "documents"  # "documents" (segment ids per document) | "stream" (one text)
+    c.nsp = False  # mlm: BERT next-sentence pairs + next_sentence_label
+    # tsv: / tfds: columns and labels
+    c.preset = ""  # GLUE layout: cola sst2 mrpc rte qnli qqp mnli wnli ("" = detect)
+    c.header = True  # tsv without a preset: the first row names the columns
+    c.text_columns = ()  # names or 0-based indices; 1 or 2 (a pair); () = preset / auto
+    c.label_column = ""
+    c.target_column = ""  # seq2seq targets
+    c.labels = ()  # class names in label order; () = integers 0..num_labels-1
+    c.num_labels = 0  # 0 = from labels / preset (tsv default 2, idx 10)
+    c.bad_rows = "error"  # "error" | "skip" (skipped rows are counted and printed)
+    # images
+    c.image_size = 0  # resize to SxS (0 = keep)
+    c.image_mean = (0.5,)  # per channel (one value broadcasts)
+    c.image_std = (0.5,)
+    c.augment = ""  # classify: "" | "simclr" (contrastive always makes SimCLR views)
+    c.flip = True  # SimCLR horizontal flips (False for digits and text)
+    c.crop_scale = (0.08, 1.0)  # SimCLR random resized crop area range
+    c.jitter = 0.4  # brightness / contrast strength (SimCLR 0.8 * s, s = 0.5)
+    c.blur = True
+    # Grain
+    c.shuffle = True
+    c.num_threads = 2  # ReadOptions threads
+    c.prefetch = 8  # batches buffered ahead
+    c.worker_count = 0  # worker processes (mp_prefetch); 0 = threads only
+    return c
+
+
+def _with_defaults(cfg) -> ml_collections.ConfigDict:
+    given = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    return ml_collections.ConfigDict({**default_config().to_dict(), **given})
+
+
+def read_texts(uri: str, cfg=None) -> Iterator[str]:
+    """The raw texts of a source (documents; both sentences of pairs), e.g. to train a
+    tokenizer. Slices apply; blank documents are skipped."""
+    from pjx.data import sources
+
+    cfg = _with_defaults(cfg or {})
+    ex = sources.read(uri, cfg)
+    if ex.texts is None:
+        raise DataError(f"{uri} has no text")
+    for column in (ex.texts, ex.texts_b or ()):
+        for t in column:
+            if t and t.strip():
+                yield t
+
+
+def build(
+    cfg,
+    *,
+    task: str,
+    model: str,
+    tokenizer=None,
+    batch_size: int,
+    seed: int = 0,
+    train: bool,
+    process_index: int = 0,
+    process_count: int = 1,
+    workdir: str | None = None,
+):
+    """train=True: endless `TrainIterator` of process-local batches (get_state /
+    set_state); train=False: `EvalBatches`, every example once, padded, with `weight`.
+
+    `batch_size` is global: each process gets batch_size / process_count rows.
+    """
+    from pjx.data import encode, pipeline
+
+    cfg = _with_defaults(cfg)
+    if batch_size % process_count:
+        raise DataError(f"batch_size {batch_size} is not divisible by {process_count} processes")
+    local = batch_size // process_count
+    arrays = encode.table(
+        cfg, task=task, model=model, tokenizer=tokenizer, seed=seed, workdir=workdir
+    )
+    n = len(next(iter(arrays.values())))
+    index = pipeline.BatchIndex(
+        n,
+        local,
+        train=train,
+        seed=seed,
+        shuffle=bool(cfg.shuffle),
+        process_index=process_index,
+        process_count=process_count,
+    )
+    info = dict(source=cfg.source, rows=n, task=task, batch_size=local)
+    ds = pipeline.map_dataset(arrays, index, task=task, cfg=cfg, seed=seed)
+    if train:
+        return pipeline.TrainIterator(pipeline.iter_dataset(ds, cfg), index, info)
+    return pipeline.EvalBatches(ds, cfg, index, info)

@@ -1,0 +1,224 @@
+"""Grain pipelines over encoded arrays: train streams and exact eval sets.
+
+A source is encoded once into a table of arrays with N rows (pjx.data.text / cache), so
+a batch is one vectorised gather of B rows: no per-token or per-example Python. The Grain
+graph is
+
+    MapDataset.source(BatchIndex)   batch i -> the row indices of batch i
+      .map(gather + task keys)      dict of NumPy arrays
+      .random_map(augment)          images only; rng from (seed, batch index)
+      .to_iter_dataset(ReadOptions(num_threads, prefetch))  [.mp_prefetch(workers)]
+
+Train: each epoch is a permutation of all N rows drawn from (seed, epoch), identical on
+every process; process p takes every P-th row of it (a disjoint shard per epoch) and
+batches of B = batch_size / P rows, dropping the epoch's remainder. The stream is endless
+and its position is Grain's iterator state (`get_state` / `set_state`, JSON), so a restored
+checkpoint continues with exactly the next batch. (Grain's own per-element `shuffle` +
+`batch` costs ~40 us per element here; indexing whole batches keeps the MLM pipeline
+well above 1M tokens/s on 2 cores.)
+
+Eval: rows in order, padded up to a multiple of B*P with copies of row 0 that carry
+`weight` 0; process p takes its B rows of each global batch, so every example counts
+exactly once and all processes run the same number of batches.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+
+import grain
+import numpy as np
+
+from pjx.data.sources import DataError
+
+
+class BatchIndex:
+    """Sequence of row-index arrays (train: endless epochs; eval: (rows, weight) pairs)."""
+
+    def __init__(
+        self, n_rows, batch_size, *, train, seed=0, shuffle=True, process_index=0, process_count=1
+    ):
+        self.n, self.B, self.train = int(n_rows), int(batch_size), bool(train)
+        self.seed, self.shuffle = int(seed), bool(shuffle)
+        self.p, self.P = int(process_index), int(process_count)
+        if train:
+            self.per_epoch = (self.n // self.P) // self.B
+            if self.per_epoch == 0:
+                raise DataError(
+                    f"{self.n} training rows are fewer than one batch of {self.B} per process "
+                    f"({self.P} processes); lower batch_size or use more data"
+                )
+        else:
+            self.per_epoch = math.ceil(self.n / (self.B * self.P))
+        self._perms: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return sys.maxsize if self.train else self.per_epoch
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """This process's rows of `epoch`, in order (the same seed gives the same order)."""
+        with self._lock:
+            perm = self._perms.get(epoch)
+        if perm is None:
+            rows = np.arange(self.n)
+            if self.shuffle:
+                rows = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            perm = rows[self.p :: self.P][: self.per_epoch * self.B]
+            with self._lock:
+                self._perms = {epoch: perm, **{k: v for k, v in self._perms.items() if k > epoch}}
+        return perm
+
+    def __getitem__(self, i):
+        i = int(i)
+        if self.train:
+            epoch, j = divmod(i, self.per_epoch)
+            return self.permutation(epoch)[j * self.B : (j + 1) * self.B]
+        if not 0 <= i < self.per_epoch:
+            raise IndexError(i)
+        start = i * self.B * self.P + self.p * self.B
+        rows = np.arange(start, start + self.B)
+        return np.where(rows < self.n, rows, 0), (rows < self.n).astype(np.float32)
+
+    def __getstate__(self):  # picklable for Grain worker processes
+        state = dict(self.__dict__)
+        state.pop("_lock")
+        state["_perms"] = {}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+
+# ------------------------------------------------------------------------- batch keys
+def _lm_keys(task: str, t: dict) -> dict:
+    """Cached arrays of an LM batch -> the keys of docs/architecture.md for `task`."""
+    if task == "mlm":
+        seg = t["segment_ids"]
+        out = {
+            "input_ids": t["input_ids"],
+            "attention_mask": (seg > 0).astype(np.int32),
+            "token_type_ids": t.get("token_type_ids", np.zeros_like(seg)),
+            "segment_ids": seg,
+            "position_ids": t["position_ids"],
+        }
+        if "next_sentence_label" in t:
+            out["next_sentence_label"] = t["next_sentence_label"]
+        return out
+    if task == "clm":
+        return {k: t[k] for k in ("input_ids", "segment_ids", "position_ids")}
+    return t
+
+
+class Gather:
+    """Row indices -> the batch dict (a picklable callable for Grain's map)."""
+
+    def __init__(self, table: dict, task: str, train: bool):
+        self.table, self.task, self.train = table, task, train
+
+    def __call__(self, item):
+        rows, weight = (item, None) if self.train else item
+        t = {k: np.asarray(v[rows]) for k, v in self.table.items()}
+        out = t if "images" in t else _lm_keys(self.task, t)
+        if weight is not None:
+            out["weight"] = weight
+        return out
+
+
+class Augment:
+    """uint8 images -> pixel_values / views (pjx.data.images), with Grain's per-batch rng."""
+
+    def __init__(self, task: str, cfg: dict, train: bool):
+        self.task, self.cfg, self.train = task, cfg, train
+
+    def __call__(self, batch, rng):
+        from pjx.data import images
+
+        out = images.batch(
+            batch.pop("images"),
+            batch.pop("label", None),
+            rng,
+            task=self.task,
+            cfg=self.cfg,
+            train=self.train,
+        )
+        out.update(batch)  # weight
+        return {k: v for k, v in out.items() if v is not None}
+
+
+def map_dataset(table: dict, index: BatchIndex, *, task: str, cfg, seed: int):
+    ds = grain.MapDataset.source(index).map(Gather(table, task, index.train))
+    if "images" in table:
+        cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+        ds = ds.random_map(Augment(task, cfg_dict, index.train), seed=int(seed) % 2**32)
+    return ds
+
+
+def iter_dataset(ds, cfg):
+    threads = int(cfg.get("num_threads", 2))
+    read = grain.ReadOptions(
+        num_threads=threads, prefetch_buffer_size=int(cfg.get("prefetch", 8)) if threads else 0
+    )
+    it = ds.to_iter_dataset(read)
+    workers = int(cfg.get("worker_count", 0) or 0)
+    if workers > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags (no absl.app here)
+            flags.FLAGS.mark_as_parsed()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    return it
+
+
+# --------------------------------------------------------------------------- results
+class TrainIterator:
+    """Endless process-local batches; `get_state` / `set_state` are Grain's (JSON)."""
+
+    def __init__(self, dataset, index: BatchIndex, info: dict):
+        self.dataset, self.index, self.info = dataset, index, info
+        self._it = iter(dataset)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        return next(self._it)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.index.per_epoch
+
+    def get_state(self) -> dict:
+        return {"grain": self._it.get_state(), "rows": self.index.n, "batch": self.index.B}
+
+    def set_state(self, state: dict) -> None:
+        if (state.get("rows"), state.get("batch")) != (self.index.n, self.index.B):
+            print(
+                f"pjx.data: the checkpoint's data position is for {state.get('rows')} rows in "
+                f"batches of {state.get('batch')}; this run has {self.index.n} rows in "
+                f"batches of {self.index.B}, so the stream resumes at the same batch number "
+                "but not at the same examples",
+                file=sys.stderr,
+            )
+        self._it.set_state(state["grain"])
+
+
+class EvalBatches:
+    """Every eval example exactly once (padded last batch with `weight`); re-iterable."""
+
+    def __init__(self, map_ds, cfg, index: BatchIndex, info: dict):
+        self.map_ds, self.cfg, self.index, self.info = map_ds, cfg, index, info
+
+    def __len__(self) -> int:
+        return len(self.map_ds)
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.map_ds[i]
+
+    def __iter__(self):
+        return iter(iter_dataset(self.map_ds, self.cfg))
