@@ -72,7 +72,17 @@ def test_text_documents_gzip_glob_and_slices(tmp_path):
     assert sources.read(f"text:{tmp_path}/*[-2:]", cfg).texts == ["four", "five"]
     cfg.text_split = "blank_line"
     assert sources.read(f"text:{tmp_path}/a.txt", cfg).texts == ["one\ntwo", "three"]
-    assert list(data.read_texts(f"text:{tmp_path}/a.txt")) == ["one", "two", "three"]
+    uri = f"text:{tmp_path}/a.txt"
+    assert list(data.read_texts(uri)) == ["one\n", "two\n", "three\n"]
+    assert list(data.read_texts(uri + "[1:]", lm_config(pack="stream"))) == ["two\n\nthree"]
+    tsv = tmp_path / "t.tsv"
+    tsv.write_text("sentence1\tsentence2\tlabel\na\tb\t0\nc\td\t1\n")
+    assert list(data.read_texts(f"tsv:{tsv}", {"preset": "rte", "labels": ("0", "1")})) == [
+        "a",
+        "c",
+        "b",
+        "d",
+    ]
 
 
 # ------------------------------------------------------------------------ bad input

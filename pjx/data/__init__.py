@@ -73,17 +73,23 @@ def _with_defaults(cfg) -> ml_collections.ConfigDict:
 
 def read_texts(uri: str, cfg=None) -> Iterator[str]:
     """The raw texts of a source (documents; both sentences of pairs), e.g. to train a
-    tokenizer. Slices apply; blank documents are skipped."""
-    from pjx.data import sources
+    tokenizer. Slices apply; blank documents are skipped. Lines of `text:` files keep their
+    newline, and with `cfg.pack == "stream"` the one joined text is yielded, so a character
+    vocabulary covers the newlines a stream-packed pipeline feeds it."""
+    from pjx.data import sources, text
 
     cfg = _with_defaults(cfg or {})
     ex = sources.read(uri, cfg)
     if ex.texts is None:
         raise DataError(f"{uri} has no text")
+    if cfg.pack == "stream":
+        yield from text.documents(ex, cfg)
+        return
+    end = "\n" if sources.parse_uri(uri).kind == "text" and cfg.text_split == "line" else ""
     for column in (ex.texts, ex.texts_b or ()):
         for t in column:
             if t and t.strip():
-                yield t
+                yield t + end
 
 
 def build(

@@ -17,13 +17,14 @@ def _tokenizer(config, data_cfg):
     from pjx.data import cache, read_texts
 
     # A `train:` spec trains once into a folder of the data cache (there is no workdir).
-    key = hashlib.sha256(f"{spec}|{data_cfg.source}".encode()).hexdigest()[:12]
+    key = f"{spec}|{data_cfg.source}|{config.model.name}"
+    key = hashlib.sha256(key.encode()).hexdigest()[:12]
     workdir = os.path.join(cache.root(data_cfg), f"bench-tokenizer-{key}")
     return tokenizers.from_config(
         spec,
         workdir=workdir,
         family=config.model.name,
-        texts=lambda: read_texts(data_cfg.source, data_cfg),
+        texts=read_texts(data_cfg.source, data_cfg),  # a generator: read only to train
     )
 
 
