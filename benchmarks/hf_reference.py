@@ -1,0 +1,177 @@
+"""Hugging Face transformers (PyTorch, eager) reference for `pjx bench`.
+
+Times train steps (forward + backward + global-norm clipping + AdamW) of
+`BertForMaskedLM` / `GPT2LMHeadModel` built from configs in this script (nothing is
+downloaded), on the shapes of benchmarks/bench_config.py, and prints, as its last line,
+one JSON object with the fields `pjx bench` prints.
+
+  python benchmarks/hf_reference.py bert_mini --threads 2
+
+MLM batches are masked once on the host like `DataCollatorForLanguageModeling` (15%,
+80/10/10) and the model computes logits at every position with labels -100 elsewhere,
+which is how HF trains BERT. Needs the `test` extra (torch, transformers); pjx never
+imports this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_config import SHAPES  # noqa: E402
+
+
+def build_model(kind: str, layers: int, hidden: int, heads: int, vocab: int, attn: str):
+    import transformers as tf
+
+    if kind == "bert":
+        cfg = tf.BertConfig(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=4 * hidden,
+            max_position_embeddings=512,
+            hidden_dropout_prob=0.1,
+            attention_probs_dropout_prob=0.1,
+            hidden_act="gelu",
+            layer_norm_eps=1e-12,
+        )
+        return tf.BertForMaskedLM._from_config(cfg, attn_implementation=attn)
+    cfg = tf.GPT2Config(
+        vocab_size=vocab,
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=heads,
+        n_inner=4 * hidden,
+        n_positions=1024,
+        resid_pdrop=0.1,
+        embd_pdrop=0.1,
+        attn_pdrop=0.1,
+        activation_function="gelu_new",
+    )
+    return tf.GPT2LMHeadModel._from_config(cfg, attn_implementation=attn)
+
+
+def make_batch(torch, kind: str, batch: int, seq: int, vocab: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (batch, seq), generator=g)
+    mask = torch.ones_like(ids)
+    if kind == "gpt2":
+        return {"input_ids": ids, "attention_mask": mask, "labels": ids.clone()}
+    # DataCollatorForLanguageModeling: 15% of tokens, 80% [MASK], 10% random, 10% kept.
+    labels = ids.clone()
+    chosen = torch.rand(ids.shape, generator=g) < 0.15
+    labels[~chosen] = -100
+    u = torch.rand(ids.shape, generator=g)
+    inputs = ids.clone()
+    inputs[chosen & (u < 0.8)] = 4  # [MASK]
+    rand = torch.randint(5, vocab, ids.shape, generator=g)
+    swap = chosen & (u >= 0.9)
+    inputs[swap] = rand[swap]
+    return {
+        "input_ids": inputs,
+        "attention_mask": mask,
+        "token_type_ids": torch.zeros_like(ids),
+        "labels": labels,
+    }
+
+
+def run(shape: str, *, steps: int, warmup: int, threads: int, attn: str, compile_: bool) -> dict:
+    import torch
+    import transformers
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    kind, task, layers, hidden, heads, seq, batch, vocab = SHAPES[shape]
+    model = build_model(kind, layers, hidden, heads, vocab, attn)
+    model.train()
+    # AdamW as pjx's defaults: lr 1e-4, betas (0.9, 0.999), eps 1e-8, weight decay 0.01 on
+    # kernels only (HF Trainer's no-decay groups: biases and LayerNorm weights).
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=1e-4,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+    )
+    batches = [make_batch(torch, kind, batch, seq, vocab, seed=i) for i in range(2)]
+
+    def step(b):
+        out = model(**b)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return out.loss
+
+    fn = torch.compile(step) if compile_ else step
+    t0 = time.perf_counter()
+    fn(batches[0])  # first step: allocations (and compilation with --compile)
+    first_s = time.perf_counter() - t0
+    times = []
+    for i in range(warmup + steps):
+        t = time.perf_counter()
+        loss = fn(batches[i % len(batches)])
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    step_s = statistics.median(times)
+    n_params = sum(p.numel() for p in model.parameters())
+    return {
+        "tokens_per_s": batch * seq / step_s,
+        "examples_per_s": batch / step_s,
+        "step_s": step_s,
+        "step_s_min": min(times),
+        "step_s_max": max(times),
+        "compile_s": first_s,
+        "params": n_params,
+        "device": f"cpu x{threads} threads",
+        "backend": "torch-cpu",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "attn_implementation": attn,
+        "torch_compile": compile_,
+        "model": f"{kind}:{shape}",
+        "task": task,
+        "batch_size": batch,
+        "seq_len": seq,
+        "steps": steps,
+        "warmup": warmup,
+        "loss": float(loss),
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("shape", choices=sorted(SHAPES))
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"))
+    p.add_argument("--compile", action="store_true", help="torch.compile the train step")
+    args = p.parse_args(argv)
+    r = run(
+        args.shape,
+        steps=args.steps,
+        warmup=args.warmup,
+        threads=args.threads,
+        attn=args.attn,
+        compile_=args.compile,
+    )
+    print(
+        f"hf {r['model']} B={r['batch_size']} L={r['seq_len']}: step "
+        f"{r['step_s'] * 1e3:.1f} ms (median of {r['steps']}) | {r['tokens_per_s']:,.0f} tokens/s"
+    )
+    print(json.dumps(r), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
