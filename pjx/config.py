@@ -59,6 +59,27 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def make_smoke(config, *, seq_len: int = 32, source: str = "embedded") -> None:
+    """Turns a config into its `smoke` variant in place: the tiny preset, 2 steps on the
+    built-in corpus (or `source`), a 512-piece vocabulary if it trains one, no checkpoints
+    before the end. Every config's smoke variant must train and evaluate in seconds on CPU."""
+    c = config
+    c.model.size = "tiny"
+    if source:
+        c.data.source, c.eval_data.source = f"{source}[:90%]", f"{source}[90%:]"
+    c.data.seq_len = c.eval_data.seq_len = seq_len
+    spec = c.data.get("tokenizer", "")
+    if spec.startswith("train:sentencepiece"):
+        c.data.tokenizer = (
+            spec.split("?")[0]
+            + "?vocab_size=512&"
+            + ("model_type=bpe" if "bpe" in spec else "model_type=unigram")
+        )
+    c.batch_size, c.steps, c.eval_steps = 8, 2, 2
+    c.optimizer.warmup_steps = 1
+    c.log_every, c.eval_every, c.checkpoint_every = 1, 0, 0
+
+
 def data_config() -> ml_collections.ConfigDict:
     """`config.data` / `config.eval_data`: pjx.data's defaults plus the keys pjx.train reads."""
     try:

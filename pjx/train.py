@@ -260,6 +260,8 @@ def build_tokenizer(config, workdir: str | None = None):
     from pjx import data as pjx_data
 
     texts = pjx_data.read_texts(config.data.source)  # a generator: read only if training
+    if config.data.get("pack") == "stream":  # the stream joins documents with newlines
+        texts = (t + "\n" for t in texts)
     return tokenizers.from_config(spec, workdir=workdir, family=config.model.name, texts=texts)
 
 

@@ -1,0 +1,54 @@
+"""Fine-tuning a BERT on a GLUE task (Wang et al. 2019): SST-2, CoLA, MRPC or RTE.
+
+    pjx train --config configs/glue.py:sst2 --workdir runs/sst2 --config.init_from=runs/bert_mlm
+    pjx train --config configs/glue.py:rte --workdir runs/rte --config.init_from=hf:/path/bert
+    pjx train --config configs/glue.py:cola,smoke --workdir /tmp/glue_smoke
+
+ARG: the task (`sst2`, `cola`, `mrpc`, `rte`), optionally `,smoke` (2 steps). With
+`init_from` (a pjx pretraining workdir, or `hf:` a Hugging Face BERT folder) the encoder,
+its architecture and its tokenizer come from there and the classifier is new; without it a
+`mini` BERT trains from scratch with a SentencePiece vocabulary trained on the task text.
+Data: the GLUE training TSV under $PJX_DATA/<task>/train.tsv (PJX_DATA defaults to
+../shared/data) with its last 10% held out for evaluation (the official dev sets are not
+local), or TFDS: --config.data.source=tfds:glue/sst2:train
+--config.eval_data.source=tfds:glue/sst2:validation. Hyper-parameters follow BERT's
+fine-tuning recipe: AdamW 3e-5 (1e-4 for the small RTE / MRPC), batch 32, about 3 epochs,
+10% linear warm-up then linear decay.
+"""
+
+import os
+
+from pjx import config as config_lib
+
+DATA = os.environ.get("PJX_DATA", "../shared/data")
+# task -> (steps: ~3 epochs of the 90% train slice at batch 32, lr, metric to keep the best by)
+TASKS = {
+    "sst2": (5_000, 3e-5, "accuracy"),
+    "cola": (800, 3e-5, "mcc"),  # GLUE scores CoLA by Matthews correlation
+    "mrpc": (350, 1e-4, "f1"),
+    "rte": (250, 1e-4, "accuracy"),
+}
+
+
+def get_config(arg: str = "sst2"):
+    name, *rest = arg.split(",")
+    if name not in TASKS:
+        raise ValueError(f"glue.py:{arg}: pick a task from {sorted(TASKS)}, e.g. glue.py:sst2")
+    steps, lr, metric = TASKS[name]
+    c = config_lib.base_config()
+    c.model.name, c.model.size, c.task = "bert", "mini", "classify"
+    c.model.num_labels = 2
+    tsv = f"tsv:{DATA}/{name}/train.tsv"
+    c.data.source, c.eval_data.source = tsv + "[:90%]", tsv + "[90%:]"
+    c.data.preset = c.eval_data.preset = name
+    c.data.seq_len = c.eval_data.seq_len = 128
+    # Used only without init_from (a pretrained model brings its own tokenizer).
+    c.data.tokenizer = "train:sentencepiece?vocab_size=8192&model_type=unigram"
+    c.batch_size, c.eval_batch_size, c.steps = 32, 128, steps
+    c.optimizer.update(dict(lr=lr, warmup_steps=steps // 10, schedule="linear", weight_decay=0.01))
+    c.log_every, c.eval_every, c.checkpoint_every = 50, max(steps // 5, 50), max(steps // 5, 50)
+    c.best_metric = metric
+    if "smoke" in rest:
+        config_lib.make_smoke(c, source="")
+        c.data.source, c.eval_data.source = tsv + "[:64]", tsv + "[64:80]"
+    return c
