@@ -259,9 +259,8 @@ def build_tokenizer(config, workdir: str | None = None):
         return None
     from pjx import data as pjx_data
 
-    texts = pjx_data.read_texts(config.data.source)  # a generator: read only if training
-    if config.data.get("pack") == "stream":  # the stream joins documents with newlines
-        texts = (t + "\n" for t in texts)
+    # A generator: the texts are read only if the tokenizer is trained now.
+    texts = pjx_data.read_texts(config.data.source, config.data)
     return tokenizers.from_config(spec, workdir=workdir, family=config.model.name, texts=texts)
 
 
