@@ -112,6 +112,11 @@ def test_text_classification_and_seq2seq_keys(tmp_path):
     assert b["labels"].shape == (4, 8)
 
 
+def test_bad_setting_names_the_choices(corpus):
+    with pytest.raises(DataError, match=r"data.pack='packed': choose one of"):
+        _build(corpus, pack="packed")
+
+
 def test_text_task_without_tokenizer_says_so(corpus):
     cfg = lm_config(source=f"text:{corpus}/docs.txt", cache_dir=str(corpus / "c"))
     with pytest.raises(DataError, match="needs a tokenizer: set data.tokenizer"):

@@ -66,9 +66,21 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+CHOICES = {
+    "text_split": ("line", "blank_line", "file"),
+    "pack": ("documents", "stream"),
+    "bad_rows": ("error", "skip"),
+    "augment": ("", "simclr"),
+}
+
+
 def _with_defaults(cfg) -> ml_collections.ConfigDict:
     given = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-    return ml_collections.ConfigDict({**default_config().to_dict(), **given})
+    full = ml_collections.ConfigDict({**default_config().to_dict(), **given})
+    for key, allowed in CHOICES.items():
+        if full[key] not in allowed:
+            raise DataError(f"data.{key}={full[key]!r}: choose one of {list(allowed)}")
+    return full
 
 
 def read_texts(uri: str, cfg=None) -> Iterator[str]:

@@ -3,7 +3,7 @@
 Corpus (`embedded`): the topic pages of the Python documentation that `pydoc` serves offline
 (`pydoc_data.topics`: the Language Reference chapters on statements, expressions, the data
 model and execution model, plus the built-in types pages; about 80 pages, ~460k characters,
-~70k words of technical English). Documents are the pages' paragraphs (blank-line
+~65k words of technical English). Documents are the pages' paragraphs (blank-line
 separated), pages in sorted order. No download, no files.
 
 Classification (`embedded:classify`): one sentence of prose from those pages, labelled by
@@ -13,10 +13,11 @@ what the page documents:
 Code examples, grammar rules and headings are left out; sentences have at least 6 words.
 The larger class is subsampled so both have the same count (chance = 50%), and the
 examples are shuffled with a fixed seed so `[:80%]` / `[80%:]` slices are class-balanced
-train / eval splits (about 2,000 sentences in all). Word choice separates the classes
-(a bag-of-words logistic regression reaches ~85% on the held-out 20%), so a tiny BERT
-(2 layers, width 128) pretrained briefly with MLM on the corpus learns it well above chance
-in a minute or two on CPU.
+train / eval splits (2,058 sentences in all with Python 3.11). Word choice separates the
+classes (a bag-of-words logistic regression reaches ~85% on the held-out 20%). Measured
+with configs/quickstart.py on 2 busy CPU cores: a tiny BERT (2 layers, width 128) after
+800 MLM steps on the corpus reaches 80% held-out accuracy (MCC 0.60) within 100
+fine-tuning steps (~40 s) and stays there through 300 steps (~2 min).
 """
 
 from __future__ import annotations
