@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from pjx import config as config_lib
@@ -77,6 +78,7 @@ COMMANDS = {
     "bench": (_bench_args, _bench, "time train steps; last line is a JSON object"),
     "tokenizer": (*_delegated("pjx.tokenizers"), "train / inspect a tokenizer"),
     "convert": (*_delegated("pjx.hf"), "convert Hugging Face <-> pjx checkpoints"),
+    "generate": (*_delegated("pjx.inference"), "sample text from a trained GPT-2 workdir"),
 }
 
 
@@ -89,7 +91,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(rest)
     try:
         return COMMANDS[args.command][1](args, overrides) or 0
-    except (config_lib.ConfigError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # bad input: a message, not a traceback
+        if os.environ.get("PJX_DEBUG"):
+            raise
         print(f"pjx: error: {e}", file=sys.stderr)
         return 2
 

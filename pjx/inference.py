@@ -1,0 +1,89 @@
+"""Load a trained model from a workdir or checkpoint, and generate text with it.
+
+    model, params, tokenizer = pjx.inference.load("runs/shakespeare")
+    print(pjx.inference.generate("runs/shakespeare", "ROMEO:", max_new_tokens=200))
+
+A checkpoint is self-contained: its resolved run config rebuilds the model and its
+tokenizer folder the tokenizer. Only the parameters are read (not the optimizer state).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pjx import checkpoint, init_from, models
+
+
+def load(source, **model_overrides):
+    """(model, params, tokenizer or None) from a pjx workdir / checkpoint, or `hf:PATH`.
+
+    `model_overrides` change how it computes (e.g. `dtype="bfloat16"`), not its shapes.
+    """
+    family, fields = init_from.source_model(source)
+    model = models.create(family, "tiny", **{**fields, **model_overrides})
+    inputs = models.example_inputs(family, model.config, 1)
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), **inputs)["params"])
+    params, report = init_from.init_from(source, nn.meta.unbox(abstract), verbose=False)
+    if report.new:
+        missing = ", ".join(p for p, _ in report.new[:5])
+        raise ValueError(f"{source} lacks parameters the model needs: {missing} ...")
+    params = jax.tree.map(jnp.asarray, params)
+    folder = checkpoint.tokenizer_dir(source)
+    tokenizer = None
+    if folder is not None:
+        from pjx import tokenizers
+
+        tokenizer = tokenizers.load(str(folder))
+    return model, params, tokenizer
+
+
+def generate(
+    source, prompt: str, *, max_new_tokens=100, temperature=0.8, top_k=None, seed=0
+) -> str:
+    """Continues `prompt` with a GPT-2 model saved at `source` (KV-cache sampling)."""
+    from pjx.models import gpt2
+
+    model, params, tokenizer = load(source)
+    if not isinstance(model, gpt2.Model):
+        raise ValueError(f"{source} holds a {type(model).__module__} model; generation needs gpt2")
+    if tokenizer is None:
+        raise ValueError(f"{source} has no tokenizer folder to encode the prompt with")
+    ids = tokenizer.encode(prompt) or [tokenizer.eos_id or 0]
+    room = model.config.max_position_embeddings - len(ids)
+    if room < max_new_tokens:
+        raise ValueError(
+            f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceed the "
+            f"model's context of {model.config.max_position_embeddings}; ask for at most {room}"
+        )
+    run = jax.jit(
+        lambda p, x, r: gpt2.generate(
+            model, p, x, max_new_tokens, rng=r, temperature=temperature, top_k=top_k
+        )
+    )
+    out = run(params, jnp.asarray([ids], jnp.int32), jax.random.key(seed))
+    return tokenizer.decode(np.asarray(out[0]).tolist())
+
+
+def add_cli_arguments(parser):
+    parser.add_argument("source", help="a pjx workdir / checkpoint holding a GPT-2 model")
+    parser.add_argument("--prompt", default="", help="text to continue")
+    parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def cli_main(args, overrides=()) -> int:
+    text = generate(
+        args.source,
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        seed=args.seed,
+    )
+    print(text)
+    return 0
