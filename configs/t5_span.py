@@ -1,10 +1,14 @@
 """T5.1.1 span-corruption pretraining (Raffel et al. 2020, sec. 3.1.4) on WikiText-2.
 
     pjx train --config configs/t5_span.py --workdir runs/t5_span
+    pjx train --config configs/t5_span.py:seq2seq --workdir runs/t5_sst2 \
+        --config.init_from=runs/t5_span      # then: SST-2 as text-to-text
     pjx train --config configs/t5_span.py:smoke --workdir /tmp/t5_smoke
 
-ARG (comma-separated): a size preset (tiny small base; default small), `smoke` (tiny,
-2 steps, embedded corpus). Noise density 0.15, mean span length 3, sentinels
+ARG (comma-separated): a size preset (tiny small base; default small), `seq2seq`
+(fine-tuning on SST-2 cast as text-to-text like T5: "sst2 sentence: ..." -> "positive" /
+"negative", teacher-forced cross-entropy; eval accuracy is per target token), `smoke`
+(tiny, 2 steps, embedded corpus). Noise density 0.15, mean span length 3, sentinels
 <extra_id_0..99> at the top of a SentencePiece vocabulary trained into the workdir on the
 first run. Data from $PJX_DATA (default ../shared/data), or
 --config.data.source=text:PATH_OR_GLOB. The corruption happens on device, inside the
@@ -12,6 +16,8 @@ jitted step, from the step's random key.
 """
 
 import os
+
+import ml_collections
 
 from pjx import config as config_lib
 
@@ -33,6 +39,18 @@ def get_config(arg: str = ""):
     # T5 used Adafactor at 1e-2; with AdamW, 1e-3 after warm-up is stable at these sizes.
     c.optimizer.update(dict(lr=1e-3, warmup_steps=1_000, weight_decay=0.0))
     c.log_every, c.eval_every, c.checkpoint_every, c.eval_steps = 100, 2_000, 2_000, 50
+    if "seq2seq" in args:
+        tsv = f"tsv:{DATA}/sst2/train.tsv"
+        c.task = "seq2seq"
+        c.task_args = ml_collections.ConfigDict()  # no span-corruption options
+        c.data.source, c.eval_data.source = tsv + "[:90%]", tsv + "[90%:]"
+        c.data.preset = c.eval_data.preset = "sst2"
+        c.data.seq_len = c.eval_data.seq_len = 128
+        c.data.target_len = c.eval_data.target_len = 4
+        c.batch_size, c.steps = 32, 3_000
+        c.optimizer.update(dict(lr=3e-4, warmup_steps=300))
+        c.eval_every = c.checkpoint_every = 500
     if "smoke" in args:
-        config_lib.make_smoke(c, seq_len=64)
+        source = "" if "seq2seq" in args else "embedded"
+        config_lib.make_smoke(c, seq_len=64, source=source)
     return c

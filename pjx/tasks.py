@@ -14,6 +14,7 @@ special ids, vocabulary size, sentinel ids) come from `runtime_args`.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Callable
 
@@ -340,6 +341,14 @@ def runtime_args(name: str, task_args: dict, tokenizer=None, model_config=None) 
         vocab = getattr(model_config, "vocab_size", None)
         args.setdefault("eos_id", 1)
         args.setdefault("first_sentinel_id", (vocab or 32100) - 1)
+    valid = [
+        n
+        for n, p in inspect.signature(get(name).loss).parameters.items()
+        if p.kind == p.KEYWORD_ONLY and n != "train"
+    ]
+    unknown = sorted(set(args) - set(valid))
+    if unknown:
+        raise ValueError(f"task_args {unknown} are not options of task {name!r}; valid: {valid}")
     return {k: (tuple(v) if isinstance(v, list) else v) for k, v in args.items()}
 
 

@@ -3,14 +3,15 @@ the `pjx train` CLI, on generated files where the full config reads local data s
 
 import gzip
 import json
-import os
+import re
 import struct
 from pathlib import Path
 
+import chex
 import numpy as np
 import pytest
 
-from pjx import cli
+from pjx import cli, inference
 from pjx import config as config_lib
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -18,7 +19,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 def _idx(folder: Path, n=80):
     """MNIST-layout idx files (gzipped) of n random 28x28 digits."""
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, n, dtype=np.uint8)
@@ -37,57 +38,87 @@ def _sst2(path: Path, n=80):
     return f"tsv:{path}"
 
 
-def _data_overrides(name, tmp_path) -> list[str]:
-    if name.startswith("vit"):
-        src = _idx(tmp_path / "mnist")
-    elif name.startswith("glue"):  # too few distinct words for a SentencePiece vocabulary
+def _data_overrides(spec, tmp_path) -> list[str]:
+    """Generated stand-ins for the local data sets the full configs read."""
+    if spec.startswith("vit"):
+        src, extra = _idx(tmp_path / "mnist"), []
+    elif spec.startswith(("glue", "t5_span.py:seq2seq")):
         src = _sst2(tmp_path / "train.tsv")
-        return [
-            f"--config.data.source={src}[:64]",
-            f"--config.eval_data.source={src}[64:]",
-            "--config.data.tokenizer=byte?specials=bert",
-        ]
+        # Too few distinct words for a SentencePiece vocabulary (t5 takes its pretrained one).
+        extra = [] if spec.startswith("t5") else ["--config.data.tokenizer=byte?specials=bert"]
     else:
         return []  # smoke variants read the embedded corpus
-    return [f"--config.data.source={src}[:64]", f"--config.eval_data.source={src}[64:]"]
+    return [f"--config.data.source={src}[:64]", f"--config.eval_data.source={src}[64:]", *extra]
 
 
-SMOKE = [
+SMOKE = [  # the standalone smoke runs; FLOWS run the other configs' variants
     "bert_mlm.py:smoke",
     "bert_mlm.py:nsp,smoke",
-    "gpt2_lm.py:smoke",
     "gpt2_lm.py:shakespeare_char,smoke",
-    "t5_span.py:smoke",
     "vit_cls.py:smoke",
-    "vit_simclr.py:smoke",
     "glue.py:sst2,smoke",
-    "quickstart.py:smoke",
 ]
+# Pretrain, then start a second config from that workdir (init_from), for every family.
+FLOWS = {
+    "bert": ["quickstart.py:smoke"],  # two stages in one config
+    "gpt2": ["gpt2_lm.py:smoke", "gpt2_lm.py:smoke"],  # continued LM training
+    "t5": ["t5_span.py:smoke", "t5_span.py:seq2seq,smoke"],
+    "vit": ["vit_simclr.py:smoke", "vit_cls.py:probe,smoke", "vit_cls.py:finetune,smoke"],
+}
+ALL_SPECS = SMOKE + [s for specs in FLOWS.values() for s in specs]
 
 
 def test_every_config_file_is_covered_and_loads():
     files = sorted(p.name for p in CONFIGS.glob("*.py"))
-    assert files == sorted({s.split(":")[0] for s in SMOKE})
-    for spec in SMOKE + ["glue.py:cola", "glue.py:mrpc", "glue.py:rte", "vit_cls.py:probe"]:
-        c = config_lib.load(str(CONFIGS / spec.split(":")[0]) + ":" + spec.split(":")[1])
+    assert files == sorted({s.split(":")[0] for s in ALL_SPECS})
+    for spec in ALL_SPECS + ["glue.py:cola", "glue.py:mrpc", "glue.py:rte", "vit_cls.py:probe"]:
+        name, arg = spec.split(":")
+        c = config_lib.load(f"{CONFIGS / name}:{arg}")
         assert c.steps > 0 and c.model.name and c.task
-        assert config_lib.load(str(CONFIGS / spec.split(":")[0])).steps > 2  # full variant
-        assert (CONFIGS / spec.split(":")[0]).read_text().count("pjx train --config") >= 1
+        assert config_lib.load(str(CONFIGS / name)).steps > 2  # the full variant
+        assert "pjx train --config" in (CONFIGS / name).read_text()  # documented command
+
+
+def _train(spec, workdir, tmp_path, *extra) -> list[dict]:
+    """`pjx train` through the CLI; returns metrics.jsonl (of the last stage)."""
+    name, arg = spec.split(":")
+    argv = ["train", "--config", f"{CONFIGS / name}:{arg}", "--workdir", str(workdir)]
+    argv += ["--config.progress=false", *_data_overrides(spec, tmp_path), *extra]
+    assert cli.main(argv) == 0
+    last = workdir / "finetune" if name == "quickstart.py" else workdir
+    lines = [json.loads(x) for x in open(last / "metrics.jsonl")]
+    evals = [r for r in lines if r["split"] == "eval"]
+    assert evals and evals[-1]["step"] == 2 and np.isfinite(evals[-1]["loss"])
+    assert (last / "checkpoints" / "2").is_dir()
+    return evals
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", SMOKE)
 def test_smoke_variant_trains_and_evaluates(spec, tmp_path):
-    name = spec.split(":")[0]
-    workdir = tmp_path / "run"
-    argv = ["train", "--config", f"{CONFIGS / name}:{spec.split(':')[1]}"]
-    argv += ["--workdir", str(workdir), "--config.progress=false"]
-    assert cli.main(argv + _data_overrides(name, tmp_path)) == 0
-    stages = ["pretrain", "finetune"] if name == "quickstart.py" else [""]
-    for stage in stages:
-        lines = [json.loads(x) for x in open(os.path.join(workdir, stage, "metrics.jsonl"))]
-        evals = [r for r in lines if r["split"] == "eval"]
-        assert evals and evals[-1]["step"] == 2 and np.isfinite(evals[-1]["loss"])
-        assert (workdir / stage / "checkpoints" / "2").is_dir()
-    if name in ("glue.py", "quickstart.py", "vit_cls.py"):
+    evals = _train(spec, tmp_path / "run", tmp_path)
+    if spec.startswith(("glue", "vit_cls")):
         assert {"accuracy", "precision", "recall", "f1", "mcc"} <= set(evals[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(FLOWS))
+def test_pretrain_then_finetune_with_init_from(family, tmp_path, capsys):
+    first, *then = FLOWS[family]
+    pre = tmp_path / "pretrain"
+    evals = _train(first, pre, tmp_path)
+    if family == "bert":  # quickstart: the fine-tuning stage reports classification metrics
+        assert {"accuracy", "f1", "mcc"} <= set(evals[-1])
+        assert "init_from" in capsys.readouterr().out
+        return
+    for i, spec in enumerate(then):
+        capsys.readouterr()
+        run = tmp_path / f"finetune{i}"
+        _train(spec, run, tmp_path, f"--config.init_from={pre}")
+        report = capsys.readouterr().out
+        loaded = int(re.search(r"init_from .*: (\d+) loaded", report).group(1))
+        assert loaded > 0 and " 0 resized" in report
+        if spec.startswith("vit_cls.py:probe"):  # the frozen encoder did not move
+            _, before, _ = inference.load(pre)[:3]
+            _, after, _ = inference.load(run)[:3]
+            chex.assert_trees_all_equal(before["vit"], after["vit"])

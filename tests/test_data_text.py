@@ -178,3 +178,18 @@ def test_pack_conserves_wikitext_tokens():
     body = out["input_ids"][out["segment_ids"] > 0]
     body = body[(body != 2) & (body != 3)]
     np.testing.assert_array_equal(body, np.concatenate([d for d in docs if len(d)]))
+
+
+def test_text_to_text_casts_glue_rows_like_t5():
+    from pjx.data import text
+    from pjx.data.sources import Examples
+
+    ex = Examples(
+        "t", texts=["it was fun", "dull"], labels=np.array([1, 0], np.int32), label_names=("0", "1")
+    )
+    out = text.text_to_text(ex, "sst2")
+    assert out.texts == ["sst2 sentence: it was fun", "sst2 sentence: dull"]
+    assert out.targets == ["positive", "negative"] and out.texts_b is None
+    pair = Examples("p", texts=["a"], texts_b=["b"], labels=np.array([0], np.int32))
+    assert text.text_to_text(pair).texts == ["sentence1: a sentence2: b"]
+    assert text.text_to_text(pair).targets == ["0"]

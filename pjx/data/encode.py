@@ -55,7 +55,8 @@ def table(cfg, *, task: str, model: str, tokenizer=None, seed: int = 0, workdir=
             "'wordpiece:PATH/vocab.txt', 'sentencepiece:PATH.model', 'byte', "
             "'train:sentencepiece?vocab_size=8000')"
         )
-    need_labels = task == "classify"
+    # seq2seq without a target column casts a labelled source as text-to-text.
+    need_labels = task == "classify" or (task == "seq2seq" and not cfg.get("target_column"))
     if image and uri.kind == "idx":
         return _image_table(sources.read(uri, cfg, need_labels=need_labels), task)
     settings = {k: cfg.get(k) for k in READER_KEYS if k in cfg}

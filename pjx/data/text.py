@@ -16,13 +16,16 @@ ends shorter than 8 tokens and the last row are padded.
 - span (T5): all documents concatenated and cut into rows of exactly L tokens, no padding
   (T5's `reduce_concat_tokens` + `split_tokens`); corruption happens on device.
 - classify: `[CLS] a [SEP] (b [SEP])`, token types 0 / 1, pad / truncate longest-first.
-- seq2seq: `input + [EOS]`, `target + [EOS]`, truncated to L / T and padded.
+- seq2seq: `input + [EOS]`, `target + [EOS]`, truncated to L / T and padded; a labelled
+  source without `data.target_column` is cast text-to-text first (`text_to_text`).
 
 `data.pack="stream"` joins all examples with newlines into one document first (a
 character-level LM on one long text, e.g. Tiny Shakespeare).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
@@ -197,9 +200,41 @@ def classification(tokenizer, ex: Examples, L: int) -> dict:
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "label": ex.labels}
 
 
-def seq2seq(tokenizer, ex: Examples, L: int, T: int) -> dict:
+# T5's target words for GLUE labels (in label order; Raffel et al. 2020, appendix D).
+T5_TARGETS = {
+    "sst2": ("negative", "positive"),
+    "cola": ("unacceptable", "acceptable"),
+    "mrpc": ("not_equivalent", "equivalent"),
+    "qqp": ("not_duplicate", "duplicate"),
+    "rte": ("entailment", "not_entailment"),
+    "qnli": ("entailment", "not_entailment"),
+    "wnli": ("not_entailment", "entailment"),
+    "mnli": ("entailment", "neutral", "contradiction"),
+}
+
+
+def text_to_text(ex: Examples, prefix: str = "") -> Examples:
+    """A labelled set cast as text-to-text, as T5 fine-tunes on GLUE (Raffel et al. 2020,
+    sec. 2.4): "sst2 sentence: it was fun" -> "positive"-style label names (or the label
+    number when the source names none); pairs become "sentence1: ... sentence2: ..."."""
+    if ex.labels is None:
+        raise DataError(
+            f"{ex.origin}: task seq2seq needs targets: set data.target_column, or use a "
+            "labelled source (its label names become the targets)"
+        )
+    head = f"{prefix} " if prefix else ""
+    if ex.texts_b is None:
+        inputs = [f"{head}sentence: {a}" for a in ex.texts]
+    else:
+        inputs = [f"{head}sentence1: {a} sentence2: {b}" for a, b in zip(ex.texts, ex.texts_b)]
+    names = T5_TARGETS.get(prefix) or ex.label_names
+    targets = [str(names[i]) if names else str(int(i)) for i in ex.labels]
+    return dataclasses.replace(ex, texts=inputs, texts_b=None, targets=targets)
+
+
+def seq2seq(tokenizer, ex: Examples, L: int, T: int, prefix: str = "") -> dict:
     if ex.targets is None:
-        raise DataError(f"{ex.origin}: task seq2seq needs targets; set data.target_column")
+        ex = text_to_text(ex, prefix)
     eos = _id(tokenizer, "eos", "seq2seq")
     out = {}
     for key, texts, n, mask_key in (
@@ -229,7 +264,8 @@ def encode(task: str, ex: Examples, tokenizer, cfg, *, seed: int = 0) -> dict:
             raise DataError(f"{ex.origin}: task classify needs labels")
         return classification(tokenizer, ex, L)
     if task == "seq2seq":
-        return seq2seq(tokenizer, ex, L, int(cfg.get("target_len", 0) or L))
+        target_len = int(cfg.get("target_len", 0) or L)
+        return seq2seq(tokenizer, ex, L, target_len, prefix=cfg.get("preset", ""))
     docs = tokenize(tokenizer, documents(ex, cfg))
     pad = _pad_id(tokenizer)
     if task == "mlm":
