@@ -43,7 +43,8 @@ def load(source, **model_overrides):
 def generate(
     source, prompt: str, *, max_new_tokens=100, temperature=0.8, top_k=None, seed=0
 ) -> str:
-    """Continues `prompt` with a GPT-2 model saved at `source` (KV-cache sampling)."""
+    """Continues `prompt` with a GPT-2 model saved at `source` (KV-cache sampling; longer
+    than the model's context, the history is cut to a sliding window)."""
     from pjx.models import gpt2
 
     model, params, tokenizer = load(source)
@@ -52,19 +53,24 @@ def generate(
     if tokenizer is None:
         raise ValueError(f"{source} has no tokenizer folder to encode the prompt with")
     ids = tokenizer.encode(prompt) or [tokenizer.eos_id or 0]
-    room = model.config.max_position_embeddings - len(ids)
-    if room < max_new_tokens:
-        raise ValueError(
-            f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceed the "
-            f"model's context of {model.config.max_position_embeddings}; ask for at most {room}"
-        )
-    run = jax.jit(
-        lambda p, x, r: gpt2.generate(
-            model, p, x, max_new_tokens, rng=r, temperature=temperature, top_k=top_k
-        )
+    ctx = model.config.max_position_embeddings
+    sample = jax.jit(
+        lambda p, x, r, n: gpt2.generate(
+            model, p, x, n, rng=r, temperature=temperature, top_k=top_k
+        ),
+        static_argnums=3,
     )
-    out = run(params, jnp.asarray([ids], jnp.int32), jax.random.key(seed))
-    return tokenizer.decode(np.asarray(out[0]).tolist())
+    rng, left = jax.random.key(seed), max_new_tokens
+    while left > 0:
+        # Within the context: one call. Beyond it: slide a window, half a context at a time
+        # (each chunk's tokens see between ctx/2 and ctx tokens of history).
+        n = left if len(ids) + left <= ctx else min(left, max(ctx // 2, 1))
+        window = ids[-(ctx - n) :]
+        rng, sub = jax.random.split(rng)
+        out = sample(params, jnp.asarray([window], jnp.int32), sub, n)
+        ids += np.asarray(out[0, len(window) :]).tolist()
+        left -= n
+    return tokenizer.decode(ids)
 
 
 def add_cli_arguments(parser):
