@@ -31,7 +31,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.source = "embedded"  # tfds:NAME[:SPLIT] | text:PATH_OR_GLOB | tsv:PATH | idx:DIR | embedded
     c.seq_len = 128  # tokens per row (encoder / decoder input)
     c.target_len = 0  # seq2seq label length (0 = seq_len)
-    c.tokenizer = ""  # a pjx.tokenizers spec, read by pjx.train.build_tokenizer
+    c.tokenizer = ""  # a pjx.tokenizers spec, read by pjx.workdir.build_tokenizer
     c.data_dir = ""  # TFDS data_dir ("" = TFDS's default)
     c.download = False  # TFDS: download_and_prepare when not prepared (needs internet)
     c.cache = True  # store encoded arrays (see pjx.data.cache) ...

@@ -1,0 +1,138 @@
+"""What a run reads and keeps in its workdir: the tokenizer, the data streams, checkpoints.
+
+`pjx.train.train` builds these once per run; they are separate from the loop so the loop
+reads as the steps it takes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+
+
+def build_tokenizer(config, workdir: str | None = None):
+    """The run's tokenizer (None if it needs none).
+
+    Precedence: a tokenizer the config names (`sentencepiece:PATH`, `wordpiece:...`), then
+    the one saved with `config.init_from` (a fine-tuned model must read text the way it was
+    pretrained), then a `train:...` spec, which trains on the training texts into
+    WORKDIR/tokenizer on the first run and is reloaded from there on resume.
+    """
+    from pjx import tokenizers
+
+    spec = config.data.get("tokenizer", "") or ""
+    source = config.get("init_from") or ""
+    if spec and not spec.startswith("train:"):
+        return tokenizers.load(spec)
+    if source:
+        from pjx import checkpoint
+
+        folder = checkpoint.tokenizer_dir(source)
+        if folder is not None:
+            return tokenizers.load(str(folder))
+    if not spec:
+        return None
+    from pjx import data as pjx_data
+
+    # A generator: the texts are read only if the tokenizer is trained now.
+    texts = pjx_data.read_texts(config.data.source, config.data)
+    return tokenizers.from_config(spec, workdir=workdir, family=config.model.name, texts=texts)
+
+
+def build_data(config, tokenizer, *, train: bool, workdir=None):
+    """Train: an infinite iterator with get_state/set_state; eval: a re-iterable."""
+    from pjx import data as pjx_data
+
+    cfg = config.data if train else config.eval_data
+    bs = config.batch_size if train else (config.get("eval_batch_size") or config.batch_size)
+    return pjx_data.build(
+        cfg,
+        task=config.task,
+        model=config.model.name,
+        tokenizer=tokenizer,
+        batch_size=bs,
+        seed=config.seed,
+        train=train,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        workdir=workdir,
+    )
+
+
+def resolved_config(config, model_config):
+    """The run config with every model field spelled out: what a checkpoint stores, so
+    `init_from` rebuilds the exact architecture even if presets change later."""
+    config = config.copy_and_resolve_references()
+    with config.model.unlocked():
+        for k, v in dataclasses.asdict(model_config).items():
+            config.model[k] = v
+    return config
+
+
+class Checkpointer:
+    """The one place the loop saves / restores state, the data position and the tokenizer."""
+
+    def __init__(self, config, workdir, tokenizer_dir=None):
+        from pjx import checkpoint
+
+        self.ckpt = checkpoint
+        every = int(config.get("checkpoint_every", 0) or 0) or max(int(config.steps), 1)
+        self.config, self.tokenizer_dir = config, tokenizer_dir
+        self.directory = os.path.join(workdir, "checkpoints")
+        self.manager = checkpoint.create_manager(
+            self.directory,
+            checkpoint_every=every,
+            keep=int(config.get("keep_checkpoints", 3) or 3),
+            best_metric=config.get("best_metric", "") or None,
+            best_mode=config.get("best_mode", "max"),
+        )
+
+    def restore(self, abstract_state, data_iter):
+        state, data_state, step = self.ckpt.maybe_restore(self.manager, abstract_state)
+        if state is not None and data_state is not None and hasattr(data_iter, "set_state"):
+            data_iter.set_state(data_state)
+        return state, step
+
+    def due(self, step) -> bool:
+        return self.manager.should_save(step)
+
+    def save(self, step, state, data_iter, *, force=False, metrics=None):
+        best = self.config.get("best_metric", "") or None
+        if best and metrics is not None and best not in metrics:
+            raise ValueError(f"best_metric={best!r} is not an eval metric: {sorted(metrics)}")
+        self.ckpt.save(
+            self.manager,
+            step,
+            state,
+            data_state=getattr(data_iter, "get_state", None),
+            config=self.config,
+            tokenizer_dir=self.tokenizer_dir,
+            metrics={best: metrics[best]} if best and metrics is not None else None,
+            force=force,
+        )
+
+    def close(self):
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def init_params_from(source, state, allow_vocab_resize=False):
+    """`config.init_from`: matching parameters from another run / HF folder."""
+    from pjx import init_from
+
+    params, _ = init_from.init_from(source, state.params, allow_vocab_resize=allow_vocab_resize)
+    return state.replace(params=params)
+
+
+def save_tokenizer(tokenizer, workdir) -> str | None:
+    """The tokenizer's files in WORKDIR/tokenizer (checkpoints copy them from there)."""
+    if tokenizer is None or not hasattr(tokenizer, "save"):
+        return None
+    folder = os.path.join(workdir, "tokenizer")
+    if jax.process_index() == 0 and not os.path.isdir(folder):
+        tmp = folder + f".tmp{os.getpid()}"
+        tokenizer.save(tmp)
+        os.replace(tmp, folder)
+    return folder
