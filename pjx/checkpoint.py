@@ -38,7 +38,20 @@ _B64 = "__bytes_b64__"
 
 
 # ----------------------------------------------------------------- item handlers
-class _DataStateHandler(ocp.CheckpointHandler):
+class _SmallItemHandler(ocp.CheckpointHandler):
+    """Shared no-ops of the two handlers below (no metadata, nothing to finalise)."""
+
+    def metadata(self, directory):
+        return None
+
+    def finalize(self, directory):
+        pass
+
+    def close(self):
+        pass
+
+
+class _DataStateHandler(_SmallItemHandler):
     """Per-process JSON files: every host has its own iterator position.
 
     (`ocp.args.JsonSave` writes on the primary host only, which would lose the
@@ -62,15 +75,6 @@ class _DataStateHandler(ocp.CheckpointHandler):
             return None
         return _decode(json.loads(path.read_text()))
 
-    def metadata(self, directory):
-        return None
-
-    def finalize(self, directory):
-        pass
-
-    def close(self):
-        pass
-
 
 @ocp.args.register_with_handler(_DataStateHandler, for_save=True)
 @dataclass
@@ -84,7 +88,7 @@ class DataRestore(ocp.args.CheckpointArgs):
     pass
 
 
-class _FolderHandler(ocp.CheckpointHandler):
+class _FolderHandler(_SmallItemHandler):
     """Copies a folder of small files (the tokenizer) into the step directory."""
 
     def save(self, directory, args):
@@ -93,15 +97,6 @@ class _FolderHandler(ocp.CheckpointHandler):
 
     def restore(self, directory, args=None) -> str:
         return str(directory)
-
-    def metadata(self, directory):
-        return None
-
-    def finalize(self, directory):
-        pass
-
-    def close(self):
-        pass
 
 
 @ocp.args.register_with_handler(_FolderHandler, for_save=True)

@@ -134,15 +134,19 @@ def _model_fields(config) -> dict:
     return {f.name: f for f in dataclasses.fields(family.Config)}
 
 
+def parse_bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("true", "1", "yes"):
+        return True
+    if low in ("false", "0", "no"):
+        return False
+    raise ValueError(f"expected a bool (true/false), got {text!r}")
+
+
 def parse_value(text: str, current):
     """Parse `text` as the type of `current` (the existing value)."""
     if isinstance(current, bool):
-        low = text.lower()
-        if low in ("true", "1", "yes"):
-            return True
-        if low in ("false", "0", "no"):
-            return False
-        raise ValueError(f"expected a bool, got {text!r}")
+        return parse_bool(text)
     if isinstance(current, int):
         return int(text)
     if isinstance(current, float):
