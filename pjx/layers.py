@@ -70,6 +70,30 @@ class LayerConfig:
         return jnp.dtype(self.dtype)
 
 
+# Fields every family Config shares with LayerConfig, by the same name.
+_SHARED_FIELDS = (
+    "hidden_size",
+    "num_heads",
+    "mlp_dim",
+    "dropout_rate",
+    "attention_dropout_rate",
+    "activation",
+    "init_std",
+    "dtype",
+    "attention_impl",
+)
+
+
+def layer_config_of(family_config, **fixed) -> LayerConfig:
+    """A family Config's LayerConfig: the shared fields, `layer_norm_eps` as `norm_eps`, the
+    head dim (`head_dim` if the family has one, else hidden / heads), and what the family
+    fixes (`fixed`: norm type and position, biases, attention scale)."""
+    c = family_config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_heads
+    shared = {f: getattr(c, f) for f in _SHARED_FIELDS}
+    return LayerConfig(**shared, head_dim=head_dim, norm_eps=c.layer_norm_eps, **fixed)
+
+
 def constrain(x_BxLxD):
     """Logical sharding constraint at a block boundary (no-op without a mesh/rules)."""
     return nn.with_logical_constraint(x_BxLxD, BLOCK_AXES)

@@ -49,21 +49,7 @@ class Config:
         return self.hidden_size // self.num_heads
 
     def layer_config(self) -> layers.LayerConfig:
-        return layers.LayerConfig(
-            hidden_size=self.hidden_size,
-            num_heads=self.num_heads,
-            head_dim=self.head_dim,
-            mlp_dim=self.mlp_dim,
-            dropout_rate=self.dropout_rate,
-            attention_dropout_rate=self.attention_dropout_rate,
-            activation=self.activation,
-            norm_type="layernorm",
-            norm_position="pre",
-            norm_eps=self.layer_norm_eps,
-            init_std=self.init_std,
-            dtype=self.dtype,
-            attention_impl=self.attention_impl,
-        )
+        return layers.layer_config_of(self, norm_type="layernorm", norm_position="pre")
 
 
 def _size(layers_, hidden, heads):

@@ -59,22 +59,12 @@ class Config:
     decoder_start_token_id: int = 0
 
     def layer_config(self) -> layers.LayerConfig:
-        return layers.LayerConfig(
-            hidden_size=self.hidden_size,
-            num_heads=self.num_heads,
-            head_dim=self.head_dim,
-            mlp_dim=self.mlp_dim,
-            dropout_rate=self.dropout_rate,
-            attention_dropout_rate=self.attention_dropout_rate,
-            activation=self.activation,
+        return layers.layer_config_of(
+            self,
             norm_type="rmsnorm",
             norm_position="pre",
-            norm_eps=self.layer_norm_eps,
             use_bias=False,
             attention_scale=1.0,  # T5 folds 1/sqrt(d_kv) into the q initialisation
-            init_std=self.init_std,
-            dtype=self.dtype,
-            attention_impl=self.attention_impl,
         )
 
 
