@@ -3,8 +3,12 @@ the `pjx train` CLI, on generated files where the full config reads local data s
 
 import gzip
 import json
+import os
 import re
+import signal
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import chex
@@ -122,3 +126,36 @@ def test_pretrain_then_finetune_with_init_from(family, tmp_path, capsys):
             _, before, _ = inference.load(pre)[:3]
             _, after, _ = inference.load(run)[:3]
             chex.assert_trees_all_equal(before["vit"], after["vit"])
+
+
+@pytest.mark.slow
+def test_pjx_train_sigterm_saves_exits_zero_and_resumes(tmp_path):
+    """Preemption through the real command: SIGTERM mid-run -> checkpoint, exit 0; the same
+    command again resumes from it."""
+    cmd = [sys.executable, "-m", "pjx.cli", "train", "--config", f"{CONFIGS}/bert_mlm.py:smoke"]
+    cmd += ["--workdir", str(tmp_path / "run"), "--config.steps=100000"]
+    env = dict(os.environ, XLA_FLAGS="", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    try:
+        for line in proc.stdout:
+            if line.startswith("step 3/"):
+                proc.send_signal(signal.SIGTERM)
+                break
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    saved = re.search(r"stopped by a signal after step (\d+); checkpoint saved in (\S+)\.", out)
+    assert saved, out
+    step = int(saved.group(1))
+    assert step >= 3 and (tmp_path / "run" / "checkpoints" / str(step)).is_dir()
+    cmd[-1] = f"--config.steps={step + 1}"
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert (
+        f"resumed from {tmp_path / 'run' / 'checkpoints' / str(step)} (step {step})" in again.stdout
+    )
+    steps = [json.loads(x)["step"] for x in open(tmp_path / "run" / "metrics.jsonl")]
+    assert steps == sorted(steps) and steps[-1] == step + 1
