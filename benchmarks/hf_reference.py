@@ -6,11 +6,13 @@ downloaded), on the shapes of benchmarks/bench_config.py, and prints, as its las
 one JSON object with the fields `pjx bench` prints.
 
   python benchmarks/hf_reference.py bert_mini --threads 2
+  python benchmarks/hf_reference.py gpt2_small --device cuda --bf16 --compile --dropout 0
 
 MLM batches are masked once on the host like `DataCollatorForLanguageModeling` (15%,
 80/10/10) and the model computes logits at every position with labels -100 elsewhere,
-which is how HF trains BERT. Needs the `test` extra (torch, transformers); pjx never
-imports this file.
+which is how HF trains BERT. `--keep-host-memory` applies the glibc malloc settings that
+pjx applies to itself on CPU (pjx/xla_cpu.py), for a comparison with the same allocator.
+Needs the `test` extra (torch, transformers); pjx never imports this file.
 """
 
 from __future__ import annotations
@@ -27,7 +29,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_config import SHAPES  # noqa: E402
 
 
-def build_model(kind: str, layers: int, hidden: int, heads: int, vocab: int, attn: str):
+def keep_host_memory() -> bool:
+    """pjx.xla_cpu.keep_host_memory for this process: one arena, no mmap, no trimming."""
+    import ctypes
+    import platform
+
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    mallopt = ctypes.CDLL(None).mallopt
+    return bool(mallopt(-8, 1) and mallopt(-4, 0) and mallopt(-1, 2**31 - 1))
+
+
+def build_model(kind, layers, hidden, heads, vocab, attn, dropout=0.1):
     import transformers as tf
 
     if kind == "bert":
@@ -38,8 +51,8 @@ def build_model(kind: str, layers: int, hidden: int, heads: int, vocab: int, att
             num_attention_heads=heads,
             intermediate_size=4 * hidden,
             max_position_embeddings=512,
-            hidden_dropout_prob=0.1,
-            attention_probs_dropout_prob=0.1,
+            hidden_dropout_prob=dropout,
+            attention_probs_dropout_prob=dropout,
             hidden_act="gelu",
             layer_norm_eps=1e-12,
         )
@@ -51,9 +64,9 @@ def build_model(kind: str, layers: int, hidden: int, heads: int, vocab: int, att
         n_head=heads,
         n_inner=4 * hidden,
         n_positions=1024,
-        resid_pdrop=0.1,
-        embd_pdrop=0.1,
-        attn_pdrop=0.1,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
         activation_function="gelu_new",
     )
     return tf.GPT2LMHeadModel._from_config(cfg, attn_implementation=attn)
@@ -83,14 +96,27 @@ def make_batch(torch, kind: str, batch: int, seq: int, vocab: int, seed: int):
     }
 
 
-def run(shape: str, *, steps: int, warmup: int, threads: int, attn: str, compile_: bool) -> dict:
+def run(
+    shape: str,
+    *,
+    steps: int,
+    warmup: int,
+    threads: int,
+    attn: str,
+    compile_: bool,
+    device: str = "cpu",
+    bf16: bool = False,
+    dropout: float = 0.1,
+) -> dict:
+    import contextlib
+
     import torch
     import transformers
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     kind, task, layers, hidden, heads, seq, batch, vocab = SHAPES[shape]
-    model = build_model(kind, layers, hidden, heads, vocab, attn)
+    model = build_model(kind, layers, hidden, heads, vocab, attn, dropout).to(device)
     model.train()
     # AdamW as pjx's defaults: lr 1e-4, betas (0.9, 0.999), eps 1e-8, weight decay 0.01 on
     # kernels only (HF Trainer's no-decay groups: biases and LayerNorm weights).
@@ -102,10 +128,19 @@ def run(shape: str, *, steps: int, warmup: int, threads: int, attn: str, compile
         betas=(0.9, 0.999),
         eps=1e-8,
     )
-    batches = [make_batch(torch, kind, batch, seq, vocab, seed=i) for i in range(2)]
+    batches = [
+        {k: v.to(device) for k, v in make_batch(torch, kind, batch, seq, vocab, seed=i).items()}
+        for i in range(2)
+    ]
+    # bf16: autocast matmuls (parameters and AdamW stay float32), as pjx's dtype=bfloat16.
+    autocast = (
+        (lambda: torch.autocast(device, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    )
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def step(b):
-        out = model(**b)
+        with autocast():
+            out = model(**b)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -115,11 +150,13 @@ def run(shape: str, *, steps: int, warmup: int, threads: int, attn: str, compile
     fn = torch.compile(step) if compile_ else step
     t0 = time.perf_counter()
     fn(batches[0])  # first step: allocations (and compilation with --compile)
+    sync()
     first_s = time.perf_counter() - t0
     times = []
     for i in range(warmup + steps):
         t = time.perf_counter()
         loss = fn(batches[i % len(batches)])
+        sync()
         if i >= warmup:
             times.append(time.perf_counter() - t)
     step_s = statistics.median(times)
@@ -132,8 +169,14 @@ def run(shape: str, *, steps: int, warmup: int, threads: int, attn: str, compile
         "step_s_max": max(times),
         "compile_s": first_s,
         "params": n_params,
-        "device": f"cpu x{threads} threads",
-        "backend": "torch-cpu",
+        "device": (
+            torch.cuda.get_device_name(device)
+            if device.startswith("cuda")
+            else f"cpu x{threads} threads"
+        ),
+        "backend": f"torch-{device}",
+        "dtype": "bfloat16 autocast" if bf16 else "float32",
+        "dropout": dropout,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "attn_implementation": attn,
@@ -156,7 +199,12 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"))
     p.add_argument("--compile", action="store_true", help="torch.compile the train step")
+    p.add_argument("--keep-host-memory", action="store_true", help="pjx's malloc settings")
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--dropout", type=float, default=0.1, help="all dropout rates")
     args = p.parse_args(argv)
+    kept = keep_host_memory() if args.keep_host_memory else False
     r = run(
         args.shape,
         steps=args.steps,
@@ -164,7 +212,11 @@ def main(argv=None) -> int:
         threads=args.threads,
         attn=args.attn,
         compile_=args.compile,
+        device=args.device,
+        bf16=args.bf16,
+        dropout=args.dropout,
     )
+    r["keep_host_memory"] = kept
     print(
         f"hf {r['model']} B={r['batch_size']} L={r['seq_len']}: step "
         f"{r['step_s'] * 1e3:.1f} ms (median of {r['steps']}) | {r['tokens_per_s']:,.0f} tokens/s"

@@ -146,8 +146,12 @@ def clm_loss(model, params, batch, rng, *, train, label_smoothing=0.0, z_loss=0.
     else:
         mask = jnp.ones(ids[:, 1:].shape, bool)
     mask = mask.astype(jnp.float32) * _weight(batch, ids.shape[0])[:, None]
+    # Position t predicts token t+1; the last position gets label 0 and weight 0. Keeping all
+    # L positions avoids slicing the [B,L,V] logits (a copy, and a pad in the backward pass).
+    labels = jnp.concatenate([ids[:, 1:], jnp.zeros_like(ids[:, :1])], axis=1)
+    mask = jnp.concatenate([mask, jnp.zeros_like(mask[:, :1])], axis=1)
     return losses.cross_entropy(
-        out["logits"][:, :-1], ids[:, 1:], mask, label_smoothing=label_smoothing, z_loss=z_loss
+        out["logits"], labels, mask, label_smoothing=label_smoothing, z_loss=z_loss
     )
 
 

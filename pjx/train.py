@@ -116,8 +116,9 @@ def model_overrides(config, tokenizer=None) -> dict:
 
 
 def setup(config, *, tokenizer=None, mesh=None, devices=None) -> Setup:
-    from pjx import models
+    from pjx import models, xla_cpu
 
+    xla_cpu.install()  # bit-identical, faster dropout masks on CPU
     model = models.create(
         config.model.name, config.model.size, **model_overrides(config, tokenizer)
     )
