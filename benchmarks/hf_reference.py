@@ -11,7 +11,7 @@ one JSON object with the fields `pjx bench` prints.
 MLM batches are masked once on the host like `DataCollatorForLanguageModeling` (15%,
 80/10/10) and the model computes logits at every position with labels -100 elsewhere,
 which is how HF trains BERT. `--keep-host-memory` applies the glibc malloc settings that
-pjx applies to itself on CPU (pjx/xla_cpu.py), for a comparison with the same allocator.
+pjx applies to itself on CPU (pjx/host_memory.py), for a comparison with the same allocator.
 Needs the `test` extra (torch, transformers); pjx never imports this file.
 """
 
@@ -28,16 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_config import SHAPES  # noqa: E402
 
-
-def keep_host_memory() -> bool:
-    """pjx.xla_cpu.keep_host_memory for this process: one arena, no mmap, no trimming."""
-    import ctypes
-    import platform
-
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    mallopt = ctypes.CDLL(None).mallopt
-    return bool(mallopt(-8, 1) and mallopt(-4, 0) and mallopt(-1, 2**31 - 1))
+from pjx.host_memory import keep_large_blocks  # noqa: E402  (jax-free)
 
 
 def build_model(kind, layers, hidden, heads, vocab, attn, dropout=0.1):
@@ -204,7 +195,7 @@ def main(argv=None) -> int:
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     p.add_argument("--dropout", type=float, default=0.1, help="all dropout rates")
     args = p.parse_args(argv)
-    kept = keep_host_memory() if args.keep_host_memory else False
+    kept = keep_large_blocks() if args.keep_host_memory else False
     r = run(
         args.shape,
         steps=args.steps,

@@ -1,11 +1,8 @@
 """XLA:CPU speed-ups that leave every result bit-identical.
 
-1. Host memory. XLA:CPU takes all of a step's temporaries as one buffer (~0.6 GiB for a
-BERT-mini train step at batch 32 x 128) and glibc serves any block over 32 MiB with a
-fresh `mmap`, so every step page-faults and zeroes that memory again and hands it back
-with `munmap`: a fifth of the CPU time of such a step went to the kernel. `keep_host_memory`
-makes glibc serve large blocks from one heap and keep freed memory (the process keeps its
-peak footprint instead of returning it between steps). Opt out with PJX_KEEP_HOST_MEMORY=0.
+1. Host memory: `keep_host_memory` applies pjx.host_memory's glibc settings (a fifth of
+the CPU time of a BERT-mini train step went to page faults on fresh `mmap`s without them).
+Opt out with PJX_KEEP_HOST_MEMORY=0.
 
 2. Dropout bits. jax lowers the Threefry-2x32 hash on CPU as a rolled `fori_loop` of
 5 x 4 rounds (small programs, quick compiles). For dropout masks, one hash per element,
@@ -18,15 +15,14 @@ calls keep the rolled loop (as jax does) and its short compile. Same function, s
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
-import platform
-import sys
 
 import numpy as np
 from jax import lax
 from jax.interpreters import mlir
+
+from pjx import host_memory
 
 try:  # a public name since jax 0.4.3x; without it the CPU lowering is left as jax ships it
     from jax.extend.random import threefry2x32_p
@@ -42,9 +38,6 @@ _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 _PARITY = np.uint32(0x1BD11BDA)
 
 _installed = False
-
-# glibc mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 
 
 def _rotl(x, d):
@@ -98,22 +91,14 @@ def _cpu_lowering(ctx, k0, k1, x0, x1):
 
 
 def keep_host_memory() -> bool:
-    """glibc: no `mmap` for large blocks, one arena, never trim the heap. True if applied.
+    """pjx.host_memory.keep_large_blocks unless PJX_KEEP_HOST_MEMORY=0. True if applied.
 
-    Takes full effect only before jax starts its CPU client (threads that already own a
-    malloc arena keep it), which is the case when `pjx train` / `pjx bench` call it.
+    Called by `pjx train` / `pjx bench` before jax starts its CPU client, so it takes full
+    effect there.
     """
     if os.environ.get("PJX_KEEP_HOST_MEMORY", "1") == "0":
         return False
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    # Arena first: a block in a per-thread arena over its 64 MiB heap limit is mmapped anyway.
-    ok = mallopt(_M_ARENA_MAX, 1) and mallopt(_M_MMAP_MAX, 0)
-    return bool(ok and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return host_memory.keep_large_blocks()
 
 
 def install() -> None:

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import parse_qsl
 
+from pjx.config import parse_bool
 from pjx.tokenizers.base import META_FILE, Tokenizer, check_family, read_meta, write_meta
 from pjx.tokenizers.spm import SentencePieceTokenizer, train_sentencepiece
 from pjx.tokenizers.symbols import ByteTokenizer, CharTokenizer, train_char
@@ -21,15 +22,6 @@ SPECS_HELP = (
     "Tokenizer.save, or a Hugging Face model folder), and in configs "
     "train:sentencepiece?vocab_size=N&model_type=unigram|bpe or train:char"
 )
-
-
-def _bool(value: str) -> bool:
-    v = value.lower()
-    if v in ("1", "true", "yes"):
-        return True
-    if v in ("0", "false", "no"):
-        return False
-    raise ValueError(f"expected true/false, got {value!r}")
 
 
 # Spec kinds, with an example of each.
@@ -45,14 +37,14 @@ KINDS = {
 # Accepted ?key=value parameters per kind, with their types.
 PARAMS = {
     "sentencepiece": {"extra_ids": int},
-    "wordpiece": {"lowercase": _bool},
+    "wordpiece": {"lowercase": parse_bool},
     "tokenizers": {},
     "char": {"specials": str},
     "byte": {"specials": str},
     "train:sentencepiece": {
         "vocab_size": int,
         "model_type": str,
-        "byte_fallback": _bool,
+        "byte_fallback": parse_bool,
         "character_coverage": float,
     },
     "train:char": {"specials": str},
