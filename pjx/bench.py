@@ -306,15 +306,8 @@ def main(args, overrides) -> int:
 
     config = config_lib.load(args.config, overrides)
     if getattr(args, "data_only", False):
-        try:
-            from pjx import data as pjx_data
+        from pjx.data import bench_pipeline
 
-            bench_pipeline = pjx_data.bench_pipeline
-        except (ImportError, AttributeError) as e:
-            raise RuntimeError(
-                "pjx bench --data-only needs pjx.data.bench_pipeline(config, steps), "
-                f"which this installation lacks ({e})"
-            ) from e
         result = dict(bench_pipeline(first_stage(config), int(args.steps)))
         print(json.dumps(result), flush=True)
         return 0

@@ -10,21 +10,16 @@ import numpy as np
 
 
 def _tokenizer(config, data_cfg):
-    spec = data_cfg.get("tokenizer", "") or ""
-    if not spec:
-        return None
-    from pjx import tokenizers
-    from pjx.data import cache, read_texts
+    """The run's tokenizer, as `pjx train` builds it; a `train:` spec trains once into a
+    folder of the data cache (there is no workdir)."""
+    from pjx import workdir as workdir_lib
+    from pjx.data import cache
 
-    # A `train:` spec trains once into a folder of the data cache (there is no workdir).
+    spec = data_cfg.get("tokenizer", "") or ""
     key = f"{spec}|{data_cfg.source}|{config.model.name}"
     key = hashlib.sha256(key.encode()).hexdigest()[:12]
-    workdir = os.path.join(cache.root(data_cfg), f"bench-tokenizer-{key}")
-    return tokenizers.from_config(
-        spec,
-        workdir=workdir,
-        family=config.model.name,
-        texts=read_texts(data_cfg.source, data_cfg),  # a generator: read only to train
+    return workdir_lib.build_tokenizer(
+        config, os.path.join(cache.root(data_cfg), f"bench-tokenizer-{key}")
     )
 
 
