@@ -27,14 +27,18 @@ def get_config(arg: str = ""):
     c.model.size = next((a for a in args if a in SIZES), "mini")
     corpus = f"text:{DATA}/wikitext2/train.txt.gz"
     c.data.source, c.eval_data.source = corpus + "[:95%]", corpus + "[95%:]"
-    c.data.seq_len = c.eval_data.seq_len = 128
+    c.data.seq_len = 128
     c.data.tokenizer = "train:sentencepiece?vocab_size=8192&model_type=unigram"
     c.task_args.mask_rate = 0.15
     if "nsp" in args:  # sentence pairs, 50% real next segment
-        c.task_args.nsp = c.data.nsp = c.eval_data.nsp = True
+        c.task_args.nsp = True
     c.batch_size, c.steps = 128, 20_000
-    c.optimizer.update(dict(lr=5e-4, warmup_steps=1_000, schedule="linear", weight_decay=0.01))
-    c.log_every, c.eval_every, c.checkpoint_every = 100, 2_000, 2_000
+    # Derived from `steps` by reference, so they follow --config.steps (pjx.config).
+    steps = c.get_ref("steps")
+    c.optimizer.update(
+        dict(lr=5e-4, warmup_steps=steps // 20, schedule="linear", weight_decay=0.01)
+    )
+    c.log_every, c.eval_every, c.checkpoint_every = 100, steps // 10, steps // 10
     c.eval_steps = 50
     if "smoke" in args:
         config_lib.make_smoke(c)

@@ -40,13 +40,14 @@ def get_config(arg: str = "sst2"):
     c.model.num_labels = 2
     tsv = f"tsv:{DATA}/{name}/train.tsv"
     c.data.source, c.eval_data.source = tsv + "[:90%]", tsv + "[90%:]"
-    c.data.preset = c.eval_data.preset = name
-    c.data.seq_len = c.eval_data.seq_len = 128
+    c.data.preset, c.data.seq_len = name, 128
     # Used only without init_from (a pretrained model brings its own tokenizer).
     c.data.tokenizer = "train:sentencepiece?vocab_size=8192&model_type=unigram"
     c.batch_size, c.eval_batch_size, c.steps = 32, 128, steps
-    c.optimizer.update(dict(lr=lr, warmup_steps=steps // 10, schedule="linear", weight_decay=0.01))
-    c.log_every, c.eval_every, c.checkpoint_every = 50, max(steps // 5, 50), max(steps // 5, 50)
+    # Derived from `steps` by reference, so they follow --config.steps (pjx.config).
+    ref = c.get_ref("steps")
+    c.optimizer.update(dict(lr=lr, warmup_steps=ref // 10, schedule="linear", weight_decay=0.01))
+    c.log_every, c.eval_every, c.checkpoint_every = 50, ref // 5, ref // 5
     c.best_metric = metric
     if "smoke" in rest:
         config_lib.make_smoke(c, source="")

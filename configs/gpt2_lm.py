@@ -28,13 +28,15 @@ def get_config(arg: str = ""):
     c.model.size = next((a for a in args if a in SIZES), "small")
     corpus = f"text:{DATA}/wikitext2/train.txt.gz"
     c.data.source, c.eval_data.source = corpus + "[:95%]", corpus + "[95%:]"
-    c.data.seq_len = c.eval_data.seq_len = 1024
+    c.data.seq_len = 1024
     c.data.tokenizer = "train:sentencepiece?vocab_size=16384&model_type=bpe"
     c.batch_size, c.steps = 32, 10_000
+    # Derived from `steps` by reference, so they follow --config.steps (pjx.config).
+    steps = c.get_ref("steps")
     c.optimizer.update(
-        dict(lr=6e-4, warmup_steps=500, end_lr_fraction=0.1, b2=0.95, weight_decay=0.1)
+        dict(lr=6e-4, warmup_steps=steps // 20, end_lr_fraction=0.1, b2=0.95, weight_decay=0.1)
     )
-    c.log_every, c.eval_every, c.checkpoint_every, c.eval_steps = 50, 1_000, 1_000, 50
+    c.log_every, c.eval_every, c.checkpoint_every, c.eval_steps = 50, steps // 10, steps // 10, 50
     if "shakespeare_char" in args:
         shakespeare_char(c)
     if "smoke" in args:
@@ -47,7 +49,7 @@ def shakespeare_char(c):
     text = f"text:{DATA}/tinyshakespeare/input.txt"
     c.data.source, c.eval_data.source = text + "[:90%]", text + "[90%:]"
     # One stream of characters (newlines kept), cut into context-length rows.
-    c.data.pack = c.eval_data.pack = "stream"
+    c.data.pack = "stream"
     c.data.tokenizer = "train:char"
     c.model.size = "tiny"
     c.model.update(
@@ -61,12 +63,11 @@ def shakespeare_char(c):
             attention_dropout_rate=0.0,
         )
     )
-    c.data.seq_len = c.eval_data.seq_len = 64
+    c.data.seq_len = 64
     c.batch_size, c.steps = 12, 2_000
     c.optimizer.update(
         dict(
             lr=1e-3,
-            warmup_steps=100,
             schedule="cosine",
             end_lr=1e-4,
             end_lr_fraction=None,
@@ -75,4 +76,6 @@ def shakespeare_char(c):
             clip_norm=1.0,
         )
     )
-    c.log_every, c.eval_every, c.checkpoint_every, c.eval_steps = 50, 500, 500, 20
+    # Warm-up stays steps // 20 (100 of 2,000, as nanoGPT); evaluation every steps // 4.
+    steps = c.get_ref("steps")
+    c.log_every, c.eval_every, c.checkpoint_every, c.eval_steps = 50, steps // 4, steps // 4, 20

@@ -21,11 +21,15 @@ def get_config(arg: str = ""):
     c.model.name, c.model.size, c.task = "bert", "tiny", "mlm"
     c.model.max_position_embeddings = 128
     c.data.source, c.eval_data.source = "embedded[:95%]", "embedded[95%:]"
-    c.data.seq_len = c.eval_data.seq_len = 64
+    c.data.seq_len = 64
     c.data.tokenizer = "train:sentencepiece?vocab_size=2000&model_type=unigram"
     c.batch_size, c.eval_batch_size, c.steps = 32, 64, 800
-    c.optimizer.update(dict(lr=1e-3, warmup_steps=80, schedule="linear", weight_decay=0.01))
-    c.log_every, c.eval_every, c.checkpoint_every = 50, 400, 400
+    # Derived from `steps` by reference: each stage's `steps` moves them (pjx.config).
+    steps = c.get_ref("steps")
+    c.optimizer.update(
+        dict(lr=1e-3, warmup_steps=steps // 10, schedule="linear", weight_decay=0.01)
+    )
+    c.log_every, c.eval_every, c.checkpoint_every = 50, steps // 2, steps // 2
     smoke = "smoke" in arg.split(",")
     c.stages = (
         ("pretrain", {"steps": 2} if smoke else {}),
@@ -39,7 +43,6 @@ def get_config(arg: str = ""):
                 "eval_data.source": "embedded:classify[80%:]",
                 "steps": 2 if smoke else 300,
                 "optimizer.lr": 2e-4,
-                "optimizer.warmup_steps": 30,
                 "eval_every": 100,
                 "checkpoint_every": 100,
                 "best_metric": "accuracy",

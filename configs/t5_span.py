@@ -32,24 +32,24 @@ def get_config(arg: str = ""):
     c.model.size = next((a for a in args if a in SIZES), "small")
     corpus = f"text:{DATA}/wikitext2/train.txt.gz"
     c.data.source, c.eval_data.source = corpus + "[:95%]", corpus + "[95%:]"
-    c.data.seq_len = c.eval_data.seq_len = 512  # uncorrupted text; inputs get shorter
+    c.data.seq_len = 512  # uncorrupted text; inputs get shorter
     c.data.tokenizer = "train:sentencepiece?vocab_size=8192&model_type=unigram"
     c.task_args.update(dict(noise_density=0.15, mean_noise_span_length=3.0))
     c.batch_size, c.steps = 64, 20_000
     # T5 used Adafactor at 1e-2; with AdamW, 1e-3 after warm-up is stable at these sizes.
-    c.optimizer.update(dict(lr=1e-3, warmup_steps=1_000, weight_decay=0.0))
-    c.log_every, c.eval_every, c.checkpoint_every, c.eval_steps = 100, 2_000, 2_000, 50
+    # Derived from `steps` by reference, so they follow --config.steps (pjx.config).
+    steps = c.get_ref("steps")
+    c.optimizer.update(dict(lr=1e-3, warmup_steps=steps // 20, weight_decay=0.0))
+    c.log_every, c.eval_every, c.checkpoint_every, c.eval_steps = 100, steps // 10, steps // 10, 50
     if "seq2seq" in args:
         tsv = f"tsv:{DATA}/sst2/train.tsv"
         c.task = "seq2seq"
         c.task_args = ml_collections.ConfigDict()  # no span-corruption options
         c.data.source, c.eval_data.source = tsv + "[:90%]", tsv + "[90%:]"
-        c.data.preset = c.eval_data.preset = "sst2"
-        c.data.seq_len = c.eval_data.seq_len = 128
-        c.data.target_len = c.eval_data.target_len = 4
+        c.data.preset, c.data.seq_len, c.data.target_len = "sst2", 128, 4
         c.batch_size, c.steps = 32, 3_000
-        c.optimizer.update(dict(lr=3e-4, warmup_steps=300))
-        c.eval_every = c.checkpoint_every = 500
+        c.optimizer.lr, c.optimizer.warmup_steps = 3e-4, steps // 10
+        c.eval_every = c.checkpoint_every = steps // 6
     if "smoke" in args:
         source = "" if "seq2seq" in args else "embedded"
         config_lib.make_smoke(c, seq_len=64, source=source)

@@ -40,11 +40,12 @@ def get_config(arg: str = ""):
     c.model.update(dict(MNIST_VIT, num_labels=10))
     images = f"idx:{DATA}/mnist_tsuga"
     c.data.source, c.eval_data.source = images + "[:90%]", images + "[90%:]"
-    for d in (c.data, c.eval_data):  # MNIST's mean / std (of [0, 1] pixels)
-        d.image_mean, d.image_std = (0.1307,), (0.3081,)
+    c.data.image_mean, c.data.image_std = (0.1307,), (0.3081,)  # MNIST's (of [0, 1] pixels)
     c.batch_size, c.eval_batch_size, c.steps = 128, 500, 3_000
-    c.optimizer.update(dict(lr=1e-3, warmup_steps=200, weight_decay=0.05))
-    c.log_every, c.eval_every, c.checkpoint_every = 50, 500, 500
+    # Derived from `steps` by reference, so they follow --config.steps (pjx.config).
+    steps = c.get_ref("steps")
+    c.optimizer.update(dict(lr=1e-3, warmup_steps=steps // 15, weight_decay=0.05))
+    c.log_every, c.eval_every, c.checkpoint_every = 50, steps // 6, steps // 6
     c.best_metric = "accuracy"
     if "probe" in args:  # Linear evaluation protocol (SimCLR, sec. 4): only the head learns.
         c.optimizer.freeze = "^vit/"

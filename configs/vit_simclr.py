@@ -27,10 +27,10 @@ def get_config(arg: str = ""):
     c.best_metric = ""
     c.task_args.update(dict(loss="info_nce" if "info_nce" in args else "nt_xent"))
     c.task_args.temperature = 0.1
-    for d in (c.data, c.eval_data):
-        d.flip, d.crop_scale, d.jitter, d.blur = False, (0.3, 1.0), 0.4, True
+    c.data.flip, c.data.crop_scale, c.data.jitter, c.data.blur = False, (0.3, 1.0), 0.4, True
     c.batch_size, c.eval_batch_size, c.steps = 256, 256, 3_000
-    c.optimizer.update(dict(lr=1e-3, warmup_steps=300, weight_decay=0.05))
+    c.optimizer.update(dict(lr=1e-3, weight_decay=0.05))
+    c.optimizer.warmup_steps = c.get_ref("steps") // 10  # follows --config.steps
     if "smoke" in args:
         config_lib.make_smoke(c, source="")
         images = f"idx:{DATA}/mnist_tsuga"

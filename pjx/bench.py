@@ -1,7 +1,7 @@
-"""`pjx bench`: time compiled train steps on synthetic batches; the last line is JSON.
+"""`pjx bench`: time compiled train steps on synthetic batches, or the input pipeline alone.
 
-The batch has the keys and shapes of the config's task (docs/architecture.md), filled
-with random ids (or pixels), so no tokenizer or data set is needed. The step is compiled
+The batch has the keys and shapes of the config's task (`Task.batch_spec`), filled with
+random ids (or pixels), so no tokenizer or data set is needed. The step is compiled
 ahead of time (`compile_s`), run `warmup` times, then `steps` times with a device sync
 after each one; `step_s` is the median. On accelerators whose peak is in `PEAK_TFLOPS`,
 `mfu` = model FLOP/s / (peak * devices), with the FLOP count of `flops_per_token`.
@@ -9,13 +9,23 @@ after each one; `step_s` is the median. On accelerators whose peak is in `PEAK_T
 
 from __future__ import annotations
 
-import json
+import hashlib
+import logging
 import math
+import os
 import statistics
 import time
 
 import jax
 import numpy as np
+
+from pjx import config as config_lib
+from pjx import data, sharding, tasks, tokenizers, train
+from pjx import workdir as workdir_lib
+from pjx.data import cache
+from pjx.tokenizers import parse_spec
+
+log = logging.getLogger(__name__)
 
 # Dense bfloat16 peak TFLOP/s per device (vendor data sheets, no sparsity), matched as a
 # substring of `device.device_kind`; the longest match wins ("H100 PCIe" before "H100").
@@ -63,7 +73,7 @@ def matmul_params(params) -> int:
     they are the output projection)."""
     n = 0
     for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
-        keys = "/".join(str(getattr(k, "key", k)) for k in path)
+        keys = jax.tree_util.keystr(path, simple=True, separator="/")
         if any(t in keys for t in ("position_embeddings", "wpe/", "token_type_embeddings")):
             continue
         n += math.prod(x.shape)
@@ -85,58 +95,29 @@ def mfu(tokens_per_s: float, flops_per_tok: float, peak_tflops_per_device: float
 
 
 # ------------------------------------------------------------------------ synthetic data
-def _tokens(rng, shape, vocab):
-    return rng.randint(FIRST_ID, max(vocab, FIRST_ID + 1), shape).astype(np.int32)
-
-
 def synthetic_batch(config, model_config, seed: int = 0) -> dict:
-    """A process-local NumPy batch with the task's keys (docs/architecture.md)."""
+    """A process-local NumPy batch (batch_size / process_count rows) shaped like the
+    task's (`Task.batch_spec`), filled with random ids / labels / pixels."""
+    task = tasks.get(config.task)
+    rows = int(config.batch_size) // jax.process_count()
+    args = task.args(config.task_args.to_dict())
+    spec = task.batch_spec(rows, config.data, model_config, args)
     rng = np.random.RandomState(seed)
-    B, task, name = int(config.batch_size), config.task, config.model.name
-    if name == "vit":
-        S, C = model_config.image_size, model_config.num_channels
-        img = lambda: rng.standard_normal((B, S, S, C)).astype(np.float32)
-        if task == "contrastive":
-            return {"view_a": img(), "view_b": img()}
-        labels = rng.randint(0, max(model_config.num_labels, 1), (B,)).astype(np.int32)
-        return {"pixel_values": img(), "label": labels}
-    L = int(config.data.seq_len)
-    V = int(model_config.vocab_size)
-    ids = _tokens(rng, (B, L), V)
-    ones = np.ones((B, L), np.int32)
-    if task == "mlm":
-        batch = {
-            "input_ids": ids,
-            "attention_mask": ones,
-            "token_type_ids": np.zeros((B, L), np.int32),
-            "segment_ids": ones,
-            "position_ids": np.broadcast_to(np.arange(L, dtype=np.int32), (B, L)).copy(),
-        }
-        if config.task_args.get("nsp", False):
-            batch["next_sentence_label"] = rng.randint(0, 2, (B,)).astype(np.int32)
-        return batch
-    if task == "clm":
-        pos = np.broadcast_to(np.arange(L, dtype=np.int32), (B, L)).copy()
-        return {"input_ids": ids, "segment_ids": ones, "position_ids": pos}
-    if task == "span":
-        return {"input_ids": ids}
-    if task == "seq2seq":
-        T = int(config.data.get("target_len", 0) or L)
-        return {
-            "input_ids": ids,
-            "attention_mask": ones,
-            "labels": _tokens(rng, (B, T), V),
-            "decoder_attention_mask": np.ones((B, T), np.int32),
-        }
-    if task == "classify":
-        labels = rng.randint(0, max(model_config.num_labels, 1), (B,)).astype(np.int32)
-        return {
-            "input_ids": ids,
-            "attention_mask": ones,
-            "token_type_ids": np.zeros((B, L), np.int32),
-            "label": labels,
-        }
-    raise ValueError(f"pjx bench: no synthetic batch for task {task!r} with model {name!r}")
+    vocab = int(getattr(model_config, "vocab_size", 0))
+    return {k: _fill(rng, s, vocab) for k, s in spec.items()}
+
+
+def _fill(rng, spec: tasks.Spec, vocab: int) -> np.ndarray:
+    shape, dtype = tuple(spec.shape), np.dtype(spec.dtype)
+    if spec.fill == "tokens":
+        return rng.randint(FIRST_ID, max(vocab, FIRST_ID + 1), shape).astype(dtype)
+    if spec.fill == "classes":
+        return rng.randint(0, max(spec.high, 1), shape).astype(dtype)
+    if spec.fill == "positions":
+        return np.broadcast_to(np.arange(shape[-1]), shape).astype(dtype)
+    if spec.fill == "pixels":
+        return rng.standard_normal(shape).astype(dtype)
+    return np.full(shape, 1 if spec.fill == "ones" else 0, dtype)
 
 
 def tokens_per_example(config, model_config) -> int:
@@ -150,21 +131,9 @@ def tokens_per_example(config, model_config) -> int:
 # ----------------------------------------------------------------------------- config
 def first_stage(config):
     """A chained config's first stage (the pretraining one); the config itself otherwise."""
-    from pjx import config as config_lib
-
     if config.get("stages"):
         return config_lib.stage_configs(config, "", ())[0][1]
     return config
-
-
-def spec_vocab_size(spec: str) -> int | None:
-    """`vocab_size=N` of a `train:...?vocab_size=N&...` tokenizer spec (None if absent)."""
-    from urllib.parse import parse_qs
-
-    if not spec.startswith("train:") or "?" not in spec:
-        return None
-    values = parse_qs(spec.split("?", 1)[1]).get("vocab_size")
-    return int(values[0]) if values else None
 
 
 def load_tokenizer(config):
@@ -173,21 +142,18 @@ def load_tokenizer(config):
     spec = config.data.get("tokenizer", "") or ""
     if not spec or spec.startswith("train:"):
         return None
-    from pjx import tokenizers
-
     try:
         return tokenizers.load(spec)
     except Exception as e:  # noqa: BLE001 - bench still runs on the config's sizes
-        print(f"pjx bench: tokenizer {spec!r} not loaded ({e}); using the model's vocab size")
+        log.warning(f"pjx bench: tokenizer {spec!r} not loaded ({e}); using the model's vocab size")
         return None
 
 
 def prepare_config(config, tokenizer=None):
     """Bench-ready copy: first stage, vocab size from a `train:` tokenizer spec, MLM ids."""
-    from pjx import config as config_lib
-
     config = config_lib.apply_overrides(first_stage(config), ())
-    vocab = spec_vocab_size(config.data.get("tokenizer", "") or "")
+    spec = config.data.get("tokenizer", "") or ""
+    vocab = parse_spec(spec).params.get("vocab_size") if spec.startswith("train:") else None
     if tokenizer is None and vocab and config.model.get("vocab_size") is None:
         config_lib.set_key(config, "model.vocab_size", vocab, parse=False)
     if config.task == "mlm" and tokenizer is None:
@@ -195,7 +161,7 @@ def prepare_config(config, tokenizer=None):
             if config.task_args.get(key) is None:
                 config_lib.set_key(config, f"task_args.{key}", value, parse=False)
     if config.task == "classify" and int(config.model.get("num_labels", 0) or 0) <= 0:
-        n = int(config.data.get("num_labels", 0) or 0) or (10 if config.model.name == "vit" else 2)
+        n = 10 if config.model.name == "vit" else 2
         config_lib.set_key(config, "model.num_labels", n, parse=False)
     return config
 
@@ -220,13 +186,11 @@ def _versions() -> dict:
 
 # ------------------------------------------------------------------------------- bench
 def run(config, *, steps: int = 10, warmup: int = 2, num_batches: int = 2) -> dict:
-    """Times the config's train step; returns the result dict (printed as JSON by `main`)."""
-    from pjx import sharding, train
-
+    """Times the config's train step; returns the result dict (`pjx bench` prints it as
+    JSON). Batches are process-local: `batch_size / process_count` rows per process."""
     tokenizer = load_tokenizer(config)
-    config = prepare_config(config, tokenizer)
-    s = train.setup(config, tokenizer=tokenizer)
-    mcfg = s.model.config
+    s = train.build(prepare_config(config, tokenizer), tokenizer=tokenizer)
+    config, mcfg = s.config, s.model.config
     batches = [synthetic_batch(config, mcfg, seed=i) for i in range(max(num_batches, 1))]
     state = train.create_state(s, config.seed)
     jax.block_until_ready(state)
@@ -301,17 +265,65 @@ def human_line(r: dict) -> str:
     return line
 
 
-def main(args, overrides) -> int:
-    from pjx import config as config_lib
+# --------------------------------------------------------------------- input pipeline
+def _pipeline_tokenizer(config, data_cfg):
+    """The run's tokenizer, as `pjx train` builds it; a `train:` spec trains once into a
+    folder of the data cache (there is no workdir)."""
+    spec = data_cfg.get("tokenizer", "") or ""
+    key = f"{spec}|{data_cfg.source}|{config.model.name}"
+    key = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return workdir_lib.build_tokenizer(
+        config, os.path.join(cache.root(data_cfg), f"bench-tokenizer-{key}")
+    )
 
-    config = config_lib.load(args.config, overrides)
-    if getattr(args, "data_only", False):
-        from pjx.data import bench_pipeline
 
-        result = dict(bench_pipeline(first_stage(config), int(args.steps)))
-        print(json.dumps(result), flush=True)
-        return 0
-    result = run(config, steps=int(args.steps), warmup=int(args.warmup))
-    print(human_line(result), flush=True)
-    print(json.dumps(result), flush=True)
-    return 0
+def bench_pipeline(config, steps: int = 200, tokenizer=None) -> dict:
+    """Builds `config`'s training pipeline (encoding into the cache if needed), then times
+    `steps` batches. Returns tokens_per_s (row positions incl. padding), real_tokens_per_s
+    (non-padding), examples_per_s, batch_s, cache_s, first_batch_s."""
+    config = config_lib.resolve_data(first_stage(config))
+    cfg = data.with_defaults(config.data)
+    t0 = time.perf_counter()
+    tok = tokenizer if tokenizer is not None else _pipeline_tokenizer(config, cfg)
+    it = data.build(
+        cfg,
+        task=config.task,
+        task_args=config.task_args.to_dict(),
+        model=config.model.name,
+        tokenizer=tok,
+        batch_size=int(config.batch_size),
+        seed=int(config.seed),
+        train=True,
+        num_labels=int(config.model.get("num_labels", 0) or 0),
+    )
+    t1 = time.perf_counter()
+    first = next(it)
+    t2 = time.perf_counter()
+    real = 0
+    for _ in range(int(steps)):
+        batch = next(it)
+        if "segment_ids" in batch:
+            real += int(np.count_nonzero(batch["segment_ids"]))
+        elif "attention_mask" in batch:
+            real += int(np.count_nonzero(batch["attention_mask"]))
+    dt = time.perf_counter() - t2
+    ids = first.get("input_ids")
+    rows = len(next(iter(first.values())))
+    tokens = int(ids.size) * int(steps) if ids is not None else 0
+    out = {
+        "examples_per_s": rows * int(steps) / dt,
+        "batch_s": dt / max(int(steps), 1),
+        "cache_s": t1 - t0,
+        "first_batch_s": t2 - t1,
+        "steps": int(steps),
+        "batch_size": rows,
+        "task": config.task,
+        "source": cfg.source,
+        "num_threads": int(cfg.num_threads),
+        "worker_count": int(cfg.worker_count),
+    }
+    if ids is not None:
+        out["seq_len"] = int(ids.shape[1])
+        out["tokens_per_s"] = tokens / dt
+        out["real_tokens_per_s"] = (real or tokens) / dt
+    return out

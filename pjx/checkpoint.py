@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import shutil
 import signal
@@ -34,6 +35,7 @@ from orbax.checkpoint import checkpoint_managers as ocm
 # Orbax 0.12 writes this file into a step dir as the last act of a commit (on
 # local disks as well as GCS); a step without it is not trusted.
 COMMIT_MARKER = "commit_success.txt"
+log = logging.getLogger(__name__)
 _B64 = "__bytes_b64__"
 
 
@@ -68,7 +70,7 @@ class _DataStateHandler(_SmallItemHandler):
         path = Path(directory) / f"process_{i}-of-{n}.json"
         if not path.exists():
             found = sorted(p.name for p in Path(directory).glob("process_*.json"))
-            print(
+            log.warning(
                 f"checkpoint: no data iterator state for process {i} of {n} "
                 f"(saved: {found}); the data pipeline starts from the beginning."
             )
@@ -251,9 +253,11 @@ def incomplete_checkpoints(directory) -> list[Path]:
 
 def report_incomplete(directory) -> list[Path]:
     bad = incomplete_checkpoints(directory)
-    if bad and jax.process_index() == 0:
+    if bad:
         names = ", ".join(p.name for p in bad)
-        print(f"checkpoint: skipping incomplete (interrupted) checkpoints in {directory}: {names}")
+        log.warning(
+            f"checkpoint: skipping incomplete (interrupted) checkpoints in {directory}: {names}"
+        )
     return bad
 
 
@@ -272,15 +276,9 @@ class Restored(NamedTuple):
     step: int
 
 
-def _key_str(k) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
-
-
 def path_str(keypath) -> str:
-    return "/".join(_key_str(k) for k in keypath)
+    """'a/b/c' for a pytree key path (the names init_from and error messages use)."""
+    return jax.tree_util.keystr(tuple(keypath), simple=True, separator="/")
 
 
 def _shape(x) -> tuple:
@@ -345,7 +343,7 @@ def maybe_restore(manager: ocp.CheckpointManager, abstract_state):
     if step is None:
         return None, None, 0
     r = restore(manager, abstract_state, step)
-    print(f"checkpoint: resumed from {step_dir(manager, step)} (step {step})")
+    log.info(f"checkpoint: resumed from {step_dir(manager, step)} (step {step})")
     return r.state, r.data_state, step
 
 

@@ -1,10 +1,19 @@
-"""Config files (`get_config(arg)` -> ConfigDict), `--config.a.b=value` overrides, stages.
+"""Run configs: config files, `--config.a.b=value` overrides, stages, and resolution.
 
-A config file is a Python file defining `get_config(arg=None)`; `path.py:ARG` passes
-ARG. Overrides are parsed by the existing field's type (like ml_collections'
-`config_flags`); an unknown key fails at once listing the closest valid keys.
-Model fields not in the file (`--config.model.num_layers=2`) are checked against the
-model family's `Config` dataclass.
+A config file is a Python file defining `get_config(arg=None)` that returns an
+`ml_collections.ConfigDict` built on `base_config()`; `path.py:ARG` passes ARG. Overrides
+are parsed by the existing field's type (like ml_collections' `config_flags`); an unknown
+key fails at once naming the closest valid keys.
+
+Values derived from others are written as references, so they follow the command line:
+`c.optimizer.warmup_steps = c.get_ref("steps") // 10` gives 50 warm-up steps under
+`--config.steps=500`, and `--config.optimizer.warmup_steps=20` replaces the rule. Each
+`eval_data` key not set explicitly is `data`'s.
+
+`resolve` derives everything else in one place, after the overrides: the references,
+`eval_data`, the architecture an `init_from` source fixes, the vocabulary size the
+tokenizer fixes, the model heads the task implies. Its result is what a run uses, prints
+at its start and saves as WORKDIR/config.json.
 """
 
 from __future__ import annotations
@@ -14,17 +23,22 @@ import copy
 import dataclasses
 import difflib
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
 
 import ml_collections
 
-from pjx import optim, sharding
+from pjx import data, init_from, models, optim, sharding, tasks
+from pjx.tokenizers import parse_bool, parse_spec
+
+# Keys of `data` that `eval_data` does not take: the run has one tokenizer.
+TRAIN_ONLY_DATA_KEYS = ("tokenizer",)
 
 
 class ConfigError(ValueError):
-    """A bad config key or value (unknown key, unparsable override)."""
+    """A bad config key or value (unknown key, unparsable override, conflicting fields)."""
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -32,11 +46,11 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = ml_collections.ConfigDict(dict(name="bert", size="tiny"))  # + Config fields
     c.task = "mlm"  # a key of pjx.tasks.TASKS
-    # Per-task options (see pjx.tasks): mask_rate, nsp, label_smoothing, temperature, ...
+    # Per-task options (the task's `defaults`, see pjx.tasks): mask_rate, nsp, temperature...
     c.task_args = ml_collections.ConfigDict()
-    c.data = data_config()
-    c.eval_data = data_config()
-    c.eval_data.source = ""  # "" = no evaluation
+    c.data = data.default_config()
+    # The eval source; any other data key set here overrides data's for evaluation.
+    c.eval_data = ml_collections.ConfigDict(dict(source=""))  # "" = no evaluation
     c.batch_size = 32  # global, over all processes and devices
     c.eval_batch_size = 0  # 0 = batch_size
     c.steps = 1000
@@ -52,7 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.best_mode = "max"  # "max" | "min"
     c.init_from = ""  # workdir, checkpoint path or hf:PATH
     c.allow_vocab_resize = False  # init_from: copy the overlapping rows of a resized vocab
-    c.progress = True  # live progress line on stderr
+    c.progress = True  # progress lines while training
     # Chained stages: (("name", {"dotted.key": value, ...}), ...), each run in WORKDIR/name.
     # An init_from of "stage:NAME" means WORKDIR/NAME.
     c.stages = ()
@@ -67,36 +81,17 @@ def make_smoke(config, *, seq_len: int = 32, source: str = "embedded") -> None:
     c.model.size = "tiny"
     if source:
         c.data.source, c.eval_data.source = f"{source}[:90%]", f"{source}[90%:]"
-    c.data.seq_len = c.eval_data.seq_len = seq_len
-    spec = c.data.get("tokenizer", "")
-    if spec.startswith("train:sentencepiece"):
-        c.data.tokenizer = (
-            spec.split("?")[0]
-            + "?vocab_size=512&"
-            + ("model_type=bpe" if "bpe" in spec else "model_type=unigram")
-        )
+    c.data.seq_len = seq_len
+    spec = parse_spec(c.data.tokenizer) if c.data.get("tokenizer") else None
+    if spec is not None and (spec.kind, spec.path) == ("train", "sentencepiece"):
+        c.data.tokenizer = str(spec.with_params(vocab_size=512))
     c.batch_size, c.steps, c.eval_steps = 8, 2, 2
     c.optimizer.warmup_steps = 1
     c.log_every, c.eval_every, c.checkpoint_every = 1, 0, 0
 
 
-def data_config() -> ml_collections.ConfigDict:
-    """`config.data` / `config.eval_data`: pjx.data's defaults plus the keys pjx.train reads."""
-    try:
-        from pjx import data as pjx_data
-
-        d = pjx_data.default_config()
-    except (ImportError, AttributeError):
-        d = ml_collections.ConfigDict()
-    d = ml_collections.ConfigDict(d.to_dict() if hasattr(d, "to_dict") else dict(d))
-    for key, value in dict(source="embedded", seq_len=128, tokenizer="").items():
-        if key not in d:
-            d[key] = value
-    return d
-
-
 def load(spec: str, overrides=()) -> ml_collections.ConfigDict:
-    """`path/to/config.py[:ARG]` + overrides -> ConfigDict."""
+    """`path/to/config.py[:ARG]` + overrides -> ConfigDict (references unresolved)."""
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file not found: {path}")
@@ -122,25 +117,28 @@ def flat_keys(config, prefix="") -> list[str]:
     return out
 
 
+# ------------------------------------------------------------------------ overrides
 def _model_fields(config) -> dict:
-    """Config dataclass fields of the configured model family ({} if unavailable)."""
-    try:
-        from pjx import models
-    except ImportError:
-        return {}
+    """Config dataclass fields of the configured model family ({} for an unknown family)."""
     family = models.MODELS.get(config.model.get("name"))
-    if family is None:
-        return {}
-    return {f.name: f for f in dataclasses.fields(family.Config)}
+    return {} if family is None else {f.name: f for f in dataclasses.fields(family.Config)}
 
 
-def parse_bool(text: str) -> bool:
-    low = text.lower()
-    if low in ("true", "1", "yes"):
-        return True
-    if low in ("false", "0", "no"):
-        return False
-    raise ValueError(f"expected a bool (true/false), got {text!r}")
+def _open_keys(config, section: str) -> dict:
+    """Keys a section accepts beyond those the config file wrote -> their default value:
+    model -> the family's Config fields, task_args -> the task's options, eval_data ->
+    the data keys."""
+    if section == "model":
+        return {
+            n: None if f.default is dataclasses.MISSING else f.default
+            for n, f in _model_fields(config).items()
+        }
+    if section == "task_args" and config.get("task") in tasks.TASKS:
+        task = tasks.get(config.task)
+        return {n: task.defaults.get(n) for n in task.arg_names()}
+    if section == "eval_data":
+        return {k: v for k, v in config.data.items() if k not in TRAIN_ONLY_DATA_KEYS}
+    return {}
 
 
 def parse_value(text: str, current):
@@ -170,6 +168,16 @@ def split_override(arg: str) -> tuple[str, str]:
     return key, value
 
 
+def _parse(key, value, current, parse):
+    if not (parse and isinstance(value, str)):
+        return value
+    try:
+        return parse_value(value, current)
+    except ValueError as e:
+        kind = type(current).__name__
+        raise ConfigError(f"{key}: cannot parse {value!r} as {kind}") from e
+
+
 def set_key(config, key: str, value, *, parse: bool = True):
     """Set dotted `key`; unknown keys raise ConfigError listing close valid keys."""
     parts = key.split(".")
@@ -180,28 +188,18 @@ def set_key(config, key: str, value, *, parse: bool = True):
         node = node[p]
     leaf = parts[-1]
     if leaf not in node:
-        field = _model_fields(config).get(leaf) if parts[:-1] == ["model"] else None
-        if field is None and not (parts[:-1] == ["task_args"]):
+        extra = _open_keys(config, parts[0]) if len(parts) == 2 else {}
+        if leaf not in extra:
             _unknown(config, key)
-        if parse and isinstance(value, str):
-            default = None if field is None else field.default
-            default = None if default is dataclasses.MISSING else default
-            value = parse_value(value, default)
         with node.unlocked():
-            node[leaf] = value
+            node[leaf] = _parse(key, value, extra[leaf], parse)
         return
-    if parse and isinstance(value, str):
-        try:
-            value = parse_value(value, node[leaf])
-        except ValueError as e:
-            kind = type(node[leaf]).__name__
-            raise ConfigError(f"{key}: cannot parse {value!r} as {kind}") from e
-    if node[leaf] is not None and value is not None and type(value) is not type(node[leaf]):
-        if isinstance(node[leaf], float) and isinstance(value, int):
-            value = float(value)
+    value = _parse(key, value, node[leaf], parse)
+    if isinstance(node[leaf], float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
     try:
         node[leaf] = value
-    except TypeError:  # e.g. None-typed field set before; rebuild without the type lock
+    except TypeError:  # e.g. a None-typed field set before; rebuild without the type lock
         with node.unlocked():
             del node[leaf]
             node[leaf] = value
@@ -209,10 +207,14 @@ def set_key(config, key: str, value, *, parse: bool = True):
 
 def _unknown(config, key):
     valid = flat_keys(config)
-    valid += [f"model.{f}" for f in _model_fields(config) if f"model.{f}" not in valid]
-    close = difflib.get_close_matches(key, valid, n=5, cutoff=0.5)
+    for section in ("model", "task_args", "eval_data"):
+        valid += [f"{section}.{k}" for k in _open_keys(config, section)]
+    close = difflib.get_close_matches(key, sorted(set(valid)), n=5, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise ConfigError(f"unknown config key {key!r}.{hint} Valid keys: {', '.join(sorted(valid))}")
+    raise ConfigError(
+        f"unknown config key {key!r}.{hint} Every key with its value: "
+        "`pjx config --config FILE` (a run saves its own in WORKDIR/config.json)."
+    )
 
 
 def apply_overrides(config, overrides=()) -> ml_collections.ConfigDict:
@@ -245,3 +247,86 @@ def stage_configs(
             c.init_from = os.path.join(workdir, c.init_from[len("stage:") :])
         out.append((os.path.join(workdir, name), c))
     return out
+
+
+# ----------------------------------------------------------------------- resolution
+def resolve_data(config) -> ml_collections.ConfigDict:
+    """`config` with its references resolved and `eval_data` spelled out in full (data's
+    keys, then eval_data's own). Needs no tokenizer: what the tokenizer is built from."""
+    c = config.copy_and_resolve_references()
+    own = c.eval_data.to_dict()
+    unknown = sorted(set(own) - set(c.data) - {"source"})
+    if unknown:
+        raise ConfigError(f"eval_data keys {unknown} are not data keys: {sorted(c.data)}")
+    inherited = {k: v for k, v in c.data.items() if k not in TRAIN_ONLY_DATA_KEYS}
+    c.eval_data = ml_collections.ConfigDict({**inherited, **own})
+    return c
+
+
+def resolve(config, tokenizer=None) -> ml_collections.ConfigDict:
+    """The config a run uses: every derived value filled in, every model field spelled out.
+
+    - references resolved, `eval_data` complete (`resolve_data`);
+    - with `init_from`, the body's architecture from the source (fields the config sets
+      itself win; the task decides the heads; how to compute stays the run's own);
+    - `model.vocab_size` from the tokenizer unless set;
+    - the heads the task implies (`Task.model_fields`); setting one of them otherwise is an
+      error, as is a model family the task does not run on;
+    - `task_args` checked against the task's options, with their defaults filled in.
+    """
+    c = resolve_data(config)
+    task = tasks.get(c.task)
+    family = c.model.name
+    if family not in models.MODELS:
+        raise ConfigError(f"model.name={family!r}: choose one of {sorted(models.MODELS)}")
+    if family not in task.families:
+        raise ConfigError(
+            f"task {task.name!r} runs on model families {list(task.families)}, not {family!r}"
+        )
+    args = task.args(c.task_args.to_dict())
+    own = {k: v for k, v in c.model.items() if k not in ("name", "size")}
+    fields = {}
+    if c.get("init_from"):
+        src_family, src_fields = init_from.source_model(c.init_from)
+        if src_family != family:
+            raise ConfigError(
+                f"init_from {c.init_from} holds a {src_family!r} model but model.name is "
+                f"{family!r}; set --config.model.name={src_family}."
+            )
+        skip = init_from.HEAD_FIELDS + init_from.RUNTIME_FIELDS
+        fields = {k: v for k, v in src_fields.items() if k not in skip}
+    fields.update(own)
+    if tokenizer is not None and "vocab_size" not in fields:
+        fields["vocab_size"] = int(tokenizer.vocab_size)
+    for k, v in task.model_fields(family, args).items():
+        if k in own and own[k] != v:
+            raise ConfigError(
+                f"model.{k}={own[k]!r} contradicts task {task.name!r} (which needs {v!r}); "
+                f"leave model.{k} unset: the task decides it"
+            )
+        fields[k] = v
+    model_config = models.make_config(family, c.model.size, **fields)
+    task.check_model(model_config)
+    c.model = ml_collections.ConfigDict(
+        dict(name=family, size=c.model.size, **dataclasses.asdict(model_config))
+    )
+    c.task_args = ml_collections.ConfigDict(args)
+    return c
+
+
+def to_json(config) -> str:
+    """The config as JSON (references resolved), e.g. for WORKDIR/config.json."""
+    return json.dumps(config.copy_and_resolve_references().to_dict(), indent=1, default=str)
+
+
+def describe(config) -> str:
+    """One line per top-level key (sections as compact JSON; `eval_data` as what differs
+    from `data`): the run's values at a glance."""
+    c = config.copy_and_resolve_references()
+    lines = []
+    for k, v in c.items():
+        v = v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v
+        if k == "eval_data":  # only what differs from data (the rest is inherited)
+            v = {e: x for e, x in v.items() if e == "source" or c.data.get(e) != x}
+        lines.append(f"  {k}: {json.dumps(v, default=str)}")
+    return "config:\n" + "\n".join(lines)

@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pjx import checkpoint, init_from, models
+from pjx import checkpoint, init_from, models, tokenizers
+from pjx.models import gpt2
 
 
 def load(source, **model_overrides):
@@ -32,11 +33,7 @@ def load(source, **model_overrides):
         raise ValueError(f"{source} lacks parameters the model needs: {missing} ...")
     params = jax.tree.map(jnp.asarray, params)
     folder = checkpoint.tokenizer_dir(source)
-    tokenizer = None
-    if folder is not None:
-        from pjx import tokenizers
-
-        tokenizer = tokenizers.load(str(folder))
+    tokenizer = tokenizers.load(str(folder)) if folder is not None else None
     return model, params, tokenizer
 
 
@@ -45,8 +42,6 @@ def generate(
 ) -> str:
     """Continues `prompt` with a GPT-2 model saved at `source` (KV-cache sampling; longer
     than the model's context, the history is cut to a sliding window)."""
-    from pjx.models import gpt2
-
     model, params, tokenizer = load(source)
     if not isinstance(model, gpt2.Model):
         raise ValueError(f"{source} holds a {type(model).__module__} model; generation needs gpt2")
@@ -71,25 +66,3 @@ def generate(
         ids += np.asarray(out[0, len(window) :]).tolist()
         left -= n
     return tokenizer.decode(ids)
-
-
-def add_cli_arguments(parser):
-    parser.add_argument("source", help="a pjx workdir / checkpoint holding a GPT-2 model")
-    parser.add_argument("--prompt", default="", help="text to continue")
-    parser.add_argument("--max-new-tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-
-
-def cli_main(args, overrides=()) -> int:
-    text = generate(
-        args.source,
-        args.prompt,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        seed=args.seed,
-    )
-    print(text)
-    return 0

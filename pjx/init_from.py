@@ -15,6 +15,7 @@ Any other shape difference is still an error.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import jax
@@ -22,6 +23,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from pjx import checkpoint as ckpt
+from pjx import hf, models
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,17 +57,6 @@ def _source_params(source) -> tuple[dict, callable, str]:
     """(path -> saved shape, loader(paths, targets) -> {path: array}, description)."""
     source = str(source)
     if source.startswith("hf:"):
-        try:
-            from pjx import hf
-        except ImportError as e:
-            raise RuntimeError(
-                f"init_from={source!r} needs pjx.hf (Hugging Face import), "
-                f"which is not available: {e}"
-            ) from None
-        if not hasattr(hf, "load_params"):
-            raise RuntimeError(
-                f"init_from={source!r} needs pjx.hf.load_params, which pjx.hf does not define"
-            )
         flat = {
             ckpt.path_str(p): np.asarray(x)
             for p, x in jax.tree_util.tree_flatten_with_path(hf.load_params(source[3:]))[0]
@@ -92,7 +85,7 @@ def _source_params(source) -> tuple[dict, callable, str]:
         item, rargs = {}, {}
         for p, sharding in wanted.items():
             node_i, node_r = item.setdefault("params", {}), rargs.setdefault("params", {})
-            *parents, last = [ckpt._key_str(k) for k in keypaths[p]]
+            *parents, last = [ckpt.path_str([k]) for k in keypaths[p]]
             for k in parents:
                 node_i, node_r = node_i.setdefault(k, {}), node_r.setdefault(k, {})
             node_i[last] = 0
@@ -199,22 +192,20 @@ def init_from(source, target_params, *, allow_vocab_resize: bool = False, verbos
         else:
             out.append(x)
     params = jax.tree_util.tree_unflatten(treedef, out)
-    if verbose and jax.process_index() == 0:
-        print(report.table())
+    if verbose:
+        log.info(report.table())
     return params, report
 
 
 # Fields that belong to the task, not the pretrained body: the fine-tuning run decides them.
 HEAD_FIELDS = ("mlm_head", "nsp_head", "num_labels", "projection_dim")
-_RUNTIME_FIELDS = ("dtype", "attention_impl")  # how to compute, never what was trained
+RUNTIME_FIELDS = ("dtype", "attention_impl")  # how to compute, never what was trained
 
 
 def source_model(source) -> tuple[str, dict]:
     """(family, Config fields) of the model saved at `source` (pjx checkpoint or hf:PATH)."""
     source = str(source)
     if source.startswith("hf:"):
-        from pjx import hf
-
         return hf.model_config(source[3:])
     saved = ckpt.read_checkpoint_config(source).get("model") or {}
     if "name" not in saved:
@@ -224,35 +215,8 @@ def source_model(source) -> tuple[str, dict]:
         )
     fields = {k: v for k, v in saved.items() if k not in ("name", "size")}
     if saved.get("size"):
-        from pjx import models
-
         fields = {**models.MODELS[saved["name"]].PRESETS.get(saved["size"], {}), **fields}
     return saved["name"], fields
 
 
-def resolve_model_config(config):
-    """`config` with `config.model` taken from `config.init_from`'s checkpoint.
-
-    The body's architecture comes from the source; fields the run config sets itself
-    (other than name / size) win, and the task heads are left to the new task. A family
-    mismatch is an error: a BERT body cannot initialise a GPT-2.
-    """
-    source = config.get("init_from") or ""
-    if not source:
-        return config
-    family, fields = source_model(source)
-    if config.model.name != family:
-        raise ValueError(
-            f"init_from {source} holds a {family!r} model but config.model.name is "
-            f"{config.model.name!r}; set --config.model.name={family}."
-        )
-    own = {k: v for k, v in config.model.items() if k not in ("name", "size")}
-    body = {k: v for k, v in fields.items() if k not in HEAD_FIELDS + _RUNTIME_FIELDS}
-    config = config.copy_and_resolve_references()
-    with config.model.unlocked():
-        for k, v in {**body, **own}.items():
-            config.model[k] = v
-    return config
-
-
-__all__ = ["InitReport", "init_from", "resolve_model_config", "source_model"]
+__all__ = ["HEAD_FIELDS", "RUNTIME_FIELDS", "InitReport", "init_from", "source_model"]

@@ -2,8 +2,8 @@
 
 Layers see only `LayerConfig`, never a run config. Parameters are float32 and carry logical
 axis names (docs/architecture.md); compute runs in `LayerConfig.dtype`; softmax and norms run
-in float32. Shape letters: B batch, T query length, S key length, L length, D model dim,
-H heads, K head dim, F MLP dim, V vocab.
+in float32. Shape letters in names (`q_BxTxHxK`) and einsum strings: the legend in
+docs/architecture.md.
 
 Modules that hold projections take their submodule names as fields so each model family can
 mirror Hugging Face parameter paths (see the tree comment at the top of each family file).

@@ -23,11 +23,11 @@ def confusion_matrix(logits_or_preds, labels, num_classes, weights=None):
         preds = jnp.argmax(preds, axis=-1)
     w = jnp.ones(labels.shape, jnp.float32) if weights is None else jnp.asarray(weights)
     w = jnp.broadcast_to(w.astype(jnp.float32), labels.shape).reshape(-1)
-    true_NxC = jax.nn.one_hot(labels.reshape(-1), num_classes, dtype=jnp.float32)
-    pred_NxC = jax.nn.one_hot(preds.reshape(-1), num_classes, dtype=jnp.float32)
+    true_ExC = jax.nn.one_hot(labels.reshape(-1), num_classes, dtype=jnp.float32)
+    pred_ExC = jax.nn.one_hot(preds.reshape(-1), num_classes, dtype=jnp.float32)
     # HIGHEST: on TPU the default precision would round float weights to bfloat16.
     return jnp.einsum(
-        "nc,nd->cd", true_NxC * w[:, None], pred_NxC, precision=jax.lax.Precision.HIGHEST
+        "nc,nd->cd", true_ExC * w[:, None], pred_ExC, precision=jax.lax.Precision.HIGHEST
     )
 
 

@@ -83,14 +83,12 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def param_path(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-
-
 def frozen_mask(params, pattern: str):
     """True where `pattern` (a regex, `re.search` on the '/'-joined path) freezes a leaf."""
     rx = re.compile(pattern)
-    return jax.tree_util.tree_map_with_path(lambda p, _: bool(rx.search(param_path(p))), params)
+    return jax.tree_util.tree_map_with_path(
+        lambda p, _: bool(rx.search(jax.tree_util.keystr(p, simple=True, separator="/"))), params
+    )
 
 
 def make(opt_cfg, total_steps: int) -> tuple[optax.GradientTransformation, Callable]:

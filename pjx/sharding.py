@@ -8,6 +8,7 @@ optimizer state sharded on the `embed` axis, ZeRO-3 style) and `tensor`
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 
 import flax.linen as nn
@@ -39,6 +40,8 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 _warned: set = set()
+log = logging.getLogger(__name__)
+
 
 # Whether the models' activation constraints (`layers.constrain`) are applied. They need
 # the mesh set globally (`jax.set_mesh`), and with it flax re-runs every boxed initialiser
@@ -110,18 +113,14 @@ def spec_for(logical: P | None, shape, mesh, name: str = "") -> P:
             key = (lname, shape[dim], flat)
             if key not in _warned:
                 _warned.add(key)
-                print(
-                    f"[pjx.sharding] {name or 'array'}: dim {dim} ({lname}={shape[dim]}) not "
+                log.info(
+                    f"sharding: {name or 'array'}: dim {dim} ({lname}={shape[dim]}) not "
                     f"divisible by mesh axes {flat} (size {size}); replicating that dim"
                 )
             flat = ()
         used.update(flat)
         out.append(None if not flat else (flat[0] if len(flat) == 1 else flat))
     return P(*out)
-
-
-def _path_str(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
 def param_shardings(abstract_boxed_params, mesh):
@@ -132,7 +131,10 @@ def param_shardings(abstract_boxed_params, mesh):
     flat_l, _ = jax.tree_util.tree_flatten(logical, is_leaf=is_spec)
     flat_v, treedef = jax.tree_util.tree_flatten_with_path(unboxed)
     out = [
-        NamedSharding(mesh, spec_for(lg, v.shape, mesh, _path_str(path)))
+        NamedSharding(
+            mesh,
+            spec_for(lg, v.shape, mesh, jax.tree_util.keystr(path, simple=True, separator="/")),
+        )
         for lg, (path, v) in zip(flat_l, flat_v)
     ]
     return jax.tree_util.tree_unflatten(treedef, out)
@@ -146,11 +148,11 @@ def mirror_shardings(tree, params, param_sh, mesh):
     for (path, v), sh in zip(
         jax.tree_util.tree_flatten_with_path(params)[0], jax.tree_util.tree_leaves(param_sh)
     ):
-        by_path[tuple(_path_str([k]) for k in path)] = (tuple(v.shape), sh)
+        by_path[tuple(jax.tree_util.keystr((k,), simple=True) for k in path)] = (tuple(v.shape), sh)
     replicated = NamedSharding(mesh, P())
 
     def pick(path, leaf):
-        keys = tuple(_path_str([k]) for k in path)
+        keys = tuple(jax.tree_util.keystr((k,), simple=True) for k in path)
         for start in range(len(keys)):
             hit = by_path.get(keys[start:])
             if hit is not None and hit[0] == tuple(np.shape(leaf)):
@@ -166,8 +168,8 @@ def batch_sharding(mesh, global_batch: int | None = None) -> NamedSharding:
         key = ("batch", global_batch)
         if key not in _warned:
             _warned.add(key)
-            print(
-                f"[pjx.sharding] batch {global_batch} not divisible by data*fsdp="
+            log.warning(
+                f"sharding: batch {global_batch} not divisible by data*fsdp="
                 f"{_mesh_size(mesh, BATCH_AXES)}; replicating the batch"
             )
         return NamedSharding(mesh, P())

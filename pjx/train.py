@@ -1,20 +1,17 @@
-"""TrainState, the pure train / eval steps, and the loop.
+"""TrainState, the pure train / eval steps, what a config builds (`Setup`), and the loop.
 
 `train_step` is one module-level pure function, jitted once with the state's and the
-batch's shardings and the state donated. The loop dispatches step s+1 before it reads
-step s's metrics; it only syncs with the device to log, evaluate or checkpoint.
-
-metrics.jsonl: one JSON object per event, `{"step", "split", "loss", ...}`. Wall-clock
-fields (`TIMING_KEYS`) vary between runs; everything else is a deterministic function
-of (config, seed, machine), which is what the determinism test compares.
+batch's shardings and the state donated. The loop (`fit`) dispatches step s+1 before it
+reads step s's metrics; it only waits for the device to log, evaluate or checkpoint.
+A whole run (tokenizer, data, checkpoints, stages) is pjx.run.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -26,11 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pjx import optim, sharding, tasks
-from pjx import workdir as workdir_lib
-from pjx.logger import TIMING_KEYS, Logger
+from pjx import checkpoint, models, optim, sharding, tasks
+from pjx import config as config_lib
+from pjx.metrics_log import MetricsLog
 
-__all__ = ["TIMING_KEYS", "TrainState", "train", "run", "setup", "train_step", "eval_step"]
+log = logging.getLogger(__name__)
 
 
 class Preempted(Exception):
@@ -85,45 +82,32 @@ def eval_step(params, batch, rng, *, model, loss_fn):
 
 
 # ----------------------------------------------------------------------------- setup
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Setup:
-    """Everything built from a config: model, task, optimizer, mesh, shardings, steps."""
+    """Everything built from a resolved config: model, task, optimizer, mesh, shardings,
+    and the jitted functions."""
 
     config: Any
     model: nn.Module
     task: tasks.Task
-    loss_fn: Callable
-    tx: optax.GradientTransformation
-    lr_fn: Callable
+    loss_fn: Callable  # the task's loss with its runtime arguments bound
     mesh: jax.sharding.Mesh
     state_shardings: Any
-    abstract_state: Any
+    abstract_state: Any  # ShapeDtypeStructs with shardings (restore target)
     batch_sharding: Any
     init: Callable  # rng -> sharded TrainState
     step_fn: Callable  # jitted train_step(state, batch)
     eval_fn: Callable  # jitted eval_step(params, batch, rng)
 
 
-def model_overrides(config, tokenizer=None) -> dict:
-    """`config.model` fields for `pjx.models.create`; vocab_size from the tokenizer."""
-    over = {k: v for k, v in config.model.items() if k not in ("name", "size")}
-    if tokenizer is not None and "vocab_size" not in over:
-        over["vocab_size"] = int(tokenizer.vocab_size)
-    if config.model.name == "bert":
-        over.setdefault("mlm_head", config.task == "mlm")
-        over.setdefault("nsp_head", bool(config.task_args.get("nsp", False)))
-    return over
-
-
-def setup(config, *, tokenizer=None, mesh=None, devices=None) -> Setup:
-    from pjx import models, xla_cpu
-
-    xla_cpu.install()  # bit-identical, faster dropout masks on CPU
-    model = models.create(
-        config.model.name, config.model.size, **model_overrides(config, tokenizer)
-    )
+def build(config, *, tokenizer=None, mesh=None, devices=None) -> Setup:
+    """The model, task, optimizer and jitted steps of `config` (resolved here, once more
+    if it already is: `pjx.config.resolve` is idempotent)."""
+    config = config_lib.resolve(config, tokenizer)
+    fields = {k: v for k, v in config.model.items() if k not in ("name", "size")}
+    model = models.create(config.model.name, config.model.size, **fields)
     task = tasks.get(config.task)
-    args = tasks.runtime_args(config.task, config.task_args.to_dict(), tokenizer, model.config)
+    args = task.runtime_args(config.task_args.to_dict(), tokenizer, model.config)
     loss_fn = functools.partial(task.loss, **args)
     tx, lr_fn = optim.make(config.optimizer, config.steps)
     mesh = mesh or sharding.make_mesh(config.mesh, devices)
@@ -152,41 +136,36 @@ def setup(config, *, tokenizer=None, mesh=None, devices=None) -> Setup:
         rng=repl,
     )
     batch_sh = sharding.batch_sharding(mesh, config.batch_size)
-    abstract = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh
-    )
-    init = jax.jit(init_state, out_shardings=state_sh)
-    step_fn = jax.jit(
-        functools.partial(
-            train_step,
-            model=model,
-            loss_fn=loss_fn,
-            tx=tx,
-            lr_fn=lr_fn,
-            accum_steps=int(config.optimizer.get("accum_steps", 1) or 1),
-            batch_sharding=batch_sh,
-        ),
-        in_shardings=(state_sh, batch_sh),
-        out_shardings=(state_sh, repl),
-        donate_argnums=0,
-    )
-    eval_fn = jax.jit(
-        functools.partial(eval_step, model=model, loss_fn=loss_fn), out_shardings=repl
+    step = functools.partial(
+        train_step,
+        model=model,
+        loss_fn=loss_fn,
+        tx=tx,
+        lr_fn=lr_fn,
+        accum_steps=int(config.optimizer.get("accum_steps", 1) or 1),
+        batch_sharding=batch_sh,
     )
     return Setup(
-        config,
-        model,
-        task,
-        loss_fn,
-        tx,
-        lr_fn,
-        mesh,
-        state_sh,
-        abstract,
-        batch_sh,
-        init,
-        step_fn,
-        eval_fn,
+        config=config,
+        model=model,
+        task=task,
+        loss_fn=loss_fn,
+        mesh=mesh,
+        state_shardings=state_sh,
+        abstract_state=jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh
+        ),
+        batch_sharding=batch_sh,
+        init=jax.jit(init_state, out_shardings=state_sh),
+        step_fn=jax.jit(
+            step,
+            in_shardings=(state_sh, batch_sh),
+            out_shardings=(state_sh, repl),
+            donate_argnums=0,
+        ),
+        eval_fn=jax.jit(
+            functools.partial(eval_step, model=model, loss_fn=loss_fn), out_shardings=repl
+        ),
     )
 
 
@@ -197,10 +176,13 @@ def create_state(s: Setup, seed: int) -> TrainState:
 
 
 def compile_step(s: Setup, batch):
-    """AOT-compile the train step for this batch's shapes; prints the memory estimate."""
+    """AOT-compile the train step for this (process-local) batch's shapes."""
     with sharding.context(s.mesh):
         abstract_batch = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s.batch_sharding), batch
+            lambda x: jax.ShapeDtypeStruct(
+                (x.shape[0] * jax.process_count(), *x.shape[1:]), x.dtype, sharding=s.batch_sharding
+            ),
+            batch,
         )
         return s.step_fn.lower(s.abstract_state, abstract_batch).compile()
 
@@ -217,176 +199,147 @@ def describe(s: Setup) -> str:
 
 
 def evaluate(s: Setup, params, batches: Iterable, *, seed: int = 0, max_batches: int = 0) -> dict:
-    """The task's metrics over every batch of `batches` (sums on device, one sync)."""
-    total, n = None, 0
+    """The task's metrics over every batch of `batches` (sums on device, one sync).
+
+    Batches are process-local; each process passes its share of every global batch."""
+    total = None
     key = jax.random.PRNGKey(seed + 1)  # masking (mlm / span) is the same every eval
     with sharding.context(s.mesh):
         for i, batch in enumerate(batches):
             if max_batches and i >= max_batches:
                 break
             b = dict(batch)
-            if "weight" not in b:
-                b["weight"] = np.ones((len(next(iter(b.values()))),), np.float32)
-            sh = sharding.batch_sharding(s.mesh, len(b["weight"]))
+            rows = len(next(iter(b.values())))
+            b.setdefault("weight", np.ones((rows,), np.float32))
+            sh = sharding.batch_sharding(s.mesh, rows * jax.process_count())
             mets = s.eval_fn(params, sharding.global_batch(b, sh), jax.random.fold_in(key, i))
             total = mets if total is None else jax.tree.map(jnp.add, total, mets)
-            n += 1
-    if total is None:
-        return {}
-    return s.task.finalize(jax.device_get(total))
+    return {} if total is None else s.task.finalize(jax.device_get(total))
 
 
 # ------------------------------------------------------------------------------- loop
-def train(
-    config,
-    workdir: str,
-    *,
-    train_data: Iterator | None = None,
-    eval_data: Iterable | None = None,
-    tokenizer=None,
-    checkpoints: bool = True,
-    devices=None,
-) -> dict:
-    """Runs `config` in `workdir`; returns the last eval metrics (or the last train line).
+class _Window:
+    """Train metrics of dispatched steps that are not logged yet, in step order. `read`
+    fetches them to the host (once) and stops at the first non-finite loss."""
 
-    `train_data` / `eval_data` default to `pjx.data.build` from the config. Resumes from
-    WORKDIR/checkpoints when it holds one. Raises `Preempted` after saving on SIGTERM /
-    SIGINT, `NonFiniteLossError` when the loss becomes NaN / Inf.
-    """
-    from pjx import checkpoint, init_from
+    def __init__(self):
+        self.steps: list[tuple[int, Any]] = []  # (step, device or host metrics)
 
-    os.makedirs(workdir, exist_ok=True)
-    config = init_from.resolve_model_config(config)
-    tokenizer = tokenizer if tokenizer is not None else workdir_lib.build_tokenizer(config, workdir)
-    s = setup(config, tokenizer=tokenizer, devices=devices)
-    print(describe(s))
-    if train_data is None:
-        train_data = workdir_lib.build_data(config, tokenizer, train=True, workdir=workdir)
-    if eval_data is None and config.eval_data.get("source"):
-        eval_data = workdir_lib.build_data(config, tokenizer, train=False, workdir=workdir)
-    train_iter = iter(train_data)
+    def add(self, step: int, mets):
+        self.steps.append((step, mets))
 
-    ckpt = None
-    if checkpoints:
-        ckpt = workdir_lib.Checkpointer(
-            workdir_lib.resolved_config(config, s.model.config),
-            workdir,
-            workdir_lib.save_tokenizer(tokenizer, workdir),
-        )
-    state, start = (None, 0)
-    if ckpt is not None:
-        state, start = ckpt.restore(s.abstract_state, train_data)
-    if state is None:
-        state = create_state(s, config.seed)
-        if config.get("init_from"):
-            state = workdir_lib.init_params_from(
-                config.init_from, state, bool(config.get("allow_vocab_resize", False))
-            )
-    if start >= config.steps:
-        print(f"run already complete: step {start} of {config.steps} in {workdir}")
-        ckpt.close()
-        return Logger.last_record(workdir)
-    log = Logger(
-        workdir, total_steps=config.steps, resume_step=start, progress=config.get("progress", True)
-    )
-
-    first = next(train_iter)
-    t0 = time.perf_counter()
-    compiled = compile_step(s, first)
-    print(
-        f"compiled train step in {time.perf_counter() - t0:.1f}s; "
-        f"{sharding.memory_report(compiled)}"
-    )
-    log.t_start = log.t_last = time.perf_counter()  # throughput and ETA exclude compilation
-    unit = s.task.unit
-    per_step = _units(first, unit)
-
-    eval_every, log_every = int(config.eval_every or 0), max(int(config.log_every or 1), 1)
-    pending: list = []  # (step, device metrics) not yet read
-    last: dict = {}
-
-    def flush(upto, write=True):
-        nonlocal pending, last
-        window = [(st, m) for st, m in pending if st <= upto]
-        if write:
-            pending = [(st, m) for st, m in pending if st > upto]
-        if not window:
-            return
-        host = jax.device_get([m for _, m in window])
-        for (st, _), m in zip(window, host):
+    def read(self, upto: int) -> list[tuple[int, dict]]:
+        n = sum(st <= upto for st, _ in self.steps)
+        host = jax.device_get([m for _, m in self.steps[:n]])
+        self.steps[:n] = [(st, m) for (st, _), m in zip(self.steps[:n], host)]
+        for st, m in self.steps[:n]:
             if not np.isfinite(m["loss"]):
-                log.close()
                 raise NonFiniteLossError(st, float(m["loss"]))
-        if not write:
-            return
-        line = {
-            "loss": float(np.mean([m["loss"] for m in host])),
-            "learning_rate": float(host[-1]["learning_rate"]),
-            "grad_norm": float(host[-1]["grad_norm"]),
-        }
-        if "correct" in host[-1]:
-            cnt = sum(float(m["count"]) for m in host)
-            line["accuracy"] = sum(float(m["correct"]) for m in host) / max(cnt, 1e-12)
-        last = log.train(window[-1][0], line, unit, per_step * len(window))
+        return self.steps[:n]
 
-    def run_eval(step) -> dict:
-        nonlocal last
-        mets = evaluate(
-            s, state.params, eval_data, seed=config.seed, max_batches=config.get("eval_steps", 0)
-        )
-        last = log.eval(step, mets)
-        return mets
+    def pop(self, upto: int) -> list[tuple[int, dict]]:
+        out = self.read(upto)
+        del self.steps[: len(out)]
+        return out
 
-    batch = first
-    with sharding.context(s.mesh), checkpoint.PreemptionGuard() as guard:
-        for step in range(start, config.steps):
-            if step > start:
-                batch = next(train_iter)
-            state, mets = compiled(state, sharding.global_batch(batch, s.batch_sharding))
-            done = step + 1
-            pending.append((done, mets))
-            # Read the previous step's metrics only now that this one is dispatched.
-            if done - 1 > start and (done - 1) % log_every == 0:
-                flush(done - 1)
-            is_eval = eval_every and done % eval_every == 0 and done < config.steps
-            if done % log_every == 0 and (is_eval or done == config.steps):
-                flush(done)
-            stop = guard.should_stop(done) and done < config.steps
-            saving = ckpt is not None and done < config.steps and (stop or ckpt.due(done))
-            if is_eval or saving:
-                flush(done, write=False)  # never evaluate / save past an unseen NaN
-            eval_mets = run_eval(done) if is_eval and eval_data is not None else None
-            if saving:
-                ckpt.save(done, state, train_data, force=stop, metrics=eval_mets)
-            if stop:
-                flush(done)
-                log.close()
-                where = ckpt.directory if ckpt is not None else "(checkpoints disabled)"
-                if ckpt is not None:
-                    ckpt.close()
-                raise Preempted(done, where)
-        flush(config.steps)
-        eval_mets = run_eval(config.steps) if eval_data is not None else None
-        if ckpt is not None:
-            ckpt.save(config.steps, state, train_data, force=True, metrics=eval_mets)
-            ckpt.close()
-    log.close()
-    return last
+
+def _train_line(window: list[tuple[int, dict]]) -> dict:
+    """The metrics.jsonl fields of a window of steps: mean loss, the last lr / grad norm."""
+    host = [m for _, m in window]
+    line = {
+        "loss": float(np.mean([m["loss"] for m in host])),
+        "learning_rate": float(host[-1]["learning_rate"]),
+        "grad_norm": float(host[-1]["grad_norm"]),
+    }
+    if "correct" in host[-1]:
+        count = sum(float(m["count"]) for m in host)
+        line["accuracy"] = sum(float(m["correct"]) for m in host) / max(count, 1e-12)
+    return line
 
 
 def _units(batch, unit: str) -> int:
+    """Tokens or examples one (process-local) batch holds, times the processes."""
     if unit == "tokens" and "input_ids" in batch:
-        return int(np.prod(np.shape(batch["input_ids"])))
-    return int(len(next(iter(batch.values()))))
+        n = int(np.prod(np.shape(batch["input_ids"])))
+    else:
+        n = int(len(next(iter(batch.values()))))
+    return n * jax.process_count()
 
 
-def run(config, workdir: str, overrides=(), **kw) -> dict:
-    """Runs the config's stages in order (each in WORKDIR/NAME), or the config itself."""
-    from pjx import config as config_lib
+def fit(
+    s: Setup,
+    state: TrainState,
+    start: int,
+    train_data: Iterator,
+    *,
+    metrics: MetricsLog,
+    eval_data: Iterable | None = None,
+    checkpointer=None,
+) -> dict:
+    """Steps `start`+1 .. `config.steps`; returns the last metrics line written.
 
-    out = {}
-    for stage_dir, cfg in config_lib.stage_configs(config, workdir, overrides):
-        if stage_dir != workdir:
-            print(f"=== stage {os.path.basename(stage_dir)} -> {stage_dir}")
-        out = train(cfg, stage_dir, **kw)
-    return out
+    Logs every `log_every` steps, evaluates every `eval_every` steps and at the end, saves
+    when `checkpointer.due(step)` and at the end. Raises `Preempted` after saving on
+    SIGTERM / SIGINT, `NonFiniteLossError` at the first NaN / Inf loss (before anything is
+    evaluated or saved past it).
+    """
+    c = s.config
+    total, log_every, eval_every = int(c.steps), max(int(c.log_every or 1), 1), int(c.eval_every)
+    batches = iter(train_data)
+    batch = next(batches)
+    t0 = time.perf_counter()
+    compiled = compile_step(s, batch)
+    log.info(
+        f"compiled train step in {time.perf_counter() - t0:.1f}s; "
+        f"{sharding.memory_report(compiled)}"
+    )
+    metrics.start_clock()
+    per_step, unit = _units(batch, s.task.unit), s.task.unit
+    window, last = _Window(), {}
+
+    def log_train(upto):
+        nonlocal last
+        steps = window.pop(upto)
+        if steps:
+            last = metrics.train(steps[-1][0], _train_line(steps), unit, per_step * len(steps))
+
+    def run_eval(step) -> dict | None:
+        nonlocal last
+        if eval_data is None:
+            return None
+        mets = evaluate(s, state.params, eval_data, seed=c.seed, max_batches=c.eval_steps)
+        last = metrics.eval(step, mets)
+        return mets
+
+    with sharding.context(s.mesh), checkpoint.PreemptionGuard() as guard:
+        for step in range(start, total):
+            if step > start:
+                batch = next(batches)
+            state, mets = compiled(state, sharding.global_batch(batch, s.batch_sharding))
+            done = step + 1
+            window.add(done, mets)
+            # The previous step has finished (or is about to): reading it does not wait
+            # for the step just dispatched.
+            if done - 1 > start and (done - 1) % log_every == 0:
+                log_train(done - 1)
+            if done == total:
+                break
+            is_eval = bool(eval_every) and done % eval_every == 0
+            stop = guard.should_stop(done)
+            save = checkpointer is not None and (stop or checkpointer.due(done))
+            if not (is_eval or save or stop):
+                continue
+            if done % log_every == 0 or stop:
+                log_train(done)  # this step's line before its eval line
+            window.read(done)  # never evaluate or save past an unseen NaN
+            eval_mets = run_eval(done) if is_eval else None
+            if save:
+                checkpointer.save(done, state, train_data, force=stop, metrics=eval_mets)
+            if stop:
+                where = checkpointer.directory if checkpointer else "(checkpoints disabled)"
+                raise Preempted(done, where)
+        log_train(total)
+        eval_mets = run_eval(total)
+        if checkpointer is not None:
+            checkpointer.save(total, state, train_data, force=True, metrics=eval_mets)
+    return last

@@ -1,15 +1,18 @@
-"""What a run reads and keeps in its workdir: the tokenizer, the data streams, checkpoints.
+"""What a run reads and keeps in its workdir: the tokenizer, the data streams, the
+resolved config (config.json), checkpoints.
 
-`pjx.train.train` builds these once per run; they are separate from the loop so the loop
+`pjx.run.train` builds these once per run; they are separate from the loop so the loop
 reads as the steps it takes.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import jax
+
+from pjx import checkpoint, data, init_from, tokenizers
+from pjx import config as config_lib
 
 
 def build_tokenizer(config, workdir: str | None = None):
@@ -20,36 +23,30 @@ def build_tokenizer(config, workdir: str | None = None):
     pretrained), then a `train:...` spec, which trains on the training texts into
     WORKDIR/tokenizer on the first run and is reloaded from there on resume.
     """
-    from pjx import tokenizers
-
     spec = config.data.get("tokenizer", "") or ""
     source = config.get("init_from") or ""
     if spec and not spec.startswith("train:"):
         return tokenizers.load(spec)
     if source:
-        from pjx import checkpoint
-
         folder = checkpoint.tokenizer_dir(source)
         if folder is not None:
             return tokenizers.load(str(folder))
     if not spec:
         return None
-    from pjx import data as pjx_data
-
     # A generator: the texts are read only if the tokenizer is trained now.
-    texts = pjx_data.read_texts(config.data.source, config.data)
+    texts = data.read_texts(config.data.source, config.data)
     return tokenizers.from_config(spec, workdir=workdir, family=config.model.name, texts=texts)
 
 
 def build_data(config, tokenizer, *, train: bool, workdir=None):
-    """Train: an infinite iterator with get_state/set_state; eval: a re-iterable."""
-    from pjx import data as pjx_data
-
+    """Train: an infinite iterator with get_state/set_state; eval: a re-iterable.
+    `config` is resolved (pjx.config.resolve)."""
     cfg = config.data if train else config.eval_data
     bs = config.batch_size if train else (config.get("eval_batch_size") or config.batch_size)
-    return pjx_data.build(
+    return data.build(
         cfg,
         task=config.task,
+        task_args=config.task_args.to_dict(),
         model=config.model.name,
         tokenizer=tokenizer,
         batch_size=bs,
@@ -58,26 +55,26 @@ def build_data(config, tokenizer, *, train: bool, workdir=None):
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         workdir=workdir,
+        num_labels=int(config.model.get("num_labels", 0) or 0),
     )
 
 
-def resolved_config(config, model_config):
-    """The run config with every model field spelled out: what a checkpoint stores, so
-    `init_from` rebuilds the exact architecture even if presets change later."""
-    config = config.copy_and_resolve_references()
-    with config.model.unlocked():
-        for k, v in dataclasses.asdict(model_config).items():
-            config.model[k] = v
-    return config
+def save_config(config, workdir) -> str:
+    """WORKDIR/config.json: every value the run uses (process 0 writes)."""
+    path = os.path.join(workdir, "config.json")
+    if jax.process_index() == 0:
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(config_lib.to_json(config) + "\n")
+        os.replace(tmp, path)
+    return path
 
 
 class Checkpointer:
-    """The one place the loop saves / restores state, the data position and the tokenizer."""
+    """The one place a run saves / restores state, the data position, the resolved config
+    (which `init_from` rebuilds the exact architecture from) and the tokenizer."""
 
     def __init__(self, config, workdir, tokenizer_dir=None):
-        from pjx import checkpoint
-
-        self.ckpt = checkpoint
         every = int(config.get("checkpoint_every", 0) or 0) or max(int(config.steps), 1)
         self.config, self.tokenizer_dir = config, tokenizer_dir
         self.directory = os.path.join(workdir, "checkpoints")
@@ -90,7 +87,7 @@ class Checkpointer:
         )
 
     def restore(self, abstract_state, data_iter):
-        state, data_state, step = self.ckpt.maybe_restore(self.manager, abstract_state)
+        state, data_state, step = checkpoint.maybe_restore(self.manager, abstract_state)
         if state is not None and data_state is not None and hasattr(data_iter, "set_state"):
             data_iter.set_state(data_state)
         return state, step
@@ -102,7 +99,7 @@ class Checkpointer:
         best = self.config.get("best_metric", "") or None
         if best and metrics is not None and best not in metrics:
             raise ValueError(f"best_metric={best!r} is not an eval metric: {sorted(metrics)}")
-        self.ckpt.save(
+        checkpoint.save(
             self.manager,
             step,
             state,
@@ -120,8 +117,6 @@ class Checkpointer:
 
 def init_params_from(source, state, allow_vocab_resize=False):
     """`config.init_from`: matching parameters from another run / HF folder."""
-    from pjx import init_from
-
     params, _ = init_from.init_from(source, state.params, allow_vocab_resize=allow_vocab_resize)
     return state.replace(params=params)
 

@@ -15,8 +15,11 @@ calls keep the rolled loop (as jax does) and its short compile. Same function, s
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import math
 import os
+import pkgutil
 
 import numpy as np
 from jax import lax
@@ -109,3 +112,38 @@ def install() -> None:
         if threefry2x32_p is not None:
             mlir.register_lowering(threefry2x32_p, _cpu_lowering, platform="cpu")
         _installed = True
+
+
+def cpu_backend_expected() -> bool:
+    """Whether jax will compute on the CPU, decided without starting a backend (the malloc
+    settings only take full effect before that): JAX_PLATFORMS when set, else whether an
+    accelerator is installed at all (TPU's libtpu, or a PJRT plugin such as CUDA's, which
+    jax finds through the `jax_plugins` entry points and namespace package)."""
+    import jax
+
+    first = (jax.config.jax_platforms or "").split(",")[0].strip()
+    if first:
+        return first == "cpu"
+    if importlib.util.find_spec("libtpu") is not None:
+        return False
+    if importlib.metadata.entry_points(group="jax_plugins"):
+        return False
+    try:
+        import jax_plugins
+    except ImportError:
+        return True
+    return not any(pkgutil.iter_modules(getattr(jax_plugins, "__path__", [])))
+
+
+def install_if_cpu() -> bool:
+    """`install()` when jax computes on the CPU (True if it did); GPU / TPU hosts keep
+    glibc's and jax's defaults. What the `pjx` command calls before its first jax work."""
+    import jax
+
+    if not cpu_backend_expected():
+        return False
+    keep_host_memory()  # before jax starts its CPU client and its threads
+    if jax.default_backend() != "cpu":
+        return False
+    install()
+    return True

@@ -18,3 +18,9 @@ jax.config.update(
     "jax_compilation_cache_dir", os.path.join(os.path.dirname(__file__), "..", ".jax_cache")
 )
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+# pjx's messages as the `pjx` command prints them (stdout / stderr), so tests read them
+# with capsys the way a user sees them.
+from pjx import logs  # noqa: E402
+
+logs.setup()

@@ -133,4 +133,6 @@ def test_vocab_from_train_spec_and_mlm_defaults():
     c = bench.prepare_config(c)
     assert c.model.vocab_size == 512
     assert c.task_args.mask_id == 4 and tuple(c.task_args.special_ids) == (0, 1, 2, 3)
-    assert bench.spec_vocab_size("wordpiece:/x/vocab.txt") is None
+    c = config_lib.base_config()
+    c.data.tokenizer = "wordpiece:/x/vocab.txt"  # a file: its own size, read when loaded
+    assert bench.prepare_config(c).model.get("vocab_size") is None

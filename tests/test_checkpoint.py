@@ -150,7 +150,7 @@ def test_incomplete_checkpoints_skipped(tmp_path, capsys):
     capsys.readouterr()
 
     m = ck.create_manager(tmp_path, checkpoint_every=2)
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "skipping incomplete" in out and "6.orbax-checkpoint-tmp" in out and "8" in out
     assert ck.latest_step(m) == 4
     state, _, step = ck.maybe_restore(m, abstract(s4))
@@ -324,7 +324,7 @@ def test_sigkill_mid_save_uses_last_complete(tmp_path, capsys):
     assert ".orbax-checkpoint-tmp" in (tmp_path / "in_save").read_text()  # killed before commit
     assert any(ck.incomplete_checkpoints(tmp_path / "ckpt"))
     m = ck.create_manager(tmp_path / "ckpt", checkpoint_every=1)
-    assert "skipping incomplete" in capsys.readouterr().out
+    assert "skipping incomplete" in capsys.readouterr().err
     assert ck.latest_step(m) == 1
     r = ck.restore(m, jax.eval_shape(lambda: {"w": jnp.zeros(64)}))
     assert r.step == 1 and r.data_state == {"pos": 1}

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from data_fixtures import lm_config
 
-from pjx import data
-from pjx.data import images
+from pjx import data, images
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist_tsuga"
 

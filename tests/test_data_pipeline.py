@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import ml_collections
 import numpy as np
 import pytest
 from data_fixtures import ByteTok, lm_config, write_docs
 
-from pjx import data
+from pjx import bench, data
+from pjx import config as config_lib
 from pjx.data import pipeline
 from pjx.data.sources import DataError
 
@@ -74,12 +74,17 @@ def test_lm_batch_keys(corpus, task, model):
 
 
 def test_mlm_with_nsp(corpus):
-    cfg = lm_config(
-        source=f"text:{corpus}/docs.txt", seq_len=32, nsp=True, cache_dir=str(corpus / "cache")
-    )
+    cfg = lm_config(source=f"text:{corpus}/docs.txt", seq_len=32, cache_dir=str(corpus / "cache"))
     b = next(
         data.build(
-            cfg, task="mlm", model="bert", tokenizer=ByteTok(), batch_size=8, seed=0, train=True
+            cfg,
+            task="mlm",
+            task_args={"nsp": True},
+            model="bert",
+            tokenizer=ByteTok(),
+            batch_size=8,
+            seed=0,
+            train=True,
         )
     )
     assert b["next_sentence_label"].shape == (8,)
@@ -94,12 +99,17 @@ def test_text_classification_and_seq2seq_keys(tmp_path):
         seq_len=16,
         text_columns=("a", "b"),
         label_column="label",
-        num_labels=3,
         cache_dir=str(tmp_path / "c"),
     )
     b = next(
         data.build(
-            cfg, task="classify", model="bert", tokenizer=ByteTok(), batch_size=4, train=True
+            cfg,
+            task="classify",
+            model="bert",
+            tokenizer=ByteTok(),
+            batch_size=4,
+            train=True,
+            num_labels=3,
         )
     )
     assert set(b) == {"input_ids", "attention_mask", "token_type_ids", "label"}
@@ -207,13 +217,12 @@ def test_worker_processes_give_the_same_stream(corpus):
 
 # ------------------------------------------------------------------------- throughput
 def test_bench_pipeline_reports_tokens_per_s(corpus):
-    config = ml_collections.ConfigDict(
-        dict(task="clm", model=dict(name="gpt2"), batch_size=4, seed=0, data=lm_config())
-    )
+    config = config_lib.base_config()
+    config.task, config.model.name, config.batch_size = "clm", "gpt2", 4
     config.data.update(
         dict(source=f"text:{corpus}/docs.txt", seq_len=32, cache_dir=str(corpus / "c"))
     )
-    out = data.bench_pipeline(config, 20, tokenizer=ByteTok())
+    out = bench.bench_pipeline(config, 20, tokenizer=ByteTok())
     assert out["tokens_per_s"] > 0 and out["seq_len"] == 32 and out["steps"] == 20
     json.dumps(out)
 

@@ -6,7 +6,6 @@ random transformers models saved with save_pretrained (every parameter perturbed
 and norm scales are not at their zero / one init).
 """
 
-import argparse
 import json
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import safetensors.numpy
 from flax import traverse_util
 
 from pjx import checkpoint as ckpt
-from pjx import hf, models, tokenizers
+from pjx import cli, hf, models, tokenizers
 from pjx.init_from import init_from, source_model
 
 ATOL = 1e-4
@@ -287,9 +286,9 @@ def test_vit_classifier_parity_and_export(tf, tmp_path):
     family, fields = hf.model_config(tmp_path / "hf")
     assert (family, fields["num_labels"], fields["use_pooler"]) == ("vit", 5, False)
     model, params = hf.load(tmp_path / "hf")
-    pixels_BxHxWxC = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
-    out = jax.jit(model.apply)({"params": params}, pixel_values=pixels_BxHxWxC)
-    pixels_nchw = _torch(pixels_BxHxWxC.transpose(0, 3, 1, 2))
+    pixels_BxYxXxC = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    out = jax.jit(model.apply)({"params": params}, pixel_values=pixels_BxYxXxC)
+    pixels_nchw = _torch(pixels_BxYxXxC.transpose(0, 3, 1, 2))
 
     def call(m):
         return {
@@ -538,13 +537,11 @@ def test_cli_hf_to_pjx_to_hf(tmp_path, monkeypatch):
     config, params = init_params("bert", **TINY["bert"])
     src = hf.save("bert", config, params, tmp_path / "hf")
     (src / "vocab.txt").write_text("\n".join(f"tok{i}" for i in range(50)) + "\n")
-    parser = argparse.ArgumentParser()
-    hf.add_cli_arguments(parser)
 
-    def cli(*argv):
-        return hf.cli_main(parser.parse_args([str(a) for a in argv]))
+    def convert(*argv):
+        return cli.main(["convert", *[str(a) for a in argv]])
 
-    assert cli("hf-to-pjx", src, tmp_path / "pjx") == 0
+    assert convert("hf-to-pjx", src, tmp_path / "pjx") == 0
     step = ckpt.resolve(tmp_path / "pjx")
     assert ckpt.is_complete(step)
     assert (ckpt.tokenizer_dir(tmp_path / "pjx") / "vocab.txt").exists()
@@ -556,9 +553,9 @@ def test_cli_hf_to_pjx_to_hf(tmp_path, monkeypatch):
     assert report.new == [] and report.dropped == [] and len(report.loaded) == len(flat(params))
     assert_same_params(loaded, params)
 
-    assert cli("hf-to-pjx", "hf", "pjx") == 2  # DST not empty, no --overwrite
-    assert cli("hf-to-pjx", "hf", "pjx", "--overwrite") == 0
-    assert cli("pjx-to-hf", "pjx", "back") == 0
+    assert convert("hf-to-pjx", "hf", "pjx") == 2  # DST not empty, no --overwrite
+    assert convert("hf-to-pjx", "hf", "pjx", "--overwrite") == 0
+    assert convert("pjx-to-hf", "pjx", "back") == 0
     want = safetensors.numpy.load_file(src / "model.safetensors")
     got = safetensors.numpy.load_file(tmp_path / "back" / "model.safetensors")
     assert sorted(got) == sorted(want)

@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 
-from pjx import cli, inference, tokenizers, train
+from pjx import cli, inference, run, tokenizers
 from pjx import config as config_lib
 
 
@@ -22,7 +22,7 @@ def _run(tmp_path):
             yield {"input_ids": ids, "segment_ids": np.ones_like(ids)}
 
     workdir = str(tmp_path / "run")
-    train.train(c, workdir, train_data=batches(), tokenizer=tok, devices=jax.devices()[:1])
+    run.train(c, workdir, train_data=batches(), tokenizer=tok, devices=jax.devices()[:1])
     return workdir, tok
 
 

@@ -126,7 +126,7 @@ def test_gradient_accumulation_equals_large_batch():
     import flax.linen as nn
 
     params = nn.meta.unbox(params["params"])
-    fn = lambda p, b, r: tasks.clm_loss(model, p, b, r, train=True)
+    fn = lambda p, b, r: tasks.get("clm").loss(model, p, b, r, train=True)
     out = {
         a: jax.jit(
             lambda p, b, a=a: optim.accumulate_gradients(fn, p, b, jax.random.PRNGKey(2), a)

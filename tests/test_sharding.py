@@ -63,7 +63,7 @@ def _batches(n=5, B=8, L=16):
 
 
 def _losses(mesh, devices):
-    s = train.setup(_config(mesh), devices=devices)
+    s = train.build(_config(mesh), devices=devices)
     state = train.create_state(s, seed=0)
     out = []
     with sharding.context(s.mesh):

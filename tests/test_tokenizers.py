@@ -1,6 +1,5 @@
 """Tokenizers: WordPiece == Hugging Face, SentencePiece family layouts, char/byte, specs."""
 
-import argparse
 import importlib.util
 import json
 import os
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pjx import cli
 from pjx import tokenizers as T
 
 SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2" / "train.tsv"
@@ -170,11 +170,19 @@ def test_sentencepiece_training_is_deterministic_and_bpe_works():
     assert a.decode(a.encode(SAMPLE)) == SAMPLE and a.vocab_size == 400
 
 
+@pytest.mark.parametrize("model_type", ["unigram", "bpe"])
+def test_sentencepiece_vocabulary_shrinks_to_what_the_text_supports(model_type, capsys):
+    """Too little text for vocab_size gives the vocabulary it supports, with a warning, not
+    an error (SentencePiece alone stops with 'Vocabulary size too high')."""
+    tok = T.train_sentencepiece(CORPUS[:8], None, vocab_size=5000, model_type=model_type)
+    assert 100 < tok.vocab_size < 5000 and tok.mask_id == 4
+    assert f"support {tok.vocab_size} pieces, not the vocab_size=5000" in capsys.readouterr().err
+    assert tok.decode(tok.encode(SAMPLE)) == SAMPLE
+
+
 def test_sentencepiece_training_errors(tmp_path):
     with pytest.raises(ValueError, match="no text"):
         T.train_sentencepiece(["", "  \n"], None, vocab_size=100, family="bert")
-    with pytest.raises(ValueError, match="vocab_size"):
-        T.train_sentencepiece(["tiny text only"], None, vocab_size=5000, family="bert")
     with pytest.raises(ValueError, match="family"):
         T.train_sentencepiece(CORPUS, None, vocab_size=500, family="vit")
     with pytest.raises(TypeError, match="list of texts"):
@@ -358,20 +366,17 @@ def test_cli_train_and_show(tmp_path, monkeypatch, capsys):
     fake.read_texts = lambda uri: iter(CORPUS[:8]) if uri == "embedded" else iter(())
     monkeypatch.setitem(sys.modules, "pjx.data", fake)
     monkeypatch.setattr(pjx, "data", fake, raising=False)
-    parser = argparse.ArgumentParser()
-    T.add_cli_arguments(parser)
     out = tmp_path / "tok"
-    argv = ["train", "--source", "embedded", "--vocab-size", "300", "--model", "bpe"]
-    args = parser.parse_args([*argv, "--family", "bert", "--out", str(out)])
-    assert T.cli_main(args) == 0
+    argv = ["tokenizer", "train", "--source", "embedded", "--vocab-size", "300", "--model", "bpe"]
+    argv += ["--family", "bert", "--out", str(out)]
+    assert cli.main(argv) == 0
     tok = T.load(str(out))
     assert tok.vocab_size == 300 and tok.mask_id == 4
-    assert T.cli_main(args) == 2  # refuses to overwrite
+    assert cli.main(argv) == 2  # refuses to overwrite
     assert "not empty" in capsys.readouterr().err
-    assert T.cli_main(parser.parse_args(["show", str(out), "hello world"])) == 0
+    assert cli.main(["tokenizer", "show", str(out), "hello world"]) == 0
     assert "vocab_size=300" in capsys.readouterr().out
-    args = parser.parse_args(
-        ["train", "--source", "empty", "--family", "t5", "--out", str(tmp_path / "e")]
-    )
-    assert T.cli_main(args) == 2 and "no text" in capsys.readouterr().err
+    argv = ["tokenizer", "train", "--source", "empty", "--family", "t5"]
+    assert cli.main([*argv, "--out", str(tmp_path / "e")]) == 2
+    assert "no text" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["tok"]

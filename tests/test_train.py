@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from pjx import config as config_lib
-from pjx import train
+from pjx import run, train
+from pjx.metrics_log import TIMING_KEYS
 
 VOCAB, L = 32, 16
 
@@ -71,7 +72,7 @@ def test_metrics_jsonl_and_determinism(tmp_path):
     c = _gpt2_config(eval_every=2, **{"model.dropout_rate": 0.1})
     runs = []
     for name in ("a", "b"):
-        train.train(
+        run.train(
             c,
             str(tmp_path / name),
             train_data=_lm_batches(),
@@ -92,7 +93,7 @@ def test_metrics_jsonl_and_determinism(tmp_path):
     assert {"loss", "perplexity", "accuracy"} <= set(ev)
     assert ev["count"] == 6 * (L - 1)  # exact: padding rows carry weight 0
     np.testing.assert_allclose(ev["perplexity"], np.exp(ev["loss"]), rtol=1e-5)
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in train.TIMING_KEYS} for r in rs]
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rs]
     assert strip(a) == strip(b)
     assert list((tmp_path / "a" / "tensorboard").iterdir())
 
@@ -100,7 +101,7 @@ def test_metrics_jsonl_and_determinism(tmp_path):
 def test_eval_padding_invariance():
     """Garbage in weight-0 rows changes nothing; a batch split differently gives the same."""
     c = _gpt2_config()
-    s = train.setup(c, devices=_one_device())
+    s = train.build(c, devices=_one_device())
     state = train.create_state(s, 0)
     m1 = train.evaluate(s, state.params, _lm_eval(6, 4))
     m2 = train.evaluate(s, state.params, _lm_eval(6, 2))
@@ -118,9 +119,7 @@ def test_nan_stops_naming_the_step(tmp_path):
         yield from _lm_batches()
 
     with pytest.raises(train.NonFiniteLossError, match=r"at step (\d)") as e:
-        train.train(
-            c, str(tmp_path), train_data=batches(), checkpoints=False, devices=_one_device()
-        )
+        run.train(c, str(tmp_path), train_data=batches(), checkpoints=False, devices=_one_device())
     assert 1 < e.value.step <= 6 and f"step {e.value.step}" in str(e.value)
     lines = _read(tmp_path / "metrics.jsonl") if (tmp_path / "metrics.jsonl").exists() else []
     assert all(np.isfinite(r["loss"]) for r in lines)
@@ -147,7 +146,7 @@ def test_tiny_gpt2_overfits_repeated_text(tmp_path):
         )
     )
     c.optimizer.update(dict(lr=1e-2, warmup_steps=10, weight_decay=0.0))
-    last = train.train(
+    last = run.train(
         c, str(tmp_path), train_data=batches(), checkpoints=False, devices=_one_device()
     )
     first = _read(tmp_path / "metrics.jsonl")[0]["loss"]
@@ -187,18 +186,18 @@ def test_preempted_and_resumed_equals_uninterrupted(tmp_path, stop_after):
     )
     c.optimizer.accum_steps = 2
     kw = dict(eval_data=_lm_eval(), devices=_one_device())
-    train.train(c, str(tmp_path / "ref"), train_data=_ResumableBatches(), **kw)
-    run = str(tmp_path / "run")
+    run.train(c, str(tmp_path / "ref"), train_data=_ResumableBatches(), **kw)
+    workdir = str(tmp_path / "run")
     # Batch k is pulled when step k+1 starts (batch 0 before the loop): that step completes.
     with pytest.raises(train.Preempted) as e:
-        train.train(c, run, train_data=_ResumableBatches(kill_at=stop_after - 1), **kw)
+        run.train(c, workdir, train_data=_ResumableBatches(kill_at=stop_after - 1), **kw)
     assert e.value.step == stop_after
     assert (tmp_path / "run" / "checkpoints" / str(stop_after)).is_dir()
-    train.train(c, run, train_data=_ResumableBatches(), **kw)
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in train.TIMING_KEYS} for r in rs]
+    run.train(c, workdir, train_data=_ResumableBatches(), **kw)
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rs]
     assert strip(_read(tmp_path / "run" / "metrics.jsonl")) == strip(
         _read(tmp_path / "ref" / "metrics.jsonl")
     )
     # A third run finds the run complete and changes nothing.
-    last = train.train(c, run, train_data=_ResumableBatches(), **kw)
+    last = run.train(c, workdir, train_data=_ResumableBatches(), **kw)
     assert last["step"] == 5 and len(_read(tmp_path / "run" / "metrics.jsonl")) == 8

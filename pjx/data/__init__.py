@@ -6,11 +6,11 @@
     evals = pjx.data.build(cfg, ..., train=False) # list-like, padded, with `weight`
     texts = pjx.data.read_texts("text:corpus/*.txt")   # raw texts (tokenizer training)
 
-Modules: sources (URIs, slices, text / idx readers), tsv (GLUE layouts), tfds_source,
-embedded (the offline corpus and its classification task), text (packing, NSP,
-classification, seq2seq encodings), images (normalisation, SimCLR views), cache
-(pre-encoded arrays on disk), encode (source + task -> arrays), pipeline (Grain),
-throughput (`pjx bench --data-only`).
+Modules: uri (source URIs, slices), files (text / idx readers), tsv (GLUE layouts),
+tfds_source, embedded (the offline corpus and its classification task), sources (one
+`read` over all of them), cache (pre-encoded arrays on disk), encode (source + task ->
+arrays, through the task's own `encode`), pipeline (Grain). How examples become arrays
+and batches is each task's (pjx.tasks).
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from collections.abc import Iterator
 
 import ml_collections
 
-from pjx.data.sources import DataError, parse_uri
-from pjx.data.throughput import bench_pipeline
+from pjx import packing
+from pjx.data import encode, pipeline, sources
+from pjx.data.uri import parse_uri
+from pjx.examples import DataError
 
-__all__ = ["DataError", "bench_pipeline", "build", "default_config", "parse_uri", "read_texts"]
+__all__ = ["DataError", "build", "default_config", "parse_uri", "read_texts"]
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -39,15 +41,13 @@ def default_config() -> ml_collections.ConfigDict:
     # text: sources
     c.text_split = "line"  # documents: "line" | "blank_line" | "file"
     c.pack = "documents"  # "documents" (segment ids per document) | "stream" (one text)
-    c.nsp = False  # mlm: BERT next-sentence pairs + next_sentence_label
     # tsv: / tfds: columns and labels
     c.preset = ""  # GLUE layout: cola sst2 mrpc rte qnli qqp mnli wnli ("" = detect)
     c.header = True  # tsv without a preset: the first row names the columns
     c.text_columns = ()  # names or 0-based indices; 1 or 2 (a pair); () = preset / auto
     c.label_column = ""
     c.target_column = ""  # seq2seq targets
-    c.labels = ()  # class names in label order; () = integers 0..num_labels-1
-    c.num_labels = 0  # 0 = from labels / preset (tsv default 2, idx 10)
+    c.labels = ()  # class names in label order; () = integers 0..model.num_labels-1
     c.bad_rows = "error"  # "error" | "skip" (skipped rows are counted and printed)
     # images
     c.image_size = 0  # resize to SxS (0 = keep)
@@ -74,7 +74,7 @@ CHOICES = {
 }
 
 
-def _with_defaults(cfg) -> ml_collections.ConfigDict:
+def with_defaults(cfg) -> ml_collections.ConfigDict:
     given = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
     full = ml_collections.ConfigDict({**default_config().to_dict(), **given})
     for key, allowed in CHOICES.items():
@@ -88,16 +88,14 @@ def read_texts(uri: str, cfg=None) -> Iterator[str]:
     tokenizer. Slices apply; blank documents are skipped. Lines of `text:` files keep their
     newline, and with `cfg.pack == "stream"` the one joined text is yielded, so a character
     vocabulary covers the newlines a stream-packed pipeline feeds it."""
-    from pjx.data import sources, text
-
-    cfg = _with_defaults(cfg or {})
+    cfg = with_defaults(cfg or {})
     ex = sources.read(uri, cfg)
     if ex.texts is None:
         raise DataError(f"{uri} has no text")
     if cfg.pack == "stream":
-        yield from text.documents(ex, cfg)
+        yield from packing.documents(ex, stream=True)
         return
-    end = "\n" if sources.parse_uri(uri).kind == "text" and cfg.text_split == "line" else ""
+    end = "\n" if parse_uri(uri).kind == "text" and cfg.text_split == "line" else ""
     for column in (ex.texts, ex.texts_b or ()):
         for t in column:
             if t and t.strip():
@@ -108,6 +106,7 @@ def build(
     cfg,
     *,
     task: str,
+    task_args=None,
     model: str,
     tokenizer=None,
     batch_size: int,
@@ -116,20 +115,28 @@ def build(
     process_index: int = 0,
     process_count: int = 1,
     workdir: str | None = None,
+    num_labels: int = 0,
 ):
     """train=True: endless `TrainIterator` of process-local batches (get_state /
     set_state); train=False: `EvalBatches`, every example once, padded, with `weight`.
 
-    `batch_size` is global: each process gets batch_size / process_count rows.
+    `batch_size` is global: each process gets batch_size / process_count rows. `task_args`
+    are the task's options (`config.task_args`; e.g. `nsp`), `num_labels` the model's
+    classes (names the classes of sources whose labels are bare integers).
     """
-    from pjx.data import encode, pipeline
-
-    cfg = _with_defaults(cfg)
+    cfg = with_defaults(cfg)
     if batch_size % process_count:
         raise DataError(f"batch_size {batch_size} is not divisible by {process_count} processes")
     local = batch_size // process_count
     arrays = encode.table(
-        cfg, task=task, model=model, tokenizer=tokenizer, seed=seed, workdir=workdir
+        cfg,
+        task=task,
+        task_args=task_args,
+        model=model,
+        tokenizer=tokenizer,
+        seed=seed,
+        workdir=workdir,
+        num_labels=num_labels,
     )
     n = len(next(iter(arrays.values())))
     index = pipeline.BatchIndex(

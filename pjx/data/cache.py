@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 import uuid
@@ -25,6 +25,7 @@ from collections.abc import Callable
 import numpy as np
 
 VERSION = 1
+log = logging.getLogger(__name__)
 
 
 def root(cfg, workdir: str | None = None) -> str:
@@ -112,9 +113,8 @@ def cached(
     arrays = build()
     write(path, arrays, parts)
     rows = len(next(iter(arrays.values())))
-    print(
-        f"pjx.data: encoded {parts.get('source')} into {path} "
-        f"({rows} rows, {time.perf_counter() - t0:.1f}s)",
-        file=sys.stderr,
+    log.info(
+        f"data: encoded {parts.get('source')} into {path} "
+        f"({rows} rows, {time.perf_counter() - t0:.1f}s)"
     )
     return load(path)

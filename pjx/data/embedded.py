@@ -22,11 +22,13 @@ fine-tuning steps (~40 s) and stays there through 300 steps (~2 min).
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import numpy as np
 
-from pjx.data.sources import DataError, Examples, Uri
+from pjx.data.uri import Uri
+from pjx.examples import DataError, Examples
 
 CLASSES = ("syntax", "objects")
 
@@ -105,7 +107,7 @@ def classification() -> tuple[list[str], np.ndarray]:
     return [texts[i] for i in order], np.asarray(labels, np.int32)[order]
 
 
-def read(uri: Uri, cfg, need_labels: bool = False) -> Examples:
+def read(uri: Uri, cfg, need_labels: bool = False, num_labels: int = 0) -> Examples:
     if uri.split in ("", "corpus"):
         if need_labels:
             raise DataError("embedded has no labels; use embedded:classify for classification")
@@ -117,8 +119,6 @@ def read(uri: Uri, cfg, need_labels: bool = False) -> Examples:
 
 
 def fingerprint() -> list:
-    import hashlib
-
     pages = topics()
     h = hashlib.sha256("\0".join(f"{k}\1{pages[k]}" for k in sorted(pages)).encode())
     return [h.hexdigest()[:16]]

@@ -1,12 +1,12 @@
 """Grain pipelines over encoded arrays: train streams and exact eval sets.
 
-A source is encoded once into a table of arrays with N rows (pjx.data.text / cache), so
+A source is encoded once into a table of arrays with N rows (Task.encode, cached), so
 a batch is one vectorised gather of B rows: no per-token or per-example Python. The Grain
 graph is
 
     MapDataset.source(BatchIndex)   batch i -> the row indices of batch i
-      .map(gather + task keys)      dict of NumPy arrays
-      .random_map(augment)          images only; rng from (seed, batch index)
+      .random_map(MakeBatch)        gather + Task.make_batch (keys, image augmentation);
+                                    rng from (seed, batch index)
       .to_iter_dataset(ReadOptions(num_threads, prefetch))  [.mp_prefetch(workers)]
 
 Train: each epoch is a permutation of all N rows drawn from (seed, epoch), identical on
@@ -24,6 +24,7 @@ exactly once and all processes run the same number of batches.
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import threading
@@ -31,7 +32,10 @@ import threading
 import grain
 import numpy as np
 
-from pjx.data.sources import DataError
+from pjx import tasks
+from pjx.examples import DataError
+
+log = logging.getLogger(__name__)
 
 
 class BatchIndex:
@@ -93,68 +97,27 @@ class BatchIndex:
         self._lock = threading.Lock()
 
 
-# ------------------------------------------------------------------------- batch keys
-def _lm_keys(task: str, t: dict) -> dict:
-    """Cached arrays of an LM batch -> the keys of docs/architecture.md for `task`."""
-    if task == "mlm":
-        seg = t["segment_ids"]
-        out = {
-            "input_ids": t["input_ids"],
-            "attention_mask": (seg > 0).astype(np.int32),
-            "token_type_ids": t.get("token_type_ids", np.zeros_like(seg)),
-            "segment_ids": seg,
-            "position_ids": t["position_ids"],
-        }
-        if "next_sentence_label" in t:
-            out["next_sentence_label"] = t["next_sentence_label"]
-        return out
-    if task == "clm":
-        return {k: t[k] for k in ("input_ids", "segment_ids", "position_ids")}
-    return t
+# -------------------------------------------------------------------------- batches
+class MakeBatch:
+    """Row indices -> the task's batch (`Task.make_batch`), with Grain's per-batch rng for
+    augmentation; eval batches also carry `weight`. A picklable callable for Grain."""
 
+    def __init__(self, table: dict, task: str, cfg: dict, train: bool):
+        self.table, self.task, self.cfg, self.train = table, task, cfg, train
 
-class Gather:
-    """Row indices -> the batch dict (a picklable callable for Grain's map)."""
-
-    def __init__(self, table: dict, task: str, train: bool):
-        self.table, self.task, self.train = table, task, train
-
-    def __call__(self, item):
+    def __call__(self, item, rng):
         rows, weight = (item, None) if self.train else item
-        t = {k: np.asarray(v[rows]) for k, v in self.table.items()}
-        out = t if "images" in t else _lm_keys(self.task, t)
+        gathered = {k: np.asarray(v[rows]) for k, v in self.table.items()}
+        out = tasks.get(self.task).make_batch(gathered, rng, self.cfg, self.train)
         if weight is not None:
             out["weight"] = weight
         return out
 
 
-class Augment:
-    """uint8 images -> pixel_values / views (pjx.data.images), with Grain's per-batch rng."""
-
-    def __init__(self, task: str, cfg: dict, train: bool):
-        self.task, self.cfg, self.train = task, cfg, train
-
-    def __call__(self, batch, rng):
-        from pjx.data import images
-
-        out = images.batch(
-            batch.pop("images"),
-            batch.pop("label", None),
-            rng,
-            task=self.task,
-            cfg=self.cfg,
-            train=self.train,
-        )
-        out.update(batch)  # weight
-        return {k: v for k, v in out.items() if v is not None}
-
-
 def map_dataset(table: dict, index: BatchIndex, *, task: str, cfg, seed: int):
-    ds = grain.MapDataset.source(index).map(Gather(table, task, index.train))
-    if "images" in table:
-        cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-        ds = ds.random_map(Augment(task, cfg_dict, index.train), seed=int(seed) % 2**32)
-    return ds
+    cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    make = MakeBatch(table, task, cfg_dict, index.train)
+    return grain.MapDataset.source(index).random_map(make, seed=int(seed) % 2**32)
 
 
 def iter_dataset(ds, cfg):
@@ -196,12 +159,11 @@ class TrainIterator:
 
     def set_state(self, state: dict) -> None:
         if (state.get("rows"), state.get("batch")) != (self.index.n, self.index.B):
-            print(
-                f"pjx.data: the checkpoint's data position is for {state.get('rows')} rows in "
+            log.warning(
+                f"the checkpoint's data position is for {state.get('rows')} rows in "
                 f"batches of {state.get('batch')}; this run has {self.index.n} rows in "
                 f"batches of {self.index.B}, so the stream resumes at the same batch number "
-                "but not at the same examples",
-                file=sys.stderr,
+                "but not at the same examples"
             )
         self._it.set_state(state["grain"])
 

@@ -17,7 +17,8 @@ import os
 
 import numpy as np
 
-from pjx.data.sources import DataError, Examples, Uri
+from pjx.data.uri import Uri
+from pjx.examples import DataError, Examples
 
 _HOW = (
     "Prepare it where there is internet: `tfds build {name} --data_dir=DIR "
@@ -76,7 +77,7 @@ def _pick(features, wanted, kinds) -> list[str]:
     return [k for k, f in features.items() if type(f).__name__ in kinds]
 
 
-def read(uri: Uri, cfg, need_labels: bool = False) -> Examples:
+def read(uri: Uri, cfg, need_labels: bool = False, num_labels: int = 0) -> Examples:
     src, builder = data_source(uri, cfg)
     feats = builder.info.features
     n = len(src)
@@ -90,7 +91,7 @@ def read(uri: Uri, cfg, need_labels: bool = False) -> Examples:
             raise DataError(f"{uri.raw}: no label feature; set data.label_column ({list(feats)})")
         ex.labels = np.asarray([r[label_key] for r in rows], np.int32)
         ex.label_names = tuple(getattr(feats[label_key], "names", ()) or ())
-        num = len(ex.label_names) or int(cfg.get("num_labels", 0) or 0)
+        num = len(ex.label_names) or int(num_labels or 0)
         bad = np.flatnonzero((ex.labels < 0) | ((ex.labels >= num) if num else False))
         if len(bad):
             raise DataError(

@@ -5,7 +5,7 @@ Fields are split on tabs only (GLUE files are unquoted). The layout comes from, 
 `.../rte/train.tsv`), else a known GLUE header row, else `data.text_columns` /
 `data.label_column` (names from the header row, or 0-based indices with
 `data.header=False`). Labels are matched as strings against `data.labels` (class order),
-or are integers 0..num_labels-1 when no names are given.
+or are integers 0..num_labels-1 (`model.num_labels`) when no names are given.
 
 Bad rows (wrong number of columns, a label outside the classes) raise a DataError naming
 file and line; with `data.bad_rows="skip"` they are dropped instead and counted in one
@@ -14,12 +14,16 @@ printed line. Empty lines are ignored.
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 
 import numpy as np
 
-from pjx.data.sources import DataError, Examples, Uri, expand, read_text
+from pjx.data.files import expand, read_text
+from pjx.data.uri import Uri
+from pjx.examples import DataError, Examples
+
+log = logging.getLogger(__name__)
 
 _PAIR = ("sentence1", "sentence2")
 _BIN = ("0", "1")
@@ -70,7 +74,7 @@ def detect_preset(path: str, header_row: list[str]) -> str:
     return _HEADERS.get(tuple(h.strip().lower() for h in header_row), "")
 
 
-def layout(cfg, path: str, first_row: list[str]) -> dict:
+def layout(cfg, path: str, first_row: list[str], num_labels: int = 0) -> dict:
     """header / text_columns / label_column / labels for this file (preset + config)."""
     name = cfg.get("preset", "") or detect_preset(path, first_row)
     if name and name not in GLUE:
@@ -87,7 +91,7 @@ def layout(cfg, path: str, first_row: list[str]) -> dict:
             "or 0-based indices"
         )
     if not base.get("labels"):
-        base["labels"] = tuple(str(i) for i in range(int(cfg.get("num_labels", 0) or 2)))
+        base["labels"] = tuple(str(i) for i in range(int(num_labels or 2)))
     base["preset"] = name
     return base
 
@@ -102,10 +106,10 @@ def _column(spec, header: list[str] | None, path: str) -> int:
     return header.index(spec)
 
 
-def read(uri: Uri, cfg, need_labels: bool = False) -> Examples:
+def read(uri: Uri, cfg, need_labels: bool = False, num_labels: int = 0) -> Examples:
     texts, texts_b, targets, labels, names = [], [], [], [], None
     for path in expand(uri.path):
-        a, b, t, y, names = read_file(path, cfg, need_labels)
+        a, b, t, y, names = read_file(path, cfg, need_labels, num_labels)
         texts += a
         texts_b += b
         targets += t
@@ -120,12 +124,12 @@ def read(uri: Uri, cfg, need_labels: bool = False) -> Examples:
     )
 
 
-def read_file(path: str, cfg, need_labels: bool):
+def read_file(path: str, cfg, need_labels: bool, num_labels: int = 0):
     """(texts, texts_b, targets, label ids, label names) of one TSV file."""
     lines = read_text(path).split("\n")
     rows = [(i + 1, line.removesuffix("\r").split("\t")) for i, line in enumerate(lines)]
     rows = [(n, r) for n, r in rows if r != [""]]
-    lay = layout(cfg, path, rows[0][1])
+    lay = layout(cfg, path, rows[0][1], num_labels)
     header = [h.strip() for h in rows[0][1]] if lay["header"] else None
     body = rows[1:] if header is not None else rows
     ncols = len(header) if header is not None else lay.get("ncols") or len(rows[0][1])
@@ -165,9 +169,7 @@ def read_file(path: str, cfg, need_labels: bool):
                 "data.bad_rows='skip' to drop such rows"
                 + ("" if lay["preset"] else ", or check data.text_columns / data.preset")
             )
-        print(
-            f"pjx.data: skipped {len(bad)} bad row(s) of {path} (first: {first})", file=sys.stderr
-        )
+        log.warning(f"data: skipped {len(bad)} bad row(s) of {path} (first: {first})")
     if not texts:
         raise DataError(f"{path}: no data rows")
     return texts, texts_b, targets, labels, lay["labels"]

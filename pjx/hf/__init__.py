@@ -16,6 +16,7 @@ lack), PJX_ONLY (pjx parameters with no HF counterpart), and the two config tran
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from flax import traverse_util
 
 from pjx import models
 from pjx.hf import bert, folder, gpt2, mapping, t5, vit
+
+log = logging.getLogger(__name__)
 
 FAMILIES = {"bert": bert, "gpt2": gpt2, "vit": vit, "t5": t5}
 _BY_MODEL_TYPE = {m.MODEL_TYPE: name for name, m in FAMILIES.items()}
@@ -67,17 +70,12 @@ def model_config(path) -> tuple[str, dict]:
 
 def _as_config(family: str, config):
     """A family `Config` from a `Config` or a dict of its fields (name / size keys ignored)."""
-    cls = models.MODELS[family].Config
-    if isinstance(config, cls):
+    if isinstance(config, models.MODELS[family].Config):
         return config
     if dataclasses.is_dataclass(config):
         raise TypeError(f"expected a {family} Config, got {type(config).__name__}")
     fields = {k: v for k, v in dict(config).items() if k not in ("name", "size")}
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(fields) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown {family} config field(s) {unknown}; valid fields: {valid}")
-    return cls(**fields)
+    return models.make_config(family, None, **fields)
 
 
 def _init_fn(family: str, config):
@@ -105,8 +103,10 @@ def _import(path):
             f"{path}: the checkpoint has no tensor for {len(required)} pjx parameter(s) that "
             f"config.json implies: {_names(required)} (looked for: {_names(keys)})"
         )
-    if unused and jax.process_index() == 0:
-        print(f"hf: {len(unused)} tensor(s) in {path} not used by pjx's {family}: {_names(unused)}")
+    if unused:
+        log.info(
+            f"hf: {len(unused)} tensor(s) in {path} not used by pjx's {family}: {_names(unused)}"
+        )
     return family, config, values, missing
 
 
@@ -124,8 +124,7 @@ def load(path, *, seed: int = 0):
     if missing:
         fresh = traverse_util.flatten_dict(jax.jit(init)(jax.random.key(seed)), sep="/")
         values.update({p: fresh[p] for p in missing})
-        if jax.process_index() == 0:
-            print(f"hf: not in {path}, freshly initialised: {_names(missing)}")
+        log.info(f"hf: not in {path}, freshly initialised: {_names(missing)}")
     return model, jax.device_put(traverse_util.unflatten_dict(values, sep="/"))
 
 
@@ -148,17 +147,13 @@ def save(family: str, model_config, params, out_dir) -> Path:
         raise ValueError(f"params do not match the {family} config:\n  " + "\n  ".join(bad[:20]))
     tensors, skipped = mapping.to_hf(fam, {p: jax.device_get(x) for p, x in flat.items()})
     out = folder.write(out_dir, fam.config_to_hf(config), tensors)
-    if skipped and jax.process_index() == 0:
-        print(f"hf: no Hugging Face counterpart, not exported: {_names(skipped)}")
+    if skipped:
+        log.info(f"hf: no Hugging Face counterpart, not exported: {_names(skipped)}")
     return out
 
 
-from pjx.hf.convert import add_cli_arguments, cli_main  # noqa: E402
-
 __all__ = [
     "FAMILIES",
-    "add_cli_arguments",
-    "cli_main",
     "load",
     "load_params",
     "model_config",

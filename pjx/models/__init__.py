@@ -11,18 +11,20 @@ from pjx.models import bert, gpt2, t5, vit
 MODELS = {"bert": bert, "gpt2": gpt2, "t5": t5, "vit": vit}
 
 
-def make_config(name: str, size: str = "tiny", **overrides):
-    """`Config` of family `name` at preset `size`, with field overrides."""
+def make_config(name: str, size: str | None = "tiny", **overrides):
+    """`Config` of family `name` at preset `size` (None: the dataclass defaults), with
+    field overrides; an unknown field is an error listing the valid ones."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
     family = MODELS[name]
-    if size not in family.PRESETS:
+    if size is not None and size not in family.PRESETS:
         raise ValueError(f"unknown {name} size {size!r}; choose from {sorted(family.PRESETS)}")
     valid = [f.name for f in dataclasses.fields(family.Config)]
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
         raise ValueError(f"unknown {name} config field(s) {unknown}; valid fields: {valid}")
-    return family.Config(**{**family.PRESETS[size], **overrides})
+    preset = family.PRESETS[size] if size is not None else {}
+    return family.Config(**{**preset, **overrides})
 
 
 def create(name: str, size: str = "tiny", **overrides):

@@ -30,6 +30,8 @@ import jax.numpy as jnp
 
 from pjx import layers
 
+INPUT = "tokens"  # what a batch feeds the model: token ids or images
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:

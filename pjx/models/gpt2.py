@@ -27,6 +27,8 @@ import jax.numpy as jnp
 
 from pjx import layers
 
+INPUT = "tokens"  # what a batch feeds the model: token ids or images
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -200,14 +202,14 @@ def generate(
     logits_BxV, cache = step(cache, prompt_ids)
     rng, sub = jax.random.split(rng)
     first_B = sample_logits(sub, logits_BxV, temperature=temperature, top_k=top_k)
-    tokens_BxN = jnp.zeros((B, max_new_tokens), jnp.int32).at[:, 0].set(first_B)
+    tokens_BxG = jnp.zeros((B, max_new_tokens), jnp.int32).at[:, 0].set(first_B)
 
     def body(i, carry):
-        tokens_BxN, cache, rng = carry
-        logits_BxV, cache = step(cache, jax.lax.dynamic_slice_in_dim(tokens_BxN, i - 1, 1, 1))
+        tokens_BxG, cache, rng = carry
+        logits_BxV, cache = step(cache, jax.lax.dynamic_slice_in_dim(tokens_BxG, i - 1, 1, 1))
         rng, sub = jax.random.split(rng)
         tok_B = sample_logits(sub, logits_BxV, temperature=temperature, top_k=top_k)
-        return tokens_BxN.at[:, i].set(tok_B), cache, rng
+        return tokens_BxG.at[:, i].set(tok_B), cache, rng
 
-    tokens_BxN, _, _ = jax.lax.fori_loop(1, max_new_tokens, body, (tokens_BxN, cache, rng))
-    return jnp.concatenate([prompt_ids.astype(jnp.int32), tokens_BxN], axis=1)
+    tokens_BxG, _, _ = jax.lax.fori_loop(1, max_new_tokens, body, (tokens_BxG, cache, rng))
+    return jnp.concatenate([prompt_ids.astype(jnp.int32), tokens_BxG], axis=1)

@@ -35,6 +35,8 @@ import jax.numpy as jnp
 
 from pjx import layers
 
+INPUT = "tokens"  # what a batch feeds the model: token ids or images
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -301,7 +303,7 @@ def generate(model: Model, params, input_ids, attention_mask=None, *, max_new_to
     cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
     def body(i, carry):
-        tokens_BxN, prev_B, cache = carry
+        tokens_BxG, prev_B, cache = carry
         out, state = model.apply(
             {**variables, "cache": cache},
             prev_B[:, None],
@@ -312,8 +314,8 @@ def generate(model: Model, params, input_ids, attention_mask=None, *, max_new_to
             mutable=["cache"],
         )
         tok_B = jnp.argmax(out["logits"][:, -1], axis=-1).astype(jnp.int32)
-        return tokens_BxN.at[:, i].set(tok_B), tok_B, state["cache"]
+        return tokens_BxG.at[:, i].set(tok_B), tok_B, state["cache"]
 
     start_B = jnp.full((B,), model.config.decoder_start_token_id, jnp.int32)
-    tokens_BxN, _, _ = jax.lax.fori_loop(0, max_new_tokens, body, (dec_ids, start_B, cache))
-    return tokens_BxN
+    tokens_BxG, _, _ = jax.lax.fori_loop(0, max_new_tokens, body, (dec_ids, start_B, cache))
+    return tokens_BxG

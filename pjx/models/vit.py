@@ -28,6 +28,8 @@ import jax.numpy as jnp
 
 from pjx import layers
 
+INPUT = "pixels"  # what a batch feeds the model: token ids or images
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -83,7 +85,7 @@ class PatchEmbeddings(nn.Module):
     config: Config
 
     @nn.compact
-    def __call__(self, pixels_BxHxWxC):
+    def __call__(self, pixels_BxYxXxC):
         cfg = self.config
         p = cfg.patch_size
         conv = nn.Conv(
@@ -97,7 +99,7 @@ class PatchEmbeddings(nn.Module):
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
             name="projection",
         )
-        x = conv(pixels_BxHxWxC.astype(cfg.dtype))
+        x = conv(pixels_BxYxXxC.astype(cfg.dtype))
         return x.reshape(x.shape[0], -1, cfg.hidden_size)
 
 
@@ -105,10 +107,10 @@ class Embeddings(nn.Module):
     config: Config
 
     @nn.compact
-    def __call__(self, pixels_BxHxWxC, deterministic):
+    def __call__(self, pixels_BxYxXxC, deterministic):
         cfg = self.config
         D = cfg.hidden_size
-        x_BxNxD = PatchEmbeddings(cfg, name="patch_embeddings")(pixels_BxHxWxC)
+        x_BxNxD = PatchEmbeddings(cfg, name="patch_embeddings")(pixels_BxYxXxC)
         if cfg.pooling == "cls":
             cls = self.param(
                 "cls_token",
@@ -134,10 +136,10 @@ class ViTModel(nn.Module):
     config: Config
 
     @nn.compact
-    def __call__(self, pixels_BxHxWxC, deterministic):
+    def __call__(self, pixels_BxYxXxC, deterministic):
         cfg, lcfg = self.config, self.config.layer_config()
         x_BxNxD = layers.constrain(
-            Embeddings(cfg, name="embeddings")(pixels_BxHxWxC, deterministic)
+            Embeddings(cfg, name="embeddings")(pixels_BxYxXxC, deterministic)
         )
         encoder = Encoder(cfg, name="encoder")
         x_BxNxD = layers.Norm(lcfg, name="layernorm")(encoder(x_BxNxD, deterministic))

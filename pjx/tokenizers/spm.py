@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from pjx.tokenizers.base import (
 )
 
 MODEL_FILE = "spiece.model"
+log = logging.getLogger(__name__)
 
 # Lines longer than this many characters are cut into chunks before training: SentencePiece
 # silently skips sentences over `max_sentence_length` bytes (4 bytes per char at most).
@@ -199,6 +201,9 @@ def train_sentencepiece(
             # among threads, and the same texts should give the same model everywhere.
             num_threads=_TRAIN_THREADS,
             minloglevel=2,  # errors only: the trainer logs every EM step otherwise
+            # A soft limit: text too small for `vocab_size` pieces gets the vocabulary it
+            # supports (reported below) instead of an error. Pieces are unchanged otherwise.
+            hard_vocab_limit=False,
             **options,
         )
     except RuntimeError as e:
@@ -206,11 +211,15 @@ def train_sentencepiece(
             raise ValueError(
                 "train_sentencepiece: no text to train on (all inputs empty)"
             ) from None
-        raise ValueError(
-            f"SentencePiece training failed on {count[0]} sentences: {e} "
-            "(a smaller vocab_size or more text fixes 'Vocabulary size too high')"
-        ) from None
+        raise ValueError(f"SentencePiece training failed on {count[0]} sentences: {e} ") from None
     model = proto.getvalue()
+    trained = spm.SentencePieceProcessor(model_proto=model).get_piece_size() + n_sentinels
+    if trained < vocab_size:
+        log.warning(
+            f"tokenizer: {count[0]} sentences support {trained} pieces, not the "
+            f"vocab_size={vocab_size} asked for; the vocabulary has {trained} (more text "
+            "gives more)"
+        )
     if n_sentinels:
         model = append_sentinels(model, n_sentinels)
     tok = SentencePieceTokenizer(model)

@@ -1,13 +1,15 @@
-"""metrics.jsonl, TensorBoard event files and the live progress line (process 0 writes).
+"""What a run records: metrics.jsonl, TensorBoard event files and progress lines.
 
 metrics.jsonl holds one JSON object per event, `{"step", "split", "loss", ...}`. The
 wall-clock fields (`TIMING_KEYS`) vary between runs; everything else is a deterministic
-function of (config, seed, machine).
+function of (config, seed, machine). Only process 0 writes; progress goes to the "pjx"
+logger (pjx.logs).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 
@@ -16,9 +18,11 @@ import jax
 # Wall-clock fields of metrics.jsonl: they differ between identical runs.
 TIMING_KEYS = ("tokens_per_s", "examples_per_s", "step_s", "elapsed_s", "eta_s")
 
+log = logging.getLogger(__name__)
 
-class Logger:
-    """metrics.jsonl + TensorBoard event files + a plain progress line (process 0 only)."""
+
+class MetricsLog:
+    """metrics.jsonl + TensorBoard + progress lines for one run (process 0 writes)."""
 
     def __init__(self, workdir, *, total_steps, resume_step=0, progress=True):
         self.active = jax.process_index() == 0
@@ -34,12 +38,16 @@ class Logger:
                 keep = [ln for ln in f if ln.strip() and json.loads(ln)["step"] <= resume_step]
             with open(self.path, "w") as f:
                 f.writelines(keep)
-        try:
-            from tensorboardX import SummaryWriter
+        from tensorboardX import SummaryWriter  # heavy (protobuf): only for a real run
 
-            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step)
-        except ImportError:  # pragma: no cover - optional at runtime
-            self.tb = None
+        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
 
     @staticmethod
     def last_record(workdir) -> dict:
@@ -51,17 +59,21 @@ class Logger:
             lines = [ln for ln in f if ln.strip()]
         return json.loads(lines[-1]) if lines else {}
 
+    def start_clock(self):
+        """Throughput and ETA count from here (after compilation)."""
+        self.t_start = self.t_last = time.perf_counter()
+
     def _write(self, record):
         if not self.active:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for k, v in record.items():
-                if k not in ("step", "split") and isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"{record['split']}/{k}", v, record["step"])
+        for k, v in record.items():
+            if k not in ("step", "split") and isinstance(v, (int, float)):
+                self.tb.add_scalar(f"{record['split']}/{k}", v, record["step"])
 
     def train(self, step, line, unit, units) -> dict:
+        """A train line for the steps since the last one (`units`: tokens / examples)."""
         now = time.perf_counter()
         dt = max(now - self.t_last, 1e-9)
         n = step - self.last_step
@@ -78,22 +90,19 @@ class Logger:
             "eta_s": eta,
         }
         self._write(record)
-        if self.active and self.progress:
-            rate = units / dt
-            print(
+        if self.progress:
+            log.info(
                 f"step {step}/{self.total} | loss {line['loss']:.4f} | lr "
-                f"{line['learning_rate']:.2e} | {rate:,.0f} {unit}/s | ETA "
-                f"{_hms(eta)}",
-                flush=True,
+                f"{line['learning_rate']:.2e} | {units / dt:,.0f} {unit}/s | ETA {_hms(eta)}"
             )
         return record
 
     def eval(self, step, mets) -> dict:
         record = {"step": int(step), "split": "eval", **mets}
         self._write(record)
-        if self.active and self.progress:
+        if self.progress:
             shown = " | ".join(f"{k} {v:.4f}" for k, v in mets.items() if k != "count")
-            print(f"eval @ {step}: {shown}", flush=True)
+            log.info(f"eval @ {step}: {shown}")
         return record
 
     def close(self):

@@ -1,54 +1,29 @@
-"""`pjx convert hf-to-pjx SRC DST` and `pjx convert pjx-to-hf SRC DST`.
+"""Checkpoint conversions between pjx and Hugging Face (`pjx convert`).
 
-hf-to-pjx writes DST as a pjx workdir holding one checkpoint, `DST/checkpoints/0/` with
+`hf_to_pjx` writes DST as a pjx workdir holding one checkpoint, `DST/checkpoints/0/` with
 `state/params/...` (Orbax), `config/` (the run config: `model` = family + every Config field)
 and `tokenizer/` (the HF tokenizer files), so `init_from=DST` and `pjx.checkpoint.resolve(DST)`
-work as with a training run. pjx-to-hf reads a workdir / checkpoint's params and saved model
+work as with a training run. `pjx_to_hf` reads a workdir / checkpoint's params and saved model
 config and writes a Hugging Face folder (config.json, model.safetensors, tokenizer files).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
-
-def add_cli_arguments(parser: argparse.ArgumentParser):
-    sub = parser.add_subparsers(dest="direction", required=True)
-    for name, help_, src, dst in (
-        ("hf-to-pjx", "Hugging Face folder -> pjx checkpoint", "HF model folder", "pjx workdir"),
-        (
-            "pjx-to-hf",
-            "pjx workdir / checkpoint -> Hugging Face folder",
-            "pjx workdir, checkpoints dir or step dir",
-            "output folder",
-        ),
-    ):
-        p = sub.add_parser(name, help=help_, description=help_)
-        p.add_argument("src", help=src)
-        p.add_argument("dst", help=dst)
-        p.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
-
-
-def _prepare(dst: Path, overwrite: bool):
-    if dst.exists() and any(dst.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{dst} exists and is not empty; pass --overwrite to replace it")
-        shutil.rmtree(dst)
+from pjx import checkpoint as ckpt
+from pjx import hf, init_from
 
 
 def hf_to_pjx(src, dst) -> Path:
     """Writes the HF folder `src` as a pjx workdir `dst`; returns the checkpoint step dir."""
-    from pjx import checkpoint as ckpt
-    from pjx import hf
-
     model, params = hf.load(src)
     family = hf.model_config(src)[0]
     config = {
@@ -73,10 +48,6 @@ def hf_to_pjx(src, dst) -> Path:
 
 def read_params(source) -> dict:
     """The `params` subtree of a pjx checkpoint (workdir / checkpoints dir / step dir), numpy."""
-    import orbax.checkpoint as ocp
-
-    from pjx import checkpoint as ckpt
-
     step = ckpt.resolve(source).absolute()  # Orbax restores from absolute paths only
     meta = ckpt.state_metadata(step)
     if "params" not in meta:
@@ -92,9 +63,6 @@ def read_params(source) -> dict:
 
 def pjx_to_hf(src, dst) -> Path:
     """Writes the pjx checkpoint `src` (params + saved model config) as a HF folder `dst`."""
-    from pjx import checkpoint as ckpt
-    from pjx import hf, init_from
-
     family, fields = init_from.source_model(src)
     out = hf.save(family, fields, read_params(src), dst)
     tok = ckpt.tokenizer_dir(src)
@@ -103,22 +71,3 @@ def pjx_to_hf(src, dst) -> Path:
         ignore = shutil.ignore_patterns(ckpt.COMMIT_MARKER)
         shutil.copytree(tok, out, ignore=ignore, dirs_exist_ok=True)
     return out
-
-
-def cli_main(args, overrides=()) -> int:
-    if overrides:
-        print(f"pjx convert: takes no --config overrides (got {overrides})", file=sys.stderr)
-        return 2
-    dst = Path(args.dst)
-    try:
-        _prepare(dst, args.overwrite)
-        if args.direction == "hf-to-pjx":
-            where = hf_to_pjx(args.src, dst)
-            print(f"wrote pjx checkpoint {where} (use it as init_from={dst.absolute()})")
-        else:
-            where = pjx_to_hf(args.src, dst)
-            print(f"wrote Hugging Face model folder {where}")
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"pjx convert: error: {e}", file=sys.stderr)
-        return 2
-    return 0

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+from pjx.cli.common import no_overrides
 from pjx.tokenizers.base import FAMILY_SPECIALS
-from pjx.tokenizers.load import atomic_directory, load
-from pjx.tokenizers.spm import train_sentencepiece
 
 
-def add_cli_arguments(parser):
+def add_arguments(parser):
     sub = parser.add_subparsers(dest="tokenizer_command", required=True)
     t = sub.add_parser("train", help="train SentencePiece with a model family's special tokens")
     t.add_argument(
@@ -26,7 +24,9 @@ def add_cli_arguments(parser):
 
 
 def _train(args) -> int:
-    from pjx import data  # the data sources (imported late: they pull in TFDS / Grain)
+    from pjx import data
+    from pjx.tokenizers import train_sentencepiece
+    from pjx.tokenizers.load import atomic_directory
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
@@ -49,7 +49,9 @@ def _train(args) -> int:
 
 
 def _show(args) -> int:
-    tok = load(args.spec)
+    from pjx import tokenizers
+
+    tok = tokenizers.load(args.spec)
     print(tok)
     print(f"special_ids: {list(tok.special_ids)}")
     if args.text is not None:
@@ -62,10 +64,10 @@ def _show(args) -> int:
 COMMANDS = {"train": _train, "show": _show}
 
 
-def cli_main(args, overrides=None) -> int:
-    """Runs `pjx tokenizer ...`; bad input prints one line and returns 2."""
+def main(args, overrides=()) -> int:
+    """Runs `pjx tokenizer ...`; bad input raises (the pjx command prints one line, exit 2)."""
+    no_overrides("tokenizer", overrides)
     try:
         return COMMANDS[args.tokenizer_command](args)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"pjx tokenizer: error: {e}", file=sys.stderr)
-        return 2
+    except ImportError as e:  # e.g. `tokenizers` missing for a tokenizer.json
+        raise ValueError(str(e)) from None

@@ -1,0 +1,5 @@
+import sys
+
+from pjx.cli import main
+
+sys.exit(main())

@@ -1,0 +1,99 @@
+"""A whole run from a config: resolve it, build what the workdir holds, resume or start,
+train (pjx.train.fit), and chain stages. What `pjx train` calls.
+
+    from pjx import config, run
+    run.run(config.load("configs/quickstart.py"), "runs/quickstart")
+
+A run prints its resolved config and saves it as WORKDIR/config.json, resumes from
+WORKDIR/checkpoints when there is one, and writes WORKDIR/metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+
+from pjx import config as config_lib
+from pjx import logs
+from pjx import train as train_lib
+from pjx import workdir as workdir_lib
+from pjx.metrics_log import MetricsLog
+
+log = logging.getLogger(__name__)
+
+
+def train(
+    config,
+    workdir: str,
+    *,
+    train_data: Iterator | None = None,
+    eval_data: Iterable | None = None,
+    tokenizer=None,
+    checkpoints: bool = True,
+    devices=None,
+) -> dict:
+    """Runs `config` in `workdir`; returns the last metrics line (eval, else train).
+
+    `train_data` / `eval_data` default to `pjx.data.build` from the config. Resumes from
+    WORKDIR/checkpoints when it holds one. Raises `pjx.train.Preempted` after saving on
+    SIGTERM / SIGINT, `pjx.train.NonFiniteLossError` when the loss becomes NaN / Inf.
+    """
+    logs.setup()
+    os.makedirs(workdir, exist_ok=True)
+    config = config_lib.resolve_data(config)
+    if tokenizer is None:
+        tokenizer = workdir_lib.build_tokenizer(config, workdir)
+    config = config_lib.resolve(config, tokenizer)
+    workdir_lib.save_config(config, workdir)
+    log.info(config_lib.describe(config))
+    s = train_lib.build(config, tokenizer=tokenizer, devices=devices)
+    log.info(train_lib.describe(s))
+    if train_data is None:
+        train_data = workdir_lib.build_data(config, tokenizer, train=True, workdir=workdir)
+    if eval_data is None and config.eval_data.source:
+        eval_data = workdir_lib.build_data(config, tokenizer, train=False, workdir=workdir)
+
+    checkpointer = None
+    if checkpoints:
+        tokenizer_dir = workdir_lib.save_tokenizer(tokenizer, workdir)
+        checkpointer = workdir_lib.Checkpointer(config, workdir, tokenizer_dir)
+    try:
+        state, start = None, 0
+        if checkpointer is not None:
+            state, start = checkpointer.restore(s.abstract_state, train_data)
+        if state is None:
+            state = train_lib.create_state(s, config.seed)
+            if config.init_from:
+                state = workdir_lib.init_params_from(
+                    config.init_from, state, bool(config.allow_vocab_resize)
+                )
+        if start >= config.steps:
+            log.info(f"run already complete: step {start} of {config.steps} in {workdir}")
+            return MetricsLog.last_record(workdir)
+        with MetricsLog(
+            workdir, total_steps=config.steps, resume_step=start, progress=config.progress
+        ) as metrics:
+            return train_lib.fit(
+                s,
+                state,
+                start,
+                train_data,
+                metrics=metrics,
+                eval_data=eval_data,
+                checkpointer=checkpointer,
+            )
+    finally:
+        if checkpointer is not None:
+            checkpointer.close()  # waits for the last (async) save
+
+
+def run(config, workdir: str, overrides=(), **kw) -> dict:
+    """Runs the config's stages in order (each in WORKDIR/NAME), or the config itself."""
+    logs.setup()
+    out = {}
+    for stage_dir, cfg in config_lib.stage_configs(config, workdir, overrides):
+        if stage_dir != workdir:
+            log.info(f"=== stage {os.path.basename(stage_dir)} -> {stage_dir}")
+        out = train(cfg, stage_dir, **kw)
+    return out

@@ -1,0 +1,133 @@
+"""The import graph is the layering docs/architecture.md draws: each module imports only
+its own layer and the ones below, pjx imports sit at module level outside the CLI (none
+hidden inside a function), and there is no cycle."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "pjx"
+
+# Lowest first. A module imports pjx modules of its own layer or lower only.
+LAYERS = [
+    ("pjx.layers", "pjx.host_memory", "pjx.xla_cpu", "pjx.examples", "pjx.logs"),
+    ("pjx.models",),
+    ("pjx.losses", "pjx.masking", "pjx.metrics", "pjx.packing", "pjx.images"),
+    ("pjx.tasks",),
+    (
+        "pjx.tokenizers",
+        "pjx.data",
+        "pjx.optim",
+        "pjx.sharding",
+        "pjx.checkpoint",
+        "pjx.hf",
+        "pjx.metrics_log",
+    ),
+    ("pjx.init_from", "pjx.convert"),
+    ("pjx.config",),
+    ("pjx.train",),
+    ("pjx.workdir", "pjx.run", "pjx.bench", "pjx.inference"),
+    ("pjx.cli",),
+]
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in PKG.rglob("*.py"):
+        parts = list(p.relative_to(PKG.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = p
+    return out
+
+
+MODULES = _modules()
+
+
+def layer(module: str) -> int:
+    for i, group in enumerate(LAYERS):
+        if any(module == g or module.startswith(g + ".") for g in group):
+            return i
+    raise AssertionError(f"{module} is in no layer of tests/test_layering.py: add it")
+
+
+def _resolve(name: str) -> str | None:
+    while name and name not in MODULES:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def imports(module: str) -> list[tuple[str, bool]]:
+    """(imported pjx module, at module level?) for every pjx import of `module`."""
+    path = MODULES[module]
+    tree = ast.parse(path.read_text())
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    top = {id(n) for n in tree.body} | {
+        id(n) for n in ast.walk(tree) if isinstance(n, (ast.If, ast.Try))
+    }
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([base] if base else []))
+            names = [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        for n in names:
+            target = _resolve(n)
+            if target and target.startswith("pjx") and target != module:
+                found.append((target, id(node) in top or _module_level(tree, node)))
+    return found
+
+
+def _module_level(tree, node) -> bool:
+    """True unless `node` sits inside a function or class body."""
+    for parent in ast.walk(tree):
+        if isinstance(parent, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if any(child is node for child in ast.walk(parent)):
+                return False
+    return True
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_imports_follow_the_layers(module):
+    if module == "pjx":
+        return
+    mine = layer(module)
+    for target, _ in imports(module):
+        if target == "pjx":
+            continue
+        assert layer(target) <= mine, (
+            f"{module} (layer {mine}) imports {target} (layer {layer(target)}), a higher layer"
+        )
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if not m.startswith("pjx.cli")))
+def test_no_pjx_import_hides_in_a_function(module):
+    hidden = [t for t, top in imports(module) if not top]
+    assert not hidden, f"{module} imports {hidden} inside a function: import at module level"
+
+
+def test_no_import_cycle():
+    graph = {m: {t for t, _ in imports(m)} - {"pjx"} for m in MODULES if m != "pjx"}
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(m, path):
+        state[m] = 1
+        for t in sorted(graph.get(m, ())):
+            if state.get(t) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path + [m, t]))
+            if t not in state:
+                visit(t, path + [m])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
