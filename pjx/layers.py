@@ -154,16 +154,12 @@ class Embed(nn.Module):
         return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
 
     def attend(self, x_BxLxD):
-        return jnp.einsum(
-            "...D,VD->...V",
-            x_BxLxD,
-            self.embedding.astype(x_BxLxD.dtype),
-            preferred_element_type=jnp.float32,
-        )
+        return tied_logits(x_BxLxD, self.embedding)
 
 
 def tied_logits(x_BxLxD, embedding_VxD):
-    """Logits against a (tied) embedding table, accumulated and returned in float32."""
+    """Logits against a vocabulary table [V,D] (a tied embedding, or an untied head's kernel
+    transposed), in the compute dtype, accumulated and returned in float32."""
     return jnp.einsum(
         "...D,VD->...V",
         x_BxLxD,
@@ -186,12 +182,7 @@ class Logits(nn.Module):
             (x_BxLxD.shape[-1], self.vocab_size),
             jnp.float32,
         )
-        return jnp.einsum(
-            "...D,DV->...V",
-            x_BxLxD,
-            kernel.astype(x_BxLxD.dtype),
-            preferred_element_type=jnp.float32,
-        )
+        return tied_logits(x_BxLxD, kernel.T)
 
 
 class Norm(nn.Module):
@@ -333,6 +324,9 @@ def dot_product_attention(
 class Attention(nn.Module):
     """Multi-head self/cross attention with an optional KV cache.
 
+    `decode_offset` (KV-cache decoding; None otherwise): where this call's tokens go in the
+    cache, the count the decoder stack keeps once for all its layers (`decode_state`).
+
     `names`: three names for separate q/k/v kernels [D,H,K] ('embed','heads','kv'), or one name
     for a fused kernel [D,3,H,K] (GPT-2 `c_attn`). `out_name`: the output projection [H,K,D]
     ('heads','kv','embed'); None returns the context [B,T,H,K] for a caller that projects it
@@ -345,7 +339,14 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x_BxTxD, kv_BxSxD=None, *, mask=None, bias=None, deterministic=True, decode=False
+        self,
+        x_BxTxD,
+        kv_BxSxD=None,
+        *,
+        mask=None,
+        bias=None,
+        deterministic=True,
+        decode_offset=None,
     ):
         cfg = self.config
         H, K = cfg.num_heads, cfg.head_dim
@@ -360,8 +361,8 @@ class Attention(nn.Module):
             q = dense(cfg, (H, K), axes, name=self.names[0])(x_BxTxD)
             k = dense(cfg, (H, K), axes, name=self.names[1])(kv_BxSxD)
             v = dense(cfg, (H, K), axes, name=self.names[2])(kv_BxSxD)
-        if decode:
-            k, v = self._update_cache(k, v)
+        if decode_offset is not None:
+            k, v = self._update_cache(k, v, decode_offset)
         rate = cfg.attention_dropout_rate
         rng = self.make_rng("dropout") if rate > 0.0 and not deterministic else None
         ctx_BxTxHxK = dot_product_attention(
@@ -382,8 +383,8 @@ class Attention(nn.Module):
         )
         return out(ctx_BxTxHxK)
 
-    def _update_cache(self, k_BxTxHxK, v_BxTxHxK):
-        """Write this step's keys/values at `cache_index`; return the whole cache [B,S,H,K].
+    def _update_cache(self, k_BxTxHxK, v_BxTxHxK, offset):
+        """Write this call's keys/values at `offset`; return the whole cache [B,S,H,K].
 
         The first (init) call creates the cache with the input's shape (S = max length) and
         attends normally; the model's mask hides cache slots past the current position.
@@ -391,13 +392,11 @@ class Attention(nn.Module):
         initialized = self.has_variable("cache", "cached_key")
         ck = self.variable("cache", "cached_key", jnp.zeros, k_BxTxHxK.shape, k_BxTxHxK.dtype)
         cv = self.variable("cache", "cached_value", jnp.zeros, v_BxTxHxK.shape, v_BxTxHxK.dtype)
-        idx = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
         if not initialized:
             return k_BxTxHxK, v_BxTxHxK
-        start = (0, idx.value, 0, 0)
+        start = (0, offset, 0, 0)
         ck.value = jax.lax.dynamic_update_slice(ck.value, k_BxTxHxK.astype(ck.value.dtype), start)
         cv.value = jax.lax.dynamic_update_slice(cv.value, v_BxTxHxK.astype(cv.value.dtype), start)
-        idx.value = idx.value + k_BxTxHxK.shape[1]
         return ck.value, cv.value
 
 

@@ -73,12 +73,12 @@ class Block(nn.Module):
     config: layers.LayerConfig
 
     @nn.compact
-    def __call__(self, x_BxLxD, *, mask, deterministic, decode):
+    def __call__(self, x_BxLxD, *, mask, deterministic, decode_offset=None):
         cfg = self.config
         drop = nn.Dropout(cfg.dropout_rate)
         h = layers.Norm(cfg, name="ln_1")(x_BxLxD)
         h = layers.Attention(cfg, names=("c_attn",), out_name="c_proj", name="attn")(
-            h, mask=mask, deterministic=deterministic, decode=decode
+            h, mask=mask, deterministic=deterministic, decode_offset=decode_offset
         )
         x_BxLxD = x_BxLxD + drop(h, deterministic=deterministic)
         h = layers.Norm(cfg, name="ln_2")(x_BxLxD)
@@ -129,7 +129,10 @@ class Transformer(nn.Module):
         x_BxLxD = layers.constrain(x_BxLxD)
         for i in range(cfg.num_layers):
             x_BxLxD = Block(lcfg, name=f"h_{i}")(
-                x_BxLxD, mask=mask, deterministic=deterministic, decode=decode
+                x_BxLxD,
+                mask=mask,
+                deterministic=deterministic,
+                decode_offset=offset if decode else None,
             )
         x_BxLxD = layers.Norm(lcfg, name="ln_f")(x_BxLxD)
         return x_BxLxD, wte.attend(x_BxLxD)

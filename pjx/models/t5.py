@@ -94,14 +94,21 @@ class Layer(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x_BxTxD, *, mask=None, bias=None, enc_BxSxD=None, deterministic=True, decode=False
+        self,
+        x_BxTxD,
+        *,
+        mask=None,
+        bias=None,
+        enc_BxSxD=None,
+        deterministic=True,
+        decode_offset=None,
     ):
         cfg = self.config
         h = layers.Norm(cfg, name="layer_norm")(x_BxTxD)
         qkvo = dict(names=("q", "k", "v"), out_name="o")
         if self.kind == "self":
             h = layers.Attention(cfg, **qkvo, name="SelfAttention")(
-                h, mask=mask, bias=bias, deterministic=deterministic, decode=decode
+                h, mask=mask, bias=bias, deterministic=deterministic, decode_offset=decode_offset
             )
         elif self.kind == "cross":
             h = layers.Attention(cfg, **qkvo, name="EncDecAttention")(
@@ -182,7 +189,7 @@ class Stack(nn.Module):
                 enc_BxSxD=enc_BxSxD,
                 cross_mask=cross_mask,
                 deterministic=deterministic,
-                decode=decode,
+                decode_offset=offset if (self.is_decoder and decode) else None,
             )
         x_BxTxD = layers.Norm(lcfg, name="final_layer_norm")(x_BxTxD)
         return drop(x_BxTxD, deterministic=deterministic)
@@ -195,7 +202,7 @@ class Block(nn.Module):
     is_decoder: bool
 
     @nn.compact
-    def __call__(self, x_BxTxD, *, mask, bias, enc_BxSxD, cross_mask, deterministic, decode):
+    def __call__(self, x_BxTxD, *, mask, bias, enc_BxSxD, cross_mask, deterministic, decode_offset):
         kinds = ("self", "cross", "mlp") if self.is_decoder else ("self", "mlp")
         for j, kind in enumerate(kinds):
             x_BxTxD = Layer(self.config, kind, name=f"layer_{j}")(
@@ -204,7 +211,7 @@ class Block(nn.Module):
                 bias=bias if kind == "self" else None,
                 enc_BxSxD=enc_BxSxD,
                 deterministic=deterministic,
-                decode=decode,
+                decode_offset=decode_offset,
             )
         return layers.constrain(x_BxTxD)
 
