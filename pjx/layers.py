@@ -32,7 +32,12 @@ _ACTIVATIONS = {
 # Gated variants (Shazeer 2020, "GLU Variants Improve Transformer"; T5.1.1 "gated-gelu").
 _GATED = {"gated-gelu": "gelu_new", "gated-relu": "relu"}
 
+# Activation constraints (pjx.sharding.RULES maps them to mesh axes): between blocks the
+# batch is split over data / fsdp and the width replicated; inside a block, Megatron-style
+# tensor parallelism keeps the heads and the MLP hidden units split over `tensor`.
 BLOCK_AXES = ("activation_batch", "activation_length", "activation_embed")
+HEADS_AXES = ("activation_batch", "activation_length", "activation_heads", None)
+MLP_AXES = ("activation_batch", "activation_length", "activation_mlp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,15 +99,55 @@ def layer_config_of(family_config, **fixed) -> LayerConfig:
     return LayerConfig(**shared, head_dim=head_dim, norm_eps=c.layer_norm_eps, **fixed)
 
 
-def constrain(x_BxLxD):
-    """Logical sharding constraint at a block boundary (no-op without a mesh/rules)."""
-    return nn.with_logical_constraint(x_BxLxD, BLOCK_AXES)
+def constrain(x_BxLxD, axes=BLOCK_AXES):
+    """Logical sharding constraint (BLOCK_AXES at a block boundary); a no-op outside
+    `pjx.sharding.context`, where no mesh is set."""
+    return nn.with_logical_constraint(x_BxLxD, axes)
 
 
 def normal_init(std: float | None, axes: Sequence[str | None]):
     """Normal(std) initialiser with logical axes; std=None scales by fan-in (lecun normal)."""
     init = nn.initializers.lecun_normal() if std is None else nn.initializers.normal(std)
     return nn.with_logical_partitioning(init, tuple(axes))
+
+
+class Dense(nn.Module):
+    """y = x W (+ b) over the last `n_in` dims of x; kernel [*in, *features] in float32.
+
+    The kernel is created at its full rank (DenseGeneral initialises a flat matrix and
+    reshapes it), so its logical axis names fit its shape when flax checks boxed
+    initialisers under a mesh. Fan-in scaling (`std=None`) counts every contracted dim.
+    """
+
+    features: tuple[int, ...]
+    n_in: int
+    axes: tuple[str | None, ...]  # logical names of every kernel dim
+    use_bias: bool = True
+    std: float | None = 0.02  # None: fan-in scaled (lecun normal)
+    dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x):
+        n_in, dtype = self.n_in, jnp.dtype(self.dtype)
+        shape = tuple(x.shape[-n_in:]) + tuple(self.features)
+        if self.std is None:
+            init = nn.initializers.variance_scaling(
+                1.0,
+                "fan_in",
+                "truncated_normal",
+                in_axis=tuple(range(n_in)),
+                out_axis=tuple(range(n_in, len(shape))),
+            )
+        else:
+            init = nn.initializers.normal(self.std)
+        kernel = self.param("kernel", nn.with_logical_partitioning(init, self.axes), shape)
+        contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+        y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (contract, ((), ())))
+        if self.use_bias:
+            bias_axes = tuple(self.axes)[n_in:]
+            zeros = nn.with_logical_partitioning(nn.initializers.zeros, bias_axes)
+            y = y + self.param("bias", zeros, tuple(self.features)).astype(dtype)
+        return y
 
 
 def dense(
@@ -114,21 +159,22 @@ def dense(
     axis: int | Sequence[int] = -1,
     use_bias: bool | None = None,
     std: float | None = -1.0,
-) -> nn.DenseGeneral:
-    """A DenseGeneral with logical axes; call inside a compact method (it becomes a child there).
+) -> Dense:
+    """A `Dense` with logical axes; call inside a compact method (it becomes a child there).
 
+    `axis`: the contracted input dims (-1, or (-2, -1) for an attention context [..,H,K]).
     `axes` names every kernel dim (contracted dims first, then `features`); the bias takes the
     names of the feature dims. `std` overrides `cfg.init_std` (None: fan-in scaled).
     """
     feats = (features,) if isinstance(features, int) else tuple(features)
-    return nn.DenseGeneral(
+    n_in = 1 if isinstance(axis, int) else len(tuple(axis))
+    return Dense(
         feats,
-        axis=axis,
+        n_in,
+        tuple(axes),
         use_bias=cfg.use_bias if use_bias is None else use_bias,
-        dtype=cfg.compute_dtype,
-        param_dtype=jnp.float32,
-        kernel_init=normal_init(cfg.init_std if std == -1.0 else std, axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, tuple(axes)[-len(feats) :]),
+        std=cfg.init_std if std == -1.0 else std,
+        dtype=cfg.dtype,
         name=name,
     )
 
@@ -361,6 +407,7 @@ class Attention(nn.Module):
             q = dense(cfg, (H, K), axes, name=self.names[0])(x_BxTxD)
             k = dense(cfg, (H, K), axes, name=self.names[1])(kv_BxSxD)
             v = dense(cfg, (H, K), axes, name=self.names[2])(kv_BxSxD)
+        q, k, v = (constrain(t, HEADS_AXES) for t in (q, k, v))
         if decode_offset is not None:
             k, v = self._update_cache(k, v, decode_offset)
         rate = cfg.attention_dropout_rate
@@ -376,6 +423,7 @@ class Attention(nn.Module):
             dropout_rng=rng,
             implementation=cfg.attention_impl,
         )
+        ctx_BxTxHxK = constrain(ctx_BxTxHxK, HEADS_AXES)
         if self.out_name is None:
             return ctx_BxTxHxK
         out = dense(
@@ -412,8 +460,12 @@ def mlp_in(cfg: LayerConfig, x_BxLxD, names: Sequence[str]):
             raise ValueError(f"gated activation {cfg.activation} needs two names, got {names}")
         act = _ACTIVATIONS[_GATED[cfg.activation]]
         gate = dense(cfg, cfg.mlp_dim, axes, name=names[0])(x_BxLxD)
-        return act(gate) * dense(cfg, cfg.mlp_dim, axes, name=names[1])(x_BxLxD)
-    return _ACTIVATIONS[cfg.activation](dense(cfg, cfg.mlp_dim, axes, name=names[0])(x_BxLxD))
+        h_BxLxF = act(gate) * dense(cfg, cfg.mlp_dim, axes, name=names[1])(x_BxLxD)
+    else:
+        h_BxLxF = _ACTIVATIONS[cfg.activation](
+            dense(cfg, cfg.mlp_dim, axes, name=names[0])(x_BxLxD)
+        )
+    return constrain(h_BxLxF, MLP_AXES)
 
 
 class MLP(nn.Module):

@@ -26,6 +26,9 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("activation_batch", BATCH_AXES),
     ("activation_length", None),
     ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_mlp", "tensor"),
+    ("layers", None),  # the stacked-layer axis of scanned parameters
     ("embed", "fsdp"),
     ("heads", "tensor"),
     ("mlp", "tensor"),
@@ -42,14 +45,6 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 _warned: set = set()
 log = logging.getLogger(__name__)
 
-
-# Whether the models' activation constraints (`layers.constrain`) are applied. They need
-# the mesh set globally (`jax.set_mesh`), and with it flax re-runs every boxed initialiser
-# under `eval_shape` during `apply` (its param shape check), where `nn.DenseGeneral`
-# constrains the *flat* kernel with the full rank's logical names and fails. Until
-# `layers.dense` builds its kernel at full rank, GSPMD propagates the activations'
-# shardings from the parameters and the batch instead.
-CONSTRAIN_ACTIVATIONS = False
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -84,8 +79,7 @@ def make_mesh(mesh_cfg=None, devices=None) -> jax.sharding.Mesh:
 def context(mesh):
     """Mesh + rules in scope while tracing, so the models' logical constraints apply."""
     with contextlib.ExitStack() as stack:
-        if CONSTRAIN_ACTIVATIONS:
-            stack.enter_context(jax.set_mesh(mesh))
+        stack.enter_context(jax.set_mesh(mesh))
         stack.enter_context(nn.logical_axis_rules(RULES))
         yield
 
