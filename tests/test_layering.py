@@ -29,7 +29,7 @@ LAYERS = [
     ("pjx.init_from", "pjx.convert"),
     ("pjx.config",),
     ("pjx.train",),
-    ("pjx.workdir", "pjx.run", "pjx.bench", "pjx.inference"),
+    ("pjx.workdir", "pjx.run", "pjx.bench", "pjx.inference", "pjx.plot", "pjx.explain"),
     ("pjx.cli",),
 ]
 

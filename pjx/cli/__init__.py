@@ -22,6 +22,8 @@ COMMANDS = {
     "tokenizer": ("tokenizer", "train / inspect a tokenizer"),
     "convert": ("convert", "convert Hugging Face <-> pjx checkpoints"),
     "generate": ("generate", "sample text from a trained GPT-2 workdir"),
+    "plot": ("plot", "overlay the train / eval curves of runs into an image"),
+    "explain": ("explain", "token attributions of a BERT classifier (integrated gradients)"),
 }
 
 
