@@ -179,6 +179,14 @@ def dense(
     )
 
 
+def lookup(table_NxD, ids, row_axis: str, dtype):
+    """Rows of a table at `ids`. The table's width is gathered first (FSDP shards it over
+    `embed`), so the rows can be laid out batch-major like every other activation instead of
+    inheriting the table's layout."""
+    table_NxD = nn.with_logical_constraint(table_NxD, (row_axis, None))
+    return jnp.take(table_NxD, ids, axis=0).astype(dtype)
+
+
 class Embed(nn.Module):
     """Embedding table [N,D]; `attend` gives float32 logits against it (tied heads)."""
 
@@ -197,7 +205,7 @@ class Embed(nn.Module):
         )
 
     def __call__(self, ids):
-        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+        return lookup(self.embedding, ids, self.axes[0], self.dtype)
 
     def attend(self, x_BxLxD):
         return tied_logits(x_BxLxD, self.embedding)
@@ -582,7 +590,7 @@ class LearnedPositions(nn.Module):
             (self.num_positions, self.features),
             jnp.float32,
         )
-        return jnp.take(table, position_ids_BxL, axis=0).astype(self.dtype)
+        return lookup(table, position_ids_BxL, "position", self.dtype)
 
 
 def relative_position_bucket(
