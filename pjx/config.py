@@ -298,6 +298,12 @@ def resolve(config, tokenizer=None) -> ml_collections.ConfigDict:
     fields.update(own)
     if tokenizer is not None and "vocab_size" not in fields:
         fields["vocab_size"] = int(tokenizer.vocab_size)
+    if tokenizer is not None and fields["vocab_size"] < tokenizer.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size={fields['vocab_size']} is smaller than the tokenizer's "
+            f"{tokenizer.vocab_size} ids (their embeddings would be garbage): leave "
+            "model.vocab_size unset, or use a tokenizer that fits"
+        )
     for k, v in task.model_fields(family, args).items():
         if k in own and own[k] != v:
             raise ConfigError(

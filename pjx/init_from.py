@@ -76,16 +76,30 @@ def _source_params(source) -> tuple[dict, callable, str]:
     if "params" not in meta:
         raise ValueError(f"checkpoint {step} has no 'params' in its state (found {sorted(meta)})")
     leaves = jax.tree_util.tree_flatten_with_path(meta["params"])[0]
-    saved = {ckpt.path_str(p): tuple(m.shape) for p, m in leaves}
     keypaths = {ckpt.path_str(p): p for p, _ in leaves}
+    # Paths as an unscanned model names them: a scanned run's stacked leaf [n, ...] is
+    # n parameters `stack_i/...` here, read whole and sliced.
+    origin, saved = {}, {}
+    for path, m in ((ckpt.path_str(p), m) for p, m in leaves):
+        stack = models.stack_of(path)
+        if stack is None:
+            origin[path], saved[path] = (path, None), tuple(m.shape)
+            continue
+        for i in range(m.shape[0]):
+            unstacked = f"{stack}_{i}/{path[len(stack) + 1 :]}"
+            origin[unstacked], saved[unstacked] = (path, i), tuple(m.shape[1:])
 
-    def load(wanted: dict):  # path -> sharding (or None: host numpy)
+    def load(wanted: dict):  # unstacked path -> sharding (or None: host numpy)
         # Partial restore of just these leaves of params/: the optimizer state
         # and the other params are never read.
-        item, rargs = {}, {}
+        raw = {}
         for p, sharding in wanted.items():
+            path, i = origin[p]
+            raw[path] = sharding if i is None else None
+        item, rargs = {}, {}
+        for path, sharding in raw.items():
             node_i, node_r = item.setdefault("params", {}), rargs.setdefault("params", {})
-            *parents, last = [ckpt.path_str([k]) for k in keypaths[p]]
+            *parents, last = [ckpt.path_str([k]) for k in keypaths[path]]
             for k in parents:
                 node_i, node_r = node_i.setdefault(k, {}), node_r.setdefault(k, {})
             node_i[last] = 0
@@ -98,8 +112,13 @@ def _source_params(source) -> tuple[dict, callable, str]:
             step / "state",
             args=ocp.args.PyTreeRestore(item=item, restore_args=rargs, partial_restore=True),
         )
-        flat = jax.tree_util.tree_flatten_with_path(out.get("params", {}))[0]
-        return {ckpt.path_str(p): x for p, x in flat}
+        flat = {
+            ckpt.path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(out["params"])[0]
+        }
+        return {
+            p: flat[origin[p][0]] if origin[p][1] is None else flat[origin[p][0]][origin[p][1]]
+            for p in wanted
+        }
 
     return saved, load, str(step)
 
@@ -125,14 +144,18 @@ def init_from(source, target_params, *, allow_vocab_resize: bool = False, verbos
     """
     saved, load, where = _source_params(source)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(target_params)
-    target = {ckpt.path_str(p): x for p, x in leaves}
+    raw = {ckpt.path_str(p): x for p, x in leaves}
+    # Matching is by the unscanned layout, so scanned and unscanned runs initialise each
+    # other (a scanned target is unstacked here and stacked again below).
+    scanned = any(models.stack_of(p) for p in raw)
+    target = models.unstack_layers(raw) if scanned else raw
     report = InitReport(source=where)
     exact, resize, mismatched = {}, {}, []
     for p, x in target.items():
         if p not in saved:
             report.new.append((p, tuple(x.shape)))
         elif saved[p] == tuple(x.shape):
-            exact[p] = _sharding(x)
+            exact[p] = None if scanned else _sharding(x)
             report.loaded.append((p, tuple(x.shape)))
         else:
             mismatched.append((p, saved[p], tuple(x.shape)))
@@ -172,11 +195,10 @@ def init_from(source, target_params, *, allow_vocab_resize: bool = False, verbos
         report.resized = mismatched
 
     values = load({**exact, **resize}) if (exact or resize) else {}
-    out = []
+    new = {}
     for p, x in target.items():
         if p in exact:
-            v = values[p]
-            out.append(v.astype(x.dtype) if v.dtype != x.dtype else v)
+            new[p] = values[p]
         elif p in resize:
             src = np.asarray(values[p])
             axis = next(i for i, (a, b) in enumerate(zip(src.shape, x.shape)) if a != b)
@@ -184,13 +206,18 @@ def init_from(source, target_params, *, allow_vocab_resize: bool = False, verbos
             host = np.array(x)  # fresh init for the new rows
             idx = tuple(slice(0, n) if i == axis else slice(None) for i in range(src.ndim))
             host[idx] = src[idx]
-            out.append(
-                jax.device_put(host.astype(x.dtype), _sharding(x))
-                if _sharding(x)
-                else host.astype(x.dtype)
-            )
+            new[p] = host
         else:
-            out.append(x)
+            new[p] = x
+    if scanned:
+        new = models.stack_layers(new, join=lambda xs: np.stack([np.asarray(v) for v in xs]))
+    out = []
+    for p, x in raw.items():
+        v = new[p].astype(x.dtype) if new[p].dtype != x.dtype else new[p]
+        sharding = _sharding(x)
+        if sharding is not None and getattr(v, "sharding", None) != sharding:
+            v = jax.device_put(v, sharding)
+        out.append(v)
     params = jax.tree_util.tree_unflatten(treedef, out)
     if verbose:
         log.info(report.table())
@@ -199,7 +226,12 @@ def init_from(source, target_params, *, allow_vocab_resize: bool = False, verbos
 
 # Fields that belong to the task, not the pretrained body: the fine-tuning run decides them.
 HEAD_FIELDS = ("mlm_head", "nsp_head", "num_labels", "projection_dim")
-RUNTIME_FIELDS = ("dtype", "attention_impl")  # how to compute, never what was trained
+RUNTIME_FIELDS = (
+    "dtype",
+    "attention_impl",
+    "remat",
+    "scan_layers",
+)  # how to compute, never what was trained
 
 
 def source_model(source) -> tuple[str, dict]:

@@ -46,7 +46,6 @@ _warned: set = set()
 log = logging.getLogger(__name__)
 
 
-
 def default_config() -> ml_collections.ConfigDict:
     """The `config.mesh` block: sizes of the mesh axes; one may be -1 (= the rest)."""
     return ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

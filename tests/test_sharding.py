@@ -64,8 +64,10 @@ def _batches(n=5, B=8, L=16):
         yield {"input_ids": ids, "segment_ids": seg}
 
 
-def _losses(mesh, devices):
-    s = train.build(_config(mesh), devices=devices)
+def _losses(mesh, devices, **model):
+    c = _config(mesh)
+    c.model.update(model)
+    s = train.build(c, devices=devices)
     state = train.create_state(s, seed=0)
     out = []
     with sharding.context(s.mesh):
@@ -136,7 +138,6 @@ def test_tensor_parallel_keeps_heads_and_mlp_split():
     assert 4 * 3 <= len(reduced) <= 4 * 3 + 2, reduced
 
 
-
 def test_fsdp_gathers_each_parameter_once_not_the_model():
     """data=2 x fsdp=4: parameters are gathered one at a time where they are used (each
     all-gather is one parameter's full shape, each sharded parameter gathered once), never
@@ -148,3 +149,22 @@ def test_fsdp_gathers_each_parameter_once_not_the_model():
     shapes = {f"f32[{','.join(map(str, p.shape))}]" for p in params}
     assert all(g.split("{")[0] in shapes for g in gathered), gathered
     assert len(gathered) == len(sharded)
+
+
+def test_scanned_fsdp_gathers_one_layer_at_a_time():
+    """With scan_layers the stacked [3, ...] parameters are gathered per layer inside the
+    loop: every all-gather has one layer's shape, none the stack's."""
+    text, s = _compiled_hlo(dict(data=2, fsdp=4, tensor=1), scan_layers=True)
+    stacked = [p for p in jax.tree.leaves(s.abstract_state.params) if p.ndim and p.shape[0] == 3]
+    per_layer = {f"f32[{','.join(map(str, p.shape[1:]))}]" for p in stacked}
+    gathered = {g.split("{")[0] for g in _collectives(text, "all-gather") if g.startswith("f32")}
+    assert gathered & per_layer and not any(g.startswith("f32[3,") for g in gathered), gathered
+
+
+@pytest.mark.parametrize("mesh", [dict(data=2, fsdp=4, tensor=1), dict(data=2, fsdp=2, tensor=2)])
+def test_scanned_remat_sharded_equals_single_device(mesh):
+    """A scanned, rematerialised stack on a sharded mesh trains as the plain single-device
+    model does (the scanned model's own initialisation, so its own reference)."""
+    kw = dict(scan_layers=True, remat="full")
+    ref = _losses(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1], **kw)[0]
+    np.testing.assert_allclose(_losses(mesh, jax.devices(), **kw)[0], ref, rtol=1e-5)

@@ -85,8 +85,9 @@ def _init_fn(family: str, config):
 
 
 def _shapes(family: str, config) -> dict[str, tuple]:
-    """pjx parameter path -> shape, without allocating anything."""
-    _, init = _init_fn(family, config)
+    """pjx parameter path -> shape in the unscanned layout (Hugging Face's: one module per
+    layer), without allocating anything."""
+    _, init = _init_fn(family, dataclasses.replace(config, scan_layers=False))
     abstract = jax.eval_shape(init, jax.random.key(0))
     return {p: tuple(x.shape) for p, x in traverse_util.flatten_dict(abstract, sep="/").items()}
 
@@ -134,7 +135,8 @@ def save(family: str, model_config, params, out_dir) -> Path:
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose from {sorted(FAMILIES)}")
     fam, config = FAMILIES[family], _as_config(family, model_config)
-    flat = traverse_util.flatten_dict(nn.meta.unbox(params), sep="/")
+    # Hugging Face keeps one module per layer: a scanned model's stacked layers are split.
+    flat = models.unstack_layers(traverse_util.flatten_dict(nn.meta.unbox(params), sep="/"))
     want = _shapes(family, config)
     bad = [
         f"{p}: params {tuple(np.shape(flat[p]))} vs config {s}"

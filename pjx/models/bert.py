@@ -31,6 +31,8 @@ import jax.numpy as jnp
 from pjx import layers
 
 INPUT = "tokens"  # what a batch feeds the model: token ids or images
+# Parameter paths of the layer stack(s): NAME_i unscanned, NAME (stacked) with scan_layers.
+STACKS = ("bert/encoder/layer",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +51,8 @@ class Config:
     init_std: float = 0.02
     dtype: str = "float32"
     attention_impl: str | None = None
+    remat: str = "none"  # a key of pjx.layers.REMAT_POLICIES, per layer
+    scan_layers: bool = False  # the layer stack as one nn.scan (stacked parameters)
     mlm_head: bool = True
     nsp_head: bool = False
     num_labels: int = 0  # > 0 adds the sequence-classification head
@@ -107,12 +111,20 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxLxD, mask, deterministic):
-        lcfg = self.config.layer_config()
-        for i in range(self.config.num_layers):
-            x_BxLxD = layers.EncoderLayer(lcfg, "self", name=f"layer_{i}")(
-                x_BxLxD, mask=mask, deterministic=deterministic
-            )
-        return x_BxLxD
+        cfg = self.config
+        return layers.repeat(
+            layers.EncoderLayer,
+            cfg.num_layers,
+            x_BxLxD,
+            mask,
+            None,
+            deterministic,
+            name="layer",
+            scan=cfg.scan_layers,
+            remat=cfg.remat,
+            config=cfg.layer_config(),
+            attention_name="self",
+        )
 
 
 class Pooler(nn.Module):

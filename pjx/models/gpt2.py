@@ -28,6 +28,8 @@ import jax.numpy as jnp
 from pjx import layers
 
 INPUT = "tokens"  # what a batch feeds the model: token ids or images
+# Parameter paths of the layer stack(s): NAME_i unscanned, NAME (stacked) with scan_layers.
+STACKS = ("transformer/h",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +47,8 @@ class Config:
     init_std: float = 0.02
     dtype: str = "float32"
     attention_impl: str | None = None
+    remat: str = "none"  # a key of pjx.layers.REMAT_POLICIES, per block
+    scan_layers: bool = False  # the block stack as one nn.scan (stacked parameters)
 
     @property
     def head_dim(self) -> int:
@@ -73,7 +77,7 @@ class Block(nn.Module):
     config: layers.LayerConfig
 
     @nn.compact
-    def __call__(self, x_BxLxD, *, mask, deterministic, decode_offset=None):
+    def __call__(self, x_BxLxD, mask, decode_offset, deterministic):
         cfg = self.config
         drop = nn.Dropout(cfg.dropout_rate)
         h = layers.Norm(cfg, name="ln_1")(x_BxLxD)
@@ -127,13 +131,18 @@ class Transformer(nn.Module):
         )(position_ids)
         x_BxLxD = nn.Dropout(cfg.dropout_rate)(x_BxLxD, deterministic=deterministic)
         x_BxLxD = layers.constrain(x_BxLxD)
-        for i in range(cfg.num_layers):
-            x_BxLxD = Block(lcfg, name=f"h_{i}")(
-                x_BxLxD,
-                mask=mask,
-                deterministic=deterministic,
-                decode_offset=offset if decode else None,
-            )
+        x_BxLxD = layers.repeat(
+            Block,
+            cfg.num_layers,
+            x_BxLxD,
+            mask,
+            offset if decode else None,
+            deterministic,
+            name="h",
+            scan=cfg.scan_layers,
+            remat=cfg.remat,
+            config=lcfg,
+        )
         x_BxLxD = layers.Norm(lcfg, name="ln_f")(x_BxLxD)
         return x_BxLxD, wte.attend(x_BxLxD)
 

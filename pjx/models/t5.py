@@ -36,6 +36,8 @@ import jax.numpy as jnp
 from pjx import layers
 
 INPUT = "tokens"  # what a batch feeds the model: token ids or images
+# Parameter paths of the layer stack(s): NAME_i unscanned, NAME (stacked) with scan_layers.
+STACKS = ("encoder/block", "decoder/block")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +59,8 @@ class Config:
     init_std: float | None = None  # None: fan-in scaled, close to HF T5's init
     dtype: str = "float32"
     attention_impl: str | None = None
+    remat: str = "none"  # a key of pjx.layers.REMAT_POLICIES, per block
+    scan_layers: bool = False  # each block stack as one nn.scan (stacked parameters)
     pad_token_id: int = 0
     decoder_start_token_id: int = 0
 
@@ -180,17 +184,22 @@ class Stack(nn.Module):
                 raise ValueError("encoder_segment_ids need decoder segment_ids")
         drop = nn.Dropout(cfg.dropout_rate)
         x_BxTxD = layers.constrain(drop(x_BxTxD, deterministic=deterministic))
-        n = cfg.num_decoder_layers if self.is_decoder else cfg.num_layers
-        for i in range(n):
-            x_BxTxD = Block(lcfg, self.is_decoder, name=f"block_{i}")(
-                x_BxTxD,
-                mask=mask,
-                bias=bias_1xHxTxS,
-                enc_BxSxD=enc_BxSxD,
-                cross_mask=cross_mask,
-                deterministic=deterministic,
-                decode_offset=offset if (self.is_decoder and decode) else None,
-            )
+        x_BxTxD = layers.repeat(
+            Block,
+            cfg.num_decoder_layers if self.is_decoder else cfg.num_layers,
+            x_BxTxD,
+            mask,
+            bias_1xHxTxS,
+            enc_BxSxD,
+            cross_mask,
+            offset if (self.is_decoder and decode) else None,
+            deterministic,
+            name="block",
+            scan=cfg.scan_layers,
+            remat=cfg.remat,
+            config=lcfg,
+            is_decoder=self.is_decoder,
+        )
         x_BxTxD = layers.Norm(lcfg, name="final_layer_norm")(x_BxTxD)
         return drop(x_BxTxD, deterministic=deterministic)
 
@@ -202,7 +211,7 @@ class Block(nn.Module):
     is_decoder: bool
 
     @nn.compact
-    def __call__(self, x_BxTxD, *, mask, bias, enc_BxSxD, cross_mask, deterministic, decode_offset):
+    def __call__(self, x_BxTxD, mask, bias, enc_BxSxD, cross_mask, decode_offset, deterministic):
         kinds = ("self", "cross", "mlp") if self.is_decoder else ("self", "mlp")
         for j, kind in enumerate(kinds):
             x_BxTxD = Layer(self.config, kind, name=f"layer_{j}")(

@@ -29,6 +29,8 @@ import jax.numpy as jnp
 from pjx import layers
 
 INPUT = "pixels"  # what a batch feeds the model: token ids or images
+# Parameter paths of the layer stack(s): NAME_i unscanned, NAME (stacked) with scan_layers.
+STACKS = ("vit/encoder/layer",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +49,8 @@ class Config:
     init_std: float = 0.02
     dtype: str = "float32"
     attention_impl: str | None = None
+    remat: str = "none"  # a key of pjx.layers.REMAT_POLICIES, per layer
+    scan_layers: bool = False  # the layer stack as one nn.scan (stacked parameters)
     pooling: str = "cls"  # "cls" | "gap" (global average pool; no class token)
     use_pooler: bool = False  # HF ViTModel's dense+tanh pooler
     num_labels: int = 0
@@ -167,12 +171,20 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxNxD, deterministic):
-        lcfg = self.config.layer_config()
-        for i in range(self.config.num_layers):
-            x_BxNxD = layers.EncoderLayer(lcfg, "attention", name=f"layer_{i}")(
-                x_BxNxD, deterministic=deterministic
-            )
-        return x_BxNxD
+        cfg = self.config
+        return layers.repeat(
+            layers.EncoderLayer,
+            cfg.num_layers,
+            x_BxNxD,
+            None,
+            None,
+            deterministic,
+            name="layer",
+            scan=cfg.scan_layers,
+            remat=cfg.remat,
+            config=cfg.layer_config(),
+            attention_name="attention",
+        )
 
 
 class ProjectionHead(nn.Module):

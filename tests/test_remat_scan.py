@@ -1,0 +1,150 @@
+"""model.remat and model.scan_layers in every family: remat keeps the gradients, a scanned
+stack computes what the unscanned one does (parameters stacked / unstacked in one place,
+pjx.models.stack_layers), and scanned and unscanned runs initialise each other and export
+to Hugging Face alike. bfloat16 compute keeps float32 parameters and finite gradients."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from pjx import config as config_lib
+from pjx import hf, models, run, tasks
+from pjx.init_from import init_from
+
+SMALL = dict(num_layers=2, hidden_size=32, num_heads=2, mlp_dim=64, dropout_rate=0.0)
+FAMILIES = {
+    "bert": dict(SMALL, vocab_size=64, num_labels=3, attention_dropout_rate=0.0),
+    "gpt2": dict(SMALL, vocab_size=64, max_position_embeddings=16, attention_dropout_rate=0.0),
+    "t5": dict(SMALL, num_decoder_layers=2, head_dim=16, vocab_size=64, attention_dropout_rate=0.0),
+    "vit": dict(SMALL, image_size=8, patch_size=4, num_channels=1, num_labels=3),
+}
+TASK = {"bert": "classify", "gpt2": "clm", "t5": "seq2seq", "vit": "classify"}
+
+
+def _setup(family, **fields):
+    model = models.create(family, "tiny", **{**FAMILIES[family], **fields})
+    inputs = models.example_inputs(family, model.config, 2, 8)
+    params = nn.meta.unbox(model.init(jax.random.key(0), **inputs)["params"])
+    return model, params
+
+
+def _batch(family, model):
+    c = config_lib.base_config()
+    c.model.name, c.task, c.batch_size, c.data.seq_len = family, TASK[family], 2, 8
+    from pjx import bench  # the synthetic batch of the task's spec
+
+    return bench.synthetic_batch(c, model.config, seed=1)
+
+
+def _grads(family, model, params, batch):
+    task = tasks.get(TASK[family])
+    fn = lambda p: task.loss(model, p, batch, jax.random.key(3), train=True)[0]
+    return jax.jit(jax.value_and_grad(fn))(params)
+
+
+def _flat(tree):
+    return traverse_util.flatten_dict(tree, sep="/")
+
+
+def _stack(params):
+    return traverse_util.unflatten_dict(models.stack_layers(_flat(params)), sep="/")
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
+def test_remat_keeps_the_gradients(family, policy):
+    model, params = _setup(family)
+    batch = _batch(family, model)
+    loss, grads = _grads(family, model, params, batch)
+    remat = models.create(family, "tiny", **FAMILIES[family], remat=policy)
+    loss_r, grads_r = _grads(family, remat, params, batch)
+    np.testing.assert_allclose(loss_r, loss, rtol=1e-6)
+    for k, g in _flat(grads).items():
+        np.testing.assert_allclose(_flat(grads_r)[k], g, rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+def test_unknown_remat_policy_names_the_choices():
+    with pytest.raises(ValueError, match="model.remat='some'.*dots_no_batch"):
+        models.make_config("gpt2", "tiny", remat="some")
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_scanned_stack_equals_the_unscanned_one(family):
+    model, params = _setup(family)
+    scanned, scanned_init = _setup(family, scan_layers=True)
+    stacked = _stack(params)
+    shapes = lambda t: jax.tree.map(lambda x: x.shape, t)
+    assert shapes(stacked) == shapes(scanned_init)  # the scanned model's own layout
+    assert _flat(params).keys() == models.unstack_layers(_flat(scanned_init)).keys()
+    batch = _batch(family, model)
+    loss, grads = _grads(family, model, params, batch)
+    loss_s, grads_s = _grads(family, scanned, stacked, batch)
+    np.testing.assert_allclose(loss_s, loss, rtol=1e-5)
+    unstacked = models.unstack_layers(_flat(grads_s))
+    for k, g in _flat(grads).items():
+        np.testing.assert_allclose(unstacked[k], g, rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_scanned_model_exports_to_hugging_face_as_unscanned(family, tmp_path):
+    heads = {"mlm_head": False} if family == "bert" else {}  # one head: a classifier
+    scanned, params = _setup(family, scan_layers=True, **heads)
+    hf.save(family, scanned.config, params, tmp_path)
+    model, loaded = hf.load(tmp_path)
+    assert not model.config.scan_layers
+    inputs = models.example_inputs(family, model.config, 2, 8)
+    inputs["input_ids"] = jnp.arange(16, dtype=jnp.int32).reshape(2, 8) % 60 + 3
+    want = scanned.apply({"params": params}, **inputs)["logits"]
+    np.testing.assert_allclose(model.apply({"params": loaded}, **inputs)["logits"], want, atol=1e-5)
+
+
+def _gpt2_run(tmp_path, name, **model):
+    c = config_lib.base_config()
+    c.model.name, c.task = "gpt2", "clm"
+    fields = {k: v for k, v in FAMILIES["gpt2"].items() if k != "vocab_size"}  # the tokenizer's
+    c.model.update(dict(fields, **model))
+    c.data.source, c.eval_data.source = "embedded[:40%]", ""
+    c.data.tokenizer, c.data.seq_len = "byte", 16
+    c.batch_size, c.steps, c.progress = 4, 1, False
+    c.mesh.data = 1
+    run.train(c, str(tmp_path / name), devices=jax.devices()[:1])
+    return tmp_path / name
+
+
+def test_unscanned_and_scanned_runs_initialise_each_other(tmp_path):
+    plain = _gpt2_run(tmp_path, "plain")
+    scanned_run = _gpt2_run(tmp_path, "scanned", scan_layers=True)
+    vocab = dict(vocab_size=256)  # the byte tokenizer's
+    _, fresh_scanned = _setup("gpt2", scan_layers=True, **vocab)
+    _, fresh_plain = _setup("gpt2", **vocab)
+    into_scanned, report = init_from(plain, fresh_scanned, verbose=False)
+    assert not report.new and not report.dropped
+    into_plain, report = init_from(scanned_run, fresh_plain, verbose=False)
+    assert not report.new and not report.dropped
+    # Round trip: plain -> scanned -> (unstacked) equals plain's own parameters.
+    source, _ = init_from(plain, fresh_plain, verbose=False)
+    back = models.unstack_layers(_flat(into_scanned))
+    for k, v in _flat(source).items():
+        np.testing.assert_array_equal(np.asarray(back[k]), np.asarray(v), err_msg=k)
+    assert _flat(into_plain).keys() == _flat(fresh_plain).keys()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_bfloat16_compute_keeps_float32_parameters(family):
+    model, params = _setup(family)
+    bf16 = models.create(family, "tiny", **FAMILIES[family], dtype="bfloat16")
+    batch = _batch(family, model)
+    loss, _ = _grads(family, model, params, batch)
+    loss_bf, grads_bf = _grads(family, bf16, params, batch)
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads_bf))
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads_bf))
+    assert loss_bf.dtype == jnp.float32
+    np.testing.assert_allclose(loss_bf, loss, rtol=3e-2)
+    assert dataclasses.replace(bf16.config, dtype="float32") == model.config
