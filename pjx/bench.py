@@ -9,23 +9,14 @@ after each one; `step_s` is the median. On accelerators whose peak is in `PEAK_T
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import math
-import os
 import statistics
 import time
 
 import jax
 import numpy as np
 
-from pjx import config as config_lib
-from pjx import data, sharding, tasks, tokenizers, train
-from pjx import workdir as workdir_lib
-from pjx.data import cache
-from pjx.tokenizers import parse_spec
-
-log = logging.getLogger(__name__)
+from pjx import sharding, tasks, train
 
 # Dense bfloat16 peak TFLOP/s per device (vendor data sheets, no sparsity), matched as a
 # substring of `device.device_kind`; the longest match wins ("H100 PCIe" before "H100").
@@ -98,10 +89,10 @@ def mfu(tokens_per_s: float, flops_per_tok: float, peak_tflops_per_device: float
 def synthetic_batch(config, model_config, seed: int = 0) -> dict:
     """A process-local NumPy batch (batch_size / process_count rows) shaped like the
     task's (`Task.batch_spec`), filled with random ids / labels / pixels."""
-    task = tasks.get(config.task)
-    rows = int(config.batch_size) // jax.process_count()
-    args = task.args(config.task_args.to_dict())
-    spec = task.batch_spec(rows, config.data, model_config, args)
+    task = tasks.get(config["task"])
+    rows = int(config["batch_size"]) // jax.process_count()
+    args = task.args(dict(config["task_args"]))
+    spec = task.batch_spec(rows, config["data"], model_config, args)
     rng = np.random.RandomState(seed)
     vocab = int(getattr(model_config, "vocab_size", 0))
     return {k: _fill(rng, s, vocab) for k, s in spec.items()}
@@ -122,48 +113,10 @@ def _fill(rng, spec: tasks.Spec, vocab: int) -> np.ndarray:
 
 def tokens_per_example(config, model_config) -> int:
     """Sequence positions one example puts through the model (ViT: patches (+ [CLS]))."""
-    if config.model.name == "vit":
+    if config["model"]["name"] == "vit":
         n = model_config.max_position_embeddings
-        return 2 * n if config.task == "contrastive" else n
-    return int(config.data.seq_len)
-
-
-# ----------------------------------------------------------------------------- config
-def first_stage(config):
-    """A chained config's first stage (the pretraining one); the config itself otherwise."""
-    if config.get("stages"):
-        return config_lib.stage_configs(config, "", ())[0][1]
-    return config
-
-
-def load_tokenizer(config):
-    """The config's tokenizer when it is a file (`sentencepiece:PATH`, a folder, ...), for
-    its vocabulary size and special ids; None for `train:` specs or when it cannot load."""
-    spec = config.data.get("tokenizer", "") or ""
-    if not spec or spec.startswith("train:"):
-        return None
-    try:
-        return tokenizers.load(spec)
-    except Exception as e:  # noqa: BLE001 - bench still runs on the config's sizes
-        log.warning(f"pjx bench: tokenizer {spec!r} not loaded ({e}); using the model's vocab size")
-        return None
-
-
-def prepare_config(config, tokenizer=None):
-    """Bench-ready copy: first stage, vocab size from a `train:` tokenizer spec, MLM ids."""
-    config = config_lib.apply_overrides(first_stage(config), ())
-    spec = config.data.get("tokenizer", "") or ""
-    vocab = parse_spec(spec).params.get("vocab_size") if spec.startswith("train:") else None
-    if tokenizer is None and vocab and config.model.get("vocab_size") is None:
-        config_lib.set_key(config, "model.vocab_size", vocab, parse=False)
-    if config.task == "mlm" and tokenizer is None:
-        for key, value in MLM_DEFAULTS.items():
-            if config.task_args.get(key) is None:
-                config_lib.set_key(config, f"task_args.{key}", value, parse=False)
-    if config.task == "classify" and int(config.model.get("num_labels", 0) or 0) <= 0:
-        n = 10 if config.model.name == "vit" else 2
-        config_lib.set_key(config, "model.num_labels", n, parse=False)
-    return config
+        return 2 * n if config["task"] == "contrastive" else n
+    return int(config["data"]["seq_len"])
 
 
 def _device_info() -> dict:
@@ -185,14 +138,42 @@ def _versions() -> dict:
 
 
 # ------------------------------------------------------------------------------- bench
-def run(config, *, steps: int = 10, warmup: int = 2, num_batches: int = 2) -> dict:
-    """Times the config's train step; returns the result dict (`pjx bench` prints it as
+def memory(compiled) -> dict:
+    """XLA's per-device byte estimates of a compiled step (what a CPU can measure): the
+    arguments (state + batch), outputs, temporaries and generated code; {} if the backend
+    gives none."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        return {}
+    names = ("argument", "output", "temp", "generated_code", "alias")
+    return {f"{n}_bytes": int(getattr(m, f"{n}_size_in_bytes", 0)) for n in names if m}
+
+
+def compile_only(config, *, tokenizer=None) -> dict:
+    """Compiles the train step of a resolved `config` without running it: compile time and
+    XLA's memory estimates (`temp_bytes`, `argument_bytes`, ...), plus the shapes."""
+    s = train.build(config, tokenizer=tokenizer)
+    batch = synthetic_batch(s.config, s.model.config)
+    t0 = time.perf_counter()
+    compiled = train.compile_step(s, batch)
+    return {
+        "compile_s": time.perf_counter() - t0,
+        **memory(compiled),
+        **_describe(s),
+        **_device_info(),
+        **_versions(),
+    }
+
+
+def run(config, *, tokenizer=None, steps: int = 10, warmup: int = 2, num_batches: int = 2) -> dict:
+    """Times the train step of a resolved `config` (`pjx.config.resolve`, or a plain dict
+    with its keys) on synthetic batches; returns the result dict (`pjx bench` prints it as
     JSON). Batches are process-local: `batch_size / process_count` rows per process."""
-    tokenizer = load_tokenizer(config)
-    s = train.build(prepare_config(config, tokenizer), tokenizer=tokenizer)
+    s = train.build(config, tokenizer=tokenizer)
     config, mcfg = s.config, s.model.config
     batches = [synthetic_batch(config, mcfg, seed=i) for i in range(max(num_batches, 1))]
-    state = train.create_state(s, config.seed)
+    state = train.create_state(s, config["seed"])
     jax.block_until_ready(state)
 
     t0 = time.perf_counter()
@@ -214,10 +195,9 @@ def run(config, *, steps: int = 10, warmup: int = 2, num_batches: int = 2) -> di
         raise RuntimeError(f"pjx bench: loss is {loss} after {warmup + steps} steps")
 
     step_s = statistics.median(times)
-    B = int(config.batch_size)
+    B = int(config["batch_size"])
     seq = tokens_per_example(config, mcfg)
     tokens_per_s = B * seq / step_s
-    n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(s.abstract_state.params))
     n_matmul = matmul_params(s.abstract_state.params)
     layers = int(getattr(mcfg, "num_layers", 0)) + int(getattr(mcfg, "num_decoder_layers", 0))
     fpt = flops_per_token(n_matmul, layers, seq, int(mcfg.hidden_size))
@@ -229,17 +209,14 @@ def run(config, *, steps: int = 10, warmup: int = 2, num_batches: int = 2) -> di
         "step_s_min": min(times),
         "step_s_max": max(times),
         "compile_s": compile_s,
-        "params": n_params,
         "matmul_params": n_matmul,
         "flops_per_token": fpt,
         "model_tflops_per_s": tokens_per_s * fpt / 1e12,
+        **memory(compiled),
+        **_peak_memory(),
         **info,
         **_versions(),
-        "model": f"{config.model.name}/{config.model.size}",
-        "task": config.task,
-        "dtype": str(getattr(mcfg, "dtype", "float32")),
-        "attention_impl": getattr(mcfg, "attention_impl", None) or "default",
-        "batch_size": B,
+        **_describe(s),
         "seq_len": seq,
         "steps": steps,
         "warmup": warmup,
@@ -253,6 +230,28 @@ def run(config, *, steps: int = 10, warmup: int = 2, num_batches: int = 2) -> di
     return out
 
 
+def _describe(s) -> dict:
+    """What was measured: model, task, shapes, precision, attention, remat / scan."""
+    c, m = s.config, s.model.config
+    return {
+        "model": f"{c['model']['name']}/{c['model']['size']}",
+        "task": c["task"],
+        "params": sum(math.prod(x.shape) for x in jax.tree.leaves(s.abstract_state.params)),
+        "batch_size": int(c["batch_size"]),
+        "seq_len": tokens_per_example(c, m),
+        "dtype": str(getattr(m, "dtype", "float32")),
+        "attention_impl": getattr(m, "attention_impl", None) or "default",
+        "remat": getattr(m, "remat", "none"),
+        "scan_layers": bool(getattr(m, "scan_layers", False)),
+    }
+
+
+def _peak_memory() -> dict:
+    """Peak device memory in use so far (GPU / TPU report it; the CPU does not)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    return {"peak_bytes": int(stats["peak_bytes_in_use"])} if "peak_bytes_in_use" in stats else {}
+
+
 def human_line(r: dict) -> str:
     line = (
         f"pjx bench {r['model']} {r['task']} B={r['batch_size']} L={r['seq_len']} "
@@ -263,67 +262,3 @@ def human_line(r: dict) -> str:
     if "mfu" in r:
         line += f" | MFU {100 * r['mfu']:.1f}% of {r['peak']}"
     return line
-
-
-# --------------------------------------------------------------------- input pipeline
-def _pipeline_tokenizer(config, data_cfg):
-    """The run's tokenizer, as `pjx train` builds it; a `train:` spec trains once into a
-    folder of the data cache (there is no workdir)."""
-    spec = data_cfg.get("tokenizer", "") or ""
-    key = f"{spec}|{data_cfg.source}|{config.model.name}"
-    key = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return workdir_lib.build_tokenizer(
-        config, os.path.join(cache.root(data_cfg), f"bench-tokenizer-{key}")
-    )
-
-
-def bench_pipeline(config, steps: int = 200, tokenizer=None) -> dict:
-    """Builds `config`'s training pipeline (encoding into the cache if needed), then times
-    `steps` batches. Returns tokens_per_s (row positions incl. padding), real_tokens_per_s
-    (non-padding), examples_per_s, batch_s, cache_s, first_batch_s."""
-    config = config_lib.resolve_data(first_stage(config))
-    cfg = data.with_defaults(config.data)
-    t0 = time.perf_counter()
-    tok = tokenizer if tokenizer is not None else _pipeline_tokenizer(config, cfg)
-    it = data.build(
-        cfg,
-        task=config.task,
-        task_args=config.task_args.to_dict(),
-        model=config.model.name,
-        tokenizer=tok,
-        batch_size=int(config.batch_size),
-        seed=int(config.seed),
-        train=True,
-        num_labels=int(config.model.get("num_labels", 0) or 0),
-    )
-    t1 = time.perf_counter()
-    first = next(it)
-    t2 = time.perf_counter()
-    real = 0
-    for _ in range(int(steps)):
-        batch = next(it)
-        if "segment_ids" in batch:
-            real += int(np.count_nonzero(batch["segment_ids"]))
-        elif "attention_mask" in batch:
-            real += int(np.count_nonzero(batch["attention_mask"]))
-    dt = time.perf_counter() - t2
-    ids = first.get("input_ids")
-    rows = len(next(iter(first.values())))
-    tokens = int(ids.size) * int(steps) if ids is not None else 0
-    out = {
-        "examples_per_s": rows * int(steps) / dt,
-        "batch_s": dt / max(int(steps), 1),
-        "cache_s": t1 - t0,
-        "first_batch_s": t2 - t1,
-        "steps": int(steps),
-        "batch_size": rows,
-        "task": config.task,
-        "source": cfg.source,
-        "num_threads": int(cfg.num_threads),
-        "worker_count": int(cfg.worker_count),
-    }
-    if ids is not None:
-        out["seq_len"] = int(ids.shape[1])
-        out["tokens_per_s"] = tokens / dt
-        out["real_tokens_per_s"] = (real or tokens) / dt
-    return out

@@ -55,8 +55,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 0  # 0 = batch_size
     c.steps = 1000
     c.seed = 0
-    c.optimizer = optim.default_config()
-    c.mesh = sharding.default_config()
+    c.optimizer = ml_collections.ConfigDict(optim.DEFAULTS)
+    c.mesh = ml_collections.ConfigDict(sharding.MESH_DEFAULTS)
     c.log_every = 50
     c.eval_every = 0  # 0 = only at the end
     c.eval_steps = 0  # 0 = the whole eval set

@@ -13,7 +13,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -22,34 +21,31 @@ SCHEDULES = ("cosine", "linear", "constant")
 NO_DECAY_NAMES = ("bias", "scale")
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """The `config.optimizer` block and its defaults."""
-    return ml_collections.ConfigDict(
-        dict(
-            lr=1e-4,
-            warmup_steps=0,
-            schedule="cosine",  # cosine | linear | constant (after warm-up)
-            decay_steps=0,  # steps of warm-up + decay; 0 = the run's `steps`
-            end_lr=0.0,  # absolute final lr ...
-            end_lr_fraction=None,  # ... or a fraction of `lr` (wins when set)
-            b1=0.9,
-            b2=0.999,
-            eps=1e-8,
-            weight_decay=0.01,
-            clip_norm=1.0,  # global-norm clipping; 0 disables
-            accum_steps=1,  # micro-batches per step (scanned inside the jitted step)
-            mu_dtype="float32",  # "bfloat16" halves the first-moment memory
-            # Regex on parameter paths ("vit/encoder/layer_0/..."): matching parameters get
-            # no update and no optimizer state (linear probe: freeze="^(?!classifier)").
-            freeze="",
-        )
-    )
+# The `config.optimizer` block and its defaults (pjx.config holds it as a ConfigDict).
+DEFAULTS = dict(
+    lr=1e-4,
+    warmup_steps=0,
+    schedule="cosine",  # cosine | linear | constant (after warm-up)
+    decay_steps=0,  # steps of warm-up + decay; 0 = the run's `steps`
+    end_lr=0.0,  # absolute final lr ...
+    end_lr_fraction=None,  # ... or a fraction of `lr` (wins when set)
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    weight_decay=0.01,
+    clip_norm=1.0,  # global-norm clipping; 0 disables
+    accum_steps=1,  # micro-batches per step (scanned inside the jitted step)
+    mu_dtype="float32",  # "bfloat16" halves the first-moment memory
+    # Regex on parameter paths ("vit/encoder/layer_0/..."): matching parameters get
+    # no update and no optimizer state (linear probe: freeze="^(?!classifier)").
+    freeze="",
+)
 
 
 def schedule(opt_cfg, total_steps: int) -> Callable[[Any], Any]:
     """Linear warm-up from 0 to `lr`, then cosine / linear / constant decay to the end lr."""
-    lr = float(opt_cfg.lr)
-    warmup = int(opt_cfg.warmup_steps)
+    lr = float(opt_cfg["lr"])
+    warmup = int(opt_cfg["warmup_steps"])
     total = int(opt_cfg.get("decay_steps", 0) or total_steps)
     frac = opt_cfg.get("end_lr_fraction", None)
     end = lr * float(frac) if frac is not None else float(opt_cfg.get("end_lr", 0.0))
@@ -110,15 +106,15 @@ def _make_trainable(opt_cfg, total_steps: int):
     mu_dtype = jnp.dtype(opt_cfg.get("mu_dtype", "float32") or "float32")
     parts = []
     if opt_cfg.get("clip_norm", 0.0):
-        parts.append(optax.clip_by_global_norm(float(opt_cfg.clip_norm)))
+        parts.append(optax.clip_by_global_norm(float(opt_cfg["clip_norm"])))
     parts.append(
         optax.adamw(
             lr_fn,
-            b1=float(opt_cfg.b1),
-            b2=float(opt_cfg.b2),
-            eps=float(opt_cfg.eps),
+            b1=float(opt_cfg["b1"]),
+            b2=float(opt_cfg["b2"]),
+            eps=float(opt_cfg["eps"]),
             mu_dtype=None if mu_dtype == jnp.float32 else mu_dtype,
-            weight_decay=float(opt_cfg.weight_decay),
+            weight_decay=float(opt_cfg["weight_decay"]),
             mask=decay_mask,
         )
     )

@@ -13,7 +13,6 @@ import math
 
 import flax.linen as nn
 import jax
-import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -46,15 +45,14 @@ _warned: set = set()
 log = logging.getLogger(__name__)
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """The `config.mesh` block: sizes of the mesh axes; one may be -1 (= the rest)."""
-    return ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+# The `config.mesh` block: sizes of the mesh axes; one may be -1 (= the rest).
+MESH_DEFAULTS = dict(data=-1, fsdp=1, tensor=1)
 
 
 def make_mesh(mesh_cfg=None, devices=None) -> jax.sharding.Mesh:
     """A (data, fsdp, tensor) mesh over `devices` (default: all)."""
     devices = list(devices if devices is not None else jax.devices())
-    mesh_cfg = mesh_cfg or default_config()
+    mesh_cfg = mesh_cfg or MESH_DEFAULTS
     sizes = [int(mesh_cfg.get(a, 1)) for a in MESH_AXES]
     if sizes.count(-1) > 1:
         raise ValueError(f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}")

@@ -24,7 +24,6 @@ import numpy as np
 import optax
 
 from pjx import checkpoint, models, optim, sharding, tasks
-from pjx import config as config_lib
 from pjx.metrics_log import MetricsLog
 
 log = logging.getLogger(__name__)
@@ -101,18 +100,19 @@ class Setup:
 
 
 def build(config, *, tokenizer=None, mesh=None, devices=None) -> Setup:
-    """The model, task, optimizer and jitted steps of `config` (resolved here, once more
-    if it already is: `pjx.config.resolve` is idempotent)."""
-    config = config_lib.resolve(config, tokenizer)
-    fields = {k: v for k, v in config.model.items() if k not in ("name", "size")}
-    model = models.create(config.model.name, config.model.size, **fields)
-    task = tasks.get(config.task)
-    args = task.runtime_args(config.task_args.to_dict(), tokenizer, model.config)
-    loss_fn = functools.partial(task.loss, **args)
-    tx, lr_fn = optim.make(config.optimizer, config.steps)
-    mesh = mesh or sharding.make_mesh(config.mesh, devices)
+    """The model, task, optimizer and jitted steps of a resolved config (`pjx.config.resolve`;
+    any mapping with its keys will do: read by key, so plain dicts work without
+    ml_collections, as on a bare accelerator host)."""
+    model_cfg = config["model"]
+    fields = {k: v for k, v in model_cfg.items() if k not in ("name", "size")}
+    model = models.create(model_cfg["name"], model_cfg["size"], **fields)
+    task = tasks.get(config["task"])
+    args = task.args(dict(config["task_args"]))
+    loss_fn = functools.partial(task.loss, **task.runtime_args(args, tokenizer, model.config))
+    tx, lr_fn = optim.make(config["optimizer"], config["steps"])
+    mesh = mesh or sharding.make_mesh(config["mesh"], devices)
     inputs = models.example_inputs(
-        config.model.name, model.config, 1, config.data.get("seq_len") or None
+        model_cfg["name"], model.config, 1, config["data"].get("seq_len") or None
     )
 
     def init_params(rng):
@@ -135,14 +135,14 @@ def build(config, *, tokenizer=None, mesh=None, devices=None) -> Setup:
         opt_state=sharding.mirror_shardings(abstract.opt_state, abstract.params, param_sh, mesh),
         rng=repl,
     )
-    batch_sh = sharding.batch_sharding(mesh, config.batch_size)
+    batch_sh = sharding.batch_sharding(mesh, config["batch_size"])
     step = functools.partial(
         train_step,
         model=model,
         loss_fn=loss_fn,
         tx=tx,
         lr_fn=lr_fn,
-        accum_steps=int(config.optimizer.get("accum_steps", 1) or 1),
+        accum_steps=int(config["optimizer"].get("accum_steps", 1) or 1),
         batch_sharding=batch_sh,
     )
     return Setup(
@@ -191,7 +191,8 @@ def describe(s: Setup) -> str:
     pb = sharding.per_device_bytes(s.abstract_state.params, s.state_shardings.params)
     ob = sharding.per_device_bytes(s.abstract_state.opt_state, s.state_shardings.opt_state)
     return (
-        f"{sharding.describe(s.mesh)}\nmodel {s.config.model.name}/{s.config.model.size}: "
+        f"{sharding.describe(s.mesh)}\nmodel {s.config['model']['name']}/"
+        f"{s.config['model']['size']}: "
         f"{params:,} parameters; per device: params {pb / 2**20:.2f} MiB, "
         f"optimizer state {ob / 2**20:.2f} MiB"
     )

@@ -11,9 +11,7 @@ from pjx import models, optim, tasks
 
 
 def _opt(**kw):
-    c = optim.default_config()
-    c.update(kw)
-    return c
+    return {**optim.DEFAULTS, **kw}
 
 
 @pytest.mark.parametrize(

@@ -67,7 +67,7 @@ class Classify(base.Task):
         base.require_text(ex, self.name)
         cls_id = base.special_id(tokenizer, "cls", self.name)
         sep_id = base.special_id(tokenizer, "sep", self.name)
-        L = int(data_cfg.seq_len)
+        L = int(data_cfg["seq_len"])
         a = packing.tokenize(tokenizer, ex.texts)
         b = packing.tokenize(tokenizer, ex.texts_b) if ex.texts_b is not None else None
         n = len(a)
@@ -107,6 +107,6 @@ class Classify(base.Task):
         if hasattr(model_config, "image_size"):
             S, C = model_config.image_size, model_config.num_channels
             return {"pixel_values": base.Spec((B, S, S, C), "float32", "pixels")} | label
-        L = int(data_cfg.seq_len)
+        L = int(data_cfg["seq_len"])
         spec = base.ids_spec(B, L, "input_ids") | base.ids_spec(B, L, "attention_mask", fill="ones")
         return spec | base.ids_spec(B, L, "token_type_ids", fill="zeros") | label

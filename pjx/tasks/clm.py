@@ -52,18 +52,18 @@ class CLM(base.Task):
 
     def encode(self, ex, tokenizer, data_cfg, args, seed):
         base.require_text(ex, self.name)
-        docs = packing.tokenize(tokenizer, packing.documents(ex, data_cfg.pack == "stream"))
+        docs = packing.tokenize(tokenizer, packing.documents(ex, data_cfg.get("pack") == "stream"))
         eos = getattr(tokenizer, "eos_id", None)
         doc_end = [] if eos is None else [int(eos)]
         return packing.pack(
-            docs, int(data_cfg.seq_len), doc_end=doc_end, pad_id=base.pad_id(tokenizer)
+            docs, int(data_cfg["seq_len"]), doc_end=doc_end, pad_id=base.pad_id(tokenizer)
         )
 
     def make_batch(self, rows, rng, data_cfg, train) -> dict:
         return {k: rows[k] for k in ("input_ids", "segment_ids", "position_ids")}
 
     def batch_spec(self, batch_size, data_cfg, model_config, args) -> dict:
-        B, L = batch_size, int(data_cfg.seq_len)
+        B, L = batch_size, int(data_cfg["seq_len"])
         return (
             base.ids_spec(B, L, "input_ids")
             | base.ids_spec(B, L, "segment_ids", fill="ones")

@@ -108,11 +108,11 @@ class MLM(base.Task):
 
     def encode(self, ex, tokenizer, data_cfg, args, seed):
         base.require_text(ex, self.name)
-        docs = packing.tokenize(tokenizer, packing.documents(ex, data_cfg.pack == "stream"))
+        docs = packing.tokenize(tokenizer, packing.documents(ex, data_cfg.get("pack") == "stream"))
         cls_id = base.special_id(tokenizer, "cls", self.name)
         sep_id = base.special_id(tokenizer, "sep", self.name)
         pad = base.pad_id(tokenizer)
-        L = int(data_cfg.seq_len)
+        L = int(data_cfg["seq_len"])
         if args["nsp"]:
             return packing.nsp_pairs(docs, L, cls_id=cls_id, sep_id=sep_id, pad_id=pad, seed=seed)
         return packing.pack(docs, L, prefix=[cls_id], suffix=[sep_id], pad_id=pad)
@@ -131,7 +131,7 @@ class MLM(base.Task):
         return out
 
     def batch_spec(self, batch_size, data_cfg, model_config, args) -> dict:
-        B, L = batch_size, int(data_cfg.seq_len)
+        B, L = batch_size, int(data_cfg["seq_len"])
         spec = base.ids_spec(B, L, "input_ids")
         spec |= base.ids_spec(B, L, "attention_mask", "segment_ids", fill="ones")
         spec |= base.ids_spec(B, L, "token_type_ids", fill="zeros")

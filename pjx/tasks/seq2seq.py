@@ -95,7 +95,7 @@ class Seq2Seq(base.Task):
         if ex.targets is None:
             ex = text_to_text(ex, data_cfg.get("preset", ""))
         eos = base.special_id(tokenizer, "eos", self.name)
-        L = int(data_cfg.seq_len)
+        L = int(data_cfg["seq_len"])
         T = int(data_cfg.get("target_len", 0) or L)
         out = {}
         for key, texts, n, mask_key in (
@@ -112,7 +112,7 @@ class Seq2Seq(base.Task):
         return out
 
     def batch_spec(self, batch_size, data_cfg, model_config, args) -> dict:
-        B, L = batch_size, int(data_cfg.seq_len)
+        B, L = batch_size, int(data_cfg["seq_len"])
         T = int(data_cfg.get("target_len", 0) or L)
         spec = base.ids_spec(B, L, "input_ids") | base.ids_spec(B, L, "attention_mask", fill="ones")
         spec |= base.ids_spec(B, T, "labels")

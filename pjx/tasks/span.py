@@ -81,11 +81,11 @@ class Span(base.Task):
 
     def encode(self, ex, tokenizer, data_cfg, args, seed):
         base.require_text(ex, self.name)
-        docs = packing.tokenize(tokenizer, packing.documents(ex, data_cfg.pack == "stream"))
-        return packing.concat_rows(docs, int(data_cfg.seq_len))
+        docs = packing.tokenize(tokenizer, packing.documents(ex, data_cfg.get("pack") == "stream"))
+        return packing.concat_rows(docs, int(data_cfg["seq_len"]))
 
     def make_batch(self, rows, rng, data_cfg, train) -> dict:
         return {"input_ids": rows["input_ids"]}
 
     def batch_spec(self, batch_size, data_cfg, model_config, args) -> dict:
-        return base.ids_spec(batch_size, int(data_cfg.seq_len), "input_ids")
+        return base.ids_spec(batch_size, int(data_cfg["seq_len"]), "input_ids")
