@@ -329,6 +329,32 @@ def decode_state(module: nn.Module, attention_mask_BxT, batch: int, length: int)
 # --------------------------------------------------------------------------- attention
 
 
+CUDNN_DTYPES = ("bfloat16", "float16")
+
+
+def attention_implementation(requested: str | None, dtype, backend: str | None = None) -> str:
+    """The attention kernel to run: `requested` ("xla" | "cudnn") when it can run, else an
+    error saying why; None picks cuDNN's flash attention where it can run (an NVIDIA GPU,
+    bfloat16 / float16 compute) and XLA's fused attention elsewhere."""
+    backend = backend or jax.default_backend()
+    problem = None
+    if backend != "gpu":
+        problem = f"cuDNN attention runs on NVIDIA GPUs, and this backend is {backend!r}"
+    elif jnp.dtype(dtype).name not in CUDNN_DTYPES:
+        problem = (
+            f"cuDNN flash attention takes {' / '.join(CUDNN_DTYPES)} inputs, not "
+            f"{jnp.dtype(dtype).name}: set model.dtype=bfloat16"
+        )
+    if requested == "cudnn" and problem:
+        raise ValueError(
+            f"model.attention_impl='cudnn': {problem}; or use attention_impl='xla' (or leave "
+            "it unset: pjx picks cuDNN where it can run)"
+        )
+    if requested in ("xla", "cudnn"):
+        return requested
+    return "xla" if problem else "cudnn"
+
+
 def dot_product_attention(
     q_BxTxHxK,
     k_BxSxHxK,
@@ -336,16 +362,19 @@ def dot_product_attention(
     *,
     bias=None,
     mask=None,
+    causal: bool = False,
     scale: float | None = None,
     dropout_rate: float = 0.0,
     dropout_rng=None,
     implementation: str | None = None,
 ):
-    """softmax(q k^T * scale + bias, masked) v -> [B,T,H,K].
+    """softmax(q k^T * scale + bias, masked) v -> [B,T,H,K]; `causal` adds the causal mask
+    (queries and keys aligned: T == S), so the fused kernels apply it themselves.
 
-    Fused `jax.nn.dot_product_attention` unless attention dropout is active (it has no dropout):
-    then an explicit einsum path with float32 softmax and the same mask/bias semantics
-    (masked logits set to -0.7 * float32 max as jax does, so fully masked rows stay finite).
+    Fused `jax.nn.dot_product_attention` (`attention_implementation` picks XLA or cuDNN)
+    unless attention dropout is active (it has no dropout): then an explicit einsum path
+    with float32 softmax and the same mask/bias semantics (masked logits set to
+    -0.7 * float32 max as jax does, so fully masked rows stay finite).
     """
     K = q_BxTxHxK.shape[-1]
     scale = 1.0 / math.sqrt(K) if scale is None else scale
@@ -356,12 +385,17 @@ def dot_product_attention(
         logits = logits * scale
         if bias is not None:
             logits = logits + bias.astype(jnp.float32)
+        if causal:
+            T, S = q_BxTxHxK.shape[1], k_BxSxHxK.shape[1]
+            tril = make_attention_mask(T, S, causal=True)
+            mask = tril if mask is None else jnp.logical_and(mask, tril)
         if mask is not None:
             logits = jnp.where(mask, logits, -0.7 * float(np.finfo(np.float32).max))
         probs = jax.nn.softmax(logits, axis=-1)
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
         return jnp.einsum("BHTS,BSHK->BTHK", probs.astype(v_BxSxHxK.dtype), v_BxSxHxK)
+    implementation = attention_implementation(implementation, q_BxTxHxK.dtype)
     if bias is not None and implementation == "cudnn":
         bias = bias.astype(q_BxTxHxK.dtype)
     return jax.nn.dot_product_attention(
@@ -370,6 +404,7 @@ def dot_product_attention(
         v_BxSxHxK,
         bias=bias,
         mask=mask,
+        is_causal=causal,
         scale=scale,
         implementation=implementation,
     )
@@ -390,6 +425,7 @@ class Attention(nn.Module):
     config: LayerConfig
     names: tuple[str, ...] = ("query", "key", "value")
     out_name: str | None = None
+    causal: bool = False  # decoder self-attention: the kernel applies the causal mask
 
     @nn.compact
     def __call__(
@@ -426,6 +462,8 @@ class Attention(nn.Module):
             v,
             bias=bias,
             mask=mask,
+            # With a KV cache the queries sit at an offset: the caller's mask is causal.
+            causal=self.causal and decode_offset is None,
             scale=cfg.attention_scale,
             dropout_rate=rate,
             dropout_rng=rng,

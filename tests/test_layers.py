@@ -181,3 +181,30 @@ def test_relative_position_bias_shape_and_sharing():
     np.testing.assert_allclose(bias[0, :, 0, 1], bias[0, :, 0, 0])
     step = mod.apply(variables, 1, 4, 2)
     np.testing.assert_allclose(step[0, :, 0], bias[0, :, 2])
+
+
+def test_attention_implementation_per_backend_and_clear_errors():
+    pick = layers.attention_implementation
+    assert pick(None, jnp.float32, "cpu") == "xla"
+    assert pick(None, jnp.bfloat16, "gpu") == "cudnn"
+    assert pick(None, jnp.float32, "gpu") == "xla"  # no float32 flash kernel
+    assert pick("xla", jnp.bfloat16, "gpu") == "xla"
+    with pytest.raises(ValueError, match="runs on NVIDIA GPUs, and this backend is 'cpu'"):
+        pick("cudnn", jnp.bfloat16, "cpu")
+    with pytest.raises(ValueError, match="not float32: set model.dtype=bfloat16"):
+        pick("cudnn", jnp.float32, "gpu")
+
+
+@pytest.mark.parametrize("dropout", [0.0, 1e-9])
+def test_causal_flag_equals_an_explicit_causal_mask(dropout):
+    """The kernels' own causal mask (fused path) and the einsum path (attention dropout)
+    give what an explicit lower-triangular mask gives, with padding on top."""
+    q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 6, 2, 4))
+    pad = layers.make_attention_mask(6, 6, kv_mask=jnp.array([[1] * 6, [1] * 4 + [0] * 2]))
+    explicit = layers.make_attention_mask(
+        6, 6, causal=True, kv_mask=jnp.array([[1] * 6, [1] * 4 + [0] * 2])
+    )
+    kw = dict(dropout_rate=dropout, dropout_rng=jax.random.key(1) if dropout else None)
+    want = layers.dot_product_attention(q, k, v, mask=explicit, **kw)
+    got = layers.dot_product_attention(q, k, v, mask=pad, causal=True, **kw)
+    np.testing.assert_allclose(got, want, atol=1e-6)

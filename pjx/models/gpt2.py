@@ -81,7 +81,7 @@ class Block(nn.Module):
         cfg = self.config
         drop = nn.Dropout(cfg.dropout_rate)
         h = layers.Norm(cfg, name="ln_1")(x_BxLxD)
-        h = layers.Attention(cfg, names=("c_attn",), out_name="c_proj", name="attn")(
+        h = layers.Attention(cfg, ("c_attn",), "c_proj", causal=True, name="attn")(
             h, mask=mask, deterministic=deterministic, decode_offset=decode_offset
         )
         x_BxLxD = x_BxLxD + drop(h, deterministic=deterministic)
@@ -120,9 +120,9 @@ class Transformer(nn.Module):
             mask = layers.make_attention_mask(
                 L, key_mask_BxS.shape[1], causal=True, q_offset=offset, kv_mask=key_mask_BxS
             )
-        else:
+        else:  # causal inside the attention kernel; padding and documents here
             mask = layers.make_attention_mask(
-                L, L, causal=True, kv_mask=attention_mask, q_segment_ids=segment_ids
+                L, L, kv_mask=attention_mask, q_segment_ids=segment_ids
             )
         if position_ids is None:
             position_ids = jnp.broadcast_to(offset + jnp.arange(L, dtype=jnp.int32), (B, L))

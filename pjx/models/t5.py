@@ -95,6 +95,7 @@ class Layer(nn.Module):
 
     config: layers.LayerConfig
     kind: str
+    causal: bool = False  # decoder self-attention
 
     @nn.compact
     def __call__(
@@ -111,7 +112,7 @@ class Layer(nn.Module):
         h = layers.Norm(cfg, name="layer_norm")(x_BxTxD)
         qkvo = dict(names=("q", "k", "v"), out_name="o")
         if self.kind == "self":
-            h = layers.Attention(cfg, **qkvo, name="SelfAttention")(
+            h = layers.Attention(cfg, **qkvo, causal=self.causal, name="SelfAttention")(
                 h, mask=mask, bias=bias, deterministic=deterministic, decode_offset=decode_offset
             )
         elif self.kind == "cross":
@@ -158,9 +159,9 @@ class Stack(nn.Module):
             mask = layers.make_attention_mask(
                 T, S, causal=True, q_offset=offset, kv_mask=key_mask_BxS
             )
-        else:
+        else:  # the decoder's causal mask is applied inside its self-attention
             mask = layers.make_attention_mask(
-                T, T, causal=self.is_decoder, kv_mask=attention_mask, q_segment_ids=segment_ids
+                T, T, kv_mask=attention_mask, q_segment_ids=segment_ids
             )
         # One bias table per stack, used by every layer (as HF shares block 0's).
         bias_1xHxTxS = layers.RelativePositionBias(
@@ -214,7 +215,8 @@ class Block(nn.Module):
     def __call__(self, x_BxTxD, mask, bias, enc_BxSxD, cross_mask, decode_offset, deterministic):
         kinds = ("self", "cross", "mlp") if self.is_decoder else ("self", "mlp")
         for j, kind in enumerate(kinds):
-            x_BxTxD = Layer(self.config, kind, name=f"layer_{j}")(
+            causal = self.is_decoder and kind == "self"
+            x_BxTxD = Layer(self.config, kind, causal, name=f"layer_{j}")(
                 x_BxTxD,
                 mask=cross_mask if kind == "cross" else mask,
                 bias=bias if kind == "self" else None,
