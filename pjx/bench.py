@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 
-from pjx import sharding, tasks, train
+from pjx import distributed, sharding, tasks, train
 
 # Dense bfloat16 peak TFLOP/s per device (vendor data sheets, no sparsity), matched as a
 # substring of `device.device_kind`; the longest match wins ("H100 PCIe" before "H100").
@@ -190,7 +190,7 @@ def run(config, *, tokenizer=None, steps: int = 10, warmup: int = 2, num_batches
             jax.block_until_ready((state, mets))
             if i >= warmup:
                 times.append(time.perf_counter() - t)
-    loss = float(jax.device_get(mets["loss"]))
+    loss = float(distributed.host_value(mets["loss"]))
     if not math.isfinite(loss):
         raise RuntimeError(f"pjx bench: loss is {loss} after {warmup + steps} steps")
 

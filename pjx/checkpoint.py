@@ -15,11 +15,14 @@ and a `kill -9` never leave a step with only some of them.
 from __future__ import annotations
 
 import base64
+import contextlib
+import gc
 import json
 import logging
 import os
 import shutil
 import signal
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -54,7 +57,9 @@ class _SmallItemHandler(ocp.CheckpointHandler):
 
 
 class _DataStateHandler(_SmallItemHandler):
-    """Per-process JSON files: every host has its own iterator position.
+    """Per-process JSON files: every host has its own iterator position. (pjx.data's
+    position is a global batch number, the same on every process, so a run restored on
+    another number of processes takes any process's file.)
 
     (`ocp.args.JsonSave` writes on the primary host only, which would lose the
     other hosts' positions; this mirrors Grain's own Orbax handler but takes the
@@ -69,12 +74,15 @@ class _DataStateHandler(_SmallItemHandler):
         i, n = jax.process_index(), jax.process_count()
         path = Path(directory) / f"process_{i}-of-{n}.json"
         if not path.exists():
-            found = sorted(p.name for p in Path(directory).glob("process_*.json"))
-            log.warning(
-                f"checkpoint: no data iterator state for process {i} of {n} "
-                f"(saved: {found}); the data pipeline starts from the beginning."
-            )
-            return None
+            found = sorted(Path(directory).glob("process_*.json"))
+            if not found:
+                log.warning(
+                    f"checkpoint: no data iterator state for process {i} of {n}; the data "
+                    "pipeline starts from the beginning."
+                )
+                return None
+            path = found[0]  # saved by another number of processes: the same position
+
         return _decode(json.loads(path.read_text()))
 
 
@@ -263,8 +271,7 @@ def report_incomplete(directory) -> list[Path]:
 
 def latest_step(manager: ocp.CheckpointManager) -> int | None:
     """The newest COMPLETE step (Orbax alone would also list uncommitted step dirs)."""
-    manager.wait_until_finished()
-    steps = [s for s in manager.all_steps() if is_complete(step_dir(manager, s))]
+    steps = complete_steps(manager)
     return max(steps) if steps else None
 
 
@@ -292,6 +299,14 @@ def flat_shapes(tree) -> dict[str, tuple]:
     return {path_str(p): _shape(x) for p, x in leaves}
 
 
+class CheckpointMismatch(ValueError):
+    """A checkpoint's tree does not fit the model / optimizer (the config changed)."""
+
+
+class NoIntactCheckpoint(RuntimeError):
+    """Every checkpoint of a run failed to restore."""
+
+
 def _check_shapes(saved: dict[str, tuple], wanted: dict[str, tuple], where: str):
     bad = [
         f"  {p}: checkpoint {saved[p]} vs model {s}"
@@ -302,7 +317,7 @@ def _check_shapes(saved: dict[str, tuple], wanted: dict[str, tuple], where: str)
     extra = [f"  {p}: only in checkpoint" for p in saved if p not in wanted]
     if bad or missing or extra:
         lines = (bad + missing + extra)[:20]
-        raise ValueError(
+        raise CheckpointMismatch(
             f"checkpoint {where} does not match the current model/optimizer "
             f"(did the config change between runs?):\n" + "\n".join(lines) + "\n"
             "Use a new --workdir, or start from it with config.init_from (loads "
@@ -338,13 +353,88 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
 
 
 def maybe_restore(manager: ocp.CheckpointManager, abstract_state):
-    """(state, data_state, step) from the latest complete checkpoint, or (None, None, 0)."""
-    step = latest_step(manager)
-    if step is None:
-        return None, None, 0
-    r = restore(manager, abstract_state, step)
-    log.info(f"checkpoint: resumed from {step_dir(manager, step)} (step {step})")
-    return r.state, r.data_state, step
+    """(state, data_state, step) from the newest complete checkpoint that restores, or
+    (None, None, 0) when there is none.
+
+    A checkpoint whose files are damaged after its commit (a disk that filled up, a copy
+    cut short) is skipped with a warning naming it, and moved aside to `STEP.damaged` (kept:
+    nothing is deleted) so the run can save that step again; the one before it is tried. A
+    tree that does not fit the model (`CheckpointMismatch`: the config changed) is an error,
+    not damage. Every process takes the same decision."""
+    damaged = []
+    for step in sorted(complete_steps(manager), reverse=True):
+        why = "another process could not read its part"
+        try:
+            with _quiet_failed_reads():
+                r = restore(manager, abstract_state, step)
+            ok = True
+        except CheckpointMismatch:
+            raise
+        except Exception as e:  # noqa: BLE001 - any read failure of the step's files
+            ok, why = False, _reason(e)
+        if jax.process_count() > 1:  # one process's damaged shard stops all of them
+            ok = bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
+        if ok:
+            if damaged:
+                log.warning(f"checkpoint: resumed from step {step}, the newest intact one")
+            log.info(f"checkpoint: resumed from {step_dir(manager, step)} (step {step})")
+            return r.state, r.data_state, step
+        damaged.append(step)
+        log.warning(
+            f"checkpoint: step {step} ({step_dir(manager, step)}) is damaged and cannot be "
+            f"restored ({why}); "
+            f"moved aside to {step}.damaged, trying the previous checkpoint"
+        )
+        _set_aside(manager, step)
+    if damaged:
+        raise NoIntactCheckpoint(
+            f"no intact checkpoint in {manager.directory}: steps {damaged} are damaged (moved "
+            "aside as STEP.damaged, nothing deleted). Start over with a new --workdir, or "
+            "restore the files of one of them."
+        )
+    return None, None, 0
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of the innermost cause (TensorStore's own words: which file, which
+    byte range), without the spec dump that follows it."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return text.split(" See full TensorStore details")[0][:300]
+
+
+@contextlib.contextmanager
+def _quiet_failed_reads():
+    """A failed restore leaves Orbax's other pending reads as coroutines whose errors Python
+    prints as "Exception ignored" tracebacks when they are collected: collect them here,
+    logged at debug level, so the one warning above is what a user sees."""
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda u: log.debug(f"checkpoint read: {u.exc_value!r}")
+    try:
+        yield
+    finally:
+        gc.collect()
+        sys.unraisablehook = previous
+
+
+def complete_steps(manager: ocp.CheckpointManager) -> list[int]:
+    manager.wait_until_finished()
+    return [s for s in manager.all_steps() if is_complete(step_dir(manager, s))]
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
+    """Renames a damaged step dir to STEP.damaged (process 0; the others wait for it)."""
+    path = step_dir(manager, step)
+    if jax.process_index() == 0 and path.exists():
+        target = path.with_name(f"{step}.damaged")
+        n = 1
+        while target.exists():
+            target, n = path.with_name(f"{step}.damaged{n}"), n + 1
+        path.rename(target)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"pjx checkpoint set aside {step}")
+    manager.reload()
 
 
 # ----------------------------------------------------------------- sources
@@ -396,6 +486,10 @@ class PreemptionGuard:
     second Ctrl-C (KeyboardInterrupt) or `kill` still stops a hung process.
     Handlers can only be installed from the main thread; elsewhere this is a no-op
     apart from multi-host agreement.
+
+    In a multi-process run SIGTERM is jax's preemption notice (its preemption service
+    owns the signal and tells every process), and `should_stop` is true at the same step
+    on all of them; Ctrl-C here is turned into that notice.
     """
 
     def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
@@ -405,8 +499,11 @@ class PreemptionGuard:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
+            multi = jax.process_count() > 1
             for s in self.signals:
-                self._previous[s] = signal.signal(s, self._handle)
+                if multi and s == signal.SIGTERM:
+                    continue  # jax's preemption notifier handles it
+                self._previous[s] = signal.signal(s, self._forward if multi else self._handle)
         return self
 
     def __exit__(self, *exc):
@@ -435,15 +532,22 @@ class PreemptionGuard:
         )
         os.write(2, msg.encode())
 
+    def _forward(self, signum, frame):
+        """Multi-process: this process's Ctrl-C becomes a preemption notice for all."""
+        if self.received is not None:
+            return self._handle(signum, frame)  # the second one stops this process now
+        self.received = signum
+        os.write(2, b"\nSIGINT received: stopping every process at the same step.\n")
+        os.kill(os.getpid(), signal.SIGTERM)
+
     @property
     def stop_requested(self) -> bool:
         return self.received is not None
 
     def should_stop(self, step: int) -> bool:
-        """Same answer on every host: call it at every step on all hosts."""
+        """Same answer on every host: call it at every step on all hosts. Multi-process,
+        jax's preemption sync point (no collective, no wait): any process's notice stops
+        all of them at the first step they can all reach."""
         if jax.process_count() == 1:
             return self.stop_requested
-        # Any host's signal stops all; Orbax's sync point covers preemption notices
-        # delivered through jax.distributed (which may own SIGTERM itself).
-        flags = multihost_utils.process_allgather(np.int32(self.stop_requested))
-        return bool(np.max(flags) > 0) or bool(ocp.utils.reached_preemption(step))
+        return bool(multihost_utils.reached_preemption_sync_point(step))

@@ -50,9 +50,13 @@ def train(
     s = train_lib.build(config, tokenizer=tokenizer, devices=devices)
     log.info(train_lib.describe(s))
     if train_data is None:
-        train_data = workdir_lib.build_data(config, tokenizer, train=True, workdir=workdir)
+        train_data = workdir_lib.build_data(
+            config, tokenizer, train=True, workdir=workdir, mesh=s.mesh
+        )
     if eval_data is None and config.eval_data.source:
-        eval_data = workdir_lib.build_data(config, tokenizer, train=False, workdir=workdir)
+        eval_data = workdir_lib.build_data(
+            config, tokenizer, train=False, workdir=workdir, mesh=s.mesh
+        )
 
     checkpointer = None
     if checkpoints:

@@ -167,6 +167,15 @@ def batch_sharding(mesh, global_batch: int | None = None) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES))
 
 
+def process_rows(sharding: NamedSharding, global_rows: int) -> np.ndarray:
+    """The rows of a global batch of `global_rows` that this process's devices hold under
+    the batch `sharding` (what its data pipeline must produce, in order): a contiguous
+    block per process when the batch is split over processes, every row when replicated."""
+    index = sharding.addressable_devices_indices_map((int(global_rows),))
+    rows = {r for sl in index.values() for r in range(*sl[0].indices(int(global_rows)))}
+    return np.asarray(sorted(rows), np.int64)
+
+
 def global_batch(batch, sharding: NamedSharding):
     """Process-local NumPy batch -> global jax.Arrays laid out as `sharding`."""
     return jax.tree.map(

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pjx import checkpoint, models, optim, sharding, tasks
+from pjx import checkpoint, distributed, models, optim, sharding, tasks
 from pjx.metrics_log import MetricsLog
 
 log = logging.getLogger(__name__)
@@ -175,12 +175,11 @@ def create_state(s: Setup, seed: int) -> TrainState:
 
 
 def compile_step(s: Setup, batch):
-    """AOT-compile the train step for this (process-local) batch's shapes."""
+    """AOT-compile the train step for the shapes of this process's share of a batch."""
+    G = int(s.config["batch_size"])  # the global batch
     with sharding.context(s.mesh):
         abstract_batch = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(
-                (x.shape[0] * jax.process_count(), *x.shape[1:]), x.dtype, sharding=s.batch_sharding
-            ),
+            lambda x: jax.ShapeDtypeStruct((G, *x.shape[1:]), x.dtype, sharding=s.batch_sharding),
             batch,
         )
         return s.step_fn.lower(s.abstract_state, abstract_batch).compile()
@@ -201,7 +200,8 @@ def describe(s: Setup) -> str:
 def evaluate(s: Setup, params, batches: Iterable, *, seed: int = 0, max_batches: int = 0) -> dict:
     """The task's metrics over every batch of `batches` (sums on device, one sync).
 
-    Batches are process-local; each process passes its share of every global batch."""
+    Batches are process-local: each process passes its share of every global batch
+    (`batches.global_batch_size` rows; a plain list's rows times the processes)."""
     total = None
     key = jax.random.PRNGKey(seed + 1)  # masking (mlm / span) is the same every eval
     with sharding.context(s.mesh):
@@ -211,10 +211,11 @@ def evaluate(s: Setup, params, batches: Iterable, *, seed: int = 0, max_batches:
             b = dict(batch)
             rows = len(next(iter(b.values())))
             b.setdefault("weight", np.ones((rows,), np.float32))
-            sh = sharding.batch_sharding(s.mesh, rows * jax.process_count())
+            G = getattr(batches, "global_batch_size", rows * jax.process_count())
+            sh = sharding.batch_sharding(s.mesh, G)
             mets = s.eval_fn(params, sharding.global_batch(b, sh), jax.random.fold_in(key, i))
             total = mets if total is None else jax.tree.map(jnp.add, total, mets)
-    return {} if total is None else s.task.finalize(jax.device_get(total))
+    return {} if total is None else s.task.finalize(distributed.host_value(total))
 
 
 # ------------------------------------------------------------------------------- loop
@@ -230,7 +231,7 @@ class _Window:
 
     def read(self, upto: int) -> list[tuple[int, dict]]:
         n = sum(st <= upto for st, _ in self.steps)
-        host = jax.device_get([m for _, m in self.steps[:n]])
+        host = distributed.host_value([m for _, m in self.steps[:n]])
         self.steps[:n] = [(st, m) for (st, _), m in zip(self.steps[:n], host)]
         for st, m in self.steps[:n]:
             if not np.isfinite(m["loss"]):
@@ -257,13 +258,11 @@ def _train_line(window: list[tuple[int, dict]]) -> dict:
     return line
 
 
-def _units(batch, unit: str) -> int:
-    """Tokens or examples one (process-local) batch holds, times the processes."""
+def _units(batch, unit: str, global_rows: int) -> int:
+    """Tokens or examples of one global batch, from this process's share of it."""
     if unit == "tokens" and "input_ids" in batch:
-        n = int(np.prod(np.shape(batch["input_ids"])))
-    else:
-        n = int(len(next(iter(batch.values()))))
-    return n * jax.process_count()
+        return int(np.prod(np.shape(batch["input_ids"])[1:])) * global_rows
+    return global_rows
 
 
 def fit(
@@ -294,7 +293,7 @@ def fit(
         f"{sharding.memory_report(compiled)}"
     )
     metrics.start_clock()
-    per_step, unit = _units(batch, s.task.unit), s.task.unit
+    per_step, unit = _units(batch, s.task.unit, int(c.batch_size)), s.task.unit
     window, last = _Window(), {}
 
     def log_train(upto):

@@ -11,7 +11,7 @@ import os
 
 import jax
 
-from pjx import checkpoint, data, init_from, tokenizers
+from pjx import checkpoint, data, init_from, sharding, tokenizers
 from pjx import config as config_lib
 
 
@@ -38,11 +38,13 @@ def build_tokenizer(config, workdir: str | None = None):
     return tokenizers.from_config(spec, workdir=workdir, family=config.model.name, texts=texts)
 
 
-def build_data(config, tokenizer, *, train: bool, workdir=None):
+def build_data(config, tokenizer, *, train: bool, workdir=None, mesh=None):
     """Train: an infinite iterator with get_state/set_state; eval: a re-iterable.
-    `config` is resolved (pjx.config.resolve)."""
+    `config` is resolved (pjx.config.resolve); with `mesh`, this process produces the rows
+    its devices hold of every global batch (else its equal share)."""
     cfg = config.data if train else config.eval_data
     bs = config.batch_size if train else (config.get("eval_batch_size") or config.batch_size)
+    rows = None if mesh is None else sharding.process_rows(sharding.batch_sharding(mesh, bs), bs)
     return data.build(
         cfg,
         task=config.task,
@@ -54,6 +56,7 @@ def build_data(config, tokenizer, *, train: bool, workdir=None):
         train=train,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        rows=rows,
         workdir=workdir,
         num_labels=int(config.model.get("num_labels", 0) or 0),
     )

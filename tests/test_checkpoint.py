@@ -1,6 +1,7 @@
 """pjx.checkpoint: exact resume, rotation, crash safety, preemption, cross-mesh restore."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -329,3 +330,48 @@ def test_sigkill_mid_save_uses_last_complete(tmp_path, capsys):
     r = ck.restore(m, jax.eval_shape(lambda: {"w": jnp.zeros(64)}))
     assert r.step == 1 and r.data_state == {"pos": 1}
     np.testing.assert_array_equal(np.asarray(r.state["w"]), np.ones(64))
+
+
+def _damage(step_dir: Path):
+    """What a full disk or a copy cut short leaves: the step's commit marker is there, its
+    array files are truncated."""
+    files = [p for p in (step_dir / "state").rglob("d/*") if p.is_file() and p.stat().st_size > 100]
+    assert files
+    for p in files:
+        with open(p, "r+b") as f:
+            f.truncate(100)
+
+
+def test_damaged_newest_checkpoint_falls_back_to_an_intact_one(tmp_path, capsys):
+    m = ck.create_manager(tmp_path, checkpoint_every=2)
+    s2, s4 = make_state(0, steps=1), make_state(0, steps=2)
+    ck.save(m, 2, s2)
+    ck.save(m, 4, s4)
+    m.close()
+    _damage(tmp_path / "4")
+    capsys.readouterr()
+
+    m = ck.create_manager(tmp_path, checkpoint_every=2)
+    state, _, step = ck.maybe_restore(m, abstract(s2))
+    err = capsys.readouterr().err
+    assert step == 2
+    assert_bit_exact(state, s2)
+    assert re.search(r"step 4 \(.*4\) is damaged and cannot be restored \(.{10,}\)", err), err
+    assert "Traceback" not in err and "Exception ignored" not in err  # one clear warning
+    assert (tmp_path / "4.damaged" / "state").is_dir()  # kept, set aside
+    ck.save(m, 4, s4)  # the step can be saved again
+    m.wait_until_finished()
+    assert ck.latest_step(m) == 4
+    m.close()
+
+
+def test_no_intact_checkpoint_is_a_clean_error(tmp_path):
+    m = ck.create_manager(tmp_path, checkpoint_every=2)
+    s2 = make_state(0, steps=1)
+    ck.save(m, 2, s2)
+    m.close()
+    _damage(tmp_path / "2")
+    m = ck.create_manager(tmp_path, checkpoint_every=2)
+    with pytest.raises(ck.NoIntactCheckpoint, match=r"steps \[2\] are damaged.*nothing deleted"):
+        ck.maybe_restore(m, abstract(s2))
+    assert (tmp_path / "2.damaged").is_dir()

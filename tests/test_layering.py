@@ -13,7 +13,7 @@ PKG = Path(__file__).resolve().parents[1] / "pjx"
 
 # Lowest first. A module imports pjx modules of its own layer or lower only.
 LAYERS = [
-    ("pjx.layers", "pjx.host_memory", "pjx.xla_cpu", "pjx.examples", "pjx.logs"),
+    ("pjx.layers", "pjx.host_memory", "pjx.xla_cpu", "pjx.examples", "pjx.logs", "pjx.distributed"),
     ("pjx.models",),
     ("pjx.losses", "pjx.masking", "pjx.metrics", "pjx.packing", "pjx.images"),
     ("pjx.tasks",),

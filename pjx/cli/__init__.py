@@ -53,4 +53,21 @@ def main(argv=None) -> int:
         if os.environ.get("PJX_DEBUG"):
             raise
         print(f"pjx {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return _exit(2)
+    except Exception as e:
+        return _exit(1, e)
+
+
+def _exit(code: int, error: BaseException | None = None) -> int:
+    """A multi-process run ends a failed process at once, naming a lost peer if that is why
+    (its normal shutdown would wait for every process); one process returns the code or
+    raises."""
+    import jax
+
+    from pjx import distributed
+
+    if jax.distributed.is_initialized() and jax.process_count() > 1:
+        distributed.fail(error or SystemExit(code))
+    if error is not None:
+        raise error
+    return code

@@ -21,7 +21,7 @@ import numpy as np
 from pjx import bench, data, tokenizers
 from pjx import config as config_lib
 from pjx import workdir as workdir_lib
-from pjx.cli.common import add_config_argument, start_compute
+from pjx.cli.common import add_config_argument, add_distributed_arguments, start_compute
 from pjx.data import cache
 from pjx.tokenizers import parse_spec
 
@@ -37,6 +37,7 @@ def add_arguments(p):
         "--compile-only", action="store_true", help="compile only: memory estimates, compile time"
     )
     what.add_argument("--data-only", action="store_true", help="time the input pipeline only")
+    add_distributed_arguments(p)
 
 
 def main(args, overrides) -> int:
@@ -44,7 +45,7 @@ def main(args, overrides) -> int:
     if args.data_only:
         result = bench_pipeline(config, int(args.steps))
     else:
-        start_compute()
+        start_compute(args)
         tokenizer = load_tokenizer(config)
         config = config_lib.resolve(prepare_config(config, tokenizer), tokenizer)
         if args.compile_only:

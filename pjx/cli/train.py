@@ -4,24 +4,25 @@ from __future__ import annotations
 
 import sys
 
-from pjx.cli.common import add_config_argument, start_compute
+from pjx.cli.common import add_config_argument, add_distributed_arguments, start_compute
 
 
 def add_arguments(p):
     add_config_argument(p)
     p.add_argument("--workdir", required=True, help="run folder: metrics.jsonl, checkpoints/")
+    add_distributed_arguments(p)
 
 
 def main(args, overrides) -> int:
     from pjx import config as config_lib
-    from pjx import run, train
+    from pjx import checkpoint, run, train
 
     cfg = config_lib.load(args.config)
     config_lib.apply_overrides(cfg, overrides)  # fail fast on a bad key, before any work
-    start_compute()
+    start_compute(args)
     try:
         run.run(cfg, args.workdir, overrides)
-    except train.NonFiniteLossError as e:
+    except (train.NonFiniteLossError, checkpoint.NoIntactCheckpoint) as e:
         print(f"pjx: {e}", file=sys.stderr)
         return 1
     except train.Preempted as e:  # a clean, resumable stop: exit 0 like a finished run

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import ml_collections
+import numpy as np
 
 from pjx import packing
 from pjx.data import encode, pipeline, sources
@@ -114,20 +115,27 @@ def build(
     train: bool,
     process_index: int = 0,
     process_count: int = 1,
+    rows=None,
     workdir: str | None = None,
     num_labels: int = 0,
 ):
     """train=True: endless `TrainIterator` of process-local batches (get_state /
     set_state); train=False: `EvalBatches`, every example once, padded, with `weight`.
 
-    `batch_size` is global: each process gets batch_size / process_count rows. `task_args`
+    `batch_size` is global. Each process produces `rows` (positions in every global batch:
+    its shard, `pjx.sharding.process_rows`), by default the process_index-th of
+    process_count equal blocks, as jax lays a batch over processes. `task_args`
     are the task's options (`config.task_args`; e.g. `nsp`), `num_labels` the model's
     classes (names the classes of sources whose labels are bare integers).
     """
     cfg = with_defaults(cfg)
-    if batch_size % process_count:
-        raise DataError(f"batch_size {batch_size} is not divisible by {process_count} processes")
-    local = batch_size // process_count
+    if rows is None:
+        if batch_size % process_count:
+            raise DataError(
+                f"batch_size {batch_size} is not divisible by {process_count} processes"
+            )
+        local = batch_size // process_count
+        rows = np.arange(process_index * local, (process_index + 1) * local)
     arrays = encode.table(
         cfg,
         task=task,
@@ -140,15 +148,9 @@ def build(
     )
     n = len(next(iter(arrays.values())))
     index = pipeline.BatchIndex(
-        n,
-        local,
-        train=train,
-        seed=seed,
-        shuffle=bool(cfg.shuffle),
-        process_index=process_index,
-        process_count=process_count,
+        n, batch_size, rows, train=train, seed=seed, shuffle=bool(cfg.shuffle)
     )
-    info = dict(source=cfg.source, rows=n, task=task, batch_size=local)
+    info = dict(source=cfg.source, rows=n, task=task, batch_size=index.B)
     ds = pipeline.map_dataset(arrays, index, task=task, cfg=cfg, seed=seed)
     if train:
         return pipeline.TrainIterator(pipeline.iter_dataset(ds, cfg), index, info)

@@ -10,16 +10,17 @@ graph is
       .to_iter_dataset(ReadOptions(num_threads, prefetch))  [.mp_prefetch(workers)]
 
 Train: each epoch is a permutation of all N rows drawn from (seed, epoch), identical on
-every process; process p takes every P-th row of it (a disjoint shard per epoch) and
-batches of B = batch_size / P rows, dropping the epoch's remainder. The stream is endless
+every process, cut into global batches of batch_size rows (the epoch's remainder dropped);
+each process produces its shard of every global batch, so the global batches are the same
+for any number of processes. The stream is endless
 and its position is Grain's iterator state (`get_state` / `set_state`, JSON), so a restored
 checkpoint continues with exactly the next batch. (Grain's own per-element `shuffle` +
 `batch` costs ~40 us per element here; indexing whole batches keeps the MLM pipeline
 well above 1M tokens/s on 2 cores.)
 
-Eval: rows in order, padded up to a multiple of B*P with copies of row 0 that carry
-`weight` 0; process p takes its B rows of each global batch, so every example counts
-exactly once and all processes run the same number of batches.
+Eval: rows in order, padded up to a multiple of the global batch with copies of row 0
+that carry `weight` 0; each process takes its shard of each global batch, so every
+example counts exactly once and all processes run the same number of batches.
 """
 
 from __future__ import annotations
@@ -39,23 +40,27 @@ log = logging.getLogger(__name__)
 
 
 class BatchIndex:
-    """Sequence of row-index arrays (train: endless epochs; eval: (rows, weight) pairs)."""
+    """Sequence of row-index arrays (train: endless epochs; eval: (rows, weight) pairs).
 
-    def __init__(
-        self, n_rows, batch_size, *, train, seed=0, shuffle=True, process_index=0, process_count=1
-    ):
-        self.n, self.B, self.train = int(n_rows), int(batch_size), bool(train)
+    Global batch j of an epoch is rows `perm[j*G : (j+1)*G]` of the epoch's permutation
+    (G = the global batch size); this process produces the `rows` positions of it (its
+    shard, as the batch sharding lays the global batch over processes), so every process
+    count assembles the same global batches as one process does."""
+
+    def __init__(self, n_rows, batch_size, rows=None, *, train, seed=0, shuffle=True):
+        self.n, self.G, self.train = int(n_rows), int(batch_size), bool(train)
+        self.rows = np.arange(self.G) if rows is None else np.asarray(rows, np.int64)
+        self.B = len(self.rows)  # this process's rows per batch
         self.seed, self.shuffle = int(seed), bool(shuffle)
-        self.p, self.P = int(process_index), int(process_count)
         if train:
-            self.per_epoch = (self.n // self.P) // self.B
+            self.per_epoch = self.n // self.G
             if self.per_epoch == 0:
                 raise DataError(
-                    f"{self.n} training rows are fewer than one batch of {self.B} per process "
-                    f"({self.P} processes); lower batch_size or use more data"
+                    f"{self.n} training rows are fewer than one batch of {self.G}; lower "
+                    "batch_size or use more data"
                 )
         else:
-            self.per_epoch = math.ceil(self.n / (self.B * self.P))
+            self.per_epoch = math.ceil(self.n / self.G)
         self._perms: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
 
@@ -63,14 +68,13 @@ class BatchIndex:
         return sys.maxsize if self.train else self.per_epoch
 
     def permutation(self, epoch: int) -> np.ndarray:
-        """This process's rows of `epoch`, in order (the same seed gives the same order)."""
+        """The rows of `epoch`, in order (the same seed gives the same order everywhere)."""
         with self._lock:
             perm = self._perms.get(epoch)
         if perm is None:
-            rows = np.arange(self.n)
+            perm = np.arange(self.n)
             if self.shuffle:
-                rows = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-            perm = rows[self.p :: self.P][: self.per_epoch * self.B]
+                perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
             with self._lock:
                 self._perms = {epoch: perm, **{k: v for k, v in self._perms.items() if k > epoch}}
         return perm
@@ -79,11 +83,10 @@ class BatchIndex:
         i = int(i)
         if self.train:
             epoch, j = divmod(i, self.per_epoch)
-            return self.permutation(epoch)[j * self.B : (j + 1) * self.B]
+            return self.permutation(epoch)[j * self.G + self.rows]
         if not 0 <= i < self.per_epoch:
             raise IndexError(i)
-        start = i * self.B * self.P + self.p * self.B
-        rows = np.arange(start, start + self.B)
+        rows = i * self.G + self.rows
         return np.where(rows < self.n, rows, 0), (rows < self.n).astype(np.float32)
 
     def __getstate__(self):  # picklable for Grain worker processes
@@ -155,14 +158,15 @@ class TrainIterator:
         return self.index.per_epoch
 
     def get_state(self) -> dict:
-        return {"grain": self._it.get_state(), "rows": self.index.n, "batch": self.index.B}
+        # The position is a global batch number, the same on every process.
+        return {"grain": self._it.get_state(), "rows": self.index.n, "batch": self.index.G}
 
     def set_state(self, state: dict) -> None:
-        if (state.get("rows"), state.get("batch")) != (self.index.n, self.index.B):
+        if (state.get("rows"), state.get("batch")) != (self.index.n, self.index.G):
             log.warning(
                 f"the checkpoint's data position is for {state.get('rows')} rows in "
                 f"batches of {state.get('batch')}; this run has {self.index.n} rows in "
-                f"batches of {self.index.B}, so the stream resumes at the same batch number "
+                f"batches of {self.index.G}, so the stream resumes at the same batch number "
                 "but not at the same examples"
             )
         self._it.set_state(state["grain"])
@@ -176,6 +180,10 @@ class EvalBatches:
 
     def __len__(self) -> int:
         return len(self.map_ds)
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.index.G
 
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < len(self):
