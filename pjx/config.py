@@ -30,7 +30,7 @@ from pathlib import Path
 
 import ml_collections
 
-from pjx import data, init_from, models, optim, sharding, tasks
+from pjx import data, init_from, models, optim, privacy, sharding, tasks
 from pjx.tokenizers import parse_bool, parse_spec
 
 # Keys of `data` that `eval_data` does not take: the run has one tokenizer.
@@ -57,6 +57,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.optimizer = ml_collections.ConfigDict(optim.DEFAULTS)
     c.mesh = ml_collections.ConfigDict(sharding.MESH_DEFAULTS)
+    # Differentially private training (pjx.privacy): off unless noise_multiplier or
+    # target_epsilon is set.
+    c.dp = ml_collections.ConfigDict(privacy.DEFAULTS)
     c.log_every = 50
     c.eval_every = 0  # 0 = only at the end
     c.eval_steps = 0  # 0 = the whole eval set
@@ -260,6 +263,16 @@ def resolve_data(config) -> ml_collections.ConfigDict:
         raise ConfigError(f"eval_data keys {unknown} are not data keys: {sorted(c.data)}")
     inherited = {k: v for k, v in c.data.items() if k not in TRAIN_ONLY_DATA_KEYS}
     c.eval_data = ml_collections.ConfigDict({**inherited, **own})
+    if privacy.enabled(c.dp):
+        privacy.check(c.dp)
+        task = tasks.get(c.task)
+        if not task.per_example:
+            raise ConfigError(
+                f"task {task.name!r} cannot train with DP-SGD (dp.noise_multiplier / "
+                "dp.target_epsilon): its loss couples the examples of a batch (in-batch "
+                "negatives), so clipping one example's gradient does not bound its influence "
+                "on the update. Train it without dp."
+            )
     return c
 
 
@@ -284,6 +297,7 @@ def resolve(config, tokenizer=None) -> ml_collections.ConfigDict:
             f"task {task.name!r} runs on model families {list(task.families)}, not {family!r}"
         )
     args = task.args(c.task_args.to_dict())
+
     own = {k: v for k, v in c.model.items() if k not in ("name", "size")}
     fields = {}
     if c.get("init_from"):
@@ -317,6 +331,18 @@ def resolve(config, tokenizer=None) -> ml_collections.ConfigDict:
         dict(name=family, size=c.model.size, **dataclasses.asdict(model_config))
     )
     c.task_args = ml_collections.ConfigDict(args)
+    return c
+
+
+def with_privacy(config, plan) -> ml_collections.ConfigDict:
+    """`config` with its DP-SGD plan filled into `dp` (pjx.privacy.plan): the noise
+    multiplier (calibrated when a target epsilon was asked for), delta, the sampling rate,
+    the padded batch, N and the planned epsilon, so config.json shows what the run used."""
+    c = copy.deepcopy(config)
+    with c.dp.unlocked():
+        for key in ("noise_multiplier", "delta", "sampling_rate", "padded_batch_size"):
+            c.dp[key] = getattr(plan, key)
+        c.dp.num_examples, c.dp.planned_epsilon = plan.num_examples, plan.epsilon
     return c
 
 

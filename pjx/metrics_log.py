@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 class MetricsLog:
     """metrics.jsonl + TensorBoard + progress lines for one run (process 0 writes)."""
 
-    def __init__(self, workdir, *, total_steps, resume_step=0, progress=True):
+    def __init__(self, workdir, *, total_steps, resume_step=0, progress=True, annotate=None):
+        # annotate(step) -> fields every line carries (DP-SGD: the epsilon spent so far).
+        self.annotate = annotate or (lambda step: {})
         self.active = jax.process_index() == 0
         self.total, self.progress = int(total_steps), progress
         self.path = os.path.join(workdir, "metrics.jsonl")
@@ -84,6 +86,7 @@ class MetricsLog:
             "step": int(step),
             "split": "train",
             **line,
+            **self.annotate(step),
             f"{unit}_per_s": units / dt,
             "step_s": dt / max(n, 1),
             "elapsed_s": now - self.t_start,
@@ -98,7 +101,7 @@ class MetricsLog:
         return record
 
     def eval(self, step, mets) -> dict:
-        record = {"step": int(step), "split": "eval", **mets}
+        record = {"step": int(step), "split": "eval", **mets, **self.annotate(step)}
         self._write(record)
         if self.progress:
             shown = " | ".join(f"{k} {v:.4f}" for k, v in mets.items() if k != "count")

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable, Iterator
 
 from pjx import config as config_lib
-from pjx import logs
+from pjx import logs, privacy, sharding
 from pjx import train as train_lib
 from pjx import workdir as workdir_lib
 from pjx.metrics_log import MetricsLog
@@ -40,14 +40,20 @@ def train(
     SIGTERM / SIGINT, `pjx.train.NonFiniteLossError` when the loss becomes NaN / Inf.
     """
     logs.setup()
+    config = config_lib.resolve_data(config)  # a bad config fails before the workdir exists
     os.makedirs(workdir, exist_ok=True)
-    config = config_lib.resolve_data(config)
     if tokenizer is None:
         tokenizer = workdir_lib.build_tokenizer(config, workdir)
     config = config_lib.resolve(config, tokenizer)
+    mesh = sharding.make_mesh(config.mesh, devices)
+    ledger = None
+    if privacy.enabled(config.dp):  # fixed before the first step (and again on resume)
+        p = plan_privacy(config, tokenizer, workdir, mesh)
+        config, ledger = config_lib.with_privacy(config, p), privacy.Ledger(p)
+        log.info(p.describe())
     workdir_lib.save_config(config, workdir)
     log.info(config_lib.describe(config))
-    s = train_lib.build(config, tokenizer=tokenizer, devices=devices)
+    s = train_lib.build(config, tokenizer=tokenizer, mesh=mesh)
     log.info(train_lib.describe(s))
     if train_data is None:
         train_data = workdir_lib.build_data(
@@ -75,8 +81,13 @@ def train(
         if start >= config.steps:
             log.info(f"run already complete: step {start} of {config.steps} in {workdir}")
             return MetricsLog.last_record(workdir)
+        annotate = (lambda step: {"dp_epsilon": ledger.epsilon(step)}) if ledger else None
         with MetricsLog(
-            workdir, total_steps=config.steps, resume_step=start, progress=config.progress
+            workdir,
+            total_steps=config.steps,
+            resume_step=start,
+            progress=config.progress,
+            annotate=annotate,
         ) as metrics:
             return train_lib.fit(
                 s,
@@ -90,6 +101,19 @@ def train(
     finally:
         if checkpointer is not None:
             checkpointer.close()  # waits for the last (async) save
+
+
+def plan_privacy(config, tokenizer, workdir, mesh) -> privacy.Plan:
+    """DP-SGD's plan for a resolved config: N from the training table, batches padded to a
+    multiple of the devices the batch is split over (times the micro-batches)."""
+    multiple = sharding.batch_devices(mesh) * int(config.optimizer.accum_steps or 1)
+    return privacy.plan(
+        config.dp,
+        num_examples=workdir_lib.num_examples(config, tokenizer, workdir),
+        batch_size=config.batch_size,
+        steps=config.steps,
+        multiple=multiple,
+    )
 
 
 def run(config, workdir: str, overrides=(), **kw) -> dict:

@@ -153,6 +153,11 @@ def mirror_shardings(tree, params, param_sh, mesh):
     return jax.tree_util.tree_map_with_path(pick, tree)
 
 
+def batch_devices(mesh) -> int:
+    """How many ways the batch is split: data x fsdp."""
+    return _mesh_size(mesh, BATCH_AXES)
+
+
 def batch_sharding(mesh, global_batch: int | None = None) -> NamedSharding:
     """Leading (batch) dim over ('data', 'fsdp'); replicated if it does not divide."""
     if global_batch is not None and global_batch % _mesh_size(mesh, BATCH_AXES):

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pjx import checkpoint, distributed, models, optim, sharding, tasks
+from pjx import checkpoint, distributed, models, optim, privacy, sharding, tasks
 from pjx.metrics_log import MetricsLog
 
 log = logging.getLogger(__name__)
@@ -60,14 +60,33 @@ class TrainState:
 
 
 def train_step(
-    state: TrainState, batch, *, model, loss_fn, tx, lr_fn, accum_steps=1, batch_sharding=None
+    state: TrainState,
+    batch,
+    *,
+    model,
+    loss_fn,
+    tx,
+    lr_fn,
+    accum_steps=1,
+    batch_sharding=None,
+    dp=None,
+    trainable=None,
 ):
-    """One optimizer update (gradients accumulated over `accum_steps` micro-batches)."""
+    """One optimizer update (gradients accumulated over `accum_steps` micro-batches).
+
+    `dp` (DP-SGD: l2_norm_clip, noise_multiplier, expected_batch_size, microbatch_size)
+    privatises the gradient (pjx.privacy.private_gradients) before the optimizer sees it;
+    `trainable` marks the leaves that get gradients there."""
     rng = jax.random.fold_in(state.rng, state.step)
     fn = lambda p, b, r: loss_fn(model, p, b, r, train=True)
-    loss, mets, grads = optim.accumulate_gradients(
-        fn, state.params, batch, rng, accum_steps, batch_sharding
-    )
+    if dp:
+        loss, mets, grads = privacy.private_gradients(
+            fn, state.params, batch, rng, accum_steps=accum_steps, trainable=trainable, **dp
+        )
+    else:
+        loss, mets, grads = optim.accumulate_gradients(
+            fn, state.params, batch, rng, accum_steps, batch_sharding
+        )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     out = dict(mets, loss=loss, learning_rate=lr_fn(state.step), grad_norm=optax.global_norm(grads))
@@ -135,7 +154,19 @@ def build(config, *, tokenizer=None, mesh=None, devices=None) -> Setup:
         opt_state=sharding.mirror_shardings(abstract.opt_state, abstract.params, param_sh, mesh),
         rng=repl,
     )
-    batch_sh = sharding.batch_sharding(mesh, config["batch_size"])
+    batch_sh = sharding.batch_sharding(mesh, privacy.batch_rows(config))
+    dp_cfg = config.get("dp") or {}
+    dp = trainable = None
+    if privacy.enabled(dp_cfg):  # checked in pjx.config.resolve
+        dp = dict(
+            l2_norm_clip=float(dp_cfg["l2_norm_clip"]),
+            noise_multiplier=float(dp_cfg["noise_multiplier"]),
+            expected_batch_size=int(config["batch_size"]),
+            microbatch_size=int(dp_cfg.get("microbatch_size") or 0),
+        )
+        pattern = config["optimizer"].get("freeze", "") or ""
+        if pattern:  # frozen leaves: no per-example gradients, not in the clip norm
+            trainable = jax.tree.map(lambda f: not f, optim.frozen_mask(abstract.params, pattern))
     step = functools.partial(
         train_step,
         model=model,
@@ -144,6 +175,8 @@ def build(config, *, tokenizer=None, mesh=None, devices=None) -> Setup:
         lr_fn=lr_fn,
         accum_steps=int(config["optimizer"].get("accum_steps", 1) or 1),
         batch_sharding=batch_sh,
+        dp=dp,
+        trainable=trainable,
     )
     return Setup(
         config=config,
@@ -176,7 +209,7 @@ def create_state(s: Setup, seed: int) -> TrainState:
 
 def compile_step(s: Setup, batch):
     """AOT-compile the train step for the shapes of this process's share of a batch."""
-    G = int(s.config["batch_size"])  # the global batch
+    G = privacy.batch_rows(s.config)  # the global batch (padded under DP-SGD)
     with sharding.context(s.mesh):
         abstract_batch = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct((G, *x.shape[1:]), x.dtype, sharding=s.batch_sharding),
@@ -293,7 +326,7 @@ def fit(
         f"{sharding.memory_report(compiled)}"
     )
     metrics.start_clock()
-    per_step, unit = _units(batch, s.task.unit, int(c.batch_size)), s.task.unit
+    per_step, unit = _units(batch, s.task.unit, privacy.batch_rows(c)), s.task.unit
     window, last = _Window(), {}
 
     def log_train(upto):

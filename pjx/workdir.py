@@ -11,7 +11,7 @@ import os
 
 import jax
 
-from pjx import checkpoint, data, init_from, sharding, tokenizers
+from pjx import checkpoint, data, init_from, privacy, sharding, tokenizers
 from pjx import config as config_lib
 
 
@@ -43,7 +43,9 @@ def build_data(config, tokenizer, *, train: bool, workdir=None, mesh=None):
     `config` is resolved (pjx.config.resolve); with `mesh`, this process produces the rows
     its devices hold of every global batch (else its equal share)."""
     cfg = config.data if train else config.eval_data
-    bs = config.batch_size if train else (config.get("eval_batch_size") or config.batch_size)
+    bs = privacy.batch_rows(config) if train else (config.eval_batch_size or config.batch_size)
+    dp = config.get("dp") or {}
+    poisson = dp.get("sampling_rate") if privacy.enabled(dp) and dp.sampling == "poisson" else None
     rows = None if mesh is None else sharding.process_rows(sharding.batch_sharding(mesh, bs), bs)
     return data.build(
         cfg,
@@ -59,7 +61,23 @@ def build_data(config, tokenizer, *, train: bool, workdir=None, mesh=None):
         rows=rows,
         workdir=workdir,
         num_labels=int(config.model.get("num_labels", 0) or 0),
+        poisson_rate=poisson,
     )
+
+
+def num_examples(config, tokenizer, workdir=None) -> int:
+    """Rows of the run's training table (encoded into the cache if needed): DP's N."""
+    table = data.encode.table(
+        data.with_defaults(config.data),
+        task=config.task,
+        task_args=config.task_args.to_dict(),
+        model=config.model.name,
+        tokenizer=tokenizer,
+        seed=config.seed,
+        workdir=workdir,
+        num_labels=int(config.model.get("num_labels", 0) or 0),
+    )
+    return len(next(iter(table.values())))
 
 
 def save_config(config, workdir) -> str:

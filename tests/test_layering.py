@@ -21,6 +21,7 @@ LAYERS = [
         "pjx.tokenizers",
         "pjx.data",
         "pjx.optim",
+        "pjx.privacy",
         "pjx.sharding",
         "pjx.checkpoint",
         "pjx.hf",

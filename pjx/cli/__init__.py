@@ -19,6 +19,7 @@ COMMANDS = {
     "train": ("train", "train / fine-tune from a config file"),
     "config": ("show_config", "print every key of a config, after overrides"),
     "bench": ("bench", "time train steps (or the input pipeline); last line is JSON"),
+    "privacy": ("privacy", "a DP-SGD config's epsilon, sigma or steps, without training"),
     "tokenizer": ("tokenizer", "train / inspect a tokenizer"),
     "convert": ("convert", "convert Hugging Face <-> pjx checkpoints"),
     "generate": ("generate", "sample text from a trained GPT-2 workdir"),

@@ -106,7 +106,7 @@ def prepare_config(config, tokenizer=None):
 
 
 # --------------------------------------------------------------------- input pipeline
-def _pipeline_tokenizer(config, data_cfg):
+def pipeline_tokenizer(config, data_cfg):
     """The run's tokenizer, as `pjx train` builds it; a `train:` spec trains once into a
     folder of the data cache (there is no workdir)."""
     spec = data_cfg.get("tokenizer", "") or ""
@@ -124,7 +124,7 @@ def bench_pipeline(config, steps: int = 200, tokenizer=None) -> dict:
     config = config_lib.resolve_data(first_stage(config))
     cfg = data.with_defaults(config.data)
     t0 = time.perf_counter()
-    tok = tokenizer if tokenizer is not None else _pipeline_tokenizer(config, cfg)
+    tok = tokenizer if tokenizer is not None else pipeline_tokenizer(config, cfg)
     it = data.build(
         cfg,
         task=config.task,

@@ -14,8 +14,8 @@ def add_arguments(p):
 
 
 def main(args, overrides) -> int:
-    from pjx import config as config_lib
     from pjx import checkpoint, run, train
+    from pjx import config as config_lib
 
     cfg = config_lib.load(args.config)
     config_lib.apply_overrides(cfg, overrides)  # fail fast on a bad key, before any work

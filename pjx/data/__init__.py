@@ -118,6 +118,7 @@ def build(
     rows=None,
     workdir: str | None = None,
     num_labels: int = 0,
+    poisson_rate: float | None = None,
 ):
     """train=True: endless `TrainIterator` of process-local batches (get_state /
     set_state); train=False: `EvalBatches`, every example once, padded, with `weight`.
@@ -126,7 +127,9 @@ def build(
     its shard, `pjx.sharding.process_rows`), by default the process_index-th of
     process_count equal blocks, as jax lays a batch over processes. `task_args`
     are the task's options (`config.task_args`; e.g. `nsp`), `num_labels` the model's
-    classes (names the classes of sources whose labels are bare integers).
+    classes (names the classes of sources whose labels are bare integers). With
+    `poisson_rate` q (DP-SGD), training batch i holds each row with probability q, padded
+    to batch_size rows that carry `weight` 0.
     """
     cfg = with_defaults(cfg)
     if rows is None:
@@ -148,7 +151,13 @@ def build(
     )
     n = len(next(iter(arrays.values())))
     index = pipeline.BatchIndex(
-        n, batch_size, rows, train=train, seed=seed, shuffle=bool(cfg.shuffle)
+        n,
+        batch_size,
+        rows,
+        train=train,
+        seed=seed,
+        shuffle=bool(cfg.shuffle),
+        poisson_rate=poisson_rate if train else None,
     )
     info = dict(source=cfg.source, rows=n, task=task, batch_size=index.B)
     ds = pipeline.map_dataset(arrays, index, task=task, cfg=cfg, seed=seed)

@@ -47,8 +47,13 @@ class BatchIndex:
     shard, as the batch sharding lays the global batch over processes), so every process
     count assembles the same global batches as one process does."""
 
-    def __init__(self, n_rows, batch_size, rows=None, *, train, seed=0, shuffle=True):
+    def __init__(
+        self, n_rows, batch_size, rows=None, *, train, seed=0, shuffle=True, poisson_rate=None
+    ):
         self.n, self.G, self.train = int(n_rows), int(batch_size), bool(train)
+        # DP-SGD's Poisson sampling: batch i holds each row with probability q, padded (or,
+        # past G rows, truncated to a uniform subset) to G rows, padding with weight 0.
+        self.q = None if poisson_rate is None else float(poisson_rate)
         self.rows = np.arange(self.G) if rows is None else np.asarray(rows, np.int64)
         self.B = len(self.rows)  # this process's rows per batch
         self.seed, self.shuffle = int(seed), bool(shuffle)
@@ -81,6 +86,8 @@ class BatchIndex:
 
     def __getitem__(self, i):
         i = int(i)
+        if self.train and self.q is not None:
+            return self._poisson(i)
         if self.train:
             epoch, j = divmod(i, self.per_epoch)
             return self.permutation(epoch)[j * self.G + self.rows]
@@ -88,6 +95,16 @@ class BatchIndex:
             raise IndexError(i)
         rows = i * self.G + self.rows
         return np.where(rows < self.n, rows, 0), (rows < self.n).astype(np.float32)
+
+    def _poisson(self, i):
+        """Batch i of Poisson sampling: (row indices, weight); the same on every process,
+        and a function of (seed, i) alone, so a resumed run draws the same batches."""
+        rng = np.random.default_rng([self.seed, 0x5049, i])
+        n = int(rng.binomial(self.n, self.q))
+        chosen = np.full(self.G, -1, np.int64)
+        chosen[: min(n, self.G)] = rng.choice(self.n, size=min(n, self.G), replace=False)
+        idx = chosen[self.rows]
+        return np.where(idx >= 0, idx, 0), (idx >= 0).astype(np.float32)
 
     def __getstate__(self):  # picklable for Grain worker processes
         state = dict(self.__dict__)
@@ -109,7 +126,7 @@ class MakeBatch:
         self.table, self.task, self.cfg, self.train = table, task, cfg, train
 
     def __call__(self, item, rng):
-        rows, weight = (item, None) if self.train else item
+        rows, weight = item if isinstance(item, tuple) else (item, None)
         gathered = {k: np.asarray(v[rows]) for k, v in self.table.items()}
         out = tasks.get(self.task).make_batch(gathered, rng, self.cfg, self.train)
         if weight is not None:
