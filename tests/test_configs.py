@@ -61,6 +61,7 @@ SMOKE = [  # the smoke runs the README / docstrings print; FLOWS run the other v
     "gpt2_lm.py:shakespeare_char,smoke",
     "vit_cls.py:smoke",
     "glue.py:sst2,smoke",
+    "glue.py:sst2,dp,smoke",  # DP-SGD: calibrated noise, Poisson batches, dp_epsilon
 ]
 # Pretrain, then start a second config from that workdir (init_from), for every family.
 FLOWS = {
@@ -128,6 +129,8 @@ def test_smoke_variant_runs_exactly_as_printed(spec, tmp_path, monkeypatch, caps
     assert (workdir / "checkpoints" / "2").is_dir()
     if spec.startswith(("glue", "vit_cls")):
         assert {"accuracy", "precision", "recall", "f1", "mcc"} <= set(evals[-1])
+    if ",dp" in spec:
+        assert evals[-1]["dp_epsilon"] <= 8.0 + 1e-6
     # The resolved config: printed at the start, saved with every model field spelled out.
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["steps"] == 2 and saved["model"]["num_layers"] > 0
