@@ -3,7 +3,7 @@
     pjx train --config configs/glue.py:sst2 --workdir runs/sst2 --config.init_from=runs/bert_mlm
     pjx train --config configs/glue.py:rte --workdir runs/rte --config.init_from=hf:/path/bert
     pjx train --config configs/glue.py:cola,smoke --workdir /tmp/glue_smoke
-    pjx train --config configs/glue.py:sst2,dp --workdir runs/sst2_dp --config.init_from=hf:/path/bert
+    pjx train --config configs/glue.py:sst2,dp --workdir runs/dp --config.init_from=hf:/path/bert
 
 ARG: the task (`sst2`, `cola`, `mrpc`, `rte`), optionally `,smoke` (2 steps) and `,dp`
 (differentially private fine-tuning at epsilon 8, see below). With
