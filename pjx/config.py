@@ -30,7 +30,7 @@ from pathlib import Path
 
 import ml_collections
 
-from pjx import data, init_from, models, optim, privacy, sharding, tasks
+from pjx import data, hf, init_from, lora, models, optim, privacy, sharding, tasks
 from pjx.tokenizers import parse_bool, parse_spec
 
 # Keys of `data` that `eval_data` does not take: the run has one tokenizer.
@@ -60,6 +60,8 @@ def base_config() -> ml_collections.ConfigDict:
     # Differentially private training (pjx.privacy): off unless noise_multiplier or
     # target_epsilon is set.
     c.dp = ml_collections.ConfigDict(privacy.DEFAULTS)
+    # Low-rank adapters (pjx.lora): off unless rank > 0.
+    c.lora = ml_collections.ConfigDict(lora.DEFAULTS)
     c.log_every = 50
     c.eval_every = 0  # 0 = only at the end
     c.eval_steps = 0  # 0 = the whole eval set
@@ -300,6 +302,8 @@ def resolve(config, tokenizer=None) -> ml_collections.ConfigDict:
 
     own = {k: v for k, v in c.model.items() if k not in ("name", "size")}
     fields = {}
+    if str(c.get("init_from")).startswith("peft:") and not lora.enabled(c.lora):
+        c.lora.update(hf.peft.lora_config(c.init_from[5:]))  # the adapter's own LoRA
     if c.get("init_from"):
         src_family, src_fields = init_from.source_model(c.init_from)
         if src_family != family:

@@ -14,27 +14,47 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pjx import checkpoint, init_from, models, tokenizers
+from pjx import checkpoint, hf, init_from, lora, models, tokenizers
 from pjx.models import gpt2
 
 
 def load(source, **model_overrides):
-    """(model, params, tokenizer or None) from a pjx workdir / checkpoint, or `hf:PATH`.
+    """(model, params, tokenizer or None) from a pjx workdir / checkpoint, `hf:PATH` or
+    `peft:ADAPTER_DIR` (LoRA adapters come merged into the kernels).
 
     `model_overrides` change how it computes (e.g. `dtype="bfloat16"`), not its shapes.
     """
     family, fields = init_from.source_model(source)
     model = models.create(family, "tiny", **{**fields, **model_overrides})
+    # A LoRA run's checkpoint holds adapters beside the kernels: read them with the adapted
+    # model, then merge (W + scale A B), so inference runs the plain model at full speed.
+    lora_cfg = run_lora(source)
+    adapted = lora.adapted(model, lora_cfg, family)
     inputs = models.example_inputs(family, model.config, 1)
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), **inputs)["params"])
+    abstract = jax.eval_shape(lambda: adapted.init(jax.random.key(0), **inputs)["params"])
     params, report = init_from.init_from(source, nn.meta.unbox(abstract), verbose=False)
     if report.new:
         missing = ", ".join(p for p, _ in report.new[:5])
         raise ValueError(f"{source} lacks parameters the model needs: {missing} ...")
     params = jax.tree.map(jnp.asarray, params)
+    if lora.enabled(lora_cfg):
+        params = lora.merge(params, lora_cfg)
+    if str(source).startswith("peft:"):  # the tokenizer is the base model's
+        source = "hf:" + hf.peft_base(str(source)[5:])
     folder = checkpoint.tokenizer_dir(source)
     tokenizer = tokenizers.load(str(folder)) if folder is not None else None
     return model, params, tokenizer
+
+
+def run_lora(source) -> dict:
+    """The LoRA settings `source` was trained with: a PEFT adapter's, a pjx run's `lora`
+    block, {} for a Hugging Face folder (and runs without LoRA)."""
+    source = str(source)
+    if source.startswith("peft:"):
+        return hf.peft.lora_config(source[5:])
+    if source.startswith("hf:"):
+        return {}
+    return dict(checkpoint.read_checkpoint_config(source).get("lora") or {})
 
 
 def generate(

@@ -53,14 +53,17 @@ class InitReport:
     __str__ = table
 
 
-def _source_params(source) -> tuple[dict, callable, str]:
+def _source_params(source, target_shapes=None) -> tuple[dict, callable, str]:
     """(path -> saved shape, loader(paths, targets) -> {path: array}, description)."""
     source = str(source)
-    if source.startswith("hf:"):
-        flat = {
-            ckpt.path_str(p): np.asarray(x)
-            for p, x in jax.tree_util.tree_flatten_with_path(hf.load_params(source[3:]))[0]
-        }
+    if source.startswith(("hf:", "peft:")):
+        if source.startswith("peft:"):  # base model + adapter + heads, at the target's paths
+            flat = {p: np.asarray(x) for p, x in hf.load_peft(source[5:], target_shapes).items()}
+        else:
+            flat = {
+                ckpt.path_str(p): np.asarray(x)
+                for p, x in jax.tree_util.tree_flatten_with_path(hf.load_params(source[3:]))[0]
+            }
         return (
             {p: x.shape for p, x in flat.items()},
             # Onto the target's sharding, like the Orbax branch (None: stays on host).
@@ -142,13 +145,13 @@ def init_from(source, target_params, *, allow_vocab_resize: bool = False, verbos
     `source`: a workdir (its latest checkpoint), a checkpoints dir, a step dir,
     or `hf:PATH` (via `pjx.hf.load_params`).
     """
-    saved, load, where = _source_params(source)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(target_params)
     raw = {ckpt.path_str(p): x for p, x in leaves}
     # Matching is by the unscanned layout, so scanned and unscanned runs initialise each
     # other (a scanned target is unstacked here and stacked again below).
     scanned = any(models.stack_of(p) for p in raw)
     target = models.unstack_layers(raw) if scanned else raw
+    saved, load, where = _source_params(source, {p: tuple(x.shape) for p, x in target.items()})
     report = InitReport(source=where)
     exact, resize, mismatched = {}, {}, []
     for p, x in target.items():
@@ -239,6 +242,8 @@ def source_model(source) -> tuple[str, dict]:
     source = str(source)
     if source.startswith("hf:"):
         return hf.model_config(source[3:])
+    if source.startswith("peft:"):
+        return hf.model_config(hf.peft_base(source[5:]))
     saved = ckpt.read_checkpoint_config(source).get("model") or {}
     if "name" not in saved:
         raise ValueError(

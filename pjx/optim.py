@@ -87,16 +87,25 @@ def frozen_mask(params, pattern: str):
     )
 
 
-def make(opt_cfg, total_steps: int) -> tuple[optax.GradientTransformation, Callable]:
-    """Returns (optax transformation, lr schedule)."""
+def make(
+    opt_cfg, total_steps: int, frozen: Callable | None = None
+) -> tuple[optax.GradientTransformation, Callable]:
+    """Returns (optax transformation, lr schedule). Leaves frozen by `optimizer.freeze` (a
+    regex) or by `frozen(params) -> bool pytree` (LoRA's base weights) get no update."""
     tx, lr_fn = _make_trainable(opt_cfg, total_steps)
     pattern = opt_cfg.get("freeze", "") or ""
-    if not pattern:
+    if not pattern and frozen is None:
         return tx, lr_fn
+
+    def is_frozen(params):
+        by_name = frozen_mask(params, pattern) if pattern else jax.tree.map(lambda _: False, params)
+        by_fn = frozen(params) if frozen is not None else by_name
+        return jax.tree.map(lambda a, b: bool(a or b), by_name, by_fn)
+
     # Frozen leaves bypass clipping and AdamW entirely (set_to_zero keeps no state), so
     # their gradients are dead code that XLA removes: a linear probe costs a forward pass.
     labels = lambda params: jax.tree.map(
-        lambda f: "frozen" if f else "trainable", frozen_mask(params, pattern)
+        lambda f: "frozen" if f else "trainable", is_frozen(params)
     )
     return optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()}, labels), lr_fn
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -23,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pjx import checkpoint, distributed, models, optim, privacy, sharding, tasks
+from pjx import checkpoint, distributed, lora, models, optim, privacy, sharding, tasks
 from pjx.metrics_log import MetricsLog
 
 log = logging.getLogger(__name__)
@@ -89,7 +88,11 @@ def train_step(
         )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    out = dict(mets, loss=loss, learning_rate=lr_fn(state.step), grad_norm=optax.global_norm(grads))
+    # The norm of what trains: frozen leaves' gradients stay unused, so XLA drops them.
+    leaves = jax.tree.leaves(grads)
+    keep = jax.tree.leaves(trainable) if trainable is not None else [True] * len(leaves)
+    norm = optax.global_norm([g for g, t in zip(leaves, keep) if t])
+    out = dict(mets, loss=loss, learning_rate=lr_fn(state.step), grad_norm=norm)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), out
 
 
@@ -109,6 +112,7 @@ class Setup:
     model: nn.Module
     task: tasks.Task
     loss_fn: Callable  # the task's loss with its runtime arguments bound
+    trainable: Any  # bool pytree like params: False = frozen (optimizer.freeze, LoRA's base)
     mesh: jax.sharding.Mesh
     state_shardings: Any
     abstract_state: Any  # ShapeDtypeStructs with shardings (restore target)
@@ -122,13 +126,19 @@ def build(config, *, tokenizer=None, mesh=None, devices=None) -> Setup:
     """The model, task, optimizer and jitted steps of a resolved config (`pjx.config.resolve`;
     any mapping with its keys will do: read by key, so plain dicts work without
     ml_collections, as on a bare accelerator host)."""
-    model_cfg = config["model"]
+    model_cfg, family = config["model"], config["model"]["name"]
     fields = {k: v for k, v in model_cfg.items() if k not in ("name", "size")}
-    model = models.create(model_cfg["name"], model_cfg["size"], **fields)
+    lora_cfg = config.get("lora") or {}
+    model = lora.adapted(models.create(family, model_cfg["size"], **fields), lora_cfg, family)
     task = tasks.get(config["task"])
     args = task.args(dict(config["task_args"]))
     loss_fn = functools.partial(task.loss, **task.runtime_args(args, tokenizer, model.config))
-    tx, lr_fn = optim.make(config["optimizer"], config["steps"])
+    frozen_by_lora = None
+    if lora.enabled(lora_cfg):  # only the adapters and the task's heads train
+        frozen_by_lora = lambda p: jax.tree.map(
+            lambda t: not t, lora.trainable(p, lora_cfg, family)
+        )
+    tx, lr_fn = optim.make(config["optimizer"], config["steps"], frozen=frozen_by_lora)
     mesh = mesh or sharding.make_mesh(config["mesh"], devices)
     inputs = models.example_inputs(
         model_cfg["name"], model.config, 1, config["data"].get("seq_len") or None
@@ -145,6 +155,8 @@ def build(config, *, tokenizer=None, mesh=None, devices=None) -> Setup:
         )
 
     boxed = jax.eval_shape(init_params, jax.random.PRNGKey(0))
+    if lora.enabled(lora_cfg):
+        lora.check(boxed, lora_cfg, family)
     abstract = jax.eval_shape(init_state, jax.random.PRNGKey(0))
     param_sh = sharding.param_shardings(boxed, mesh)
     repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -155,8 +167,18 @@ def build(config, *, tokenizer=None, mesh=None, devices=None) -> Setup:
         rng=repl,
     )
     batch_sh = sharding.batch_sharding(mesh, privacy.batch_rows(config))
+    # Which parameters train (static): frozen ones get no gradient, no DP clipping, no
+    # optimizer state, and count in no gradient norm.
+    trainable = jax.tree.map(lambda _: True, abstract.params)
+    pattern = config["optimizer"].get("freeze", "") or ""
+    if pattern:
+        trainable = jax.tree.map(lambda f: not f, optim.frozen_mask(abstract.params, pattern))
+    if frozen_by_lora is not None:
+        trainable = jax.tree.map(
+            lambda t, f: t and not f, trainable, frozen_by_lora(abstract.params)
+        )
     dp_cfg = config.get("dp") or {}
-    dp = trainable = None
+    dp = None
     if privacy.enabled(dp_cfg):  # checked in pjx.config.resolve
         dp = dict(
             l2_norm_clip=float(dp_cfg["l2_norm_clip"]),
@@ -164,9 +186,6 @@ def build(config, *, tokenizer=None, mesh=None, devices=None) -> Setup:
             expected_batch_size=int(config["batch_size"]),
             microbatch_size=int(dp_cfg.get("microbatch_size") or 0),
         )
-        pattern = config["optimizer"].get("freeze", "") or ""
-        if pattern:  # frozen leaves: no per-example gradients, not in the clip norm
-            trainable = jax.tree.map(lambda f: not f, optim.frozen_mask(abstract.params, pattern))
     step = functools.partial(
         train_step,
         model=model,
@@ -183,6 +202,7 @@ def build(config, *, tokenizer=None, mesh=None, devices=None) -> Setup:
         model=model,
         task=task,
         loss_fn=loss_fn,
+        trainable=trainable,
         mesh=mesh,
         state_shardings=state_sh,
         abstract_state=jax.tree.map(
@@ -219,13 +239,13 @@ def compile_step(s: Setup, batch):
 
 
 def describe(s: Setup) -> str:
-    params = sum(math.prod(x.shape) for x in jax.tree.leaves(s.abstract_state.params))
+    trained, params = lora.count(s.abstract_state.params, s.trainable)
     pb = sharding.per_device_bytes(s.abstract_state.params, s.state_shardings.params)
     ob = sharding.per_device_bytes(s.abstract_state.opt_state, s.state_shardings.opt_state)
     return (
         f"{sharding.describe(s.mesh)}\nmodel {s.config['model']['name']}/"
-        f"{s.config['model']['size']}: "
-        f"{params:,} parameters; per device: params {pb / 2**20:.2f} MiB, "
+        f"{s.config['model']['size']}: {params:,} parameters, {trained:,} trained "
+        f"({100 * trained / max(params, 1):.2f}%); per device: params {pb / 2**20:.2f} MiB, "
         f"optimizer state {ob / 2**20:.2f} MiB"
     )
 

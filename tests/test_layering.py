@@ -15,6 +15,7 @@ PKG = Path(__file__).resolve().parents[1] / "pjx"
 LAYERS = [
     ("pjx.layers", "pjx.host_memory", "pjx.xla_cpu", "pjx.examples", "pjx.logs", "pjx.distributed"),
     ("pjx.models",),
+    ("pjx.lora",),
     ("pjx.losses", "pjx.masking", "pjx.metrics", "pjx.packing", "pjx.images"),
     ("pjx.tasks",),
     (

@@ -1,4 +1,4 @@
-"""`pjx convert hf-to-pjx SRC DST` and `pjx convert pjx-to-hf SRC DST` (pjx.convert)."""
+"""`pjx convert hf-to-pjx | pjx-to-hf | merge-lora | pjx-to-peft SRC DST` (pjx.convert)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,18 @@ def add_arguments(parser):
             "pjx workdir / checkpoint -> Hugging Face folder",
             "pjx workdir, checkpoints dir or step dir",
             "output folder",
+        ),
+        (
+            "merge-lora",
+            "LoRA run -> plain pjx workdir (adapters merged into the kernels)",
+            "pjx workdir / checkpoint of a LoRA run",
+            "pjx workdir",
+        ),
+        (
+            "pjx-to-peft",
+            "LoRA run -> Hugging Face PEFT adapter folder",
+            "pjx workdir / checkpoint of a LoRA run",
+            "adapter folder",
         ),
     ):
         p = sub.add_parser(name, help=help_, description=help_)
@@ -41,7 +53,13 @@ def main(args, overrides=()) -> int:
     if args.direction == "hf-to-pjx":
         where = convert.hf_to_pjx(args.src, dst)
         print(f"wrote pjx checkpoint {where} (use it as init_from={dst.absolute()})")
-    else:
+    elif args.direction == "pjx-to-hf":
         where = convert.pjx_to_hf(args.src, dst)
         print(f"wrote Hugging Face model folder {where}")
+    elif args.direction == "merge-lora":
+        where = convert.merge_lora(args.src, dst)
+        print(f"wrote pjx checkpoint {where} with the adapters merged")
+    else:
+        where = convert.to_peft(args.src, dst)
+        print(f"wrote PEFT adapter folder {where} (peft.PeftModel.from_pretrained(base, DIR))")
     return 0

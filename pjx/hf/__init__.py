@@ -26,7 +26,7 @@ import numpy as np
 from flax import traverse_util
 
 from pjx import models
-from pjx.hf import bert, folder, gpt2, mapping, t5, vit
+from pjx.hf import bert, folder, gpt2, mapping, peft, t5, vit
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,18 @@ def load_params(path) -> dict:
     """The pjx params pytree (float32 numpy) of every parameter the HF checkpoint holds."""
     _, _, values, _ = _import(path)
     return traverse_util.unflatten_dict(values, sep="/")
+
+
+def peft_base(adapter) -> str:
+    """The local Hugging Face folder a PEFT adapter folder was trained on."""
+    return peft.base_folder(adapter, peft.read_config(adapter))
+
+
+def load_peft(adapter, shapes: dict) -> dict:
+    """{pjx path: array}: a PEFT adapter folder's base model with its LoRA matrices and
+    fully trained heads, for the pjx paths `shapes` (unscanned) of the model they go into."""
+    family, _, values, _ = _import(peft_base(adapter))
+    return peft.load_params(adapter, FAMILIES[family], values, shapes)
 
 
 def load(path, *, seed: int = 0):
