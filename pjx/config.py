@@ -72,6 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.init_from = ""  # workdir, checkpoint path or hf:PATH
     c.allow_vocab_resize = False  # init_from: copy the overlapping rows of a resized vocab
     c.progress = True  # progress lines while training
+    c.write_curves = True  # WORKDIR/curves.png (pjx.plot) when a run ends
     # Chained stages: (("name", {"dotted.key": value, ...}), ...), each run in WORKDIR/name.
     # An init_from of "stage:NAME" means WORKDIR/NAME.
     c.stages = ()
@@ -267,6 +268,7 @@ def resolve_data(config) -> ml_collections.ConfigDict:
     c.eval_data = ml_collections.ConfigDict({**inherited, **own})
     if privacy.enabled(c.dp):
         privacy.check(c.dp)
+        privacy.clipping_method(c.dp, c.model)
         task = tasks.get(c.task)
         if not task.per_example:
             raise ConfigError(

@@ -24,6 +24,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from pjx import ghost_clipping
+
 # `config.dp` and its defaults (pjx.config holds it as a ConfigDict). DP is on when
 # noise_multiplier > 0, or target_epsilon > 0 (sigma is then calibrated before training).
 DEFAULTS = dict(
@@ -34,6 +36,7 @@ DEFAULTS = dict(
     sampling="poisson",  # "poisson" | "shuffle" (epsilon then assumes Poisson)
     accountant="pld",  # "pld" | "rdp" (dp_accounting)
     microbatch_size=0,  # examples per vmap when computing per-example gradients; 0 = all
+    clipping="auto",  # "ghost" | "vmap" | "auto": ghost unless nn.scan / remat (see below)
 )
 SAMPLINGS = ("poisson", "shuffle")
 ACCOUNTANTS = ("pld", "rdp")
@@ -63,6 +66,8 @@ def check(dp_cfg) -> None:
         raise ValueError(f"dp.sampling={dp_cfg.get('sampling')!r}: choose one of {SAMPLINGS}")
     if dp_cfg.get("accountant") not in ACCOUNTANTS:
         raise ValueError(f"dp.accountant={dp_cfg.get('accountant')!r}: one of {ACCOUNTANTS}")
+    if dp_cfg.get("clipping", "auto") not in ("auto", *CLIPPING):
+        raise ValueError(f"dp.clipping={dp_cfg.get('clipping')!r}: one of auto, {CLIPPING}")
     if not float(dp_cfg.get("l2_norm_clip") or 0) > 0:
         raise ValueError("dp.l2_norm_clip must be > 0 (the per-example clip norm C)")
     if float(dp_cfg.get("noise_multiplier") or 0) > 0 and float(dp_cfg.target_epsilon or 0) > 0:
@@ -70,6 +75,21 @@ def check(dp_cfg) -> None:
             "set dp.noise_multiplier or dp.target_epsilon, not both (a target epsilon "
             "calibrates the noise multiplier)"
         )
+
+
+def clipping_method(dp_cfg, model_cfg) -> str:
+    """How per-example norms are found: "ghost" (pjx.ghost_clipping) unless the layers
+    run inside nn.scan / nn.remat, whose activations cannot leave the transform."""
+    chosen = dp_cfg.get("clipping") or "auto"
+    lifted = bool(model_cfg.get("scan_layers")) or (model_cfg.get("remat") or "none") != "none"
+    if chosen == "auto":
+        return "vmap" if lifted else "ghost"
+    if chosen == "ghost" and lifted:
+        raise ValueError(
+            "dp.clipping='ghost' cannot see layers inside model.scan_layers / model.remat; "
+            "use dp.clipping='vmap' (or 'auto') with them"
+        )
+    return chosen
 
 
 # ------------------------------------------------------------------------ accounting
@@ -258,6 +278,27 @@ class Ledger:
 
 
 # ------------------------------------------------------------------- DP gradients
+CLIPPING = ("ghost", "vmap")
+
+
+def _in_chunks(fn, batch, keys, size: int):
+    """sum over chunks of `size` rows of fn(chunk, chunk_keys) (a scan bounds memory)."""
+    B = len(keys)
+    if not size or size >= B:
+        return fn(batch, keys)
+    if B % size:
+        raise ValueError(f"dp.microbatch_size={size} must divide the {B} rows of a micro-batch")
+    split = lambda x: x.reshape(B // size, size, *x.shape[1:])
+    chunks, chunk_keys = jax.tree.map(split, batch), split(keys)
+
+    def body(carry, xs):
+        return jax.tree.map(jnp.add, carry, fn(*xs)), None
+
+    zeros = jax.eval_shape(fn, jax.tree.map(lambda x: x[0], chunks), chunk_keys[0])
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
+    return jax.lax.scan(body, zeros, (chunks, chunk_keys))[0]
+
+
 def private_gradients(
     loss_fn,
     params,
@@ -270,6 +311,7 @@ def private_gradients(
     accum_steps: int = 1,
     microbatch_size: int = 0,
     trainable=None,
+    clipping: str = "ghost",
 ):
     """(loss, metric sums, privatised gradient) of one logical batch, like
     `pjx.optim.accumulate_gradients`.
@@ -282,10 +324,13 @@ def private_gradients(
     the result is divided by `expected_batch_size`. Rows with `weight` 0 (padding) add
     nothing. Each example's random key comes from its position in the batch, so the result
     does not depend on `accum_steps`. `trainable`: a bool pytree like params; False leaves
-    get no gradient (and do not count towards the clip norm).
+    get no gradient (and do not count towards the clip norm). `clipping`: "ghost"
+    (pjx.ghost_clipping: norms from layer inputs and output gradients, no per-example
+    weight gradients) or "vmap" (a per-example gradient of every parameter); the same
+    result. Layers inside nn.scan / nn.remat need "vmap".
     """
-    from jax_privacy import clipping  # heavy (scipy, pydantic): only for DP runs
-
+    if clipping not in CLIPPING:
+        raise ValueError(f"dp.clipping={clipping!r}: pick one of {CLIPPING}")
     leaves, treedef = jax.tree.flatten(params)
     mask = [True] * len(leaves) if trainable is None else jax.tree.leaves(trainable)
     fixed = [x for x, m in zip(leaves, mask) if not m]
@@ -299,23 +344,38 @@ def private_gradients(
         loss, mets = loss_fn(join(train_leaves), example, key)
         return loss, mets
 
-    grad_fn = clipping.clipped_grad(
-        example_loss,
-        has_aux=True,
-        l2_clip_norm=float(l2_norm_clip),
-        batch_argnums=(1, 2),
-        keep_batch_dim=True,
-        microbatch_size=int(microbatch_size) or None,
-        dtype=jnp.float32,
-    )
     k_examples, k_noise = jax.random.split(rng)
     B = len(next(iter(batch.values())))
     keys = jax.vmap(lambda i: jax.random.key_data(jax.random.fold_in(k_examples, i)))(jnp.arange(B))
     train_leaves = [x for x, m in zip(leaves, mask) if m]
 
-    def one(micro, micro_keys):
+    def vmapped(micro, micro_keys):
+        from jax_privacy import clipping  # heavy (scipy, pydantic): only here
+
+        grad_fn = clipping.clipped_grad(
+            example_loss,
+            has_aux=True,
+            l2_clip_norm=float(l2_norm_clip),
+            batch_argnums=(1, 2),
+            keep_batch_dim=True,
+            # jax_privacy reshapes into chunks of this size: at most the rows there are.
+            microbatch_size=int(microbatch_size)
+            if 0 < int(microbatch_size) < len(micro_keys)
+            else None,
+            dtype=jnp.float32,
+        )
         g, aux = grad_fn(train_leaves, micro, micro_keys)
         return g, jax.tree.map(lambda v: jnp.sum(v, axis=0), aux.aux)  # per-example sums
+
+    def ghost(micro, micro_keys):
+        return ghost_clipping.clipped_sum(
+            loss_fn, params, mask, micro, micro_keys, float(l2_norm_clip)
+        )
+
+    def one(micro, micro_keys):
+        if clipping == "vmap":  # clipped_grad micro-batches itself
+            return vmapped(micro, micro_keys)
+        return _in_chunks(ghost, micro, micro_keys, int(microbatch_size))
 
     if accum_steps <= 1:
         gsum, msum = one(batch, keys)

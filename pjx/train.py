@@ -185,6 +185,7 @@ def build(config, *, tokenizer=None, mesh=None, devices=None) -> Setup:
             noise_multiplier=float(dp_cfg["noise_multiplier"]),
             expected_batch_size=int(config["batch_size"]),
             microbatch_size=int(dp_cfg.get("microbatch_size") or 0),
+            clipping=privacy.clipping_method(dp_cfg, config["model"]),
         )
     step = functools.partial(
         train_step,
@@ -251,7 +252,14 @@ def describe(s: Setup) -> str:
 
 
 def evaluate(s: Setup, params, batches: Iterable, *, seed: int = 0, max_batches: int = 0) -> dict:
-    """The task's metrics over every batch of `batches` (sums on device, one sync).
+    """The task's metrics over every batch of `batches` (sums on device, one sync)."""
+    total = metric_sums(s, params, batches, seed=seed, max_batches=max_batches)
+    return {} if total is None else s.task.finalize(total)
+
+
+def metric_sums(s: Setup, params, batches: Iterable, *, seed: int = 0, max_batches: int = 0):
+    """The task's metric sums over `batches` on the host (None for no batch), before
+    `task.finalize` turns them into metrics.
 
     Batches are process-local: each process passes its share of every global batch
     (`batches.global_batch_size` rows; a plain list's rows times the processes)."""
@@ -268,7 +276,7 @@ def evaluate(s: Setup, params, batches: Iterable, *, seed: int = 0, max_batches:
             sh = sharding.batch_sharding(s.mesh, G)
             mets = s.eval_fn(params, sharding.global_batch(b, sh), jax.random.fold_in(key, i))
             total = mets if total is None else jax.tree.map(jnp.add, total, mets)
-    return {} if total is None else s.task.finalize(distributed.host_value(total))
+    return None if total is None else distributed.host_value(total)
 
 
 # ------------------------------------------------------------------------------- loop

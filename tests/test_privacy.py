@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from pjx import cli, models, optim, privacy, run, sharding, tasks, train
+from pjx import cli, ghost_clipping, lora, models, optim, privacy, run, sharding, tasks, train
 from pjx import config as config_lib
 from pjx.data import pipeline
 from pjx.metrics_log import TIMING_KEYS
@@ -75,29 +75,83 @@ def _init(model, batch):
     return nn.meta.unbox(model.init(jax.random.key(0), **inputs)["params"])
 
 
-@pytest.mark.parametrize("make", [_bert, _gpt2], ids=["bert-classifier", "gpt2-lm"])
-def test_clipped_sum_equals_a_loop_of_per_example_gradients(make):
+def _bert_lora():
+    """LoRA on the query / value kernels: frozen base, trainable adapters and classifier."""
+    model, batch, task = _bert()
+    cfg = dict(lora.DEFAULTS, rank=2)
+    return lora.adapted(model, cfg, "bert"), batch, task, cfg
+
+
+CLIPPED_CASES = {
+    "bert-classifier-ghost": (_bert, dict(clipping="ghost")),
+    "bert-classifier-vmap": (_bert, dict(clipping="vmap")),
+    "gpt2-lm-ghost-microbatched": (_gpt2, dict(clipping="ghost", microbatch_size=2)),
+    "gpt2-lm-vmap": (_gpt2, dict(clipping="vmap")),
+    "bert-lora-ghost": (_bert_lora, dict(clipping="ghost")),
+}
+
+
+@pytest.mark.parametrize("case", list(CLIPPED_CASES))
+def test_clipped_sum_equals_a_loop_of_per_example_gradients(case):
     """The privacy unit is one example (a sentence, a sequence): its gradient, clipped to C,
-    summed; rows with weight 0 (padding) add nothing."""
-    model, batch, task = make()
+    summed; rows with weight 0 (padding) add nothing. Ghost clipping (norms from layer
+    inputs and output gradients) and vmapped per-example gradients agree with the loop."""
+    make, kw = CLIPPED_CASES[case]
+    model, batch, task, *lora_cfg = make()
     params, fn, C = _init(model, batch), _loss_fn(model, task), 0.05
+    if lora_cfg:
+        trainable = lora.trainable(params, lora_cfg[0], "bert")
+        params = jax.tree.map(  # B = 0 would hide a wrong low-rank path
+            lambda x: x + 0.3 * jax.random.normal(jax.random.key(2), x.shape), params
+        )
+    else:
+        trainable = jax.tree.map(lambda _: True, params)
     rng = jax.random.key(7)
     _, _, got = jax.jit(
         lambda p: privacy.private_gradients(
-            fn, p, batch, rng, l2_norm_clip=C, noise_multiplier=0.0, expected_batch_size=1
-        )
+            fn,
+            p,
+            batch,
+            rng,
+            l2_norm_clip=C,
+            noise_multiplier=0.0,
+            expected_batch_size=1,
+            trainable=trainable,
+            **kw,
+        )  # fmt: skip
     )(params)
     k_examples, _ = jax.random.split(rng)
 
-    def clipped(i):  # plain jax.grad of example i alone, clipped
+    def clipped(i):  # plain jax.grad of example i alone, clipped over what trains
         example = jax.tree.map(lambda x: x[i : i + 1], batch)
         g = jax.grad(lambda p: fn(p, example, jax.random.fold_in(k_examples, i))[0])(params)
+        g = jax.tree.map(lambda x, t: x if t else jnp.zeros_like(x), g, trainable)
         return jax.tree.map(lambda x: x * jnp.minimum(1.0, C / optax.global_norm(g)), g)
 
     want = jax.tree.map(lambda *gs: sum(gs), *[clipped(i) for i in range(B)])
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(a, b, atol=1e-5)
-    assert optax.global_norm(got) <= C * 5 + 1e-5  # 4 or 5 real examples, each <= C
+    assert 0 < optax.global_norm(got) <= C * 5 + 1e-5  # 4 or 5 real examples, each <= C
+
+
+def test_ghost_clipping_covers_every_kernel_and_lookup_table():
+    """The fast path is really taken: per-example gradients are formed only for the norms
+    (and, under LoRA, the adapters), never for a kernel or an embedding table."""
+    model, batch, task = _bert()
+    params, fn = _init(model, batch), _loss_fn(model, task)
+    flat = [jax.tree_util.keystr(p, simple=True, separator="/")
+            for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]  # fmt: skip
+    covered = ghost_clipping.covered_paths(fn, params, [True] * len(flat), batch, jax.random.key(0))
+    assert covered == {p for p in flat if "LayerNorm" not in p and "layer_norm" not in p}
+    gpt2, gbatch, gtask = _gpt2()
+    gparams = _init(gpt2, gbatch)
+    leaves = jax.tree_util.tree_flatten_with_path(gparams)[0]
+    gcovered = ghost_clipping.covered_paths(
+        _loss_fn(gpt2, gtask), gparams, [True] * len(leaves), gbatch, jax.random.key(0)
+    )
+    # The tied token embedding is used twice (input and logits): per-example gradients.
+    assert "transformer/wte/embedding" not in gcovered
+    assert any(p.endswith("c_fc/kernel") for p in gcovered)
 
 
 def test_huge_clip_and_no_noise_is_the_plain_gradient():

@@ -1,0 +1,198 @@
+"""Clipped per-example gradient sums without per-example weight gradients.
+
+DP-SGD needs each example's gradient norm, but materialising a [batch, *shape] gradient
+for every kernel (what `vmap(grad)` does) costs batch x parameters of memory traffic per
+step, and for an embedding table a scatter of that size. For a layer y = x W the
+example's weight gradient is x^T g (g: the cotangent of y), so its norm needs only x and g
+(Goodfellow 2015; "ghost clipping", Li et al. 2022; "book-keeping", Bu et al. 2023):
+
+  ||x^T g||^2 = sum_ij (x x^T)_ij (g g^T)_ij        (or from x^T g itself when smaller)
+
+and the clipped sum over examples is one matmul, sum_b c_b x_b^T g_b. This module runs
+one vmapped forward / backward per example *with respect to the layers' outputs only*
+(a zero added to each covered layer's output, the way flax's `perturb` captures
+intermediate gradients), so no weight gradient is formed per example; then computes the
+norms and the clipped sums directly.
+
+Covered: `layers.Dense` (kernel, bias), `layers.Logits`, and the lookup tables
+`layers.Embed` / `layers.LearnedPositions` (||sum_t onehot(id_t) g_t||^2 =
+sum_ts [id_t = id_s] g_t . g_s), each when called once per forward and when every
+parameter it holds trains. Everything else that trains (norms, a tied embedding used
+twice, LoRA adapters, convolutions, raw parameters) gets an ordinary per-example gradient
+inside the same vmapped backward. The result equals clipping `vmap(grad)` to float
+rounding (tests/test_privacy.py). Layers inside lifted transforms (`nn.scan`, `nn.remat`)
+cannot hand their activations out of the transform: use `vmap` clipping there.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from pjx import layers
+
+_TABLES = (layers.Embed, layers.LearnedPositions)
+_MATMULS = (layers.Dense, layers.Logits)
+_PARAMS = {layers.Dense: {"kernel", "bias"}, layers.Logits: {"kernel"}}
+
+
+class _Tape:
+    """What one example's forward pass saw: per covered call, its input (and the zero
+    added to its output, whose gradient is the output's cotangent)."""
+
+    def __init__(self, zeros=None):
+        self.zeros = zeros  # None while discovering which calls there are
+        self.calls = {}  # key -> (module type, module path, output shape/dtype, n_in)
+        self.uses = collections.Counter()  # module path -> calls of any method
+        self.inputs = {}
+
+    def intercept(self, next_fun, args, kwargs, context):
+        module, method = context.module, context.method_name
+        if not isinstance(module, _TABLES + _MATMULS) or method not in ("__call__", "attend"):
+            return next_fun(*args, **kwargs)
+        path = "/".join(module.path)
+        key = f"{path}#{self.uses[path]}"
+        self.uses[path] += 1
+        y = next_fun(*args, **kwargs)
+        if method != "__call__":
+            return y
+        if self.zeros is None:
+            n_in = getattr(module, "n_in", 1)
+            self.calls[key] = (type(module), path, jax.ShapeDtypeStruct(y.shape, y.dtype), n_in)
+            return y
+        if key in self.zeros:
+            self.inputs[key] = args[0]
+            y = y + self.zeros[key].astype(y.dtype)
+        return y
+
+
+def _covered(tape: _Tape, trainable_paths: dict) -> dict:
+    """key -> (kind, path, n_in, {param name: flat path}) for the calls handled here."""
+    names = collections.defaultdict(dict)
+    for p in trainable_paths:
+        module, _, name = p.rpartition("/")
+        names[module][name] = p
+    out = {}
+    for key, (kind, path, _, n_in) in tape.calls.items():
+        held = names.get(path, {})
+        allowed = _PARAMS.get(kind, {"embedding"})
+        if tape.uses[path] != 1 or not held or not set(held) <= allowed:
+            continue
+        if kind is layers.Dense and "kernel" not in held:
+            continue
+        out[key] = (kind, path, n_in, held)
+    return out
+
+
+def _gram_sq_norm(a_BxNxI, b_BxNxO):
+    """Per-example ||a^T b||_F^2, by whichever of the two forms costs less."""
+    _, N, I = a_BxNxI.shape
+    O = b_BxNxO.shape[-1]
+    if N * N * (I + O) < N * I * O:
+        aa = jnp.einsum("bni,bmi->bnm", a_BxNxI, a_BxNxI)
+        bb = jnp.einsum("bno,bmo->bnm", b_BxNxO, b_BxNxO)
+        return jnp.sum(aa * bb, axis=(1, 2))
+    return jnp.sum(jnp.square(jnp.einsum("bni,bno->bio", a_BxNxI, b_BxNxO)), axis=(1, 2))
+
+
+def clipped_sum(loss_fn, params, trainable, batch, keys, l2_norm_clip: float):
+    """(sum_b clip(grad_b) as a list over the trainable leaves of `params` in tree order,
+    per-example metric sums).
+
+    `loss_fn(params, example_batch_of_one, key)` -> (loss, metrics); `keys`: per-example
+    PRNG key data [B, ...]; `trainable`: a bool per leaf of `params` (tree order)."""
+    leaves, treedef = jax.tree.flatten(params)
+    paths = [
+        jax.tree_util.keystr(p, simple=True, separator="/")
+        for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]
+    ]
+    index = {p: i for i, (p, t) in enumerate(zip(paths, trainable)) if t}
+
+    def one_loss(ps, example, key_data, tape):
+        with nn.intercept_methods(tape.intercept):
+            return loss_fn(ps, example, jax.random.wrap_key_data(key_data))
+
+    # Which covered calls one example's forward makes, and their output shapes.
+    first = jax.tree.map(lambda x: x[:1], batch)
+    tape = _Tape()
+    jax.eval_shape(lambda: one_loss(params, first, keys[0], tape))
+    covered = _covered(tape, index)
+    ghost = {p for *_, held in covered.values() for p in held.values()}
+    other = [i for p, i in index.items() if p not in ghost]
+
+    def per_example(other_leaves, zeros, example, key_data):
+        full = list(leaves)
+        for i, x in zip(other, other_leaves):
+            full[i] = x
+        tape = _Tape(zeros)
+        example = jax.tree.map(lambda x: x[None], example)
+        loss, mets = one_loss(jax.tree.unflatten(treedef, full), example, key_data, tape)
+        return loss, (mets, tape.inputs)
+
+    zeros = {
+        k: jnp.zeros((len(keys), *tape.calls[k][2].shape), tape.calls[k][2].dtype) for k in covered
+    }
+    grad = jax.grad(per_example, argnums=(0, 1), has_aux=True)
+    (g_other, g_out), (mets, inputs) = jax.vmap(grad, in_axes=(None, 0, 0, 0))(
+        [leaves[i] for i in other], zeros, batch, keys
+    )
+
+    # Each example's squared norm, then its clip factor (jax_privacy's clip_pytree rule).
+    f32 = lambda x: x.astype(jnp.float32)
+    sq = sum(jnp.sum(jnp.square(f32(g)), axis=tuple(range(1, g.ndim))) for g in g_other)
+    flat_in, flat_out = {}, {}
+    for key, (kind, _, n_in, held) in covered.items():
+        x, g = inputs[key], f32(g_out[key])
+        B = g.shape[0]
+        if kind in _TABLES:
+            ids = x.reshape(B, -1)
+            g = g.reshape(B, ids.shape[1], -1)
+            same = (ids[:, :, None] == ids[:, None, :]).astype(jnp.float32)
+            sq = sq + jnp.sum(same * jnp.einsum("bnd,bmd->bnm", g, g), axis=(1, 2))
+        else:
+            I = math.prod(x.shape[x.ndim - n_in :])
+            x = f32(x).reshape(B, -1, I)
+            g = g.reshape(B, x.shape[1], -1)
+            sq = sq + _gram_sq_norm(x, g)
+            if "bias" in held:
+                sq = sq + jnp.sum(jnp.square(jnp.sum(g, axis=1)), axis=-1)
+        flat_in[key], flat_out[key] = x, g
+    norm = jnp.sqrt(sq)
+    scale = jnp.nan_to_num(jnp.minimum(1.0, l2_norm_clip / norm), nan=0.0, posinf=0.0)
+
+    sums = [None] * len(leaves)
+    for i, g in zip(other, g_other):
+        sums[i] = jnp.einsum("b,b...->...", scale, f32(g)).astype(leaves[i].dtype)
+    for key, (kind, _, _, held) in covered.items():
+        x, g = flat_in[key], flat_out[key] * scale[:, None, None]
+        for name, p in held.items():
+            shape = leaves[index[p]].shape
+            if kind in _TABLES:
+                table = jnp.zeros(shape, jnp.float32)
+                s = table.at[x.reshape(-1)].add(g.reshape(-1, shape[-1]))
+            elif name == "kernel":
+                s = jnp.einsum("bni,bno->io", x, g).reshape(shape)
+            else:
+                s = jnp.sum(g, axis=(0, 1)).reshape(shape)
+            sums[index[p]] = s.astype(leaves[index[p]].dtype)
+    msum = jax.tree.map(lambda v: jnp.sum(v, axis=0), mets)
+    return [s for s, t in zip(sums, trainable) if t], msum
+
+
+def covered_paths(loss_fn, params, trainable, batch, key) -> set:
+    """The parameter paths whose per-example norms come from layer inputs / output
+    gradients (the rest get per-example gradients): for reports and tests."""
+    paths = [
+        jax.tree_util.keystr(p, simple=True, separator="/")
+        for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]
+    ]
+    tape = _Tape()
+    first = jax.tree.map(lambda x: x[:1], batch)
+    with nn.intercept_methods(tape.intercept):
+        jax.eval_shape(lambda: loss_fn(params, first, key))
+    index = {p: i for i, (p, t) in enumerate(zip(paths, trainable)) if t}
+    return {p for *_, held in _covered(tape, index).values() for p in held.values()}
