@@ -63,26 +63,40 @@ def generate(
     """Continues `prompt` with a GPT-2 model saved at `source` (KV-cache sampling; longer
     than the model's context, the history is cut to a sliding window)."""
     model, params, tokenizer = load(source)
-    if not isinstance(model, gpt2.Model):
-        raise ValueError(f"{source} holds a {type(model).__module__} model; generation needs gpt2")
-    if tokenizer is None:
-        raise ValueError(f"{source} has no tokenizer folder to encode the prompt with")
-    ids = tokenizer.encode(prompt) or [tokenizer.eos_id or 0]
-    ctx = model.config.max_position_embeddings
-    sample = jax.jit(
-        lambda p, x, r, n: gpt2.generate(
-            model, p, x, n, rng=r, temperature=temperature, top_k=top_k
-        ),
-        static_argnums=3,
-    )
-    rng, left = jax.random.key(seed), max_new_tokens
-    while left > 0:
-        # Within the context: one call. Beyond it: slide a window, half a context at a time
-        # (each chunk's tokens see between ctx/2 and ctx tokens of history).
-        n = left if len(ids) + left <= ctx else min(left, max(ctx // 2, 1))
-        window = ids[-(ctx - n) :]
-        rng, sub = jax.random.split(rng)
-        out = sample(params, jnp.asarray([window], jnp.int32), sub, n)
-        ids += np.asarray(out[0, len(window) :]).tolist()
-        left -= n
-    return tokenizer.decode(ids)
+    sampler = Sampler(model, tokenizer, temperature=temperature, top_k=top_k, where=source)
+    return sampler(params, prompt, max_new_tokens, jax.random.key(seed))
+
+
+class Sampler:
+    """prompt -> prompt + sampled continuation, for one GPT-2 model (compiled once per
+    length, reused across prompts)."""
+
+    def __init__(self, model, tokenizer, *, temperature=0.8, top_k=None, where=""):
+        if not isinstance(model, gpt2.Model):
+            raise ValueError(
+                f"{where} holds a {type(model).__module__} model; generation needs gpt2"
+            )
+        if tokenizer is None:
+            raise ValueError(f"{where} has no tokenizer folder to encode the prompt with")
+        self.model, self.tokenizer = model, tokenizer
+        self._sample = jax.jit(
+            lambda p, x, r, n: gpt2.generate(
+                model, p, x, n, rng=r, temperature=temperature, top_k=top_k
+            ),
+            static_argnums=3,
+        )
+
+    def __call__(self, params, prompt: str, max_new_tokens: int, rng) -> str:
+        tokenizer = self.tokenizer
+        ids = tokenizer.encode(prompt) or [tokenizer.eos_id or 0]
+        ctx, left = self.model.config.max_position_embeddings, max_new_tokens
+        while left > 0:
+            # Within the context: one call. Beyond it: slide a window, half a context at a
+            # time (each chunk's tokens see between ctx/2 and ctx tokens of history).
+            n = left if len(ids) + left <= ctx else min(left, max(ctx // 2, 1))
+            window = ids[-(ctx - n) :]
+            rng, sub = jax.random.split(rng)
+            out = self._sample(params, jnp.asarray([window], jnp.int32), sub, n)
+            ids += np.asarray(out[0, len(window) :]).tolist()
+            left -= n
+        return tokenizer.decode(ids)

@@ -14,8 +14,10 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 
+import jax
+
 from pjx import config as config_lib
-from pjx import logs, privacy, sharding
+from pjx import logs, plot, privacy, sharding
 from pjx import train as train_lib
 from pjx import workdir as workdir_lib
 from pjx.metrics_log import MetricsLog
@@ -89,7 +91,7 @@ def train(
             progress=config.progress,
             annotate=annotate,
         ) as metrics:
-            return train_lib.fit(
+            last = train_lib.fit(
                 s,
                 state,
                 start,
@@ -98,6 +100,11 @@ def train(
                 eval_data=eval_data,
                 checkpointer=checkpointer,
             )
+        if config.get("write_curves", True) and jax.process_index() == 0:
+            out = plot.write_curves(workdir)  # WORKDIR/curves.png: loss and eval metrics
+            if out is not None:
+                log.info(f"curves: {out}")
+        return last
     finally:
         if checkpointer is not None:
             checkpointer.close()  # waits for the last (async) save

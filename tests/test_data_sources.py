@@ -142,6 +142,19 @@ def test_unknown_tsv_layout_says_how_to_fix(tmp_path):
         sources.read(f"tsv:{p}", lm_config(), need_labels=True)
 
 
+def test_tsv_layout_from_a_config_read_back_from_json(tmp_path):
+    """A saved run config spells unset columns as [] (JSON has no tuples): the preset
+    still decides; column index 0 is a real setting."""
+    p = _tsv(tmp_path, [["sentence", "label"], ["a b", "1"], ["c", "0"]])
+    saved = dict(lm_config().to_dict(), preset="sst2", text_columns=[], labels=[])
+    ex = sources.read(f"tsv:{p}", saved, need_labels=True)
+    assert ex.texts == ["a b", "c"] and ex.labels.tolist() == [1, 0]
+    q = _tsv(tmp_path, [["label", "sentence"], ["1", "x"]], name="swapped.tsv")
+    by_index = dict(lm_config().to_dict(), text_columns=["sentence"], label_column=0)
+    ex = sources.read(f"tsv:{q}", by_index, need_labels=True)
+    assert ex.texts == ["x"] and ex.labels.tolist() == [1]
+
+
 # ------------------------------------------------------------------------------ GLUE
 @needs("sst2")
 def test_sst2_single_sentences():

@@ -22,6 +22,8 @@ COMMANDS = {
     "privacy": ("privacy", "a DP-SGD config's epsilon, sigma or steps, without training"),
     "tokenizer": ("tokenizer", "train / inspect a tokenizer"),
     "convert": ("convert", "convert Hugging Face <-> pjx checkpoints"),
+    "eval": ("eval", "score a trained model on a data source; last line is JSON"),
+    "predict": ("predict", "write a trained model's predictions, one JSON line per example"),
     "generate": ("generate", "sample text from a trained GPT-2 workdir"),
     "plot": ("plot", "overlay the train / eval curves of runs into an image"),
     "explain": ("explain", "token attributions of a BERT classifier (integrated gradients)"),

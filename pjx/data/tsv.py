@@ -74,6 +74,12 @@ def detect_preset(path: str, header_row: list[str]) -> str:
     return _HEADERS.get(tuple(h.strip().lower() for h in header_row), "")
 
 
+def _is_set(value) -> bool:
+    """None and empty strings / lists / tuples (a config read back from JSON has lists)
+    mean unset; 0 is a column index."""
+    return value is not None and not (isinstance(value, str | list | tuple) and not value)
+
+
 def layout(cfg, path: str, first_row: list[str], num_labels: int = 0) -> dict:
     """header / text_columns / label_column / labels for this file (preset + config)."""
     name = cfg.get("preset", "") or detect_preset(path, first_row)
@@ -82,7 +88,7 @@ def layout(cfg, path: str, first_row: list[str], num_labels: int = 0) -> dict:
     base = dict(GLUE[name]) if name else dict(header=bool(cfg.get("header", True)))
     for key in ("text_columns", "label_column", "labels"):
         value = cfg.get(key, None)
-        if value not in (None, "", ()):
+        if _is_set(value):
             base[key] = tuple(value) if isinstance(value, list | tuple) else value
     if not base.get("text_columns"):
         raise DataError(

@@ -23,20 +23,22 @@ class Classify(base.Task):
     unit = "examples"
     defaults = dict(label_smoothing=0.0)
 
-    def loss(self, model, params, batch, rng, *, train, label_smoothing=0.0):
+    def logits(self, model, params, batch, rng=None, *, train=False):
+        """Class logits [B, C] of a batch (images or text)."""
         if "pixel_values" in batch:
-            out = base.apply(model, params, rng, train, batch["pixel_values"])
-        else:
-            out = base.apply(
-                model,
-                params,
-                rng,
-                train,
-                batch["input_ids"],
-                attention_mask=batch.get("attention_mask"),
-                token_type_ids=batch.get("token_type_ids"),
-            )
-        logits, labels = out["logits"], batch["label"]
+            return base.apply(model, params, rng, train, batch["pixel_values"])["logits"]
+        return base.apply(
+            model,
+            params,
+            rng,
+            train,
+            batch["input_ids"],
+            attention_mask=batch.get("attention_mask"),
+            token_type_ids=batch.get("token_type_ids"),
+        )["logits"]
+
+    def loss(self, model, params, batch, rng, *, train, label_smoothing=0.0):
+        logits, labels = self.logits(model, params, batch, rng, train=train), batch["label"]
         w = base.weight(batch, labels.shape[0])
         loss, mets = losses.classification(logits, labels, w, label_smoothing=label_smoothing)
         mets = dict(mets, confusion=metrics.confusion_matrix(logits, labels, logits.shape[-1], w))
