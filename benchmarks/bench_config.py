@@ -3,6 +3,7 @@ reference (hf_reference.py).
 
   pjx bench --config benchmarks/bench_config.py:bert_mini
   pjx bench --config benchmarks/bench_config.py:gpt2_small --config.model.dtype=bfloat16
+  pjx bench --config benchmarks/bench_config.py:bert_mini_cls --config.dp.noise_multiplier=1.0
 
 ARG picks a row of SHAPES; the other scripts build the same sizes from the same table
 (`model_fields`). Importing this file imports no jax (hf_reference.py runs torch alone).
@@ -10,11 +11,15 @@ ARG picks a row of SHAPES; the other scripts build the same sizes from the same 
 
 # name -> (model, task, layers, hidden, heads, seq_len, batch, vocab). ViT rows reuse two
 # columns: seq_len is the image side and vocab the number of classes; PATCH-pixel patches
-# plus [CLS] make (224 / 16)**2 + 1 = 197 tokens per image.
+# plus [CLS] make (224 / 16)**2 + 1 = 197 tokens per image. Text classify rows have
+# TEXT_LABELS classes (model.num_labels).
 SHAPES = {
     # CPU comparison (BENCHMARKS.md): BERT mini MLM and a GPT-2 of the same width.
     "bert_mini": ("bert", "mlm", 4, 256, 4, 128, 32, 8192),
     "gpt2_mini": ("gpt2", "clm", 4, 256, 4, 256, 16, 8192),
+    # DP-SGD on CPU (benchmarks/compare_dp.py, with Opacus): BERT mini sequence
+    # classification, pooled [CLS] -> TEXT_LABELS classes.
+    "bert_mini_cls": ("bert", "classify", 4, 256, 4, 128, 32, 8192),
     # GPU targets (issue 3): GPT-2 small (124M) at seq 1024, BERT-base MLM at seq 128,
     # ViT-B/16 on 224x224 images and 1000 classes. Batches fit one 80 GB GPU without remat
     # (benchmarks/gpu_bench.py).
@@ -23,6 +28,7 @@ SHAPES = {
     "vit_b16": ("vit", "classify", 12, 768, 12, 224, 256, 1000),
 }
 PATCH = 16  # ViT patch side
+TEXT_LABELS = 2  # classes of the text classify rows (bert_mini_cls)
 # --tiny (gpu_bench.py, hf_reference.py): every code path of a shape in seconds on a CPU.
 TINY = dict(num_layers=2, hidden_size=128, num_heads=2, mlp_dim=512)
 
@@ -31,12 +37,14 @@ def model_fields(arg: str, tiny: bool = False) -> dict:
     """The pjx model Config fields of shape `arg` (besides name / size / dtype)."""
     if arg not in SHAPES:
         raise ValueError(f"unknown benchmark shape {arg!r}; choose from {sorted(SHAPES)}")
-    model, _, layers, hidden, heads, seq, _, vocab = SHAPES[arg]
+    model, task, layers, hidden, heads, seq, _, vocab = SHAPES[arg]
     f = dict(num_layers=layers, hidden_size=hidden, num_heads=heads, mlp_dim=4 * hidden)
     if model == "vit":
         f.update(image_size=seq, patch_size=PATCH, num_channels=3, num_labels=vocab)
     else:
         f["vocab_size"] = vocab
+        if task == "classify":
+            f["num_labels"] = TEXT_LABELS
     return {**f, **(TINY if tiny else {})}
 
 
