@@ -5,6 +5,9 @@ import os
 # Must be set before jax initialises its backends.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The pjx command's persistent compilation cache stays out of the home directory; it is
+# tested in fresh processes (tests/test_compile_cache.py).
+os.environ.setdefault("PJX_COMPILATION_CACHE", "off")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

@@ -23,11 +23,14 @@ def no_overrides(command: str, overrides):
 
 
 def start_compute(args=None) -> None:
-    """Before a command's first jax work: join a multi-process run when asked (or detected),
-    then, on a CPU backend, pjx.xla_cpu's bit-identical speed-ups (library users opt in with
+    """Before a command's first jax work: the persistent compilation cache
+    (pjx.compile_cache; PJX_COMPILATION_CACHE=off turns it off), joining a multi-process
+    run when asked (or detected), then, on a CPU backend, pjx.xla_cpu's bit-identical
+    speed-ups (library users opt in with `pjx.compile_cache.enable()` and
     `pjx.xla_cpu.install()`)."""
-    from pjx import distributed, xla_cpu
+    from pjx import compile_cache, distributed, xla_cpu
 
+    compile_cache.enable()
     distributed.initialize(
         getattr(args, "coordinator", None),
         getattr(args, "num_processes", None),
