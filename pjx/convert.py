@@ -127,7 +127,7 @@ def to_peft(src, dst) -> Path:
     `peft.PeftModel.from_pretrained(base, dst)` loads onto the HF base model."""
     config, cfg, family, params = _lora_run(src)
     flat = models.unstack_layers(traverse_util.flatten_dict(params, sep="/"))
-    table = hf.FAMILIES[family]
+    table = hf.table(family, config.get("model"))
     tensors, modules = {}, []
     for path, a in flat.items():
         if not path.endswith("/lora_a"):

@@ -45,7 +45,7 @@ TARGETS = {
     "vit": r"attention/attention/(query|value)$",
 }
 # Heads that are new for a fine-tuning task and so train fully (PEFT's modules_to_save).
-HEADS = {"bert": r"^classifier/", "vit": r"^classifier/", "gpt2": r"$^", "t5": r"$^"}
+HEADS = {"bert": r"^(pre_)?classifier/", "vit": r"^classifier/", "gpt2": r"$^", "t5": r"$^"}
 ADAPTER_NAMES = ("lora_a", "lora_b")
 
 

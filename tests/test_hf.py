@@ -514,8 +514,8 @@ def test_refuses_unsupported_configs(tmp_path):
     def write(**changes):
         (tmp_path / "config.json").write_text(json.dumps({**cfg, **changes}))
 
-    write(model_type="roberta")
-    with pytest.raises(ValueError, match="model_type='roberta' is not supported"):
+    write(model_type="xlnet")
+    with pytest.raises(ValueError, match="model_type='xlnet' is not supported"):
         hf.model_config(tmp_path)
     # The original T5 (tied, rescaled head): an old config without tie_word_embeddings.
     write(scale_decoder_outputs=None)

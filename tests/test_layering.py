@@ -13,9 +13,17 @@ PKG = Path(__file__).resolve().parents[1] / "pjx"
 
 # Lowest first. A module imports pjx modules of its own layer or lower only.
 LAYERS = [
-    ("pjx.layers", "pjx.host_memory", "pjx.xla_cpu", "pjx.examples", "pjx.logs", "pjx.distributed"),
+    (
+        "pjx.layers",
+        "pjx.host_memory",
+        "pjx.xla_cpu",
+        "pjx.compile_cache",
+        "pjx.examples",
+        "pjx.logs",
+        "pjx.distributed",
+    ),
     ("pjx.models",),
-    ("pjx.lora",),
+    ("pjx.lora", "pjx.ghost_clipping"),
     ("pjx.losses", "pjx.masking", "pjx.metrics", "pjx.packing", "pjx.images"),
     ("pjx.tasks",),
     (
@@ -31,7 +39,15 @@ LAYERS = [
     ("pjx.init_from", "pjx.convert"),
     ("pjx.config",),
     ("pjx.train",),
-    ("pjx.workdir", "pjx.run", "pjx.bench", "pjx.inference", "pjx.plot", "pjx.explain"),
+    (
+        "pjx.workdir",
+        "pjx.run",
+        "pjx.bench",
+        "pjx.inference",
+        "pjx.plot",
+        "pjx.explain",
+        "pjx.evaluation",
+    ),
     ("pjx.cli",),
 ]
 

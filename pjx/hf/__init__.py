@@ -26,12 +26,30 @@ import numpy as np
 from flax import traverse_util
 
 from pjx import models
-from pjx.hf import bert, folder, gpt2, mapping, peft, t5, vit
+from pjx.hf import bert, distilbert, folder, gpt2, mapping, peft, roberta, t5, vit
 
 log = logging.getLogger(__name__)
 
-FAMILIES = {"bert": bert, "gpt2": gpt2, "vit": vit, "t5": t5}
+FAMILIES = {"bert": bert, "gpt2": gpt2, "vit": vit, "t5": t5}  # family -> its HF table
+# Hugging Face model types that are pjx BERTs of another `variant`, with their tables.
+BERT_VARIANTS = {"roberta": roberta, "distilbert": distilbert}
 _BY_MODEL_TYPE = {m.MODEL_TYPE: name for name, m in FAMILIES.items()}
+_BY_MODEL_TYPE.update({m.MODEL_TYPE: "bert" for m in BERT_VARIANTS.values()})
+_TABLES = {m.MODEL_TYPE: m for m in [*FAMILIES.values(), *BERT_VARIANTS.values()]}
+
+
+def table(family: str, config=None):
+    """The Hugging Face mapping of a pjx model: its family's, or for a BERT its variant's
+    (RoBERTa, DistilBERT). `config`: the family `Config` or a dict of its fields."""
+    if family != "bert":
+        return FAMILIES[family]
+    if isinstance(config, dict):
+        variant = config.get("variant") or "bert"
+    else:
+        variant = getattr(config, "variant", "bert")
+    return BERT_VARIANTS[variant] if variant != "bert" else FAMILIES[family]
+
+
 _SHOW = 12  # names listed in a report line
 
 
@@ -48,12 +66,12 @@ def _open(path):
     if model_type not in _BY_MODEL_TYPE:
         raise ValueError(
             f"{path}: config.json model_type={model_type!r} is not supported; pjx imports "
-            f"{sorted(_BY_MODEL_TYPE)} (BERT, GPT-2, ViT, T5 v1.1)."
+            f"{sorted(_BY_MODEL_TYPE)} (BERT, RoBERTa, DistilBERT, GPT-2, ViT, T5 v1.1)."
         )
     family = _BY_MODEL_TYPE[model_type]
     tensors = folder.Tensors(path)
     try:
-        fields = FAMILIES[family].config_from_hf(cfg, tensors)
+        fields = _TABLES[model_type].config_from_hf(cfg, tensors)
     except KeyError as e:
         missing = e.args[0]
         raise ValueError(f"{path}: config.json has no {missing!r} (needed for {family})") from None
@@ -95,7 +113,8 @@ def _shapes(family: str, config) -> dict[str, tuple]:
 def _import(path):
     """(family, Config, flat params found, optional params missing) from a HF folder."""
     family, fields, tensors = _open(path)
-    fam, config = FAMILIES[family], _as_config(family, fields)
+    config = _as_config(family, fields)
+    fam = table(family, config)
     values, missing, unused = mapping.to_pjx(fam, tensors, _shapes(family, config), where=path)
     required = [p for p in missing if not any(re.search(r, p) for r in fam.OPTIONAL)]
     if required:
@@ -125,8 +144,8 @@ def peft_base(adapter) -> str:
 def load_peft(adapter, shapes: dict) -> dict:
     """{pjx path: array}: a PEFT adapter folder's base model with its LoRA matrices and
     fully trained heads, for the pjx paths `shapes` (unscanned) of the model they go into."""
-    family, _, values, _ = _import(peft_base(adapter))
-    return peft.load_params(adapter, FAMILIES[family], values, shapes)
+    family, config, values, _ = _import(peft_base(adapter))
+    return peft.load_params(adapter, table(family, config), values, shapes)
 
 
 def load(path, *, seed: int = 0):
@@ -146,7 +165,8 @@ def save(family: str, model_config, params, out_dir) -> Path:
     same outputs. `model_config`: the family's `Config` or a dict of its fields."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose from {sorted(FAMILIES)}")
-    fam, config = FAMILIES[family], _as_config(family, model_config)
+    config = _as_config(family, model_config)
+    fam = table(family, config)
     # Hugging Face keeps one module per layer: a scanned model's stacked layers are split.
     flat = models.unstack_layers(traverse_util.flatten_dict(nn.meta.unbox(params), sep="/"))
     want = _shapes(family, config)
@@ -168,6 +188,7 @@ def save(family: str, model_config, params, out_dir) -> Path:
 
 __all__ = [
     "FAMILIES",
+    "table",
     "load",
     "load_params",
     "model_config",

@@ -19,6 +19,10 @@ Parameter tree (mirrors Hugging Face `BertForPreTraining`; HF `weight` -> `kerne
   cls/predictions/bias                                [V]
   cls/seq_relationship/{kernel,bias}                  (nsp_head)
   classifier/{kernel,bias}                            (num_labels > 0)
+
+RoBERTa's classifier is classifier/{dense,out_proj}/{kernel,bias}; DistilBERT's
+pre_classifier/{kernel,bias} + classifier/{kernel,bias}; DistilBERT has no
+token_type_embeddings and no pooler (`pooler=False`).
 """
 
 from __future__ import annotations
@@ -56,6 +60,12 @@ class Config:
     mlm_head: bool = True
     nsp_head: bool = False
     num_labels: int = 0  # > 0 adds the sequence-classification head
+    # The BERT-family layout: "bert"; "roberta" (Liu et al. 2019: positions start after
+    # the padding index, classifier dense + tanh + out_proj on <s>); "distilbert" (Sanh et
+    # al. 2019: no token types, no pooler, classifier pre_classifier + ReLU on [CLS]).
+    variant: str = "bert"
+    position_offset: int = 0  # first position id (RoBERTa: pad_token_id + 1)
+    pooler: bool = True  # dense + tanh on the first token (BERT's NSP / classifier input)
 
     @property
     def head_dim(self) -> int:
@@ -93,14 +103,15 @@ class Embeddings(nn.Module):
         x_BxLxD = x_BxLxD + layers.LearnedPositions(
             cfg.max_position_embeddings, D, cfg.init_std, cfg.dtype, name="position_embeddings"
         )(position_ids)
-        x_BxLxD = x_BxLxD + layers.Embed(
-            cfg.type_vocab_size,
-            D,
-            ("token_type", "embed"),
-            cfg.init_std,
-            cfg.dtype,
-            name="token_type_embeddings",
-        )(token_type_ids)
+        if cfg.type_vocab_size > 0:  # DistilBERT has no token types
+            x_BxLxD = x_BxLxD + layers.Embed(
+                cfg.type_vocab_size,
+                D,
+                ("token_type", "embed"),
+                cfg.init_std,
+                cfg.dtype,
+                name="token_type_embeddings",
+            )(token_type_ids)
         x_BxLxD = layers.Norm(cfg.layer_config(), name="LayerNorm")(x_BxLxD)
         x_BxLxD = nn.Dropout(cfg.dropout_rate)(x_BxLxD, deterministic=deterministic)
         return x_BxLxD, word.embedding
@@ -163,7 +174,8 @@ class BertModel(nn.Module):
         x_BxLxD = Encoder(self.config, name="encoder")(
             layers.constrain(x_BxLxD), mask, deterministic
         )
-        return x_BxLxD, Pooler(self.config, name="pooler")(x_BxLxD), word_VxD
+        pooled = Pooler(self.config, name="pooler")(x_BxLxD) if self.config.pooler else None
+        return x_BxLxD, pooled, word_VxD
 
 
 class Transform(nn.Module):
@@ -232,7 +244,8 @@ class Model(nn.Module):
         if token_type_ids is None:
             token_type_ids = jnp.zeros((B, L), jnp.int32)
         if position_ids is None:
-            position_ids = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
+            positions = jnp.arange(L, dtype=jnp.int32) + cfg.position_offset
+            position_ids = jnp.broadcast_to(positions, (B, L))
         x_BxLxD, pooled_BxD, word_VxD = BertModel(cfg, name="bert")(
             input_ids,
             attention_mask,
@@ -242,7 +255,9 @@ class Model(nn.Module):
             inputs_embeds,
             deterministic,
         )
-        out = {"last_hidden_state": x_BxLxD, "pooler_output": pooled_BxD}
+        out = {"last_hidden_state": x_BxLxD}
+        if pooled_BxD is not None:
+            out["pooler_output"] = pooled_BxD
         if cfg.mlm_head or cfg.nsp_head:
             # Gather before the vocab projection: only P << L positions pay for the [D,V] matmul.
             if masked_positions is None:
@@ -251,9 +266,36 @@ class Model(nn.Module):
                 x_BxPxD = jnp.take_along_axis(x_BxLxD, masked_positions[..., None], axis=1)
             out.update(PreTrainingHeads(cfg, name="cls")(x_BxPxD, pooled_BxD, word_VxD))
         if cfg.num_labels > 0:
-            h = nn.Dropout(cfg.dropout_rate)(pooled_BxD, deterministic=deterministic)
-            head = layers.dense(
-                cfg.layer_config(), cfg.num_labels, ("embed", "classes"), name="classifier"
-            )
-            out["logits"] = head(h).astype(jnp.float32)
+            logits = classifier_logits(cfg, x_BxLxD, pooled_BxD, deterministic)
+            out["logits"] = logits.astype(jnp.float32)
         return out
+
+
+class RobertaClassifier(nn.Module):
+    """RoBERTa's classification head on <s>: dropout, dense + tanh, dropout, out_proj."""
+
+    config: Config
+
+    @nn.compact
+    def __call__(self, x_BxLxD, deterministic):
+        cfg, lcfg = self.config, self.config.layer_config()
+        drop = lambda h: nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+        h = layers.dense(lcfg, cfg.hidden_size, ("embed", "mlp"), name="dense")(drop(x_BxLxD[:, 0]))
+        out = layers.dense(lcfg, cfg.num_labels, ("embed", "classes"), name="out_proj")
+        return out(drop(jnp.tanh(h)))
+
+
+def classifier_logits(cfg: Config, x_BxLxD, pooled_BxD, deterministic):
+    """Sequence classification logits [B, C] as each variant's Hugging Face model computes
+    them; call inside Model (the heads' parameters sit at its top level)."""
+    lcfg = cfg.layer_config()
+    drop = lambda h: nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    C, D = cfg.num_labels, cfg.hidden_size
+    if cfg.variant == "roberta":
+        return RobertaClassifier(cfg, name="classifier")(x_BxLxD, deterministic)
+    if cfg.variant == "distilbert":  # pre_classifier + ReLU on [CLS], dropout, classifier
+        h = layers.dense(lcfg, D, ("embed", "mlp"), name="pre_classifier")(x_BxLxD[:, 0])
+        return layers.dense(lcfg, C, ("embed", "classes"), name="classifier")(drop(nn.relu(h)))
+    if pooled_BxD is None:
+        raise ValueError("BERT's classifier reads the pooler: set pooler=True")
+    return layers.dense(lcfg, C, ("embed", "classes"), name="classifier")(drop(pooled_BxD))

@@ -13,8 +13,8 @@ TOKENIZER_FILE = "tokenizer.json"
 _DEFAULT_SPECIALS = {
     "pad": ("[PAD]", "<pad>"),
     "unk": ("[UNK]", "<unk>"),
-    "cls": ("[CLS]",),
-    "sep": ("[SEP]",),
+    "cls": ("[CLS]", "<s>"),  # RoBERTa's classifier token is <s>, its separator </s>
+    "sep": ("[SEP]", "</s>"),
     "mask": ("[MASK]", "<mask>"),
     "bos": ("<s>", "<|endoftext|>"),
     "eos": ("</s>", "<|endoftext|>"),
