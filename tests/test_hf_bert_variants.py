@@ -121,3 +121,32 @@ def test_byte_level_bpe_tokenizer_and_init_from_hf_roberta(tf, tmp_path):
     assert (resolved.model.variant, resolved.model.position_offset) == ("roberta", 2)
     last = run.train(c, str(tmp_path / "run"), devices=jax.devices()[:1])
     assert np.isfinite(last["loss"]) and "accuracy" in last
+
+
+@pytest.mark.hf
+def test_pjx_eval_scores_a_hugging_face_classifier_folder(tf, tmp_path):
+    """`pjx eval hf:DIR`: a RobertaForSequenceClassification folder is scored with its own
+    tokenizer; the accuracy is transformers' on the same encoded sentences."""
+    import torch
+
+    from pjx import evaluation
+    from pjx.data import embedded
+
+    folder = tmp_path / "roberta_cls"
+    _byte_bpe_folder(folder)
+    ref = _perturb_and_save(
+        tf.RobertaForSequenceClassification(_roberta_cfg(tf, vocab_size=300, num_labels=2)),
+        folder,
+    )
+    got = evaluation.evaluate(
+        f"hf:{folder}", "embedded:classify[:40]", ["--config.data.seq_len=16"]
+    )
+    ref_tok = tf.PreTrainedTokenizerFast(
+        tokenizer_file=str(folder / "tokenizer.json"), pad_token="<pad>"
+    )
+    texts, labels = embedded.classification()
+    enc = ref_tok(texts[:40], truncation=True, max_length=16, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        pred = ref(**enc).logits.argmax(-1).numpy()
+    assert got["examples"] == 40
+    assert got["accuracy"] == pytest.approx(float(np.mean(pred == labels[:40])), abs=1e-6)
