@@ -32,6 +32,7 @@ from pjx import data as data_lib
 from pjx import train as train_lib
 from pjx import workdir as workdir_lib
 from pjx.data import sources
+from pjx.models import t5
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,10 @@ def evaluate(source, uri: str, overrides=(), devices=None) -> dict:
         out["examples"] = int(confusion.sum())
     elif "count" in sums:
         out["tokens" if run.config.task != "classify" else "examples"] = int(sums["count"])
+    if run.config.task == "seq2seq":  # greedy generation, compared token for token
+        pairs = list(_generated(run))
+        out["exact_match"] = float(np.mean([g == w for g, w, _ in pairs])) if pairs else 0.0
+        out["examples"] = len(pairs)
     return out
 
 
@@ -160,8 +165,14 @@ def predict(source, uri: str, out, overrides=(), devices=None, *, max_new_tokens
         lines = _classify(run)
     elif task == "clm":
         lines = _continue(run, uri, max_new_tokens)
+    elif task == "seq2seq":
+        tok = run.tokenizer
+        lines = (
+            {"text": tok.decode(g), "target": tok.decode(w), "input": tok.decode(x)}
+            for g, w, x in _generated(run)
+        )
     else:
-        raise ValueError(f"pjx predict handles classify and clm runs, not {task!r}")
+        raise ValueError(f"pjx predict handles classify, clm and seq2seq runs, not {task!r}")
     n = 0
     tmp = out.with_name(out.name + ".partial")  # a cut run never leaves a short file
     with open(tmp, "w") as f:
@@ -216,3 +227,36 @@ def _continue(run: Loaded, uri: str, max_new_tokens: int):
     for i, text in enumerate(_progress(texts, len(texts), "predict")):
         full = sampler(params, text, max_new_tokens, jax.random.fold_in(rng, i))
         yield {"prompt": text, "text": full}
+
+
+def _until_eos(ids, eos: int, pad: int) -> list[int]:
+    out = []
+    for i in np.asarray(ids).tolist():
+        if i == eos:
+            break
+        if i != pad:
+            out.append(i)
+    return out
+
+
+def _generated(run: Loaded):
+    """(generated ids, target ids, input ids) per example, in input order: T5 greedy
+    decoding up to the target length, cut at the first EOS."""
+    model, params = run.setup.model, jax.device_get(run.params)
+    if lora.enabled(run.config.lora):
+        model, params = model.model, lora.merge(params, run.config.lora.to_dict())
+    tok = run.tokenizer
+    eos, pad = int(tok.eos_id), int(tok.pad_id or 0)
+    data = run.batches()
+    T = int(run.config.eval_data.get("target_len") or run.config.eval_data.seq_len)
+    gen = jax.jit(lambda p, x, m: t5.generate(model, p, x, m, max_new_tokens=T), donate_argnums=())
+    for batch in _progress(data, len(data), "generate (batches)"):
+        b = dict(batch)
+        weight = np.asarray(b.get("weight", np.ones(len(b["input_ids"]))))
+        out = np.asarray(gen(params, b["input_ids"], b["attention_mask"]))
+        for i in np.flatnonzero(weight > 0):
+            yield (
+                _until_eos(out[i], eos, pad),
+                _until_eos(b["labels"][i], eos, pad),
+                _until_eos(b["input_ids"][i], eos, pad),
+            )

@@ -108,3 +108,40 @@ def test_language_model_eval_and_predict(tmp_path, capsys):
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["prompt"] for r in lines] == ["the cat", "stocks fell"]
     assert all(r["text"].startswith(r["prompt"]) for r in lines)
+
+
+def test_seq2seq_exact_match_and_predict_equal_greedy_generation(tmp_path):
+    """T5 on the built-in labelled sentences as text-to-text (targets: the label names):
+    exact match is the share of examples whose greedy generation is the target."""
+    from pjx.models import t5
+
+    c = config_lib.base_config()
+    c.model.name, c.task = "t5", "seq2seq"
+    c.model.update(dict(num_layers=1, hidden_size=32, num_heads=2, mlp_dim=64, head_dim=16))
+    c.data.source, c.eval_data.source = "embedded:classify[:64]", ""
+    c.data.tokenizer = "byte?specials=t5"
+    c.data.seq_len, c.data.target_len = 32, 8
+    c.batch_size, c.eval_batch_size, c.steps, c.progress = 8, 16, 3, False
+    c.optimizer.lr = 3e-3
+    workdir = str(tmp_path / "t5")
+    run.train(c, workdir, devices=jax.devices()[:1])
+    uri = "embedded:classify[64:83]"  # 19 examples
+    got = evaluation.evaluate(workdir, uri)
+    loaded = evaluation.Loaded(workdir, uri)
+    tok, params = loaded.tokenizer, jax.device_get(loaded.params)
+    gen = jax.jit(lambda x, m: t5.generate(loaded.setup.model, params, x, m, max_new_tokens=8))
+    hits, n = 0, 0
+    for batch in loaded.batches():
+        for i in np.flatnonzero(np.asarray(batch["weight"]) > 0):
+            x, m = batch["input_ids"][i : i + 1], batch["attention_mask"][i : i + 1]
+            out = np.asarray(gen(x, m))[0]  # one example at a time
+            cut = lambda ids: [t for t in ids[: list(ids).index(tok.eos_id)] if t != tok.pad_id] \
+                if tok.eos_id in list(ids) else [t for t in ids if t != tok.pad_id]  # fmt: skip
+            hits += cut(out.tolist()) == cut(batch["labels"][i].tolist())
+            n += 1
+    assert got["examples"] == n == 19
+    assert got["exact_match"] == pytest.approx(hits / n)
+    out = tmp_path / "gen.jsonl"
+    evaluation.predict(workdir, uri, out)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 19 and {r["target"] for r in lines} <= {"syntax", "objects"}

@@ -1,5 +1,6 @@
 """`pjx predict RUN --source URI --out FILE`: one JSON line per example of URI, in input
-order (classifiers: label and class probabilities; GPT-2: the sampled continuation)."""
+order (classifiers: label and class probabilities; GPT-2: the sampled continuation; T5:
+the greedy generation next to the target)."""
 
 from __future__ import annotations
 
