@@ -14,7 +14,19 @@ import numpy as np
 import optax
 import pytest
 
-from pjx import cli, ghost_clipping, lora, models, optim, privacy, run, sharding, tasks, train
+from pjx import (
+    cli,
+    ghost_clipping,
+    lora,
+    models,
+    optim,
+    privacy,
+    run,
+    sharding,
+    tasks,
+    tokenizers,
+    train,
+)
 from pjx import config as config_lib
 from pjx.data import pipeline
 from pjx.metrics_log import TIMING_KEYS
@@ -257,6 +269,22 @@ def _lines(workdir):
 def _train_lines(workdir):
     strip = lambda r: {k: v for k, v in r.items() if k not in TIMING_KEYS}
     return [strip(r) for r in _lines(workdir) if r["split"] == "train"]
+
+
+def test_padded_poisson_batches_split_into_slices_and_micro_batches(tmp_path):
+    """The padded batch divides into accum_steps slices, each into dp.microbatch_size
+    chunks over the devices: a run with 3-row micro-batches and 2 slices trains."""
+    c = _dp_config(**{"dp.microbatch_size": 3, "optimizer.accum_steps": 2, "steps": 2})
+    c = config_lib.resolve(c, tokenizers.load("byte?specials=bert"))
+    mesh = sharding.make_mesh(c.mesh, jax.devices()[:2])
+    p = run.plan_privacy(c, tokenizers.load("byte?specials=bert"), str(tmp_path), mesh)
+    assert p.padded_batch_size % (2 * 6) == 0  # 2 slices x lcm(2 devices, 3 rows)
+    last = run.train(
+        _dp_config(**{"dp.microbatch_size": 3, "optimizer.accum_steps": 2, "steps": 2}),
+        str(tmp_path / "run"),
+        devices=jax.devices()[:2],
+    )
+    assert np.isfinite(last["loss"])
 
 
 @pytest.mark.slow
