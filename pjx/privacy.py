@@ -281,13 +281,21 @@ class Ledger:
 CLIPPING = ("ghost", "vmap")
 
 
+def chunk_rows(rows: int, size: int) -> int:
+    """Rows per per-example-gradient chunk: the largest divisor of `rows` up to `size`
+    (`dp.microbatch_size`; 0 = all rows at once), so any padded batch splits evenly."""
+    if not size or size >= rows:
+        return rows
+    return max(d for d in range(1, size + 1) if rows % d == 0)
+
+
 def _in_chunks(fn, batch, keys, size: int):
-    """sum over chunks of `size` rows of fn(chunk, chunk_keys) (a scan bounds memory)."""
+    """sum over chunks of `chunk_rows(rows, size)` rows of fn(chunk, chunk_keys) (a scan
+    bounds memory)."""
     B = len(keys)
-    if not size or size >= B:
+    size = chunk_rows(B, size)
+    if size == B:
         return fn(batch, keys)
-    if B % size:
-        raise ValueError(f"dp.microbatch_size={size} must divide the {B} rows of a micro-batch")
     split = lambda x: x.reshape(B // size, size, *x.shape[1:])
     chunks, chunk_keys = jax.tree.map(split, batch), split(keys)
 

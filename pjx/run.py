@@ -11,7 +11,6 @@ WORKDIR/checkpoints when there is one, and writes WORKDIR/metrics.jsonl.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Iterable, Iterator
 
@@ -114,11 +113,7 @@ def train(
 def plan_privacy(config, tokenizer, workdir, mesh) -> privacy.Plan:
     """DP-SGD's plan for a resolved config: N from the training table, batches padded to a
     multiple of the devices the batch is split over (times the micro-batches)."""
-    # Each of the accum_steps slices splits over the batch's devices and into
-    # dp.microbatch_size chunks: the padded batch is a multiple of both, per slice.
-    micro = int(config.dp.get("microbatch_size") or 1)
-    per_slice = math.lcm(sharding.batch_devices(mesh), micro)
-    multiple = per_slice * int(config.optimizer.accum_steps or 1)
+    multiple = sharding.batch_devices(mesh) * int(config.optimizer.accum_steps or 1)
     return privacy.plan(
         config.dp,
         num_examples=workdir_lib.num_examples(config, tokenizer, workdir),

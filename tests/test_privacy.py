@@ -271,14 +271,16 @@ def _train_lines(workdir):
     return [strip(r) for r in _lines(workdir) if r["split"] == "train"]
 
 
-def test_padded_poisson_batches_split_into_slices_and_micro_batches(tmp_path):
-    """The padded batch divides into accum_steps slices, each into dp.microbatch_size
-    chunks over the devices: a run with 3-row micro-batches and 2 slices trains."""
+def test_any_microbatch_size_splits_a_padded_poisson_batch(tmp_path):
+    """dp.microbatch_size need not divide a slice of the padded Poisson batch: chunks take
+    the largest divisor up to it (3 rows asked, slices of 10 or 12 rows)."""
+    assert [privacy.chunk_rows(r, 3) for r in (10, 12, 7, 2)] == [2, 3, 1, 2]
+    assert privacy.chunk_rows(176, 32) == 22 and privacy.chunk_rows(8, 0) == 8
     c = _dp_config(**{"dp.microbatch_size": 3, "optimizer.accum_steps": 2, "steps": 2})
     c = config_lib.resolve(c, tokenizers.load("byte?specials=bert"))
     mesh = sharding.make_mesh(c.mesh, jax.devices()[:2])
     p = run.plan_privacy(c, tokenizers.load("byte?specials=bert"), str(tmp_path), mesh)
-    assert p.padded_batch_size % (2 * 6) == 0  # 2 slices x lcm(2 devices, 3 rows)
+    assert (p.padded_batch_size // 2) % 3 != 0  # the case the divisor rule is for
     last = run.train(
         _dp_config(**{"dp.microbatch_size": 3, "optimizer.accum_steps": 2, "steps": 2}),
         str(tmp_path / "run"),

@@ -38,9 +38,6 @@ def config_from_hf(cfg: dict, tensors) -> dict:
     _require(cfg, "tie_word_embeddings", lambda v: v is not False, "a tied MLM decoder (true)")
     _require(cfg, "hidden_act", lambda v: v in ACTIVATIONS, f"hidden_act in {list(ACTIVATIONS)}")
     keys = set(tensors.keys())
-    archs = cfg.get("architectures") or []
-    seq_cls = any(a.endswith("ForSequenceClassification") for a in archs) or not archs
-    num_labels = tensors.shape("classifier.weight")[0] if "classifier.weight" in keys else 0
     return dict(
         vocab_size=cfg["vocab_size"],
         hidden_size=cfg["hidden_size"],
@@ -56,8 +53,16 @@ def config_from_hf(cfg: dict, tensors) -> dict:
         init_std=cfg.get("initializer_range", 0.02),
         mlm_head="cls.predictions.transform.dense.weight" in keys,
         nsp_head="cls.seq_relationship.weight" in keys,
-        num_labels=num_labels if seq_cls else 0,
+        num_labels=classifier_labels(cfg, tensors),
     )
+
+
+def classifier_labels(cfg: dict, tensors, key: str = "classifier.weight") -> int:
+    """The classes of the checkpoint's sequence-classification head (its rows), 0 when
+    config.json names another architecture or the tensor is absent."""
+    archs = cfg.get("architectures") or []
+    seq_cls = any(a.endswith("ForSequenceClassification") for a in archs) or not archs
+    return tensors.shape(key)[0] if seq_cls and key in set(tensors.keys()) else 0
 
 
 def config_to_hf(c) -> dict:

@@ -41,9 +41,6 @@ def config_from_hf(cfg: dict, tensors) -> dict:
     if act not in bert.ACTIVATIONS:
         raise ValueError(f"config.json activation={act!r}: one of {list(bert.ACTIVATIONS)}")
     keys = set(tensors.keys())
-    archs = cfg.get("architectures") or []
-    seq_cls = any(a.endswith("ForSequenceClassification") for a in archs) or not archs
-    num_labels = tensors.shape("classifier.weight")[0] if "classifier.weight" in keys else 0
     return dict(
         vocab_size=cfg["vocab_size"],
         hidden_size=cfg["dim"],
@@ -59,7 +56,7 @@ def config_from_hf(cfg: dict, tensors) -> dict:
         init_std=cfg.get("initializer_range", 0.02),
         mlm_head="vocab_transform.weight" in keys,
         nsp_head=False,
-        num_labels=num_labels if seq_cls else 0,
+        num_labels=bert.classifier_labels(cfg, tensors),
         variant="distilbert",
         pooler=False,
     )

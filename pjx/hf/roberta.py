@@ -32,11 +32,7 @@ PJX_ONLY = ()
 def config_from_hf(cfg: dict, tensors) -> dict:
     keys = set(tensors.keys())
     fields = bert.config_from_hf(cfg, tensors)
-    num_labels = (
-        tensors.shape("classifier.out_proj.weight")[0]
-        if "classifier.out_proj.weight" in keys
-        else 0
-    )
+    num_labels = bert.classifier_labels(cfg, tensors, "classifier.out_proj.weight")
     fields.update(
         variant="roberta",
         position_offset=int(cfg.get("pad_token_id", 1)) + 1,
