@@ -223,6 +223,7 @@ def test_cross_mesh_restore(tmp_path):
 
 def test_preemption_guard_in_process():
     prev = signal.getsignal(signal.SIGTERM)
+    prev_int = signal.getsignal(signal.SIGINT)  # SIG_IGN when started in the background
     with ck.PreemptionGuard() as guard:
         assert not guard.should_stop(0)
         os.kill(os.getpid(), signal.SIGTERM)
@@ -233,7 +234,7 @@ def test_preemption_guard_in_process():
         with pytest.raises(KeyboardInterrupt):
             signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
     assert signal.getsignal(signal.SIGTERM) is prev
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is prev_int  # the handlers from before, restored
 
 
 # ------------------------------------------------------------ subprocess tests
