@@ -107,15 +107,26 @@ class Loaded:
                 f"...): does it have the task's head?"
             )
         self.params = jax.device_put(params, self.setup.state_shardings.params)
+        self._data = None
 
     def batches(self):
         """The source's examples in input order (the last batch padded with weight 0),
-        encoded into a cache that lives as long as this object."""
-        self._cache = tempfile.TemporaryDirectory(prefix="pjx_eval_")
-        return workdir_lib.build_data(
-            self.config, self.tokenizer, train=False, workdir=self._cache.name,
-            mesh=self.setup.mesh,
-        )  # fmt: skip
+        encoded once into a cache that lives as long as this object (re-iterable)."""
+        if self._data is None:
+            self._cache = tempfile.TemporaryDirectory(prefix="pjx_eval_")
+            self._data = workdir_lib.build_data(
+                self.config, self.tokenizer, train=False, workdir=self._cache.name,
+                mesh=self.setup.mesh,
+            )  # fmt: skip
+        return self._data
+
+    def plain(self):
+        """(model, host params) to sample from: a LoRA run's adapters merged into the
+        kernels, so generation runs the plain model."""
+        model, params = self.setup.model, jax.device_get(self.params)
+        if lora.enabled(self.config.lora):
+            model, params = model.model, lora.merge(params, self.config.lora.to_dict())
+        return model, params
 
 
 def evaluate(source, uri: str, overrides=(), devices=None) -> dict:
@@ -216,9 +227,7 @@ def _classify(run: Loaded):
 
 
 def _continue(run: Loaded, uri: str, max_new_tokens: int):
-    model, params = run.setup.model, jax.device_get(run.params)
-    if lora.enabled(run.config.lora):  # sample with the plain model, adapters merged
-        model, params = model.model, lora.merge(params, run.config.lora.to_dict())
+    model, params = run.plain()
     sampler = inference.Sampler(model, run.tokenizer, where=run.source)
     data_cfg = data_lib.with_defaults({**run.config.data.to_dict(), "source": uri})
     ex = sources.read(uri, data_cfg, need_labels=False, num_labels=0)
@@ -242,9 +251,7 @@ def _until_eos(ids, eos: int, pad: int) -> list[int]:
 def _generated(run: Loaded):
     """(generated ids, target ids, input ids) per example, in input order: T5 greedy
     decoding up to the target length, cut at the first EOS."""
-    model, params = run.setup.model, jax.device_get(run.params)
-    if lora.enabled(run.config.lora):
-        model, params = model.model, lora.merge(params, run.config.lora.to_dict())
+    model, params = run.plain()
     tok = run.tokenizer
     eos, pad = int(tok.eos_id), int(tok.pad_id or 0)
     data = run.batches()
