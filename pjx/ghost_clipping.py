@@ -106,21 +106,12 @@ def clipped_sum(loss_fn, params, trainable, batch, keys, l2_norm_clip: float):
     `loss_fn(params, example_batch_of_one, key)` -> (loss, metrics); `keys`: per-example
     PRNG key data [B, ...]; `trainable`: a bool per leaf of `params` (tree order)."""
     leaves, treedef = jax.tree.flatten(params)
-    paths = [
-        jax.tree_util.keystr(p, simple=True, separator="/")
-        for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]
-    ]
-    index = {p: i for i, (p, t) in enumerate(zip(paths, trainable)) if t}
 
     def one_loss(ps, example, key_data, tape):
         with nn.intercept_methods(tape.intercept):
             return loss_fn(ps, example, jax.random.wrap_key_data(key_data))
 
-    # Which covered calls one example's forward makes, and their output shapes.
-    first = jax.tree.map(lambda x: x[:1], batch)
-    tape = _Tape()
-    jax.eval_shape(lambda: one_loss(params, first, keys[0], tape))
-    covered = _covered(tape, index)
+    tape, index, covered = _discover(loss_fn, params, trainable, batch, keys[0])
     ghost = {p for *_, held in covered.values() for p in held.values()}
     other = [i for p, i in index.items() if p not in ghost]
 
@@ -183,16 +174,23 @@ def clipped_sum(loss_fn, params, trainable, batch, keys, l2_norm_clip: float):
     return [s for s, t in zip(sums, trainable) if t], msum
 
 
-def covered_paths(loss_fn, params, trainable, batch, key) -> set:
-    """The parameter paths whose per-example norms come from layer inputs / output
-    gradients (the rest get per-example gradients): for reports and tests."""
+def _discover(loss_fn, params, trainable, batch, key_data):
+    """(tape of one example's forward: the covered calls and their output shapes,
+    {trainable path: leaf index}, the calls handled here: `_covered`)."""
     paths = [
         jax.tree_util.keystr(p, simple=True, separator="/")
         for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]
     ]
+    index = {p: i for i, (p, t) in enumerate(zip(paths, trainable)) if t}
     tape = _Tape()
     first = jax.tree.map(lambda x: x[:1], batch)
     with nn.intercept_methods(tape.intercept):
-        jax.eval_shape(lambda: loss_fn(params, first, key))
-    index = {p: i for i, (p, t) in enumerate(zip(paths, trainable)) if t}
-    return {p for *_, held in _covered(tape, index).values() for p in held.values()}
+        jax.eval_shape(lambda: loss_fn(params, first, jax.random.wrap_key_data(key_data)))
+    return tape, index, _covered(tape, index)
+
+
+def covered_paths(loss_fn, params, trainable, batch, key) -> set:
+    """The parameter paths whose per-example norms come from layer inputs / output
+    gradients (the rest get per-example gradients): for reports and tests."""
+    _, _, covered = _discover(loss_fn, params, trainable, batch, jax.random.key_data(key))
+    return {p for *_, held in covered.values() for p in held.values()}
