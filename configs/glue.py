@@ -4,9 +4,12 @@
     pjx train --config configs/glue.py:rte --workdir runs/rte --config.init_from=hf:/path/bert
     pjx train --config configs/glue.py:cola,smoke --workdir /tmp/glue_smoke
     pjx train --config configs/glue.py:sst2,dp --workdir runs/dp --config.init_from=hf:/path/bert
+    pjx train --config configs/glue.py:sst2,dp,lora --workdir runs/dp_lora \
+        --config.init_from=hf:/path/bert
 
-ARG: the task (`sst2`, `cola`, `mrpc`, `rte`), optionally `,smoke` (2 steps) and `,dp`
-(differentially private fine-tuning at epsilon 8, see below). With
+ARG: the task (`sst2`, `cola`, `mrpc`, `rte`), optionally `,smoke` (2 steps), `,dp`
+(differentially private fine-tuning at epsilon 8, see below) and `,lora` (LoRA r=8 on the
+attention's query / value projections, the classifier trained fully). With
 `init_from` (a pjx pretraining workdir, or `hf:` a Hugging Face BERT folder) the encoder,
 its architecture and its tokenizer come from there and the classifier is new; without it a
 `mini` BERT trains from scratch with a SentencePiece vocabulary trained on the task text.
@@ -22,7 +25,10 @@ fine-tuning recipe: AdamW 3e-5 (1e-4 for the small RTE / MRPC), batch 32, about 
 Poisson batches (1,024 expected, in 8 accumulated micro-batches), a small clip norm (0.1),
 a higher learning rate (5e-4), about 3 epochs, no weight decay; the noise multiplier is
 calibrated to the target epsilon before the first step. Check the budget without
-training: `pjx privacy --config configs/glue.py:sst2,dp`.
+training: `pjx privacy --config configs/glue.py:sst2,dp`. `dp,lora` privatises only the
+adapters and the classifier (Yu et al. 2022, "Differentially Private Fine-tuning of Language
+Models"): the same noise per coordinate over ~300x fewer coordinates, so it learns in far
+fewer steps than private full fine-tuning, at a 4x higher learning rate (2e-3).
 """
 
 import os
@@ -63,6 +69,9 @@ def get_config(arg: str = "sst2"):
         c.optimizer.update(dict(lr=5e-4, weight_decay=0.0, accum_steps=8))
         c.dp.update(dict(target_epsilon=8.0, l2_norm_clip=0.1, microbatch_size=32))
         c.data.seq_len = 64  # SST-2 sentences are short; per-example gradients cost per token
+    if "lora" in rest:
+        c.lora.update(dict(rank=8, alpha=16.0))
+        c.optimizer.lr = 2e-3 if "dp" in rest else 5e-4
     if "smoke" in rest:
         config_lib.make_smoke(c, source="")
         c.data.source, c.eval_data.source = tsv + "[:64]", tsv + "[64:80]"

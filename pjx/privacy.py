@@ -19,6 +19,7 @@ plain composition.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -113,35 +114,75 @@ def epsilon(sigma: float, q: float, steps: int, delta: float, accountant: str = 
     return float(_accountant(accountant).compose(_event(sigma, q, steps)).get_epsilon(delta))
 
 
-def truncated_epsilon(sigma, q, steps, delta, num_examples, padded_batch_size) -> float:
-    """Epsilon of truncated Poisson sampling (at most `padded_batch_size` per batch), by
-    dp_accounting's PLD for that event (Feldman et al. 2025; slow: one call per run)."""
+# PLDAccountant's default grid: the precision of every epsilon pjx reports.
+PLD_INTERVAL = 1e-4
+# The grid calibration searches on. A pessimistic PLD on a coarser grid (every point of which
+# is also on the finer one) bounds the finer one from above, so a sigma that meets the target
+# here meets it at PLD_INTERVAL too; each evaluation costs ~10x less.
+CALIBRATION_INTERVAL = 1e-3
+
+
+@functools.lru_cache(maxsize=8)
+def _one_step_pld(sigma, q, num_examples=0, padded_batch_size=0, interval=PLD_INTERVAL):
+    """One DP-SGD step's privacy loss distribution: Poisson sampling at rate q, truncated
+    to `padded_batch_size` rows when given (Feldman et al. 2025). Building it is the slow
+    part of accounting (seconds), so a run builds it once for its plan and every log line."""
     import dp_accounting
 
     pld = dp_accounting.pld.privacy_loss_distribution
-    base = pld.from_truncated_subsampled_gaussian_mechanism(
-        dataset_size=int(num_examples),
-        sampling_probability=float(q),
-        truncated_batch_size=int(padded_batch_size),
-        noise_multiplier=float(sigma),
-        value_discretization_interval=1e-4,
+    if padded_batch_size:
+        return pld.from_truncated_subsampled_gaussian_mechanism(
+            dataset_size=int(num_examples),
+            sampling_probability=float(q),
+            truncated_batch_size=int(padded_batch_size),
+            noise_multiplier=float(sigma),
+            value_discretization_interval=interval,
+        )
+    return pld.from_gaussian_mechanism(
+        float(sigma), sampling_prob=float(q), value_discretization_interval=interval
     )
+
+
+def truncated_epsilon(sigma, q, steps, delta, num_examples, padded_batch_size) -> float:
+    """Epsilon of truncated Poisson sampling (at most `padded_batch_size` per batch), by
+    dp_accounting's PLD for that event."""
+    base = _one_step_pld(float(sigma), float(q), int(num_examples), int(padded_batch_size))
     return float(base.self_compose(int(steps)).get_epsilon_for_delta(delta))
 
 
 def calibrate(target_epsilon, q, steps, delta, accountant="pld") -> float:
-    """The smallest noise multiplier whose epsilon after `steps` is at most the target."""
+    """The smallest noise multiplier whose epsilon after `steps` is at most the target (to
+    a relative 1e-4). PLD: bracketed by the RDP answer (RDP is the looser bound, found in
+    milliseconds) and searched on CALIBRATION_INTERVAL's grid."""
     import dp_accounting
 
+    target, delta = float(target_epsilon), float(delta)
+    if accountant == "pld":
+        make = lambda: dp_accounting.pld.PLDAccountant(
+            value_discretization_interval=CALIBRATION_INTERVAL
+        )
+    else:
+        make = dp_accounting.rdp.RdpAccountant
+    gap = lambda sigma: make().compose(_event(sigma, q, steps)).get_epsilon(delta) - target
+    if accountant == "pld":
+        upper = calibrate(target, q, steps, delta, "rdp")
+        while gap(upper) > 0:
+            upper *= 1.25
+        lower = upper
+        while lower > MIN_NOISE_MULTIPLIER:
+            lower = max(MIN_NOISE_MULTIPLIER, lower * 0.8)
+            if gap(lower) > 0:
+                break
+        else:
+            return MIN_NOISE_MULTIPLIER  # even the smallest sigma considered meets the target
+        bracket, tol = dp_accounting.ExplicitBracketInterval(lower, upper), 1e-4 * upper
+    else:
+        # Below sigma ~0.3 a PLD's privacy losses are so spread that its FFT runs out of
+        # memory; no useful DP-SGD run lives there (epsilon is then in the hundreds).
+        bracket, tol = dp_accounting.LowerEndpointAndGuess(MIN_NOISE_MULTIPLIER, 1.0), None
     return float(
         dp_accounting.calibrate_dp_mechanism(
-            lambda: _accountant(accountant),
-            lambda sigma: _event(sigma, q, steps),
-            float(target_epsilon),
-            float(delta),
-            # Below sigma ~0.3 a PLD's privacy losses are so spread that its FFT runs out of
-            # memory; no useful DP-SGD run lives there (epsilon is then in the hundreds).
-            dp_accounting.LowerEndpointAndGuess(MIN_NOISE_MULTIPLIER, 1.0),
+            make, lambda sigma: _event(sigma, q, steps), target, delta, bracket, tol=tol
         )
     )
 
@@ -246,12 +287,11 @@ def plan(dp_cfg, *, num_examples: int, batch_size: int, steps: int, multiple: in
 
 
 class Ledger:
-    """Epsilon spent after a given step, for the metrics lines: the one-step PLD is built
-    once and self-composed per query (what PLDAccountant computes, ~0.2 s a query)."""
+    """Epsilon spent after a given step, for the metrics lines: the plan's one-step PLD
+    self-composed per query (~0.2 s a query); after `steps` it is the plan's epsilon."""
 
     def __init__(self, p: Plan):
         self.plan = p
-        self._base = None
         self._cache: dict[int, float] = {}
 
     def epsilon(self, step: int) -> float:
@@ -266,15 +306,14 @@ class Ledger:
             return 0.0
         if p.accountant != "pld":
             return epsilon(p.noise_multiplier, p.sampling_rate, step, p.delta, p.accountant)
-        if self._base is None:
-            import dp_accounting
-
-            self._base = dp_accounting.pld.privacy_loss_distribution.from_gaussian_mechanism(
-                p.noise_multiplier,
-                sampling_prob=p.sampling_rate,
-                value_discretization_interval=1e-4,  # PLDAccountant's default
-            )
-        return float(self._base.self_compose(step).get_epsilon_for_delta(p.delta))
+        # The event the plan accounted: truncated Poisson batches where they are padded.
+        truncated = p.sampling == "poisson" and p.padded_batch_size < p.num_examples
+        base = _one_step_pld(
+            p.noise_multiplier,
+            p.sampling_rate,
+            *((p.num_examples, p.padded_batch_size) if truncated else ()),
+        )
+        return float(base.self_compose(step).get_epsilon_for_delta(p.delta))
 
 
 # ------------------------------------------------------------------- DP gradients

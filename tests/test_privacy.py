@@ -4,6 +4,7 @@ batches, sharded == single device, accumulation, exact resume, refusals, `pjx pr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -211,10 +212,15 @@ def test_accounting_equals_dp_accounting_and_published_values():
     rdp = dp_accounting.rdp.RdpAccountant().compose(event).get_epsilon(1e-6)
     assert privacy.epsilon(3.0, 0.1, 512, 1e-6, "rdp") == pytest.approx(rdp)
     assert privacy.calibrate(1.0, 0.1, 512, 1e-6) == pytest.approx(9.66, abs=0.01)
-    # The per-line ledger composes the same event.
-    p = privacy.Plan(3.0, 1.0, 1e-6, 0.1, 512, 1000, 100, 100, "poisson", "pld", eps, False)
+    # The per-line ledger composes the same event: untruncated Poisson batches (padded to N)...
+    p = privacy.Plan(3.0, 1.0, 1e-6, 0.1, 512, 1000, 100, 1000, "poisson", "pld", eps, False)
     assert privacy.Ledger(p).epsilon(512) == pytest.approx(eps, rel=1e-6)
     assert privacy.Ledger(p).epsilon(100) < eps
+    # ... and batches truncated to 130 rows, the event a padded run accounts.
+    truncated = privacy.truncated_epsilon(3.0, 0.1, 512, 1e-6, 1000, 130)
+    assert truncated > eps
+    p = dataclasses.replace(p, padded_batch_size=130, epsilon=truncated)
+    assert privacy.Ledger(p).epsilon(512) == pytest.approx(truncated, rel=1e-9)
     n = privacy.steps_for(eps, 3.0, 0.1, 1e-6)
     assert 505 <= n <= 520
 
