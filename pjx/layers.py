@@ -376,11 +376,21 @@ def decode_state(module: nn.Module, attention_mask_BxT, batch: int, length: int)
 CUDNN_DTYPES = ("bfloat16", "float16")
 
 
+IMPLEMENTATIONS = ("einsum", "xla", "cudnn")
+
+
 def attention_implementation(requested: str | None, dtype, backend: str | None = None) -> str:
-    """The attention kernel to run: `requested` ("xla" | "cudnn") when it can run, else an
-    error saying why; None picks cuDNN's flash attention where it can run (an NVIDIA GPU,
-    bfloat16 / float16 compute) and XLA's fused attention elsewhere."""
+    """The attention kernel to run: `requested` ("einsum" | "xla" | "cudnn") when it can
+    run, else an error saying why. None picks cuDNN's flash attention where it can run (an
+    NVIDIA GPU, bfloat16 / float16 compute), the einsum form on CPU (XLA:CPU differentiates
+    it 2x faster than `jax.nn.dot_product_attention`'s: 1.9 vs 3.9 ms fwd+bwd per layer at
+    nanoGPT's Shakespeare shape, on par at BERT-mini's) and XLA's fused attention elsewhere."""
     backend = backend or jax.default_backend()
+    if requested not in (None, *IMPLEMENTATIONS):
+        raise ValueError(
+            f"model.attention_impl={requested!r}: pick one of {IMPLEMENTATIONS} (or leave it "
+            "unset: pjx picks the fastest that runs here)"
+        )
     problem = None
     if backend != "gpu":
         problem = f"cuDNN attention runs on NVIDIA GPUs, and this backend is {backend!r}"
@@ -394,8 +404,10 @@ def attention_implementation(requested: str | None, dtype, backend: str | None =
             f"model.attention_impl='cudnn': {problem}; or use attention_impl='xla' (or leave "
             "it unset: pjx picks cuDNN where it can run)"
         )
-    if requested in ("xla", "cudnn"):
+    if requested is not None:
         return requested
+    if backend == "cpu":
+        return "einsum"
     return "xla" if problem else "cudnn"
 
 
@@ -415,14 +427,18 @@ def dot_product_attention(
     """softmax(q k^T * scale + bias, masked) v -> [B,T,H,K]; `causal` adds the causal mask
     (queries and keys aligned: T == S), so the fused kernels apply it themselves.
 
-    Fused `jax.nn.dot_product_attention` (`attention_implementation` picks XLA or cuDNN)
-    unless attention dropout is active (it has no dropout): then an explicit einsum path
-    with float32 softmax and the same mask/bias semantics (masked logits set to
-    -0.7 * float32 max as jax does, so fully masked rows stay finite).
+    `implementation` (`attention_implementation`): fused `jax.nn.dot_product_attention`
+    (XLA or cuDNN), or the explicit einsum form with float32 softmax and the same mask /
+    bias semantics (masked logits set to -0.7 * float32 max as jax does, so fully masked
+    rows stay finite). Attention dropout, which the fused kernels lack, always takes the
+    einsum form.
     """
     K = q_BxTxHxK.shape[-1]
     scale = 1.0 / math.sqrt(K) if scale is None else scale
-    if dropout_rate > 0.0 and dropout_rng is not None:
+    dropout = dropout_rate > 0.0 and dropout_rng is not None
+    implementation = "einsum" if dropout else implementation
+    implementation = attention_implementation(implementation, q_BxTxHxK.dtype)
+    if implementation == "einsum":
         logits = jnp.einsum(
             "BTHK,BSHK->BHTS", q_BxTxHxK, k_BxSxHxK, preferred_element_type=jnp.float32
         )
@@ -436,10 +452,10 @@ def dot_product_attention(
         if mask is not None:
             logits = jnp.where(mask, logits, -0.7 * float(np.finfo(np.float32).max))
         probs = jax.nn.softmax(logits, axis=-1)
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
-        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+        if dropout:
+            keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+            probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
         return jnp.einsum("BHTS,BSHK->BTHK", probs.astype(v_BxSxHxK.dtype), v_BxSxHxK)
-    implementation = attention_implementation(implementation, q_BxTxHxK.dtype)
     if bias is not None and implementation == "cudnn":
         bias = bias.astype(q_BxTxHxK.dtype)
     return jax.nn.dot_product_attention(

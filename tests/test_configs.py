@@ -83,7 +83,7 @@ def test_every_config_file_is_covered_and_loads():
         assert config_lib.load(str(CONFIGS / name)).steps > 2  # the full variant
         assert "pjx train --config" in (CONFIGS / name).read_text()  # documented command
     dp_lora = config_lib.load(f"{CONFIGS}/glue.py:sst2,dp,lora")
-    assert (dp_lora.lora.rank, dp_lora.dp.target_epsilon, dp_lora.optimizer.lr) == (8, 8, 2e-3)
+    assert (dp_lora.lora.rank, dp_lora.dp.target_epsilon, dp_lora.optimizer.lr) == (8, 8, 1e-3)
 
 
 def _train(spec, workdir, tmp_path, *extra) -> list[dict]:

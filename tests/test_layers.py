@@ -90,11 +90,15 @@ class AttentionTest(chex.TestCase):
     def test_fused_and_explicit_match_reference(self):
         mask = _np_mask(self.L, self.L, True, self.kv_mask, self.seg)
         want = _np_attention(self.q, self.k, self.v, self.bias, mask, 0.5)
-        fused = self.variant(
-            lambda q, k, v, b, m: layers.dot_product_attention(q, k, v, bias=b, mask=m, scale=0.5)
-        )
-        np.testing.assert_allclose(fused(self.q, self.k, self.v, self.bias, mask), want, atol=1e-5)
-        # A vanishing dropout rate takes the explicit einsum path but keeps every weight.
+        for impl in ("xla", "einsum", None):
+            fn = self.variant(
+                lambda q, k, v, b, m, impl=impl: layers.dot_product_attention(
+                    q, k, v, bias=b, mask=m, scale=0.5, implementation=impl
+                )
+            )
+            got = fn(self.q, self.k, self.v, self.bias, mask)
+            np.testing.assert_allclose(got, want, atol=1e-5, err_msg=str(impl))
+        # A vanishing dropout rate draws the dropout bits but keeps every weight.
         explicit = self.variant(
             lambda q, k, v, b, m: layers.dot_product_attention(
                 q,
@@ -185,7 +189,8 @@ def test_relative_position_bias_shape_and_sharing():
 
 def test_attention_implementation_per_backend_and_clear_errors():
     pick = layers.attention_implementation
-    assert pick(None, jnp.float32, "cpu") == "xla"
+    assert pick(None, jnp.float32, "cpu") == "einsum"  # XLA:CPU's fastest
+    assert pick("xla", jnp.float32, "cpu") == "xla"
     assert pick(None, jnp.bfloat16, "gpu") == "cudnn"
     assert pick(None, jnp.float32, "gpu") == "xla"  # no float32 flash kernel
     assert pick("xla", jnp.bfloat16, "gpu") == "xla"
@@ -193,18 +198,24 @@ def test_attention_implementation_per_backend_and_clear_errors():
         pick("cudnn", jnp.bfloat16, "cpu")
     with pytest.raises(ValueError, match="not float32: set model.dtype=bfloat16"):
         pick("cudnn", jnp.float32, "gpu")
+    with pytest.raises(ValueError, match="pick one of"):
+        pick("flash", jnp.float32, "cpu")
 
 
-@pytest.mark.parametrize("dropout", [0.0, 1e-9])
-def test_causal_flag_equals_an_explicit_causal_mask(dropout):
-    """The kernels' own causal mask (fused path) and the einsum path (attention dropout)
-    give what an explicit lower-triangular mask gives, with padding on top."""
+@pytest.mark.parametrize("impl,dropout", [("xla", 0.0), ("einsum", 0.0), ("einsum", 1e-9)])
+def test_causal_flag_equals_an_explicit_causal_mask(impl, dropout):
+    """The kernels' own causal mask (fused path) and the einsum path (with and without
+    attention dropout) give what an explicit lower-triangular mask gives, with padding on
+    top."""
     q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 6, 2, 4))
     pad = layers.make_attention_mask(6, 6, kv_mask=jnp.array([[1] * 6, [1] * 4 + [0] * 2]))
     explicit = layers.make_attention_mask(
         6, 6, causal=True, kv_mask=jnp.array([[1] * 6, [1] * 4 + [0] * 2])
     )
     kw = dict(dropout_rate=dropout, dropout_rng=jax.random.key(1) if dropout else None)
+    kw["implementation"] = impl
     want = layers.dot_product_attention(q, k, v, mask=explicit, **kw)
     got = layers.dot_product_attention(q, k, v, mask=pad, causal=True, **kw)
     np.testing.assert_allclose(got, want, atol=1e-6)
+    fused = layers.dot_product_attention(q, k, v, mask=explicit, implementation="xla")
+    np.testing.assert_allclose(got, fused, atol=1e-6)
