@@ -1,6 +1,11 @@
-"""Stand-ins shared by the tests/test_data_*.py files."""
+"""Stand-ins shared by the tests: a byte tokenizer, generated documents, and files in the
+layouts of the local data sets (MNIST idx, a GLUE TSV)."""
 
 from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
 
 import numpy as np
 
@@ -43,3 +48,26 @@ def write_docs(path, n_docs=50, seed=0):
     docs = [words(rng, int(rng.integers(3, 40))) for _ in range(n_docs)]
     path.write_text("\n".join(docs) + "\n")
     return docs
+
+
+def write_idx(folder: Path, n=80) -> Path:
+    """MNIST-layout idx files (gzipped) of n random 28x28 digits in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, n, dtype=np.uint8)
+    with gzip.open(folder / "train-images-idx3-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
+    with gzip.open(folder / "train-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">II", 0x801, n) + labels.tobytes())
+    return folder
+
+
+def write_sst2(path: Path, n=80) -> Path:
+    """A GLUE SST-2-layout TSV (sentence, label) of n short generated sentences."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    vocab = "a fine good bad dull film plot acting and the was very".split()
+    rows = [f"{' '.join(rng.choice(vocab, 6))} \t{i % 2}" for i in range(n)]
+    path.write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    return path

@@ -2,54 +2,31 @@
 the `pjx train` CLI, on generated files where the full config reads local data sets."""
 
 import glob
-import gzip
 import json
 import os
 import re
 import signal
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
-import chex
 import numpy as np
 import pytest
+from data_fixtures import write_idx, write_sst2
 
-from pjx import cli, inference
+from pjx import cli
 from pjx import config as config_lib
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def _idx(folder: Path, n=80):
-    """MNIST-layout idx files (gzipped) of n random 28x28 digits."""
-    folder.mkdir(exist_ok=True)
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-    labels = rng.integers(0, 10, n, dtype=np.uint8)
-    with gzip.open(folder / "train-images-idx3-ubyte.gz", "wb") as f:
-        f.write(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
-    with gzip.open(folder / "train-labels-idx1-ubyte.gz", "wb") as f:
-        f.write(struct.pack(">II", 0x801, n) + labels.tobytes())
-    return f"idx:{folder}"
-
-
-def _sst2(path: Path, n=80):
-    rng = np.random.default_rng(0)
-    words = "a fine good bad dull film plot acting and the was very".split()
-    rows = [f"{' '.join(rng.choice(words, 6))} \t{i % 2}" for i in range(n)]
-    path.write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
-    return f"tsv:{path}"
 
 
 def _data_overrides(spec, tmp_path) -> list[str]:
     """Generated stand-ins for the local data sets the flows' configs read, so the
     pretrain -> fine-tune flows run on any machine."""
     if spec.startswith("vit"):
-        src = _idx(tmp_path / "mnist")
+        src = f"idx:{write_idx(tmp_path / 'mnist')}"
     elif spec.startswith(("glue", "t5_span.py:seq2seq")):
-        src = _sst2(tmp_path / "train.tsv")
+        src = f"tsv:{write_sst2(tmp_path / 'train.tsv')}"
     else:
         return []  # smoke variants read the embedded corpus
     return [f"--config.data.source={src}[:64]", f"--config.eval_data.source={src}[64:]"]
@@ -63,14 +40,20 @@ SMOKE = [  # the smoke runs the README / docstrings print; FLOWS run the other v
     "glue.py:sst2,smoke",
     "glue.py:sst2,dp,smoke",  # DP-SGD: calibrated noise, Poisson batches, dp_epsilon
 ]
-# Pretrain, then start a second config from that workdir (init_from), for every family.
+# Pretrain, then start a second config from that workdir (init_from). BERT's and ViT's
+# flows are the quickstart and vit_simclr_mnist notebooks, run with the same checks in
+# tests/test_notebooks.py (on generated data where the local data sets are missing).
 FLOWS = {
-    "bert": ["quickstart.py:smoke"],  # two stages in one config
     "gpt2": ["gpt2_lm.py:smoke", "gpt2_lm.py:smoke"],  # continued LM training
     "t5": ["t5_span.py:smoke", "t5_span.py:seq2seq,smoke"],
-    "vit": ["vit_simclr.py:smoke", "vit_cls.py:probe,smoke", "vit_cls.py:finetune,smoke"],
 }
-ALL_SPECS = SMOKE + [s for specs in FLOWS.values() for s in specs]
+IN_NOTEBOOKS = [
+    "quickstart.py:smoke",  # two stages in one config
+    "vit_simclr.py:smoke",
+    "vit_cls.py:probe,smoke",
+    "vit_cls.py:finetune,smoke",
+]
+ALL_SPECS = SMOKE + [s for specs in FLOWS.values() for s in specs] + IN_NOTEBOOKS
 
 
 def test_every_config_file_is_covered_and_loads():
@@ -146,11 +129,7 @@ def test_smoke_variant_runs_exactly_as_printed(spec, tmp_path, monkeypatch, caps
 def test_pretrain_then_finetune_with_init_from(family, tmp_path, capsys):
     first, *then = FLOWS[family]
     pre = tmp_path / "pretrain"
-    evals = _train(first, pre, tmp_path)
-    if family == "bert":  # quickstart: the fine-tuning stage reports classification metrics
-        assert {"accuracy", "f1", "mcc"} <= set(evals[-1])
-        assert "init_from" in capsys.readouterr().out
-        return
+    _train(first, pre, tmp_path)
     for i, spec in enumerate(then):
         capsys.readouterr()
         run = tmp_path / f"finetune{i}"
@@ -158,10 +137,6 @@ def test_pretrain_then_finetune_with_init_from(family, tmp_path, capsys):
         report = capsys.readouterr().out
         loaded = int(re.search(r"init_from .*: (\d+) loaded", report).group(1))
         assert loaded > 0 and " 0 resized" in report
-        if spec.startswith("vit_cls.py:probe"):  # the frozen encoder did not move
-            _, before, _ = inference.load(pre)[:3]
-            _, after, _ = inference.load(run)[:3]
-            chex.assert_trees_all_equal(before["vit"], after["vit"])
 
 
 @pytest.mark.slow

@@ -4,35 +4,20 @@ synthetic batches too; the model fields a task implies; and a task defined in on
 
 from __future__ import annotations
 
-import gzip
 import json
-import struct
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from data_fixtures import ByteTok, lm_config, write_docs
+from data_fixtures import ByteTok, lm_config, write_docs, write_idx
 
 from pjx import bench, data, losses, models, packing, run, tasks
 from pjx import config as config_lib
 from pjx.tasks import base
 
 B, L = 4, 16
-
-
-def _idx(folder, n=24):
-    folder.mkdir(exist_ok=True)
-    rng = np.random.default_rng(0)
-    with gzip.open(folder / "train-images-idx3-ubyte.gz", "wb") as f:
-        f.write(
-            struct.pack(">IIII", 0x803, n, 28, 28)
-            + rng.integers(0, 256, n * 784).astype("u1").tobytes()
-        )
-    with gzip.open(folder / "train-labels-idx1-ubyte.gz", "wb") as f:
-        f.write(struct.pack(">II", 0x801, n) + rng.integers(0, 10, n).astype("u1").tobytes())
-    return f"idx:{folder}"
 
 
 def _sources(tmp_path):
@@ -43,7 +28,7 @@ def _sources(tmp_path):
     return {
         "text": f"text:{tmp_path}/docs.txt",
         "tsv": f"tsv:{tmp_path}/cls.tsv",
-        "idx": _idx(tmp_path / "mnist"),
+        "idx": f"idx:{write_idx(tmp_path / 'mnist', n=24)}",
     }
 
 
