@@ -38,6 +38,9 @@ _GATED = {"gated-gelu": "gelu_new", "gated-relu": "relu"}
 BLOCK_AXES = ("activation_batch", "activation_length", "activation_embed")
 HEADS_AXES = ("activation_batch", "activation_length", "activation_heads", None)
 MLP_AXES = ("activation_batch", "activation_length", "activation_mlp")
+# The attention kernels (`attention_implementation`): the explicit einsum form, XLA's fused
+# `jax.nn.dot_product_attention`, cuDNN's flash attention.
+ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +61,7 @@ class LayerConfig:
     attention_scale: float | None = None  # None: 1/sqrt(head_dim); T5 uses 1.0
     init_std: float | None = 0.02  # None: fan-in scaled (T5)
     dtype: str = "float32"  # compute dtype
-    attention_impl: str | None = None  # None | "xla" | "cudnn"
+    attention_impl: str | None = None  # None (pick) | one of ATTENTION_IMPLEMENTATIONS
 
     def __post_init__(self):
         if self.activation not in ACTIVATION_LEGEND:
@@ -67,8 +70,11 @@ class LayerConfig:
             raise ValueError(f"norm_type {self.norm_type!r}")
         if self.norm_position not in ("pre", "post"):
             raise ValueError(f"norm_position {self.norm_position!r}")
-        if self.attention_impl not in (None, "xla", "cudnn"):
-            raise ValueError(f"attention_impl {self.attention_impl!r}")
+        if self.attention_impl not in (None, *ATTENTION_IMPLEMENTATIONS):
+            raise ValueError(
+                f"model.attention_impl={self.attention_impl!r}: pick one of "
+                f"{ATTENTION_IMPLEMENTATIONS} (or leave it unset: pjx picks the fastest here)"
+            )
 
     @property
     def compute_dtype(self):
@@ -376,9 +382,6 @@ def decode_state(module: nn.Module, attention_mask_BxT, batch: int, length: int)
 CUDNN_DTYPES = ("bfloat16", "float16")
 
 
-IMPLEMENTATIONS = ("einsum", "xla", "cudnn")
-
-
 def attention_implementation(requested: str | None, dtype, backend: str | None = None) -> str:
     """The attention kernel to run: `requested` ("einsum" | "xla" | "cudnn") when it can
     run, else an error saying why. None picks cuDNN's flash attention where it can run (an
@@ -386,10 +389,10 @@ def attention_implementation(requested: str | None, dtype, backend: str | None =
     it 2x faster than `jax.nn.dot_product_attention`'s: 1.9 vs 3.9 ms fwd+bwd per layer at
     nanoGPT's Shakespeare shape, on par at BERT-mini's) and XLA's fused attention elsewhere."""
     backend = backend or jax.default_backend()
-    if requested not in (None, *IMPLEMENTATIONS):
+    if requested not in (None, *ATTENTION_IMPLEMENTATIONS):
         raise ValueError(
-            f"model.attention_impl={requested!r}: pick one of {IMPLEMENTATIONS} (or leave it "
-            "unset: pjx picks the fastest that runs here)"
+            f"model.attention_impl={requested!r}: pick one of {ATTENTION_IMPLEMENTATIONS} (or "
+            "leave it unset: pjx picks the fastest here)"
         )
     problem = None
     if backend != "gpu":
