@@ -189,8 +189,8 @@ def test_relative_position_bias_shape_and_sharing():
 
 def test_attention_implementation_per_backend_and_clear_errors():
     pick = layers.attention_implementation
-    assert pick(None, jnp.float32, "cpu") == "einsum"  # XLA:CPU's fastest
-    assert pick("xla", jnp.float32, "cpu") == "xla"
+    assert pick(None, jnp.float32, "cpu") == "xla"
+    assert pick("einsum", jnp.bfloat16, "gpu") == "einsum"
     assert pick(None, jnp.bfloat16, "gpu") == "cudnn"
     assert pick(None, jnp.float32, "gpu") == "xla"  # no float32 flash kernel
     assert pick("xla", jnp.bfloat16, "gpu") == "xla"
