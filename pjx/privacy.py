@@ -108,9 +108,13 @@ def _accountant(name: str):
 
 
 def epsilon(sigma: float, q: float, steps: int, delta: float, accountant: str = "pld") -> float:
-    """Epsilon after `steps` Poisson-sampled Gaussian steps (dp_accounting)."""
+    """Epsilon after `steps` Poisson-sampled Gaussian steps (dp_accounting; PLD: the cached
+    one-step PLD self-composed, what PLDAccountant computes for this event)."""
     if steps <= 0 or q <= 0:
         return 0.0
+    if accountant == "pld":
+        base = _one_step_pld(float(sigma), float(q))
+        return float(base.self_compose(int(steps)).get_epsilon_for_delta(delta))
     return float(_accountant(accountant).compose(_event(sigma, q, steps)).get_epsilon(delta))
 
 
@@ -157,33 +161,36 @@ def calibrate(target_epsilon, q, steps, delta, accountant="pld") -> float:
     import dp_accounting
 
     target, delta = float(target_epsilon), float(delta)
-    if accountant == "pld":
-        make = lambda: dp_accounting.pld.PLDAccountant(
-            value_discretization_interval=CALIBRATION_INTERVAL
+    event = lambda sigma: _event(sigma, q, steps)
+    if accountant != "pld":
+        return float(
+            dp_accounting.calibrate_dp_mechanism(
+                dp_accounting.rdp.RdpAccountant,
+                event,
+                target,
+                delta,
+                dp_accounting.LowerEndpointAndGuess(MIN_NOISE_MULTIPLIER, 1.0),
+            )
         )
+    make = lambda: dp_accounting.pld.PLDAccountant(
+        value_discretization_interval=CALIBRATION_INTERVAL
+    )
+    gap = lambda sigma: make().compose(event(sigma)).get_epsilon(delta) - target
+    upper = calibrate(target, q, steps, delta, "rdp")
+    while gap(upper) > 0:
+        upper *= 1.25
+    # Below sigma ~0.3 a PLD's privacy losses are so spread that its FFT runs out of memory;
+    # no useful DP-SGD run lives there (epsilon is then in the hundreds).
+    lower = upper
+    while lower > MIN_NOISE_MULTIPLIER:
+        lower = max(MIN_NOISE_MULTIPLIER, lower * 0.8)
+        if gap(lower) > 0:
+            break
     else:
-        make = dp_accounting.rdp.RdpAccountant
-    gap = lambda sigma: make().compose(_event(sigma, q, steps)).get_epsilon(delta) - target
-    if accountant == "pld":
-        upper = calibrate(target, q, steps, delta, "rdp")
-        while gap(upper) > 0:
-            upper *= 1.25
-        lower = upper
-        while lower > MIN_NOISE_MULTIPLIER:
-            lower = max(MIN_NOISE_MULTIPLIER, lower * 0.8)
-            if gap(lower) > 0:
-                break
-        else:
-            return MIN_NOISE_MULTIPLIER  # even the smallest sigma considered meets the target
-        bracket, tol = dp_accounting.ExplicitBracketInterval(lower, upper), 1e-4 * upper
-    else:
-        # Below sigma ~0.3 a PLD's privacy losses are so spread that its FFT runs out of
-        # memory; no useful DP-SGD run lives there (epsilon is then in the hundreds).
-        bracket, tol = dp_accounting.LowerEndpointAndGuess(MIN_NOISE_MULTIPLIER, 1.0), None
+        return MIN_NOISE_MULTIPLIER  # even the smallest sigma considered meets the target
+    bracket = dp_accounting.ExplicitBracketInterval(lower, upper)
     return float(
-        dp_accounting.calibrate_dp_mechanism(
-            make, lambda sigma: _event(sigma, q, steps), target, delta, bracket, tol=tol
-        )
+        dp_accounting.calibrate_dp_mechanism(make, event, target, delta, bracket, tol=1e-4 * upper)
     )
 
 
@@ -288,7 +295,8 @@ def plan(dp_cfg, *, num_examples: int, batch_size: int, steps: int, multiple: in
 
 class Ledger:
     """Epsilon spent after a given step, for the metrics lines: the plan's one-step PLD
-    self-composed per query (~0.2 s a query); after `steps` it is the plan's epsilon."""
+    self-composed per query (~0.2 s a query); with the PLD accountant, after `steps` it is
+    the plan's epsilon."""
 
     def __init__(self, p: Plan):
         self.plan = p
@@ -304,16 +312,14 @@ class Ledger:
         p = self.plan
         if step <= 0:
             return 0.0
-        if p.accountant != "pld":
-            return epsilon(p.noise_multiplier, p.sampling_rate, step, p.delta, p.accountant)
         # The event the plan accounted: truncated Poisson batches where they are padded.
         truncated = p.sampling == "poisson" and p.padded_batch_size < p.num_examples
-        base = _one_step_pld(
-            p.noise_multiplier,
-            p.sampling_rate,
-            *((p.num_examples, p.padded_batch_size) if truncated else ()),
-        )
-        return float(base.self_compose(step).get_epsilon_for_delta(p.delta))
+        if p.accountant == "pld" and truncated:
+            return truncated_epsilon(
+                p.noise_multiplier, p.sampling_rate, step, p.delta, p.num_examples,
+                p.padded_batch_size,
+            )  # fmt: skip
+        return epsilon(p.noise_multiplier, p.sampling_rate, step, p.delta, p.accountant)
 
 
 # ------------------------------------------------------------------- DP gradients
