@@ -43,6 +43,15 @@ MLP_AXES = ("activation_batch", "activation_length", "activation_mlp")
 ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn")
 
 
+def check_attention_impl(requested: str | None) -> None:
+    """Raises ValueError unless `requested` is None or one of ATTENTION_IMPLEMENTATIONS."""
+    if requested not in (None, *ATTENTION_IMPLEMENTATIONS):
+        raise ValueError(
+            f"model.attention_impl={requested!r}: pick one of {ATTENTION_IMPLEMENTATIONS} (or "
+            "leave it unset: pjx picks the fastest here)"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class LayerConfig:
     """Everything a shared layer may know. Family configs build one with `layer_config()`."""
@@ -70,11 +79,7 @@ class LayerConfig:
             raise ValueError(f"norm_type {self.norm_type!r}")
         if self.norm_position not in ("pre", "post"):
             raise ValueError(f"norm_position {self.norm_position!r}")
-        if self.attention_impl not in (None, *ATTENTION_IMPLEMENTATIONS):
-            raise ValueError(
-                f"model.attention_impl={self.attention_impl!r}: pick one of "
-                f"{ATTENTION_IMPLEMENTATIONS} (or leave it unset: pjx picks the fastest here)"
-            )
+        check_attention_impl(self.attention_impl)
 
     @property
     def compute_dtype(self):
@@ -390,11 +395,7 @@ def attention_implementation(requested: str | None, dtype, backend: str | None =
     ms fwd+bwd a layer, but whole training runs of that recipe take the same time either
     way, so XLA's stays the default.)"""
     backend = backend or jax.default_backend()
-    if requested not in (None, *ATTENTION_IMPLEMENTATIONS):
-        raise ValueError(
-            f"model.attention_impl={requested!r}: pick one of {ATTENTION_IMPLEMENTATIONS} (or "
-            "leave it unset: pjx picks the fastest here)"
-        )
+    check_attention_impl(requested)
     problem = None
     if backend != "gpu":
         problem = f"cuDNN attention runs on NVIDIA GPUs, and this backend is {backend!r}"
