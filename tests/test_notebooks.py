@@ -32,12 +32,11 @@ def test_notebook_is_valid_and_compiles(path):
         assert (ROOT / "configs" / config).is_file(), config
 
 
-# Data each notebook reads besides the built-in corpus (relative to the repository root),
-# and the environment variable that points it elsewhere.
+# Data each notebook reads besides the built-in corpus (relative to the repository root).
 NEEDS = {
-    "finetune_bert_glue.ipynb": ("../shared/data/sst2/train.tsv", "PJX_DATA"),
-    "gpt2_shakespeare.ipynb": ("../shared/data/tinyshakespeare/input.txt", "PJX_DATA"),
-    "vit_simclr_mnist.ipynb": ("../shared/data/mnist_tsuga", "MNIST"),
+    "finetune_bert_glue.ipynb": "../shared/data/sst2/train.tsv",
+    "gpt2_shakespeare.ipynb": "../shared/data/tinyshakespeare/input.txt",
+    "vit_simclr_mnist.ipynb": "../shared/data/mnist_tsuga",
 }
 # The runs each notebook leaves behind (under PJX_RUNS).
 RUNS = {
@@ -76,7 +75,7 @@ def test_notebook_runs_top_to_bottom_in_quick_mode(path, tmp_path, monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     import nbformat
 
-    need, _ = NEEDS.get(path.name, (None, None))
+    need = NEEDS.get(path.name)
     if need and not (ROOT / need).exists():
         monkeypatch.setenv(*_stand_in(path.name, tmp_path))
     monkeypatch.setenv("PJX_SMOKE", "1")
