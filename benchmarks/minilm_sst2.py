@@ -88,11 +88,7 @@ def main():
     dp += [f"--config.optimizer.accum_steps={max(args.dp_batch // 128, 1)}"]
     runs = {
         "full": ("configs/glue.py:sst2", [*steps, "--config.optimizer.lr=5e-5"]),
-        "lora_r8": (
-            "configs/glue.py:sst2",
-            [*steps, "--config.optimizer.lr=5e-4", "--config.lora.rank=8"]
-            + ["--config.lora.alpha=16"],
-        ),
+        "lora_r8": ("configs/glue.py:sst2,lora", steps),  # r=8, alpha 16, lr 5e-4
         "dp_eps8": ("configs/glue.py:sst2,dp", dp),
         "dp_same_steps_no_dp": (
             "configs/glue.py:sst2",
