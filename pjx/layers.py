@@ -387,13 +387,23 @@ def decode_state(module: nn.Module, attention_mask_BxT, batch: int, length: int)
 CUDNN_DTYPES = ("bfloat16", "float16")
 
 
-def attention_implementation(requested: str | None, dtype, backend: str | None = None) -> str:
+def attention_implementation(
+    requested: str | None, dtype, backend: str | None = None, *, training: bool = False
+) -> str:
     """The attention kernel to run: `requested` ("einsum" | "xla" | "cudnn") when it can
     run, else an error saying why. None picks cuDNN's flash attention where it can run (an
-    NVIDIA GPU, bfloat16 / float16 compute) and XLA's fused attention elsewhere. (On CPU the
-    einsum form alone differentiates 2x faster at nanoGPT's Shakespeare shape, 1.9 vs 3.9
-    ms fwd+bwd a layer, but whole training runs of that recipe take the same time either
-    way, so XLA's stays the default.)"""
+    NVIDIA GPU, bfloat16 / float16 compute); on a CPU the einsum form when `training` (the
+    call is differentiated) and XLA's fused attention otherwise; XLA's fused attention
+    elsewhere.
+
+    Why the CPU splits: `jax.nn.dot_product_attention` computes in a grouped layout with a
+    unit group axis ([B, N, 1, T, S] for plain multi-head attention), and XLA:CPU's
+    YNNPACK fusions run the softmax backward's multiply-reduce over that rank-5 layout ~10x
+    slower than over the same data in rank 4 (1.2 ms against 0.11 ms at nanoGPT's
+    Shakespeare shape). The einsum form keeps rank 4: fwd + bwd of one attention call is
+    12-38% faster at the shapes of BENCHMARKS.md, while the forward alone is 0-35% faster
+    fused (inference keeps it).
+    """
     backend = backend or jax.default_backend()
     check_attention_impl(requested)
     problem = None
@@ -411,6 +421,8 @@ def attention_implementation(requested: str | None, dtype, backend: str | None =
         )
     if requested is not None:
         return requested
+    if problem and training and backend == "cpu":
+        return "einsum"
     return "xla" if problem else "cudnn"
 
 
@@ -426,21 +438,22 @@ def dot_product_attention(
     dropout_rate: float = 0.0,
     dropout_rng=None,
     implementation: str | None = None,
+    training: bool = False,
 ):
     """softmax(q k^T * scale + bias, masked) v -> [B,T,H,K]; `causal` adds the causal mask
     (queries and keys aligned: T == S), so the fused kernels apply it themselves.
 
-    `implementation` (`attention_implementation`): fused `jax.nn.dot_product_attention`
-    (XLA or cuDNN), or the explicit einsum form with float32 softmax and the same mask /
-    bias semantics (masked logits set to -0.7 * float32 max as jax does, so fully masked
-    rows stay finite). Attention dropout, which the fused kernels lack, always takes the
-    einsum form.
+    `implementation` (`attention_implementation`, which `training` informs when it is None):
+    fused `jax.nn.dot_product_attention` (XLA or cuDNN), or the explicit einsum form with
+    float32 softmax and the same mask / bias semantics (masked logits set to -0.7 * float32
+    max as jax does, so fully masked rows stay finite). Attention dropout, which the fused
+    kernels lack, always takes the einsum form.
     """
     K = q_BxTxHxK.shape[-1]
     scale = 1.0 / math.sqrt(K) if scale is None else scale
     dropout = dropout_rate > 0.0 and dropout_rng is not None
     implementation = "einsum" if dropout else implementation
-    implementation = attention_implementation(implementation, q_BxTxHxK.dtype)
+    implementation = attention_implementation(implementation, q_BxTxHxK.dtype, training=training)
     if implementation == "einsum":
         logits = jnp.einsum(
             "BTHK,BSHK->BHTS", q_BxTxHxK, k_BxSxHxK, preferred_element_type=jnp.float32
@@ -531,6 +544,7 @@ class Attention(nn.Module):
             dropout_rate=rate,
             dropout_rng=rng,
             implementation=cfg.attention_impl,
+            training=not deterministic,
         )
         ctx_BxTxHxK = constrain(ctx_BxTxHxK, HEADS_AXES)
         if self.out_name is None:

@@ -1,5 +1,6 @@
 """Shared layers against straightforward NumPy references."""
 
+import dataclasses
 import math
 
 import chex
@@ -190,6 +191,9 @@ def test_relative_position_bias_shape_and_sharing():
 def test_attention_implementation_per_backend_and_clear_errors():
     pick = layers.attention_implementation
     assert pick(None, jnp.float32, "cpu") == "xla"
+    assert pick(None, jnp.float32, "cpu", training=True) == "einsum"  # see its docstring
+    assert pick("xla", jnp.float32, "cpu", training=True) == "xla"
+    assert pick(None, jnp.float32, "gpu", training=True) == "xla"
     assert pick("einsum", jnp.bfloat16, "gpu") == "einsum"
     assert pick(None, jnp.bfloat16, "gpu") == "cudnn"
     assert pick(None, jnp.float32, "gpu") == "xla"  # no float32 flash kernel
@@ -200,6 +204,35 @@ def test_attention_implementation_per_backend_and_clear_errors():
         pick("cudnn", jnp.float32, "gpu")
     with pytest.raises(ValueError, match="pick one of"):
         pick("flash", jnp.float32, "cpu")
+
+
+def test_training_attention_on_cpu_is_the_einsum_form_with_the_fused_gradients():
+    """An Attention module in training mode (deterministic=False) with attention_impl unset
+    runs the einsum form on CPU (its program has no fused-attention grouped axis), and its
+    output and gradients equal those of the fused kernel asked for by name."""
+    cfg = layers.LayerConfig(hidden_size=8, num_heads=2, head_dim=4, mlp_dim=16)
+    mod = layers.Attention(cfg, causal=True)
+    x = jax.random.normal(jax.random.key(0), (2, 5, 8))
+    params = mod.init(jax.random.key(1), x)["params"]
+
+    def loss(p, module, deterministic):
+        y = module.apply({"params": p}, x, deterministic=deterministic)
+        return jnp.sum(jnp.sin(y))
+
+    fused = layers.Attention(dataclasses.replace(cfg, attention_impl="xla"), causal=True)
+    want_loss, want_grad = jax.value_and_grad(loss)(params, fused, False)
+    got_loss, got_grad = jax.value_and_grad(loss)(params, mod, False)
+    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
+    chex.assert_trees_all_close(got_grad, want_grad, atol=1e-6)
+
+    # The programs differ as the policy says: jax's fused kernel adds a unit group axis.
+    def program(module):
+        grad = jax.jit(jax.grad(loss), static_argnums=(1, 2))
+        return grad.lower(params, module, False).as_text()
+
+    grouped = "tensor<1x2x2x5x5xf32>"  # [1, B, H, T, S] scores, the vmapped group axis
+    assert grouped in program(fused) and grouped not in program(mod)
+    assert "tensor<2x2x5x5xf32>" in program(mod)  # [B, H, T, S]
 
 
 @pytest.mark.parametrize("impl,dropout", [("xla", 0.0), ("einsum", 0.0), ("einsum", 1e-9)])
