@@ -21,6 +21,25 @@ TIMING_KEYS = ("tokens_per_s", "examples_per_s", "step_s", "elapsed_s", "eta_s")
 log = logging.getLogger(__name__)
 
 
+def _import_summary_writer():
+    """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch
+    whenever it is installed (to accept torch tensors, which pjx never logs), and that import
+    alone took 2.2 s of a 2-core machine's start-up. Only for a real run (protobuf is heavy
+    too). A process that imported torch itself keeps it; torch stays importable after."""
+    import sys
+
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError while this is set
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricsLog:
     """metrics.jsonl + TensorBoard + progress lines for one run (process 0 writes)."""
 
@@ -40,8 +59,7 @@ class MetricsLog:
                 keep = [ln for ln in f if ln.strip() and json.loads(ln)["step"] <= resume_step]
             with open(self.path, "w") as f:
                 f.writelines(keep)
-        from tensorboardX import SummaryWriter  # heavy (protobuf): only for a real run
-
+        SummaryWriter = _import_summary_writer()
         self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step)
 
     def __enter__(self):
