@@ -401,8 +401,8 @@ def attention_implementation(
     YNNPACK fusions run the softmax backward's multiply-reduce over that rank-5 layout ~10x
     slower than over the same data in rank 4 (1.2 ms against 0.11 ms at nanoGPT's
     Shakespeare shape). The einsum form keeps rank 4: fwd + bwd of one attention call is
-    12-38% faster at the shapes of BENCHMARKS.md, while the forward alone is 0-35% faster
-    fused (inference keeps it).
+    12-38% faster at the shapes of benchmarks/attention_cpu.py, while the forward alone
+    takes 6-37% longer than the fused kernel's (so inference keeps that).
     """
     backend = backend or jax.default_backend()
     check_attention_impl(requested)
