@@ -397,7 +397,7 @@ def attention_implementation(
     elsewhere.
 
     Why the CPU splits: `jax.nn.dot_product_attention` computes in a grouped layout with a
-    unit group axis ([B, N, 1, T, S] for plain multi-head attention), and XLA:CPU's
+    unit group axis ([1, B, N, T, S] for plain multi-head attention), and XLA:CPU's
     YNNPACK fusions run the softmax backward's multiply-reduce over that rank-5 layout ~10x
     slower than over the same data in rank 4 (1.2 ms against 0.11 ms at nanoGPT's
     Shakespeare shape). The einsum form keeps rank 4: fwd + bwd of one attention call is
