@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 
 import jax
@@ -26,8 +27,6 @@ def _import_summary_writer():
     whenever it is installed (to accept torch tensors, which pjx never logs), and that import
     alone took 2.2 s of a 2-core machine's start-up. Only for a real run (protobuf is heavy
     too). A process that imported torch itself keeps it; torch stays importable after."""
-    import sys
-
     if "tensorboardX" in sys.modules or "torch" in sys.modules:
         from tensorboardX import SummaryWriter
 
