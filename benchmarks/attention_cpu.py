@@ -10,16 +10,13 @@ difference. `pjx.layers.attention_implementation` picks from these numbers on a 
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pjx import layers  # noqa: E402
+from pjx import layers
 
 # (batch, length, heads, head dim, causal)
 SHAPES = (

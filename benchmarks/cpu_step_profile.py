@@ -23,7 +23,6 @@ import gzip
 import json
 import os
 import re
-import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +63,6 @@ def main(argv=None):
     args, overrides = ap.parse_known_args(argv)
     if TRACEME not in os.environ.get("XLA_FLAGS", ""):  # before jax starts its backend
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + TRACEME).strip()
-    sys.path.insert(0, ROOT)
     from pjx import xla_cpu
 
     xla_cpu.install_if_cpu()

@@ -402,7 +402,7 @@ def attention_implementation(
     slower than over the same data in rank 4 (1.2 ms against 0.11 ms at nanoGPT's
     Shakespeare shape). The einsum form keeps rank 4: fwd + bwd of one attention call is
     12-38% faster at the shapes of benchmarks/attention_cpu.py, while the forward alone
-    takes 6-37% longer than the fused kernel's (so inference keeps that).
+    takes 6-83% longer than the fused kernel's over two runs (so inference keeps that).
     """
     backend = backend or jax.default_backend()
     check_attention_impl(requested)
