@@ -1,4 +1,16 @@
-"""Data: sources (tfds, text, tsv, idx, embedded) -> cached arrays -> Grain batch streams.
+"""Data: sources -> batch streams, in one of three modes (`data.mode`):
+
+- cached: the source read whole, encoded once into arrays on disk (GLUE TSV, Shakespeare,
+  MNIST, embedded, tfds, small text / jsonl / Parquet); exact resume.
+- stream: text / jsonl / Parquet files read chunk by chunk, tokenized and packed in Grain
+  worker processes (`data.workers`), shuffled in a bounded window; memory bounded by
+  buffers; files split across processes; exact resume (pjx.data.stream).
+- prepared: `prepared:DIR` written once by `pjx data prepare` (sharded ArrayRecord),
+  read with random access: global shuffle, exact resume, N known (pjx.data.prepared).
+
+Unset, the mode follows the source: prepared for `prepared:`, stream for text / jsonl /
+Parquet files above `data.stream_above` bytes (without a slice), cached otherwise; the
+choice and its reason are logged.
 
     cfg = pjx.data.default_config()               # config.data / config.eval_data
     it = pjx.data.build(cfg, task="mlm", model="bert", tokenizer=tok, batch_size=32,
@@ -6,7 +18,8 @@
     evals = pjx.data.build(cfg, ..., train=False) # list-like, padded, with `weight`
     texts = pjx.data.read_texts("text:corpus/*.txt")   # raw texts (tokenizer training)
 
-Modules: uri (source URIs, slices), files (text / idx readers), tsv (GLUE layouts),
+Modules: uri (source URIs, slices), files (text / idx readers), shards (chunks of text /
+jsonl / Parquet files), stream, prepared, tsv (GLUE layouts),
 tfds_source, embedded (the offline corpus and its classification task), sources (one
 `read` over all of them), cache (pre-encoded arrays on disk), encode (source + task ->
 arrays, through the task's own `encode`), pipeline (Grain). How examples become arrays
@@ -15,23 +28,29 @@ and batches is each task's (pjx.tasks).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import ml_collections
 import numpy as np
 
 from pjx import packing
-from pjx.data import encode, pipeline, sources
+from pjx.data import encode, pipeline, prepared, shards, sources, stream
 from pjx.data.uri import parse_uri
 from pjx.examples import DataError
 
-__all__ = ["DataError", "build", "default_config", "parse_uri", "read_texts"]
+__all__ = ["DataError", "build", "choose_mode", "default_config", "num_rows", "parse_uri"]
+__all__ += ["read_texts"]
+log = logging.getLogger(__name__)
 
 
 def default_config() -> ml_collections.ConfigDict:
     """Keys of `config.data` / `config.eval_data` with their defaults."""
     c = ml_collections.ConfigDict()
     c.source = "embedded"  # tfds:NAME[:SPLIT] | text:PATH_OR_GLOB | tsv:PATH | idx:DIR | embedded
+    # ... | jsonl:GLOB | parquet:GLOB | prepared:DIR
+    c.mode = ""  # "cached" | "stream" | "prepared" ("" = chosen by the source, and logged)
+    c.stream_above = 256 << 20  # unset mode: text / jsonl / Parquet above this many bytes stream
     c.seq_len = 128  # tokens per row (encoder / decoder input)
     c.target_len = 0  # seq2seq label length (0 = seq_len)
     c.tokenizer = ""  # a pjx.tokenizers spec, read by pjx.workdir.build_tokenizer
@@ -64,6 +83,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.num_threads = 2  # ReadOptions threads
     c.prefetch = 8  # batches buffered ahead
     c.worker_count = 0  # worker processes (mp_prefetch); 0 = threads only
+    c.workers = 0  # the same, for every mode (overrides worker_count when set)
+    # streaming / prepared
+    c.chunk_bytes = 1 << 20  # bytes of text per chunk (the unit of reading, packing, sharding)
+    c.shuffle_buffer = 8192  # streaming: rows per shuffled window (whole chunks)
     return c
 
 
@@ -72,6 +95,7 @@ CHOICES = {
     "pack": ("documents", "stream"),
     "bad_rows": ("error", "skip"),
     "augment": ("", "simclr"),
+    "mode": ("", "cached", "stream", "prepared"),
 }
 
 
@@ -82,6 +106,64 @@ def with_defaults(cfg) -> ml_collections.ConfigDict:
         if full[key] not in allowed:
             raise DataError(f"data.{key}={full[key]!r}: choose one of {list(allowed)}")
     return full
+
+
+def choose_mode(cfg) -> tuple[str, str]:
+    """(mode, why) for `cfg.source` and `cfg.mode` (see the module docstring)."""
+    u = parse_uri(cfg.source)
+    mode = cfg.get("mode", "") or ""
+    if u.kind == "prepared" or mode == "prepared":
+        if u.kind != "prepared":
+            raise DataError(
+                f"data.mode=prepared reads a prepared:DIR source, not {u.raw}; write one with "
+                "`pjx data prepare --config ... --out DIR`"
+            )
+        if mode not in ("", "prepared"):
+            raise DataError(f"{u.raw} is read in prepared mode only (data.mode={mode!r})")
+        return "prepared", "a prepared:DIR source"
+    if mode == "stream":
+        if u.kind not in shards.KINDS:
+            raise DataError(
+                f"data.mode=stream reads text:, jsonl: and parquet: files, not {u.raw}; use "
+                "data.mode=cached"
+            )
+        return "stream", "data.mode=stream"
+    if mode == "cached":
+        return "cached", "data.mode=cached"
+    if u.kind not in shards.KINDS:
+        return "cached", f"{u.kind}: sources are read whole"
+    if u.slice:
+        return "cached", "a sliced source is counted whole"
+    size, limit = shards.total_bytes(u), int(cfg.get("stream_above", 256 << 20))
+    if size > limit:
+        return "stream", f"{size / 2**20:,.0f} MiB of files > data.stream_above"
+    return "cached", f"{size / 2**20:,.1f} MiB of files <= data.stream_above"
+
+
+def num_rows(
+    cfg, *, task, task_args=None, model, tokenizer=None, seed=0, workdir=None, num_labels=0
+) -> int:
+    """Training rows of a source (DP's N): the cached table's or the prepared index's."""
+    cfg = with_defaults(cfg)
+    mode, _ = choose_mode(cfg)
+    if mode == "prepared":
+        return len(prepared.Table(parse_uri(cfg.source).path))
+    if mode == "stream":
+        raise DataError(
+            f"{cfg.source}: a stream has no known size; DP-SGD needs N: prepare the corpus "
+            "(`pjx data prepare`) and train on prepared:DIR"
+        )
+    arrays = encode.table(
+        cfg,
+        task=task,
+        task_args=task_args,
+        model=model,
+        tokenizer=tokenizer,
+        seed=seed,
+        workdir=workdir,
+        num_labels=num_labels,
+    )
+    return len(next(iter(arrays.values())))
 
 
 def read_texts(uri: str, cfg=None) -> Iterator[str]:
@@ -139,6 +221,35 @@ def build(
             )
         local = batch_size // process_count
         rows = np.arange(process_index * local, (process_index + 1) * local)
+    if train:
+        mode, why = choose_mode(cfg)
+    elif parse_uri(cfg.source).kind == "prepared":
+        mode, why = "prepared", "a prepared:DIR source"
+    else:  # evaluation (data.mode is inherited from config.data)
+        mode, why = "cached", "evaluation reads its source whole"
+    log.info(f"data: {cfg.source}: {mode} mode ({why})")
+    if mode == "stream":
+        if poisson_rate is not None:
+            raise DataError(
+                "DP-SGD's Poisson sampling needs random access to N rows: prepare the corpus "
+                "(`pjx data prepare`) and train on prepared:DIR, or use data.mode=cached"
+            )
+        return stream.build(
+            cfg,
+            task=task,
+            task_args=task_args,
+            tokenizer=tokenizer,
+            batch_rows=len(rows),
+            seed=seed,
+            process_index=process_index,
+            process_count=process_count,
+        )
+    if mode == "prepared":
+        arrays = prepared.Table(parse_uri(cfg.source).path)
+        prepared.check(arrays, task=task, tokenizer=tokenizer, cfg=cfg)
+        return _batches(
+            arrays, len(arrays), cfg, "prepared", task, batch_size, rows, train, seed, poisson_rate
+        )
     arrays = encode.table(
         cfg,
         task=task,
@@ -150,6 +261,11 @@ def build(
         num_labels=num_labels,
     )
     n = len(next(iter(arrays.values())))
+    return _batches(arrays, n, cfg, "cached", task, batch_size, rows, train, seed, poisson_rate)
+
+
+def _batches(arrays, n, cfg, mode, task, batch_size, rows, train, seed, poisson_rate):
+    """Batches gathered by index from a table of n rows (cached arrays or prepared)."""
     index = pipeline.BatchIndex(
         n,
         batch_size,
@@ -159,7 +275,7 @@ def build(
         shuffle=bool(cfg.shuffle),
         poisson_rate=poisson_rate if train else None,
     )
-    info = dict(source=cfg.source, rows=n, task=task, batch_size=index.B)
+    info = dict(source=cfg.source, rows=n, task=task, batch_size=index.B, mode=mode)
     ds = pipeline.map_dataset(arrays, index, task=task, cfg=cfg, seed=seed)
     if train:
         return pipeline.TrainIterator(pipeline.iter_dataset(ds, cfg), index, info)

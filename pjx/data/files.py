@@ -151,7 +151,7 @@ def read_idx_source(uri: Uri, cfg, need_labels: bool = False, num_labels: int = 
 
 def file_fingerprint(uri: Uri) -> list:
     """What identifies a local source's bytes for the cache: paths, sizes, mtimes."""
-    if uri.kind in ("text", "tsv"):
+    if uri.kind in ("text", "tsv", "jsonl", "parquet"):
         paths = expand(uri.path)
     elif uri.kind == "idx":
         folder = os.path.expanduser(uri.path)

@@ -127,7 +127,10 @@ class MakeBatch:
 
     def __call__(self, item, rng):
         rows, weight = item if isinstance(item, tuple) else (item, None)
-        gathered = {k: np.asarray(v[rows]) for k, v in self.table.items()}
+        if isinstance(self.table, dict):
+            gathered = {k: np.asarray(v[rows]) for k, v in self.table.items()}
+        else:  # a prepared table reads all columns of the rows at once
+            gathered = self.table[rows]
         out = tasks.get(self.task).make_batch(gathered, rng, self.cfg, self.train)
         if weight is not None:
             out["weight"] = weight
@@ -146,7 +149,7 @@ def iter_dataset(ds, cfg):
         num_threads=threads, prefetch_buffer_size=int(cfg.get("prefetch", 8)) if threads else 0
     )
     it = ds.to_iter_dataset(read)
-    workers = int(cfg.get("worker_count", 0) or 0)
+    workers = int(cfg.get("workers", 0) or cfg.get("worker_count", 0) or 0)
     if workers > 0:
         from absl import flags
 

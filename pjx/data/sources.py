@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pjx.data.embedded as embedded
 import pjx.data.files as files
+import pjx.data.shards as shards
 import pjx.data.tfds_source as tfds_source
 import pjx.data.tsv as tsv
 from pjx.data.uri import Uri, parse_uri, slice_bounds
@@ -17,6 +18,8 @@ READERS = {
     "idx": files.read_idx_source,
     "tfds": tfds_source.read,
     "embedded": embedded.read,
+    "jsonl": shards.read_all,
+    "parquet": shards.read_all,
 }
 
 
@@ -24,6 +27,8 @@ def read(uri: str | Uri, cfg, *, need_labels: bool = False, num_labels: int = 0)
     """The examples of a source URI with its slice applied. `num_labels` (the model's
     classes) names the classes of sources whose labels are bare integers."""
     u = parse_uri(uri) if isinstance(uri, str) else uri
+    if u.kind not in READERS:
+        raise DataError(f"{u.raw}: read with data.mode=prepared (`pjx data prepare` wrote it)")
     ex = READERS[u.kind](u, cfg, need_labels, num_labels)
     if u.slice and u.kind != "tfds":  # TFDS applies its own (identical) slice syntax
         ex = ex.select(slice_bounds(u.slice, len(ex), u.raw))

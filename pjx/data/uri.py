@@ -4,6 +4,9 @@
 
     tfds:NAME[:SPLIT]     a prepared TFDS data set (array_record), see tfds_source.py
     text:PATH_OR_GLOB     plain or gzip text; documents per `data.text_split`
+    jsonl:PATH_OR_GLOB    JSON lines; documents from the `text` field (or data.text_columns)
+    parquet:PATH_OR_GLOB  Parquet files (e.g. a Hugging Face datasets folder), read by row group
+    prepared:DIR          rows written by `pjx data prepare` (see prepared.py)
     tsv:PATH              GLUE-style TSV, see tsv.py
     idx:DIR[:SPLIT]       MNIST-style idx files (gzip or not); SPLIT train (default) | test
     embedded[:classify]   the corpus that ships with Python, see embedded.py
@@ -18,7 +21,7 @@ import re
 
 from pjx.examples import DataError
 
-KINDS = ("tfds", "text", "tsv", "idx", "embedded")
+KINDS = ("tfds", "text", "tsv", "idx", "embedded", "jsonl", "parquet", "prepared")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +44,8 @@ def parse_uri(uri: str) -> Uri:
     if kind not in KINDS:
         raise DataError(
             f"unknown data source {raw!r}: use tfds:NAME[:SPLIT], text:PATH_OR_GLOB, "
-            "tsv:PATH, idx:DIR or embedded (optionally with a slice like [:90%])"
+            "jsonl:GLOB, parquet:GLOB, prepared:DIR, tsv:PATH, idx:DIR or embedded "
+            "(optionally with a slice like [:90%])"
         )
     if sl:
         slice_bounds(sl, 100, raw)  # validate the syntax early

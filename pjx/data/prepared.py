@@ -1,0 +1,225 @@
+"""Prepared mode: a corpus tokenized and packed once into sharded ArrayRecord files.
+
+`pjx data prepare --config C --out DIR [--workers N]` encodes the training source's chunks
+(pjx.data.shards; Task.encode per chunk, exactly as streaming mode does) on a process pool
+and writes the rows, in chunk order, to
+
+    DIR/rows-SSSSS-of-NNNNN.array_record   one record per row: the row's columns' bytes
+    DIR/index.json                         columns (dtype, shape), shards and their rows,
+                                           the source, task, tokenizer hash, settings
+
+Results come back in chunk order (`imap`) and are written by one process, so N workers
+write the same bytes as one. Records are stored uncompressed in groups of one, for random
+access: the `prepared:DIR` source reads rows through the same `BatchIndex` as the cached
+mode (global shuffle per epoch, exact resume, N known for DP's Poisson sampling). A source
+that fits in one chunk gives exactly the cached mode's rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import time
+
+import numpy as np
+
+from pjx import tasks
+from pjx.data import cache, shards, stream
+from pjx.data.uri import parse_uri
+from pjx.examples import DataError
+
+log = logging.getLogger(__name__)
+VERSION = 1
+WRITE_OPTIONS = "group_size:1,uncompressed"
+
+
+_STATE: dict = {}
+
+
+def _init(common):
+    _STATE["common"] = common
+
+
+def _encode_in_pool(item):
+    cid, chunk = item
+    task, args, tokenizer, cfg, seed = _STATE["common"]
+    return stream.encode_chunk(chunk, cid, task, args, tokenizer, cfg, seed)
+
+
+def prepare(cfg, *, task, task_args, tokenizer, out, workers=1, seed=0, rows_per_shard=0):
+    """Writes `cfg.source` prepared into `out`; returns the index (a dict)."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    uri = parse_uri(cfg.source)
+    if uri.slice:
+        raise DataError(f"{uri.raw}: prepare a whole source (split the files instead of slicing)")
+    chunks = shards.plan(uri, cfg)
+    args = tasks.get(task).args(task_args)
+    cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    per_shard = int(rows_per_shard or cfg.get("rows_per_shard", 0) or 1 << 16)
+    if os.path.exists(os.path.join(out, "index.json")):
+        raise FileExistsError(f"{out} already holds prepared data; remove it or pick another --out")
+    tmp = out.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    t0 = time.perf_counter()
+    common = (task, args, tokenizer, cfg_dict, int(seed))
+    items = list(enumerate(chunks))
+    pool = None
+    if int(workers) > 1:
+        ctx = multiprocessing.get_context("spawn")
+        pool = ctx.Pool(int(workers), initializer=_init, initargs=(common,))
+        results = pool.imap(_encode_in_pool, items, chunksize=1)
+    else:
+        _init(common)
+        results = map(_encode_in_pool, items)
+    columns, shard_rows, skipped, writer, names = None, [], 0, None, []
+    dtype = None
+    try:
+        for table in results:
+            skipped += int(table.pop("_skipped", 0))
+            n = stream.n_rows(table)
+            if n == 0:
+                continue
+            if columns is None:
+                columns = {
+                    k: dict(dtype=str(v.dtype), shape=list(v.shape[1:])) for k, v in table.items()
+                }
+                dtype = record_dtype(columns)
+            rec = np.empty(n, dtype)
+            for k in columns:
+                rec[k] = table[k]
+            for i in range(n):
+                if writer is None or shard_rows[-1] >= per_shard:
+                    if writer is not None:
+                        writer.close()
+                    names.append(f"rows-{len(names):05d}.array_record")
+                    writer = ArrayRecordWriter(os.path.join(tmp, names[-1]), WRITE_OPTIONS)
+                    shard_rows.append(0)
+                writer.write(rec[i].tobytes())
+                shard_rows[-1] += 1
+    finally:
+        if writer is not None:
+            writer.close()
+        if pool is not None:
+            pool.terminate()
+    if columns is None:
+        raise DataError(f"{uri.raw}: no rows to prepare (every document is empty)")
+    # Final names carry the shard count (rows-SSSSS-of-NNNNN), as TFDS / ArrayRecord sets do.
+    final = [f"rows-{i:05d}-of-{len(names):05d}.array_record" for i in range(len(names))]
+    for a, b in zip(names, final):
+        os.rename(os.path.join(tmp, a), os.path.join(tmp, b))
+    index = dict(
+        version=VERSION,
+        source=uri.raw,
+        task=task,
+        encoding=tasks.get(task).encoding_key(args, seed),
+        tokenizer=cache.tokenizer_fingerprint(tokenizer),
+        settings={
+            k: _jsonable(cfg.get(k))
+            for k in ("seq_len", "target_len", "text_split", "pack", "text_columns", "chunk_bytes")
+        },
+        columns=columns,
+        shards=[dict(file=f, rows=r) for f, r in zip(final, shard_rows)],
+        rows=int(sum(shard_rows)),
+        chunks=len(chunks),
+        skipped=skipped,
+    )
+    with open(os.path.join(tmp, "index.json"), "w") as f:
+        json.dump(index, f, indent=1)
+    os.rename(tmp, out)
+    log.info(
+        f"data: prepared {uri.raw} into {out}: {index['rows']} rows in {len(final)} shards "
+        f"({len(chunks)} chunks, {int(workers)} workers, {time.perf_counter() - t0:.1f}s)"
+    )
+    if skipped:
+        log.warning(f"data: skipped {skipped} bad rows (data.bad_rows=skip)")
+    return index
+
+
+def _jsonable(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+def record_dtype(columns: dict) -> np.dtype:
+    return np.dtype([(k, c["dtype"], tuple(c["shape"])) for k, c in columns.items()])
+
+
+def load_index(folder: str) -> dict:
+    path = os.path.join(os.path.expanduser(folder), "index.json")
+    if not os.path.isfile(path):
+        raise DataError(
+            f"{folder}: no index.json; write prepared data with `pjx data prepare --config ... "
+            f"--out {folder}`"
+        )
+    with open(path) as f:
+        return json.load(f)
+
+
+class Table:
+    """Rows of a prepared folder by index: `table[rows]` -> {column: array}. Picklable
+    (readers reopen in each process)."""
+
+    def __init__(self, folder: str):
+        self.folder = os.path.expanduser(folder)
+        self.index = load_index(folder)
+        self.columns = self.index["columns"]
+        self.dtype = record_dtype(self.columns)
+        self.starts = np.cumsum([0] + [s["rows"] for s in self.index["shards"]])
+        self._readers = None
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _open(self):
+        from array_record.python.array_record_module import ArrayRecordReader
+
+        readers = []
+        for s in self.index["shards"]:
+            path = os.path.join(self.folder, s["file"])
+            try:
+                readers.append(ArrayRecordReader(path, "readahead_buffer_size:0"))
+            except Exception as e:  # noqa: BLE001
+                raise DataError(
+                    f"{path}: cannot open this prepared shard ({e}); prepare the data again"
+                ) from None
+        self._readers = readers
+
+    def __getitem__(self, rows) -> dict:
+        if self._readers is None:
+            self._open()
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        shard = np.searchsorted(self.starts, rows, side="right") - 1
+        out = np.empty(len(rows), self.dtype)
+        for s in np.unique(shard):
+            at = np.flatnonzero(shard == s)
+            recs = self._readers[s].read([int(i) for i in rows[at] - self.starts[s]])
+            out[at] = np.frombuffer(b"".join(recs), self.dtype)
+        return {k: out[k] for k in self.columns}
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_readers"] = None
+        return state
+
+
+def check(table: Table, *, task, tokenizer, cfg) -> None:
+    """A prepared folder must match the run: task, tokenizer, row length."""
+    idx = table.index
+    where = f"prepared:{table.folder}"
+    if idx["task"] != task:
+        raise DataError(f"{where} was prepared for task {idx['task']}, this run is {task}")
+    L = int(cfg.get("seq_len", 0))
+    if "input_ids" in idx["columns"] and L and idx["columns"]["input_ids"]["shape"][-1] != L:
+        raise DataError(
+            f"{where} holds rows of {idx['columns']['input_ids']['shape'][-1]} tokens, this "
+            f"run's data.seq_len is {L}: set it to match or prepare again"
+        )
+    if tokenizer is not None and idx["tokenizer"] != cache.tokenizer_fingerprint(tokenizer):
+        raise DataError(
+            f"{where} was tokenized by another tokenizer than data.tokenizer; use the same "
+            "one (a trained one: its folder) or prepare again"
+        )
