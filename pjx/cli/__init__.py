@@ -27,6 +27,7 @@ COMMANDS = {
     "generate": ("generate", "sample text from a trained GPT-2 workdir"),
     "plot": ("plot", "overlay the train / eval curves of runs into an image"),
     "explain": ("explain", "token attributions of a BERT classifier (integrated gradients)"),
+    "data": ("data", "prepare a corpus once: tokenized, packed ArrayRecord shards"),
 }
 
 

@@ -60,7 +60,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.cache_dir = ""  # ... here ("" = DATA_DIR/pjx_cache, WORKDIR/data_cache, ~/.cache/pjx)
     # text: sources
     c.text_split = "line"  # documents: "line" | "blank_line" | "file"
-    c.pack = "documents"  # "documents" (segment ids per document) | "stream" (one text)
+    # "documents" (packed, segment ids per document) | "stream" (one text) | "none" (one row
+    # per document, truncated: DP-SGD's unit)
+    c.pack = "documents"
     # tsv: / tfds: columns and labels
     c.preset = ""  # GLUE layout: cola sst2 mrpc rte qnli qqp mnli wnli ("" = detect)
     c.header = True  # tsv without a preset: the first row names the columns
@@ -92,7 +94,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 CHOICES = {
     "text_split": ("line", "blank_line", "file"),
-    "pack": ("documents", "stream"),
+    "pack": ("documents", "stream", "none"),
     "bad_rows": ("error", "skip"),
     "augment": ("", "simclr"),
     "mode": ("", "cached", "stream", "prepared"),

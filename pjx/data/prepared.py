@@ -128,6 +128,8 @@ def prepare(cfg, *, task, task_args, tokenizer, out, workers=1, seed=0, rows_per
         chunks=len(chunks),
         skipped=skipped,
     )
+    if tokenizer is not None and hasattr(tokenizer, "save"):  # what training reads it with
+        tokenizer.save(os.path.join(tmp, "tokenizer"))
     with open(os.path.join(tmp, "index.json"), "w") as f:
         json.dump(index, f, indent=1)
     os.rename(tmp, out)
@@ -146,6 +148,16 @@ def _jsonable(v):
 
 def record_dtype(columns: dict) -> np.dtype:
     return np.dtype([(k, c["dtype"], tuple(c["shape"])) for k, c in columns.items()])
+
+
+def tokenizer_dir(source: str) -> str | None:
+    """DIR/tokenizer of a `prepared:DIR` source (the tokenizer its rows were made with)."""
+    try:
+        uri = parse_uri(source)
+    except DataError:
+        return None
+    folder = os.path.join(os.path.expanduser(uri.path), "tokenizer")
+    return folder if uri.kind == "prepared" and os.path.isdir(folder) else None
 
 
 def load_index(folder: str) -> dict:

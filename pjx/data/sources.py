@@ -28,7 +28,10 @@ def read(uri: str | Uri, cfg, *, need_labels: bool = False, num_labels: int = 0)
     classes) names the classes of sources whose labels are bare integers."""
     u = parse_uri(uri) if isinstance(uri, str) else uri
     if u.kind not in READERS:
-        raise DataError(f"{u.raw}: read with data.mode=prepared (`pjx data prepare` wrote it)")
+        raise DataError(
+            f"{u.raw}: prepared rows are read by data.mode=prepared only (no raw texts); "
+            f"train with --config.data.tokenizer={u.path}/tokenizer (the one it was made with)"
+        )
     ex = READERS[u.kind](u, cfg, need_labels, num_labels)
     if u.slice and u.kind != "tfds":  # TFDS applies its own (identical) slice syntax
         ex = ex.select(slice_bounds(u.slice, len(ex), u.raw))

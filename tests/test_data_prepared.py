@@ -1,0 +1,179 @@
+"""Prepared mode (pjx.data.prepared, `pjx data prepare`): the same bytes for any number of
+workers, the cached mode's rows and batches, exact resume, N known (Poisson sampling)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from data_fixtures import ByteTok, lm_config, write_docs
+
+from pjx import data
+from pjx.data import prepared
+
+
+def _prepare(tmp_path, name, workers, chunk_bytes=1 << 20, task="mlm", rows_per_shard=40):
+    cfg = data.with_defaults(
+        lm_config(source=f"text:{tmp_path}/docs*.txt", seq_len=32, chunk_bytes=chunk_bytes)
+    )
+    out = str(tmp_path / name)
+    prepared.prepare(
+        cfg,
+        task=task,
+        task_args={},
+        tokenizer=ByteTok(),
+        out=out,
+        workers=workers,
+        rows_per_shard=rows_per_shard,
+    )
+    return out
+
+
+def _digest(folder):
+    h = {}
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name), "rb") as f:
+            h[name] = hashlib.sha256(f.read()).hexdigest()
+    return h
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    write_docs(tmp_path / "docs.txt", n_docs=300)
+    return tmp_path
+
+
+def test_workers_write_the_same_bytes_as_one_process(corpus):
+    write_docs(corpus / "docs2.txt", n_docs=200, seed=1)
+    one = _prepare(corpus, "one", 1, chunk_bytes=700)
+    two = _prepare(corpus, "two", 2, chunk_bytes=700)
+    index = prepared.load_index(one)
+    assert index["rows"] > 40 and len(index["shards"]) > 1
+    assert _digest(one) == _digest(two)
+
+
+def _build(cfg_source, tmp_path, seed=0, train=True, **kw):
+    cfg = lm_config(source=cfg_source, seq_len=32, cache_dir=str(tmp_path / "cache"), **kw)
+    return data.build(
+        cfg, task="mlm", model="bert", tokenizer=ByteTok(), batch_size=8, seed=seed, train=train
+    )
+
+
+def test_prepared_rows_and_batches_equal_the_cached_modes(corpus):
+    out = _prepare(corpus, "prep", 1)
+    cached_cfg = lm_config(source=f"text:{corpus}/docs.txt", seq_len=32)
+    table = data.encode.table(
+        data.with_defaults(cached_cfg), task="mlm", model="bert", tokenizer=ByteTok()
+    )
+    rows = prepared.Table(out)
+    assert len(rows) == len(table["input_ids"])
+    got = rows[np.arange(len(rows))]
+    for k in table:
+        np.testing.assert_array_equal(got[k], table[k])
+    a = _build(f"prepared:{out}", corpus, seed=3)
+    b = _build(f"text:{corpus}/docs.txt", corpus, seed=3)
+    assert a.info["mode"] == "prepared" and b.info["mode"] == "cached"
+    for _ in range(2 * a.steps_per_epoch + 1):  # into the third epoch
+        x, y = next(a), next(b)
+        for k in y:
+            np.testing.assert_array_equal(x[k], y[k])
+    evals = _build(f"prepared:{out}", corpus, train=False)
+    assert sum(float(b["weight"].sum()) for b in evals) == len(rows)
+
+
+def test_prepared_resume_and_known_size(corpus):
+    out = _prepare(corpus, "prep", 1)
+    it = _build(f"prepared:{out}", corpus)
+    [next(it) for _ in range(5)]
+    state = json.loads(json.dumps(it.get_state()))
+    want = [next(it) for _ in range(7)]
+    again = _build(f"prepared:{out}", corpus)
+    again.set_state(state)
+    for x in want:
+        np.testing.assert_array_equal(next(again)["input_ids"], x["input_ids"])
+    n = data.num_rows(lm_config(source=f"prepared:{out}"), task="mlm", model="bert")
+    assert n == prepared.load_index(out)["rows"]
+    cfg = lm_config(source=f"prepared:{out}", seq_len=32)
+    poisson = data.build(
+        cfg,
+        task="mlm",
+        model="bert",
+        tokenizer=ByteTok(),
+        batch_size=8,
+        seed=0,
+        train=True,
+        poisson_rate=0.05,
+    )
+    assert next(poisson)["weight"].shape == (8,)
+
+
+def test_prepared_checks_the_run(corpus):
+    out = _prepare(corpus, "prep", 1)
+    with pytest.raises(data.DataError, match="seq_len"):
+        data.build(
+            lm_config(source=f"prepared:{out}", seq_len=64),
+            task="mlm",
+            model="bert",
+            tokenizer=ByteTok(),
+            batch_size=8,
+            train=True,
+        )
+    with pytest.raises(data.DataError, match="task mlm"):
+        data.build(
+            lm_config(source=f"prepared:{out}", seq_len=32),
+            task="clm",
+            model="gpt2",
+            tokenizer=ByteTok(),
+            batch_size=8,
+            train=True,
+        )
+    with pytest.raises(data.DataError, match="no index.json"):
+        prepared.Table(str(corpus / "nothing"))
+    with pytest.raises(FileExistsError):
+        _prepare(corpus, "prep", 1)
+
+
+CONFIG = """
+from pjx import config as config_lib
+
+def get_config(arg=""):
+    c = config_lib.base_config()
+    c.model.name, c.task = "gpt2", "clm"
+    c.data.source = "jsonl:{src}"
+    c.data.seq_len = 32
+    c.data.tokenizer = "byte"
+    return c
+"""
+
+
+def test_cli_prepare_and_train_source(tmp_path):
+    lines = [json.dumps({"text": f"document {i} " + "word " * (i % 17)}) for i in range(200)]
+    (tmp_path / "a.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "cfg.py").write_text(CONFIG.format(src=tmp_path / "a.jsonl"))
+    out = tmp_path / "prep"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pjx.cli",
+        "data",
+        "prepare",
+        "--config",
+        str(tmp_path / "cfg.py"),
+        "--out",
+        str(out),
+        "--workers",
+        "2",
+        "--config.data.chunk_bytes=2000",
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["rows"] == prepared.load_index(out)["rows"] > 0
+    assert os.path.isdir(out / "tokenizer")
+    r = subprocess.run(cmd[:-3] + ["--runner", "DirectRunner"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Apache Beam" in r.stderr
