@@ -66,9 +66,9 @@ def build_data(config, tokenizer, *, train: bool, workdir=None, mesh=None):
 
 
 def num_examples(config, tokenizer, workdir=None) -> int:
-    """Rows of the run's training table (encoded into the cache if needed): DP's N."""
-    table = data.encode.table(
-        data.with_defaults(config.data),
+    """Rows of the run's training data (cached table or prepared index): DP's N."""
+    return data.num_rows(
+        config.data,
         task=config.task,
         task_args=config.task_args.to_dict(),
         model=config.model.name,
@@ -77,7 +77,6 @@ def num_examples(config, tokenizer, workdir=None) -> int:
         workdir=workdir,
         num_labels=int(config.model.get("num_labels", 0) or 0),
     )
-    return len(next(iter(table.values())))
 
 
 def save_config(config, workdir) -> str:
