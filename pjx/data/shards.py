@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import struct
+import zlib
 
 from pjx.data import files
 from pjx.data.uri import Uri
@@ -54,8 +55,14 @@ def _size(path: str) -> int:
                 return size
     except OSError as e:
         raise DataError(f"{path}: cannot read this shard ({e.strerror or e})") from None
-    with gzip.open(path, "rb") as g:  # > 4 GiB of text: count it
-        return sum(len(b) for b in iter(lambda: g.read(1 << 24), b""))
+    try:  # > 4 GiB of text (or a damaged trailer): count it
+        with gzip.open(path, "rb") as g:
+            return sum(len(b) for b in iter(lambda: g.read(1 << 24), b""))
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(
+            f"{path}: cannot read this shard ({e}); the file is truncated or corrupt: "
+            "re-download it or leave it out of the glob"
+        ) from None
 
 
 def _row_groups(path: str) -> int:
@@ -127,7 +134,7 @@ def _lines(chunk) -> tuple[bytes, int]:
                 buf, a = buf[i + 1 :], lo + i + 1
             if buf and not buf.endswith(b"\n"):
                 buf += f.readline()
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise DataError(
                 f"{path}: cannot read this shard at byte {a} ({e}); the file is truncated "
                 "or corrupt: re-download it or leave it out of the glob"
