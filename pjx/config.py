@@ -69,7 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3  # the last N are kept ...
     c.best_metric = ""  # ... plus the best by this eval metric ("" = none), e.g. "accuracy"
     c.best_mode = "max"  # "max" | "min"
-    c.init_from = ""  # workdir, checkpoint path or hf:PATH
+    c.init_from = ""  # workdir, checkpoint path, hf:PATH or hf:ORG/NAME[@REVISION] (Hub)
     c.allow_vocab_resize = False  # init_from: copy the overlapping rows of a resized vocab
     c.progress = True  # progress lines while training
     c.write_curves = True  # WORKDIR/curves.png (pjx.plot) when a run ends
@@ -258,8 +258,11 @@ def stage_configs(
 # ----------------------------------------------------------------------- resolution
 def resolve_data(config) -> ml_collections.ConfigDict:
     """`config` with its references resolved and `eval_data` spelled out in full (data's
-    keys, then eval_data's own). Needs no tokenizer: what the tokenizer is built from."""
+    keys, then eval_data's own). Needs no tokenizer: what the tokenizer is built from.
+    An `init_from` of `hf:` / `peft:` + a Hub id becomes its local snapshot folder."""
     c = config.copy_and_resolve_references()
+    if c.get("init_from"):
+        c.init_from = hf.folder.local_source(c.init_from)
     own = c.eval_data.to_dict()
     unknown = sorted(set(own) - set(c.data) - {"source"})
     if unknown:

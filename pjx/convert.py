@@ -42,7 +42,9 @@ def write_workdir(dst, params, config: dict, tokenizer_dir=None) -> Path:
 
 
 def hf_to_pjx(src, dst) -> Path:
-    """Writes the HF folder `src` as a pjx workdir `dst`; returns the checkpoint step dir."""
+    """Writes the HF folder `src` (a path or Hub id, `hf:` optional) as a pjx workdir `dst`;
+    returns the checkpoint step dir."""
+    src = hf.folder.model_folder(str(src).removeprefix("hf:"))  # a Hub id: its snapshot
     model, params = hf.load(src)
     family = hf.model_config(src)[0]
     config = {

@@ -69,7 +69,7 @@ def _hf_config(path: str) -> ml_collections.ConfigDict:
 def run_config(source, overrides=()) -> ml_collections.ConfigDict:
     """The config `source` was trained with (a Hugging Face folder: one built from it),
     with `overrides` applied."""
-    source = str(source)
+    source = str(hf.folder.local_source(source))  # a Hub id: its local snapshot
     if source.startswith("hf:"):
         c = _hf_config(source[3:])
     else:
@@ -86,7 +86,7 @@ class Loaded:
     """A run ready to score: resolved config, tokenizer, train.Setup, sharded params."""
 
     def __init__(self, source, uri: str, overrides=(), devices=None):
-        source = str(source)
+        source = str(hf.folder.local_source(source))
         c = run_config(source, overrides)
         folder = checkpoint.tokenizer_dir(source)
         tokenizer = tokenizers.load(str(folder)) if folder is not None else None

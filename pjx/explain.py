@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pjx import checkpoint, inference, tasks
+from pjx import checkpoint, hf, inference, tasks
 from pjx import data as data_lib
 from pjx.data import sources
 from pjx.examples import DataError, Examples
@@ -101,6 +101,7 @@ def _logits(params, ids_BxL, mask_BxL, types_BxL, *, model):
 
 def run_config(source) -> dict:
     """The resolved config of a run: WORKDIR/config.json, else the checkpoint's."""
+    source = hf.folder.local_source(source)  # a Hub id: its local snapshot
     path = Path(str(source)) / "config.json"
     if not str(source).startswith("hf:") and path.is_file():
         return json.loads(path.read_text())

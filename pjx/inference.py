@@ -19,11 +19,13 @@ from pjx.models import gpt2
 
 
 def load(source, **model_overrides):
-    """(model, params, tokenizer or None) from a pjx workdir / checkpoint, `hf:PATH` or
+    """(model, params, tokenizer or None) from a pjx workdir / checkpoint, `hf:PATH_OR_ID` or
     `peft:ADAPTER_DIR` (LoRA adapters come merged into the kernels).
 
     `model_overrides` change how it computes (e.g. `dtype="bfloat16"`), not its shapes.
+    `hf:` / `peft:` may name a Hugging Face Hub id (pjx.hf.hub).
     """
+    source = hf.folder.local_source(source)  # a Hub id: its local snapshot
     family, fields = init_from.source_model(source)
     model = models.create(family, "tiny", **{**fields, **model_overrides})
     # A LoRA run's checkpoint holds adapters beside the kernels: read them with the adapted

@@ -11,7 +11,12 @@ from pjx.cli.common import no_overrides
 def add_arguments(parser):
     sub = parser.add_subparsers(dest="direction", required=True)
     for name, help_, src, dst in (
-        ("hf-to-pjx", "Hugging Face folder -> pjx checkpoint", "HF model folder", "pjx workdir"),
+        (
+            "hf-to-pjx",
+            "Hugging Face folder -> pjx checkpoint",
+            "HF model folder, or Hub id [hf:]ORG/NAME[@REVISION]",
+            "pjx workdir",
+        ),
         (
             "pjx-to-hf",
             "pjx workdir / checkpoint -> Hugging Face folder",

@@ -10,7 +10,9 @@ from pjx.cli.common import add_distributed_arguments, start_compute
 
 
 def add_arguments(p):
-    p.add_argument("run", metavar="RUN", help="a pjx workdir / checkpoint, or hf:DIR")
+    p.add_argument(
+        "run", metavar="RUN", help="a pjx workdir / checkpoint, or hf:DIR / hf:ORG/NAME[@REVISION]"
+    )
     p.add_argument("--source", required=True, metavar="URI", help="the data to score")
     add_distributed_arguments(p)
 

@@ -10,7 +10,9 @@ from pjx.cli.common import start_compute
 
 
 def add_arguments(p):
-    p.add_argument("run", metavar="RUN", help="a pjx workdir / checkpoint, or hf:DIR")
+    p.add_argument(
+        "run", metavar="RUN", help="a pjx workdir / checkpoint, or hf:DIR / hf:ORG/NAME[@REVISION]"
+    )
     p.add_argument("--source", required=True, metavar="URI", help="the examples")
     p.add_argument("--out", required=True, metavar="FILE", help="where the JSON lines go")
     p.add_argument("--max-new-tokens", type=int, default=50, help="language models")

@@ -2,10 +2,12 @@
 
     family, fields = pjx.hf.model_config(path)   # config.json -> pjx Config fields
     params = pjx.hf.load_params(path)            # what init_from="hf:PATH" loads
+    model, params = pjx.hf.load("bert-base-uncased")  # a Hub id (pjx.hf.hub)
     model, params = pjx.hf.load(path)            # model.apply({"params": params}, input_ids=...)
     pjx.hf.save("bert", model.config, params, out_dir)  # a folder transformers loads
 
-`path` is a model folder (config.json + model.safetensors or a sharded index). Each family
+`path` is a model folder (config.json + model.safetensors or a sharded index), or a Hugging
+Face Hub id `NAME` / `ORG/NAME[@REVISION]` fetched into Hugging Face's cache. Each family
 module (`pjx/hf/<family>.py`) is a table: MODEL_TYPE, PREFIX (base-model prefix a checkpoint
 may omit), RENAMES and KERNELS (see `mapping`), IGNORED (checkpoint buffers / tied copies),
 ALIASES (other keys a tensor may be stored under), OPTIONAL (pjx parameters a checkpoint may
@@ -26,7 +28,7 @@ import numpy as np
 from flax import traverse_util
 
 from pjx import models
-from pjx.hf import bert, distilbert, folder, gpt2, mapping, peft, roberta, t5, vit
+from pjx.hf import bert, distilbert, folder, gpt2, hub, mapping, peft, roberta, t5, vit
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +190,7 @@ def save(family: str, model_config, params, out_dir) -> Path:
 
 __all__ = [
     "FAMILIES",
+    "hub",
     "table",
     "load",
     "load_params",

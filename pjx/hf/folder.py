@@ -3,7 +3,7 @@
 Only safetensors are read: a PyTorch `.bin` / `.pt` / `.ckpt` file is a pickle, and
 unpickling runs whatever code the file contains. Sharded checkpoints
 (`model.safetensors.index.json` + `model-0000x-of-0000n.safetensors`) are read through
-their index.
+their index. A folder may be named by a Hugging Face Hub id (`model_folder`, pjx.hf.hub).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import safetensors
 import safetensors.numpy
+
+from pjx.hf import hub
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -35,13 +37,41 @@ TOKENIZER_FILES = (
 )
 
 
+# What is fetched from the Hub: what this module reads, and PEFT adapters (pjx.hf.peft).
+HUB_FILES = (
+    "config.json",
+    SINGLE,
+    INDEX,
+    "model-*-of-*.safetensors",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    *TOKENIZER_FILES,
+)
+
+
 def model_folder(path) -> Path:
-    path = Path(path).expanduser()
+    """The local folder `path` names: a folder (or a file in one) when it exists; otherwise
+    the Hub repository `NAME` / `ORG/NAME[@REVISION]`, from Hugging Face's cache or
+    downloaded into it (pjx.hf.hub)."""
+    ref = str(path)
+    path = Path(ref).expanduser()
     if path.is_file():  # a config.json or a weights file inside the folder
         path = path.parent
-    if not path.is_dir():
-        raise FileNotFoundError(f"Hugging Face model folder not found: {path}")
-    return path
+    if path.is_dir():
+        return path
+    if hub.parse(ref) is not None:
+        return hub.download(ref, HUB_FILES)
+    raise FileNotFoundError(f"Hugging Face model folder not found: {path}")
+
+
+def local_source(source):
+    """`hf:REF` / `peft:REF` with REF a local folder (`model_folder`: a Hub id is fetched);
+    any other source unchanged."""
+    text = str(source)
+    for prefix in ("hf:", "peft:"):
+        if text.startswith(prefix):
+            return prefix + str(model_folder(text[len(prefix) :]))
+    return source
 
 
 def read_config(path) -> dict:

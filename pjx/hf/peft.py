@@ -5,7 +5,8 @@ PEFT names an adapted module by its Hugging Face path: `base_model.model.<module
 `base_model.model.<module>.weight`. pjx keeps A [in, r] and B [r, out] as `lora_a` /
 `lora_b` beside the adapted kernel (pjx.lora), so the two are transposes.
 `init_from="peft:DIR"` loads the base model named by the adapter (a local Hugging Face
-folder) with the adapter and heads on top; pjx.convert.to_peft writes one.
+folder or a Hub id) with the adapter and heads on top; pjx.convert.to_peft writes one. DIR
+may be a Hub id too (pjx.hf.hub).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import safetensors.numpy
 
 import pjx.hf.mapping as mapping
+from pjx.hf.folder import model_folder
 
 PREFIX = "base_model.model."
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -30,7 +32,7 @@ def module_name(family_table, pjx_module: str) -> str:
 
 
 def read_config(folder) -> dict:
-    path = Path(folder) / CONFIG
+    path = model_folder(folder) / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: a PEFT adapter folder holds {CONFIG}")
     cfg = json.loads(path.read_text())
@@ -42,14 +44,18 @@ def read_config(folder) -> dict:
 
 
 def base_folder(folder, cfg: dict) -> str:
+    """The local folder of the adapter's base model (a folder, or a Hub id fetched)."""
     base = cfg.get("base_model_name_or_path")
-    if not base or not Path(base).is_dir():
+    try:
+        if not base:
+            raise FileNotFoundError("no base model named")
+        return str(model_folder(base))
+    except FileNotFoundError as e:
         raise ValueError(
-            f"{Path(folder) / CONFIG}: base_model_name_or_path={base!r} is not a local "
-            "Hugging Face folder; set it to the base model's folder (config.json + "
-            "model.safetensors)"
-        )
-    return base
+            f"{model_folder(folder) / CONFIG}: base_model_name_or_path={base!r} is neither a "
+            "local Hugging Face folder (config.json + model.safetensors) nor a Hub model pjx "
+            f"can read; set it to the base model's folder.\n{e}"
+        ) from None
 
 
 def target_modules(adapted: list[str], dense: list[str]) -> list[str]:
@@ -90,7 +96,7 @@ def lora_config(folder) -> dict:
 def load_params(folder, family_table, base_values: dict, shapes: dict) -> dict:
     """{pjx path: array}: the base model's `base_values` with the adapter's lora_a / lora_b
     and fully trained heads. `shapes`: the pjx paths (unscanned) of the base model."""
-    tensors = safetensors.numpy.load_file(Path(folder) / WEIGHTS)
+    tensors = safetensors.numpy.load_file(model_folder(folder) / WEIGHTS)
     by_name = {module_name(family_table, p.removesuffix("/kernel")): p.removesuffix("/kernel")
                for p in shapes if p.endswith("/kernel")}  # fmt: skip
     values = dict(base_values)
