@@ -30,7 +30,7 @@ from pathlib import Path
 
 import ml_collections
 
-from pjx import data, hf, init_from, lora, models, optim, privacy, sharding, tasks
+from pjx import data, hf, init_from, lora, metrics_log, models, optim, privacy, sharding, tasks
 from pjx.tokenizers import parse_bool, parse_spec
 
 # Keys of `data` that `eval_data` does not take: the run has one tokenizer.
@@ -62,6 +62,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.dp = ml_collections.ConfigDict(privacy.DEFAULTS)
     # Low-rank adapters (pjx.lora): off unless rank > 0.
     c.lora = ml_collections.ConfigDict(lora.DEFAULTS)
+    # Weights & Biases (pjx.metrics_log, the `wandb` extra): off unless project is set.
+    c.wandb = ml_collections.ConfigDict(metrics_log.WANDB_DEFAULTS)
     c.log_every = 50
     c.eval_every = 0  # 0 = only at the end
     c.eval_steps = 0  # 0 = the whole eval set

@@ -1,9 +1,12 @@
-"""What a run records: metrics.jsonl, TensorBoard event files and progress lines.
+"""What a run records: metrics.jsonl, TensorBoard event files, progress lines, and with
+`config.wandb.project` set a Weights & Biases run.
 
 metrics.jsonl holds one JSON object per event, `{"step", "split", "loss", ...}`. The
 wall-clock fields (`TIMING_KEYS`) vary between runs; everything else is a deterministic
 function of (config, seed, machine). Only process 0 writes; progress goes to the "pjx"
-logger (pjx.logs).
+logger (pjx.logs). The W&B run (wandb, an optional extra) gets the run's name, its resolved
+config and every metrics line; its id is kept in WORKDIR/wandb_id, so a resumed run
+continues the same W&B run.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import sys
 import time
 
@@ -39,18 +43,69 @@ def _import_summary_writer():
     return SummaryWriter
 
 
+# config.wandb: project "" = no W&B run; entity / name / mode "" = W&B's defaults (the run's
+# name: the workdir's; mode: WANDB_MODE, else online).
+WANDB_DEFAULTS = {"project": "", "entity": "", "name": "", "mode": ""}
+WANDB_ID = "wandb_id"  # WORKDIR/wandb_id: the W&B run a resumed run continues
+
+
+def _start_wandb(workdir, settings, run_config):
+    """A W&B run for `workdir`: the one WORKDIR/wandb_id names, else a new one."""
+    try:
+        import wandb
+    except ImportError:
+        raise ImportError(
+            f"config.wandb.project={settings['project']!r} needs wandb: "
+            "pip install 'pjx[wandb]' (or pip install wandb), or leave wandb.project empty"
+        ) from None
+    id_file = os.path.join(workdir, WANDB_ID)
+    if os.path.exists(id_file):
+        with open(id_file) as f:
+            run_id = f.read().strip()
+    else:
+        run_id = secrets.token_hex(6)  # W&B run ids: [a-z0-9], unique per project
+        with open(id_file, "w") as f:
+            f.write(run_id + "\n")
+    run = wandb.init(
+        project=settings["project"],
+        entity=settings.get("entity") or None,
+        name=settings.get("name") or os.path.basename(os.path.abspath(workdir)),
+        mode=settings.get("mode") or None,
+        id=run_id,
+        resume="allow",
+        config=run_config,
+        dir=workdir,  # WORKDIR/wandb/: the run's files (offline runs: `wandb sync` them)
+    )
+    # Charts against pjx's step: a resumed run may log a step again (the lines past its
+    # last checkpoint), which W&B's own monotonic step would drop.
+    run.define_metric("step")
+    run.define_metric("*", step_metric="step")
+    return run
+
+
 class MetricsLog:
     """metrics.jsonl + TensorBoard + progress lines for one run (process 0 writes)."""
 
-    def __init__(self, workdir, *, total_steps, resume_step=0, progress=True, annotate=None):
+    def __init__(
+        self,
+        workdir,
+        *,
+        total_steps,
+        resume_step=0,
+        progress=True,
+        annotate=None,
+        wandb=None,
+        run_config=None,
+    ):
         # annotate(step) -> fields every line carries (DP-SGD: the epsilon spent so far).
+        # wandb: the config's `wandb` block (WANDB_DEFAULTS); run_config: the resolved config.
         self.annotate = annotate or (lambda step: {})
         self.active = jax.process_index() == 0
         self.total, self.progress = int(total_steps), progress
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.t_start = self.t_last = time.perf_counter()
         self.steps_timed, self.last_step = 0, resume_step
-        self.tb = None
+        self.tb = self.wandb = None
         if not self.active:
             return
         if os.path.exists(self.path):  # resumed: drop lines past the restored step
@@ -60,12 +115,15 @@ class MetricsLog:
                 f.writelines(keep)
         SummaryWriter = _import_summary_writer()
         self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step)
+        settings = {**WANDB_DEFAULTS, **dict(wandb or {})}
+        if settings["project"]:
+            self.wandb = _start_wandb(workdir, settings, run_config or {})
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        self.close(failed=exc_type is not None)
         return False
 
     @staticmethod
@@ -87,9 +145,15 @@ class MetricsLog:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        for k, v in record.items():
-            if k not in ("step", "split") and isinstance(v, (int, float)):
-                self.tb.add_scalar(f"{record['split']}/{k}", v, record["step"])
+        scalars = {
+            f"{record['split']}/{k}": v
+            for k, v in record.items()
+            if k not in ("step", "split") and isinstance(v, (int, float))
+        }
+        for k, v in scalars.items():
+            self.tb.add_scalar(k, v, record["step"])
+        if self.wandb is not None:
+            self.wandb.log({"step": record["step"], **scalars})
 
     def train(self, step, line, unit, units) -> dict:
         """A train line for the steps since the last one (`units`: tokens / examples)."""
@@ -125,10 +189,13 @@ class MetricsLog:
             log.info(f"eval @ {step}: {shown}")
         return record
 
-    def close(self):
+    def close(self, failed=False):
         if self.tb is not None:
             self.tb.close()
             self.tb = None
+        if self.wandb is not None:
+            self.wandb.finish(exit_code=1 if failed else 0)
+            self.wandb = None
 
 
 def _hms(seconds) -> str:

@@ -90,6 +90,8 @@ def train(
             resume_step=start,
             progress=config.progress,
             annotate=annotate,
+            wandb=config.get("wandb"),
+            run_config=config.to_dict(),
         ) as metrics:
             last = train_lib.fit(
                 s,
