@@ -161,6 +161,8 @@ def bench_pipeline(config, steps: int = 200, tokenizer=None) -> dict:
         "source": cfg.source,
         "num_threads": int(cfg.num_threads),
         "worker_count": int(cfg.worker_count),
+        "workers": int(cfg.get("workers", 0) or cfg.worker_count),
+        "mode": getattr(it, "info", {}).get("mode", "cached"),
     }
     if ids is not None:
         out["seq_len"] = int(ids.shape[1])

@@ -3,14 +3,15 @@
 Tokenizes and packs the config's training source (`config.data.source`: text:, jsonl:,
 parquet: files) once into DIR: sharded ArrayRecord rows + index.json + the tokenizer
 (pjx.data.prepared), on a pool of N processes; the output is the same bytes for any N.
-Train on it with `--config.data.source=prepared:DIR`. The last line is one JSON object
-(rows, shards, seconds, tokens_per_s).
+Train on it with `--config.data.source=prepared:DIR --config.data.tokenizer=DIR/tokenizer`.
+The last line is one JSON object (rows, shards, seconds, tokens_per_s, cpu_s).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import tempfile
 import time
 
@@ -58,6 +59,13 @@ def main(args, overrides) -> int:
             rows_per_shard=int(args.rows_per_shard),
         )
         dt = time.perf_counter() - t0
+    cpu = sum(
+        u.ru_utime + u.ru_stime
+        for u in (
+            resource.getrusage(resource.RUSAGE_SELF),
+            resource.getrusage(resource.RUSAGE_CHILDREN),
+        )
+    )
     L = index["columns"].get("input_ids", {}).get("shape", [0])[-1]
     result = dict(
         out=out,
@@ -68,11 +76,12 @@ def main(args, overrides) -> int:
         workers=int(args.workers),
         seconds=dt,
         tokens_per_s=index["rows"] * L / dt if dt > 0 else 0.0,
+        cpu_s=cpu,  # this command's processes, start-up included
     )
     print(
         f"prepared {index['source']} into {out}: {index['rows']} rows in "
         f"{len(index['shards'])} shards ({dt:.1f}s); train with "
-        f"--config.data.source=prepared:{out}",
+        f"--config.data.source=prepared:{out} --config.data.tokenizer={out}/tokenizer",
         flush=True,
     )
     print(json.dumps(result), flush=True)

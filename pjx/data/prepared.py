@@ -2,11 +2,13 @@
 
 `pjx data prepare --config C --out DIR [--workers N]` encodes the training source's chunks
 (pjx.data.shards; Task.encode per chunk, exactly as streaming mode does) on a process pool
-and writes the rows, in chunk order, to
+(forked unless JAX runs here; PJX_DATA_START=spawn|forkserver|fork to choose) and writes
+the rows, in chunk order, to
 
     DIR/rows-SSSSS-of-NNNNN.array_record   one record per row: the row's columns' bytes
     DIR/index.json                         columns (dtype, shape), shards and their rows,
                                            the source, task, tokenizer hash, settings
+    DIR/tokenizer/                         the tokenizer (train with data.tokenizer=it)
 
 Results come back in chunk order (`imap`) and are written by one process, so N workers
 write the same bytes as one. Records are stored uncompressed in groups of one, for random
@@ -70,7 +72,7 @@ def prepare(cfg, *, task, task_args, tokenizer, out, workers=1, seed=0, rows_per
     items = list(enumerate(chunks))
     pool = None
     if int(workers) > 1:
-        ctx = multiprocessing.get_context("spawn")
+        ctx = multiprocessing.get_context(os.environ.get("PJX_DATA_START") or _start_method())
         pool = ctx.Pool(int(workers), initializer=_init, initargs=(common,))
         results = pool.imap(_encode_in_pool, items, chunksize=1)
     else:
@@ -140,6 +142,16 @@ def prepare(cfg, *, task, task_args, tokenizer, out, workers=1, seed=0, rows_per
     if skipped:
         log.warning(f"data: skipped {skipped} bad rows (data.bad_rows=skip)")
     return index
+
+
+def _start_method() -> str:
+    """fork (fast: no re-import) unless this process runs JAX, whose threads make a fork
+    unsafe; then forkserver."""
+    import sys
+
+    xb = sys.modules.get("jax._src.xla_bridge")
+    running = xb is not None and getattr(xb, "backends_are_initialized", lambda: True)()
+    return "forkserver" if running else "fork"
 
 
 def _jsonable(v):
