@@ -10,6 +10,16 @@ Data: a local WikiText-2 (`$PJX_DATA/wikitext2/train.txt.gz`, PJX_DATA defaults 
 ../shared/data); any other text with --config.data.source=text:PATH_OR_GLOB. The last 5%
 of the lines are held out for evaluation. A SentencePiece vocabulary with BERT's special
 tokens is trained into the workdir on the first run.
+
+Data modes (`--config.data.mode`; unset: chosen by the source and logged): `cached` reads
+and encodes the source once (WikiText-2, anything below data.stream_above); `stream`
+reads text: / jsonl: / parquet: globs chunk by chunk in Grain workers (data.workers),
+memory flat in the corpus size, e.g.
+    --config.data.source='parquet:/data/wiki/*.parquet' --config.data.mode=stream
+    --config.data.tokenizer=tok/ --config.data.workers=8
+(a stream has no slice: give eval_data its own source); `prepared` reads the ArrayRecord
+rows of `pjx data prepare --config configs/bert_mlm.py --config.data.source=... --out DIR`
+with --config.data.source=prepared:DIR --config.data.tokenizer=DIR/tokenizer.
 """
 
 import os

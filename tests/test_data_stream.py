@@ -217,3 +217,33 @@ def test_memory_does_not_grow_with_the_corpus(tmp_path):
         rss[k] = int(out.stdout.split()[-1]) / 1024  # MiB
     # 8x the corpus (~14 MB more text; the cached mode holds ~20x the text in memory)
     assert rss[8] < rss[1] * 1.2 + 40, rss
+
+
+def test_read_texts_of_a_stream_reads_chunk_by_chunk(tmp_path):
+    source = _write(tmp_path, "jsonl", _docs(), files=2)
+    cfg = lm_config(chunk_bytes=300)
+    whole = list(data.read_texts(source, cfg))
+    cfg.stream_above = 0  # the mode is now stream: texts come from one chunk at a time
+    gen = data.read_texts(source, cfg)
+    assert next(gen) == whole[0]
+    assert [whole[0], *gen] == whole
+
+
+def test_bench_data_only_in_stream_and_prepared_modes(tmp_path):
+    from pjx import config as config_lib
+    from pjx.cli import bench as bench_cli
+    from pjx.data import prepared
+
+    source = _write(tmp_path, "text", _docs(), files=2)
+    config = config_lib.base_config()
+    config.task, config.model.name, config.batch_size = "clm", "gpt2", 4
+    config.data.update(dict(source=source, seq_len=32, mode="stream", chunk_bytes=300))
+    out = bench_cli.bench_pipeline(config, 20, tokenizer=ByteTok())
+    assert out["mode"] == "stream" and out["tokens_per_s"] > 0 and out["first_batch_s"] > 0
+    cfg = data.with_defaults(config.data)
+    folder = str(tmp_path / "prep")
+    prepared.prepare(cfg, task="clm", task_args={}, tokenizer=ByteTok(), out=folder)
+    config.data.update(dict(source=f"prepared:{folder}", mode=""))
+    out = bench_cli.bench_pipeline(config, 20, tokenizer=ByteTok())
+    assert out["mode"] == "prepared" and out["tokens_per_s"] > 0
+    json.dumps(out)

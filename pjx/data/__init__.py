@@ -174,6 +174,9 @@ def read_texts(uri: str, cfg=None) -> Iterator[str]:
     newline, and with `cfg.pack == "stream"` the one joined text is yielded, so a character
     vocabulary covers the newlines a stream-packed pipeline feeds it."""
     cfg = with_defaults(cfg or {})
+    if cfg.pack != "stream" and choose_mode(with_defaults(dict(cfg, source=uri)))[0] == "stream":
+        yield from _stream_texts(uri, cfg)  # chunk by chunk: memory flat in the corpus
+        return
     ex = sources.read(uri, cfg)
     if ex.texts is None:
         raise DataError(f"{uri} has no text")
@@ -183,6 +186,16 @@ def read_texts(uri: str, cfg=None) -> Iterator[str]:
     end = "\n" if parse_uri(uri).kind == "text" and cfg.text_split == "line" else ""
     for column in (ex.texts, ex.texts_b or ()):
         for t in column:
+            if t and t.strip():
+                yield t + end
+
+
+def _stream_texts(uri: str, cfg) -> Iterator[str]:
+    u = parse_uri(uri)
+    end = "\n" if u.kind == "text" and cfg.text_split == "line" else ""
+    for chunk in shards.plan(u, cfg):
+        ex, _ = shards.read_chunk(chunk, cfg)
+        for t in list(ex.texts) + list(ex.texts_b or ()):
             if t and t.strip():
                 yield t + end
 

@@ -28,8 +28,10 @@ import time
 
 import numpy as np
 
+import pjx.data.cache as cache
+import pjx.data.shards as shards
+import pjx.data.stream as stream
 from pjx import tasks
-from pjx.data import cache, shards, stream
 from pjx.data.uri import parse_uri
 from pjx.examples import DataError
 

@@ -23,7 +23,7 @@ import os
 import struct
 import zlib
 
-from pjx.data import files
+import pjx.data.files as files
 from pjx.data.uri import Uri
 from pjx.examples import DataError, Examples
 

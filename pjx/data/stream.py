@@ -26,8 +26,9 @@ import sys
 import grain
 import numpy as np
 
+import pjx.data.pipeline as pipeline
+import pjx.data.shards as shards
 from pjx import tasks
-from pjx.data import pipeline, shards
 from pjx.data.uri import parse_uri
 from pjx.examples import DataError
 
