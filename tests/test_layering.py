@@ -34,6 +34,7 @@ LAYERS = [
         "pjx.sharding",
         "pjx.checkpoint",
         "pjx.hf",
+        "pjx.nnx",
         "pjx.metrics_log",
     ),
     ("pjx.init_from", "pjx.convert"),
