@@ -247,3 +247,55 @@ def test_bench_data_only_in_stream_and_prepared_modes(tmp_path):
     out = bench_cli.bench_pipeline(config, 20, tokenizer=ByteTok())
     assert out["mode"] == "prepared" and out["tokens_per_s"] > 0
     json.dumps(out)
+
+
+class _Preempt:
+    """A data iterator that sends its process SIGTERM when it hands out batch `kill_at`."""
+
+    def __init__(self, it, kill_at=None):
+        self.it, self.kill_at, self.n = it, kill_at, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.n == self.kill_at:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)
+        self.n += 1
+        return next(self.it)
+
+    def get_state(self):
+        return self.it.get_state()
+
+    def set_state(self, state):
+        self.it.set_state(state)
+
+
+def test_preempted_stream_run_resumes_with_the_uninterrupted_loss_curve(tmp_path):
+    from test_train import TIMING_KEYS, _gpt2_config, _lm_eval, _one_device, _read
+
+    from pjx import run, train
+
+    source = _write(tmp_path, "text", _docs(300), files=2)
+    c = _gpt2_config(steps=4, log_every=1, eval_every=4, checkpoint_every=2)
+    c.model.vocab_size = ByteTok.vocab_size
+    c.data.update(dict(source=source, mode="stream", chunk_bytes=300, shuffle_buffer=8))
+
+    def stream_data(kill_at=None):
+        it = data.build(
+            c.data, task="clm", model="gpt2", tokenizer=ByteTok(), batch_size=4, seed=0, train=True
+        )
+        return _Preempt(it, kill_at)
+
+    kw = dict(eval_data=_lm_eval(), devices=_one_device(), tokenizer=ByteTok())
+    run.train(c, str(tmp_path / "ref"), train_data=stream_data(), **kw)
+    workdir = str(tmp_path / "run")
+    with pytest.raises(train.Preempted):
+        run.train(c, workdir, train_data=stream_data(kill_at=2), **kw)
+    run.train(c, workdir, train_data=stream_data(), **kw)
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rs]
+    ref, got = _read(tmp_path / "ref" / "metrics.jsonl"), _read(tmp_path / "run" / "metrics.jsonl")
+    assert len(ref) >= 5 and strip(got) == strip(ref)
