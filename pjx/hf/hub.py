@@ -22,6 +22,9 @@ from pathlib import Path
 _PART = r"[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9_])?"
 _REPO_ID = re.compile(rf"{_PART}(?:/{_PART})?")
 
+# What the download command of the not-cached message fetches: pjx's files, fewer patterns.
+_SHORT_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.model")
+
 _resolved: dict[tuple, Path] = {}  # (id, revision, patterns, cache, offline) -> snapshot
 
 
@@ -82,17 +85,15 @@ def download(ref, allow_patterns) -> Path:
             else f"the Hub could not be reached ({type(cause).__name__}: {cause})"
         )
         rev = f" --revision {revision}" if revision else ""
+        # An interrupted download leaves a snapshot that lacks some files.
+        held = "is only partly" if type(e).__name__ == "IncompleteSnapshotError" else "is not"
         include = " ".join(f'--include "{p}"' for p in _SHORT_PATTERNS)
         raise FileNotFoundError(
             f"{ref}: no local folder {os.path.abspath(ref)!r}, and the Hugging Face Hub "
-            f"model {repo_id!r}{at} is not in the Hub cache {cache} (looked in {where}); "
+            f"model {repo_id!r}{at} {held} in the Hub cache {cache} (looked in {where}); "
             f"{why}.\nDownload it once where the Hub is reachable, into the same cache "
             f"(HF_HOME / HF_HUB_CACHE):\n  hf download {repo_id}{rev} {include}\n"
             "or pass the path of a local model folder (config.json + model.safetensors)."
         ) from None
     _resolved[key] = Path(path)
     return Path(path)
-
-
-# What the download command in the message above fetches: the same files, fewer patterns.
-_SHORT_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.model")
