@@ -80,7 +80,10 @@ def _row_groups(path: str) -> int:
 def plan(uri: Uri, cfg) -> list[tuple]:
     """The chunks of a text / jsonl / parquet source, in file order."""
     if uri.kind not in KINDS:
-        raise DataError(f"{uri.raw}: streaming reads text:, jsonl: and parquet: sources")
+        raise DataError(
+            f"{uri.raw}: the stream and prepared modes read text:, jsonl: and parquet: "
+            "files; read this source with data.mode=cached"
+        )
     size = max(int(cfg.get("chunk_bytes", 1 << 20) or 1 << 20), 1)
     whole = uri.kind == "text" and cfg.get("text_split", "line") != "line"
     chunks = []
