@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 from pjx import layers
 
@@ -140,41 +141,57 @@ class AttentionTest(chex.TestCase):
         self.assertEqual(axes, ("embed", "heads", "kv"))
 
 
-@pytest.mark.parametrize("norm_type", ["layernorm", "rmsnorm"])
-def test_norm_matches_numpy(norm_type):
-    cfg = layers.LayerConfig(
-        hidden_size=8, num_heads=2, head_dim=4, mlp_dim=16, norm_type=norm_type, norm_eps=1e-6
-    )
-    x = np.random.default_rng(1).normal(size=(2, 3, 8)).astype(np.float32) * 3 + 1
-    mod = layers.Norm(cfg)
-    variables = mod.init(jax.random.key(0), x)
-    got = mod.apply(variables, x)
-    if norm_type == "rmsnorm":
-        want = x / np.sqrt((x**2).mean(-1, keepdims=True) + 1e-6)
-        assert set(variables["params"]) == {"scale"}
-    else:
-        want = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
-    np.testing.assert_allclose(got, want, atol=1e-5)
+class NormMLPTest(chex.TestCase):
+    """Norm and MLP against NumPy, traced (jit) and eager alike."""
 
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters((n, n) for n in ("layernorm", "rmsnorm"))
+    def test_norm_matches_numpy(self, norm_type):
+        cfg = layers.LayerConfig(
+            hidden_size=8, num_heads=2, head_dim=4, mlp_dim=16, norm_type=norm_type, norm_eps=1e-6
+        )
+        x = np.random.default_rng(1).normal(size=(2, 3, 8)).astype(np.float32) * 3 + 1
+        mod = layers.Norm(cfg)
+        variables = mod.init(jax.random.key(0), x)
+        got = self.variant(mod.apply)(variables, x)
+        chex.assert_shape(got, x.shape)
+        if norm_type == "rmsnorm":
+            want = x / np.sqrt((x**2).mean(-1, keepdims=True) + 1e-6)
+            self.assertEqual(set(variables["params"]), {"scale"})
+        else:
+            want = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
+        np.testing.assert_allclose(got, want, atol=1e-5)
 
-@pytest.mark.parametrize("activation", ["gelu", "gelu_new", "gated-gelu"])
-def test_mlp_activation(activation):
-    cfg = layers.LayerConfig(
-        hidden_size=8, num_heads=2, head_dim=4, mlp_dim=16, activation=activation, use_bias=False
-    )
-    names = ("wi_0", "wi_1") if activation.startswith("gated") else ("wi",)
-    mod = layers.MLP(cfg, in_names=names, out_name="wo")
-    x = np.random.default_rng(2).normal(size=(2, 3, 8)).astype(np.float32)
-    p = nn.meta.unbox(mod.init(jax.random.key(0), x)["params"])
-    erf = np.vectorize(math.erf)
-    gelu = lambda h: 0.5 * h * (1 + erf(h / np.sqrt(2)))
-    gelu_new = lambda h: 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
-    if activation == "gated-gelu":
-        h = gelu_new(x @ np.asarray(p["wi_0"]["kernel"])) * (x @ np.asarray(p["wi_1"]["kernel"]))
-    else:
-        h = (gelu if activation == "gelu" else gelu_new)(x @ np.asarray(p["wi"]["kernel"]))
-    want = h @ np.asarray(p["wo"]["kernel"])
-    np.testing.assert_allclose(mod.apply({"params": p}, x), want, atol=1e-5)
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters((n, n) for n in ("gelu", "gelu_new", "gated-gelu"))
+    def test_mlp_activation(self, activation):
+        cfg = layers.LayerConfig(
+            hidden_size=8,
+            num_heads=2,
+            head_dim=4,
+            mlp_dim=16,
+            activation=activation,
+            use_bias=False,
+        )
+        names = ("wi_0", "wi_1") if activation.startswith("gated") else ("wi",)
+        mod = layers.MLP(cfg, in_names=names, out_name="wo")
+        x = np.random.default_rng(2).normal(size=(2, 3, 8)).astype(np.float32)
+        p = nn.meta.unbox(mod.init(jax.random.key(0), x)["params"])
+        for name in names:
+            chex.assert_shape(p[name]["kernel"], (8, 16))
+        chex.assert_shape(p["wo"]["kernel"], (16, 8))
+        erf = np.vectorize(math.erf)
+        gelu = lambda h: 0.5 * h * (1 + erf(h / np.sqrt(2)))
+        gelu_new = lambda h: 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
+        if activation == "gated-gelu":
+            wi_0, wi_1 = np.asarray(p["wi_0"]["kernel"]), np.asarray(p["wi_1"]["kernel"])
+            h = gelu_new(x @ wi_0) * (x @ wi_1)
+        else:
+            h = (gelu if activation == "gelu" else gelu_new)(x @ np.asarray(p["wi"]["kernel"]))
+        want = h @ np.asarray(p["wo"]["kernel"])
+        got = self.variant(mod.apply)({"params": p}, x)
+        chex.assert_shape(got, x.shape)
+        np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_relative_position_bias_shape_and_sharing():
