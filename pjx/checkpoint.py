@@ -190,7 +190,7 @@ def create_manager(
         cleanup_tmp_directories=True,
     )
     return ocp.CheckpointManager(
-        directory, options=options, item_names=("state", "data", "config", "tokenizer")
+        directory, options=options, item_names=("state", "data", "config", "tokenizer", "privacy")
     )
 
 
@@ -203,12 +203,14 @@ def save(
     config=None,
     tokenizer_dir=None,
     metrics: Mapping[str, Any] | None = None,
+    privacy: dict | None = None,
     force: bool = False,
 ) -> bool:
     """Starts an (async) save if `step` is due (or `force`); returns whether it did.
 
     `data_state` may be a callable (`iterator.get_state`), called only when saving.
-    `metrics` (eval metrics, for `best_metric`) are stored as floats.
+    `metrics` (eval metrics, for `best_metric`) are stored as floats. `privacy`: a DP
+    run's ledger up to `step` (pjx.privacy.Plan.record), read back by `read_item`.
     """
     if not force and not manager.should_save(step):
         return False
@@ -223,6 +225,8 @@ def save(
         items["config"] = ocp.args.JsonSave(_config_dict(config))
     if tokenizer_dir is not None:
         items["tokenizer"] = FolderSave(str(tokenizer_dir))
+    if privacy is not None:
+        items["privacy"] = ocp.args.JsonSave(privacy)
     if metrics is not None:
         metrics = {k: float(np.asarray(v)) for k, v in metrics.items()}
     return manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
@@ -463,6 +467,20 @@ def read_checkpoint_config(source) -> dict:
     if not path.is_dir():
         return {}
     return dict(ocp.handlers.JsonCheckpointHandler().restore(path))
+
+
+def read_item(directory, name: str) -> tuple[int, dict | None]:
+    """(step, JSON item `name`) of the newest complete checkpoint under `directory`;
+    (0, None) when there is none, None when that checkpoint has no such item."""
+    directory = Path(directory).absolute()
+    steps = {s: p for s, p in _step_dirs(directory).items() if is_complete(p)}
+    if not steps:
+        return 0, None
+    step = max(steps)
+    path = steps[step] / name
+    if not path.is_dir():
+        return step, None
+    return step, dict(ocp.handlers.JsonCheckpointHandler().restore(path))
 
 
 def tokenizer_dir(source) -> Path | None:

@@ -78,6 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Chained stages: (("name", {"dotted.key": value, ...}), ...), each run in WORKDIR/name.
     # An init_from of "stage:NAME" means WORKDIR/NAME.
     c.stages = ()
+    # After the stages, one line comparing their last eval `metric`: (("label", "stage"), ...),
+    # the first against each other, e.g. "from pretraining: 0.86 accuracy; from scratch: ...".
+    c.compare = ml_collections.ConfigDict(dict(stages=(), metric="accuracy"))
     return c
 
 
@@ -282,6 +285,7 @@ def resolve_data(config) -> ml_collections.ConfigDict:
                 "negatives), so clipping one example's gradient does not bound its influence "
                 "on the update. Train it without dp."
             )
+        privacy.check_run(c, task)
     return c
 
 
@@ -347,13 +351,16 @@ def resolve(config, tokenizer=None) -> ml_collections.ConfigDict:
 
 def with_privacy(config, plan) -> ml_collections.ConfigDict:
     """`config` with its DP-SGD plan filled into `dp` (pjx.privacy.plan): the noise
-    multiplier (calibrated when a target epsilon was asked for), delta, the sampling rate,
-    the padded batch, N and the planned epsilon, so config.json shows what the run used."""
+    multiplier of the steps this start runs (calibrated when a target epsilon was asked
+    for), delta, the sampling rate, the padded batch, N, the planned epsilon and the
+    segments of the whole run, so config.json shows what the run used."""
     c = copy.deepcopy(config)
+    p = plan.to_dict()
     with c.dp.unlocked():
         for key in ("noise_multiplier", "delta", "sampling_rate", "padded_batch_size"):
-            c.dp[key] = getattr(plan, key)
-        c.dp.num_examples, c.dp.planned_epsilon = plan.num_examples, plan.epsilon
+            c.dp[key] = p[key]
+        c.dp.num_examples, c.dp.planned_epsilon = p["num_examples"], p["epsilon"]
+        c.dp.segments = json.dumps(p["segments"])
     return c
 
 

@@ -16,12 +16,15 @@ norms and the clipped sums directly.
 
 Covered: `layers.Dense` (kernel, bias), `layers.Logits`, and the lookup tables
 `layers.Embed` / `layers.LearnedPositions` (||sum_t onehot(id_t) g_t||^2 =
-sum_ts [id_t = id_s] g_t . g_s), each when called once per forward and when every
-parameter it holds trains. Everything else that trains (norms, a tied embedding used
-twice, LoRA adapters, convolutions, raw parameters) gets an ordinary per-example gradient
-inside the same vmapped backward. The result equals clipping `vmap(grad)` to float
-rounding (tests/test_privacy.py). Layers inside lifted transforms (`nn.scan`, `nn.remat`)
-cannot hand their activations out of the transform: use `vmap` clipping there.
+sum_ts [id_t = id_s] g_t . g_s), each when called once per forward, when every
+parameter it holds trains, and when the loss reaches its parameters through that call
+alone (checked on the traced program: a table also read directly, as BERT's tied MLM
+decoder reads the word embeddings, is not covered). Everything else that trains (norms,
+a tied embedding used twice, LoRA adapters, convolutions, raw parameters) gets an
+ordinary per-example gradient inside the same vmapped backward. The result equals
+clipping `vmap(grad)` to float rounding (tests/test_privacy.py). Layers inside lifted
+transforms (`nn.scan`, `nn.remat`) cannot hand their activations out of the transform:
+use `vmap` clipping there.
 """
 
 from __future__ import annotations
@@ -44,8 +47,9 @@ class _Tape:
     """What one example's forward pass saw: per covered call, its input (and the zero
     added to its output, whose gradient is the output's cotangent)."""
 
-    def __init__(self, zeros=None):
+    def __init__(self, zeros=None, cut=()):
         self.zeros = zeros  # None while discovering which calls there are
+        self.cut = set(cut)  # calls whose output is replaced by zeros (`_raw_uses`)
         self.calls = {}  # key -> (module type, module path, output shape/dtype, n_in)
         self.uses = collections.Counter()  # module path -> calls of any method
         self.inputs = {}
@@ -60,6 +64,8 @@ class _Tape:
         y = next_fun(*args, **kwargs)
         if method != "__call__":
             return y
+        if key in self.cut:
+            return jnp.zeros(y.shape, y.dtype)
         if self.zeros is None:
             n_in = getattr(module, "n_in", 1)
             self.calls[key] = (type(module), path, jax.ShapeDtypeStruct(y.shape, y.dtype), n_in)
@@ -186,7 +192,52 @@ def _discover(loss_fn, params, trainable, batch, key_data):
     first = jax.tree.map(lambda x: x[:1], batch)
     with nn.intercept_methods(tape.intercept):
         jax.eval_shape(lambda: loss_fn(params, first, jax.random.wrap_key_data(key_data)))
-    return tape, index, _covered(tape, index)
+    covered = _covered(tape, index)
+    raw = _raw_uses(loss_fn, params, index, covered, first, key_data)
+    return tape, index, {k: v for k, v in covered.items() if not set(v[3].values()) & raw}
+
+
+def _raw_uses(loss_fn, params, index, covered, first, key_data) -> set:
+    """The covered parameters that reach the loss other than through their covered call
+    (BERT's MLM decoder reads the word embedding table directly: its share of the
+    gradient would be lost). Found on the program itself: with every covered call's output
+    replaced by zeros, which parameters does the loss still depend on?"""
+    paths = sorted({p for *_, held in covered.values() for p in held.values()})
+    if not paths:
+        return set()
+    leaves, treedef = jax.tree.flatten(params)
+
+    def loss(ghost_leaves):
+        full = list(leaves)
+        for p, x in zip(paths, ghost_leaves):
+            full[index[p]] = x
+        tape = _Tape(cut=covered)
+        with nn.intercept_methods(tape.intercept):
+            out, _ = loss_fn(
+                jax.tree.unflatten(treedef, full), first, jax.random.wrap_key_data(key_data)
+            )
+        return out
+
+    args = [jax.ShapeDtypeStruct(leaves[index[p]].shape, leaves[index[p]].dtype) for p in paths]
+    program = jax.make_jaxpr(loss)(args).jaxpr
+    reached = _dependencies(program)
+    return {paths[i] for i in reached}
+
+
+def _dependencies(program) -> set:
+    """Indices of the program's inputs that its first output depends on (an equation's
+    outputs depend on all of its inputs: exact for primitives, conservative for nested
+    programs, which only ever adds a per-example gradient)."""
+    deps = {v: {i} for i, v in enumerate(program.invars)}
+    for eqn in program.eqns:
+        found = set()
+        for v in eqn.invars:
+            if not hasattr(v, "val"):  # literals carry no dependency
+                found |= deps.get(v, set())
+        for v in eqn.outvars:
+            deps[v] = found
+    out = program.outvars[0]
+    return set() if hasattr(out, "val") else deps.get(out, set())
 
 
 def covered_paths(loss_fn, params, trainable, batch, key) -> set:

@@ -176,7 +176,9 @@ class MetricsLog:
         self._write(record)
         if self.progress:
             log.info(
-                f"step {step}/{self.total} | loss {line['loss']:.4f} | lr "
+                f"step {step}/{self.total} | "
+                + (f"loss {line['loss']:.4f} | " if "loss" in line else "")
+                + f"lr "
                 f"{line['learning_rate']:.2e} | {units / dt:,.0f} {unit}/s | ETA {_hms(eta)}"
             )
         return record

@@ -1,8 +1,8 @@
 """AdamW with warm-up + decay schedules, global-norm clipping and a weight-decay mask.
 
-Gradient accumulation is not an optax wrapper here: `pjx.train.train_step` scans
-over micro-batches inside the jitted step (see `accumulate_gradients`), so that
-`accum_steps` micro-batches give the same update as one large batch.
+Gradient accumulation is not an optax wrapper here: the gradient of a logical batch is
+summed over its `accum_steps` slices inside the jitted step (pjx.grads), so that they give
+the same update as one large batch.
 """
 
 from __future__ import annotations
@@ -128,58 +128,3 @@ def _make_trainable(opt_cfg, total_steps: int):
         )
     )
     return optax.chain(*parts), lr_fn
-
-
-def accumulate_gradients(loss_fn, params, batch, rng, accum_steps: int, batch_sharding=None):
-    """Sum of gradients over `accum_steps` micro-batches with one `lax.scan`.
-
-    `loss_fn(params, micro_batch, rng) -> (loss, metrics)` where `metrics["count"]`
-    is the number of loss terms (tokens, examples). Each micro-batch's mean loss is
-    weighted by its count and the total is divided by the total count, so the
-    gradient equals that of one large batch exactly for a single mean-reduced loss
-    (for sums of several means, e.g. MLM + NSP, the secondary terms are weighted by
-    the primary count). Micro-batch j takes rows j, j+A, j+2A, ..., so with the
-    batch sharded on its leading axis every micro-batch stays spread over all devices.
-    Returns (loss, metrics summed over micro-batches, grads).
-    """
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    if accum_steps <= 1:
-        (loss, metrics), grads = grad_fn(params, batch, rng)
-        return loss, metrics, grads
-
-    def split(x):
-        x = x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:])
-        x = jnp.moveaxis(x, 1, 0)  # [A, B/A, ...]
-        if batch_sharding is not None:
-            spec = jax.sharding.PartitionSpec(None, *batch_sharding.spec)
-            x = jax.lax.with_sharding_constraint(
-                x, jax.sharding.NamedSharding(batch_sharding.mesh, spec)
-            )
-        return x
-
-    micro = jax.tree.map(split, batch)
-
-    def weighted(p, mb, r):
-        loss, metrics = loss_fn(p, mb, r)
-        count = jax.lax.stop_gradient(metrics["count"])
-        return loss * count, (loss, metrics)
-
-    wgrad_fn = jax.value_and_grad(weighted, has_aux=True)
-
-    def body(carry, xs):
-        i, mb = xs
-        (_, (loss, metrics)), g = wgrad_fn(params, mb, jax.random.fold_in(rng, i))
-        gsum, lsum, msum = carry
-        gsum = jax.tree.map(jnp.add, gsum, g)
-        msum = jax.tree.map(jnp.add, msum, metrics)
-        return (gsum, lsum + loss * metrics["count"], msum), None
-
-    _, metrics_shape = jax.eval_shape(loss_fn, params, jax.tree.map(lambda x: x[0], micro), rng)
-    zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape)
-    zeros_g = jax.tree.map(jnp.zeros_like, params)
-    (gsum, lsum, msum), _ = jax.lax.scan(
-        body, (zeros_g, jnp.zeros((), jnp.float32), zeros_m), (jnp.arange(accum_steps), micro)
-    )
-    total = jnp.maximum(msum["count"], 1.0)
-    grads = jax.tree.map(lambda g: g / total, gsum)
-    return lsum / total, msum, grads

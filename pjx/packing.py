@@ -5,8 +5,9 @@ current row and continues in the next (`pack`), and every piece gets its own `se
 value (1, 2, ... within a row; 0 on padding) and `position_ids` restarting at 0, so
 attention never crosses documents (packing with segment ids as in T5 / Raffel et al. 2020
 and Krell et al. 2021). Every token of every document is kept, in order; only row ends
-shorter than 8 tokens and the last row are padded. `concat_rows` cuts one token stream
-into full rows (T5's `reduce_concat_tokens` + `split_tokens`); `nsp_pairs` makes BERT's
+shorter than 8 tokens and the last row are padded. `data.pack=none` keeps one document
+per row instead (`one_per_row`, truncated: DP-SGD's privacy unit). `concat_rows` cuts one
+token stream into full rows (T5's `reduce_concat_tokens` + `split_tokens`); `nsp_pairs` makes BERT's
 next-sentence pairs. Which task uses which, and with which special tokens, is the task's
 business (pjx.tasks).
 """
@@ -83,6 +84,37 @@ def pack(
     out["segment_ids"][rows, cols] = seg[pid]
     out["position_ids"][rows, cols] = within
     return out
+
+
+def one_per_row(docs: list[np.ndarray], L: int, *, prefix=(), suffix=(), doc_end=(), pad_id=0):
+    """One row per non-empty document, truncated to fit (`data.pack=none`): no row holds
+    two documents, so removing a document removes exactly its row (DP-SGD's unit)."""
+    wrap = len(prefix) + len(suffix)
+    if L - wrap < 1:
+        raise DataError(f"data.seq_len={L} leaves no room for tokens")
+    rows = [
+        np.concatenate([prefix, np.concatenate([d, doc_end])[: L - wrap], suffix]).astype(np.int32)
+        for d in docs
+        if len(d)
+    ]
+    if not rows:
+        raise DataError("no tokens: every document is empty")
+    lengths = np.asarray([len(r) for r in rows])
+    pos = np.arange(L)[None, :]
+    inside = pos < lengths[:, None]
+    out = {
+        "input_ids": np.full((len(rows), L), pad_id, np.int32),
+        "segment_ids": inside.astype(np.int32),
+        "position_ids": (np.broadcast_to(pos, inside.shape) * inside).astype(np.int32),
+    }
+    for i, r in enumerate(rows):
+        out["input_ids"][i, : len(r)] = r
+    return out
+
+
+def rows(docs, L: int, mode: str, **kw) -> dict:
+    """Rows of documents by `data.pack` (`mode`): "none" one per document, else packed."""
+    return one_per_row(docs, L, **kw) if mode == "none" else pack(docs, L, **kw)
 
 
 def concat_rows(docs: list[np.ndarray], L: int) -> dict:

@@ -1,31 +1,34 @@
-"""Differentially private training: DP-SGD (Abadi et al. 2016) and its accounting.
+"""DP-SGD's host side: the checks a private run must pass, its plan and ledger, accounting.
 
-Each example's gradient is clipped to L2 norm C (`dp.l2_norm_clip`), the clipped gradients
-are summed, Gaussian noise of standard deviation C * sigma (`dp.noise_multiplier`) is
-added once per logical batch, and the sum is divided by the expected batch size (a public
-constant, never the actual count). The privacy unit is one example: one row of the task's
-table (a sentence, a packed sequence, an image). Batches are Poisson samples (each example
-in each step with probability q = batch_size / N), padded to a fixed shape so the jitted
-step sees static shapes; `dp.sampling="shuffle"` uses shuffled fixed-size batches instead,
-and the epsilon then reported still assumes Poisson sampling (said at the start of a run).
+The mechanism (per-example clipping, noise) is pjx.grads; this module decides its noise
+and says what it buys. The privacy unit is one row of the task's training table (a
+sentence, a pair, an image; for language-model tasks one document, which `data.pack=none`
+keeps to one row). Batches are Poisson samples (each row in each step with probability
+q = batch_size / N), padded to a fixed shape so the jitted step sees static shapes and
+truncated in the rare step that draws more; `dp.sampling="shuffle"` uses shuffled
+fixed-size batches instead, and every epsilon then reported assumes Poisson sampling
+(each metrics line says so).
 
-Accounting is dp_accounting's (PLD by default, RDP on request). A padded Poisson batch is
-truncated when more than `padded_batch_size` examples are drawn; the pad is 6 standard
-deviations above the mean, where the exact truncated-Poisson epsilon (computed once at the
-start) equals plain Poisson's to about 1e-5, so the per-line `dp_epsilon` uses the faster
-plain composition.
+A run's privacy is a `Plan`: the segments of steps it runs with one (q, sigma), after the
+segments its checkpoint says already ran (the ledger), fixed once per start by `plan`.
+A resume composes what ran with what remains; with `dp.target_epsilon` only the remaining
+steps are calibrated, so the total stays at the target; whatever would make the record
+untrue (another data set, another sampling) is refused.
+
+Accounting is dp_accounting's: PLD (default) for the truncated Poisson-sampled Gaussian
+(Feldman et al. 2025), or RDP (`dp.accountant=rdp`), which has no truncated form: there
+the epsilon is RDP's at delta / 2, and the other half of delta bounds the probability
+that any step truncated its batch. One accountant per run, for the plan and every line.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
-
-import jax
-import jax.numpy as jnp
-
-from pjx import ghost_clipping
+import os
+import secrets
 
 # `config.dp` and its defaults (pjx.config holds it as a ConfigDict). DP is on when
 # noise_multiplier > 0, or target_epsilon > 0 (sigma is then calibrated before training).
@@ -38,13 +41,23 @@ DEFAULTS = dict(
     accountant="pld",  # "pld" | "rdp" (dp_accounting)
     microbatch_size=0,  # examples per vmap when computing per-example gradients; 0 = all
     clipping="auto",  # "ghost" | "vmap" | "auto": ghost unless nn.scan / remat (see below)
+    # A vocabulary trained on the private training text leaks which words occur in it
+    # (outside epsilon): refused unless set (use init_from's or a file's tokenizer).
+    private_tokenizer=False,
 )
 SAMPLINGS = ("poisson", "shuffle")
 ACCOUNTANTS = ("pld", "rdp")
+CLIPPING = ("ghost", "vmap")
 # The smallest noise multiplier calibration considers.
 MIN_NOISE_MULTIPLIER = 0.3
-# Padded Poisson batches: mean + this many standard deviations (truncation ~1e-9 per step).
+# Padded Poisson batches: mean + this many standard deviations.
 MARGIN_SIGMAS = 6.0
+# PLDAccountant's default grid: the precision of every epsilon pjx reports.
+PLD_INTERVAL = 1e-4
+# The grid calibration searches on. A pessimistic PLD on a coarser grid (every point of
+# which is also on the finer one) bounds the finer one from above, so a sigma that meets the
+# target here meets it at PLD_INTERVAL too; each evaluation costs ~10x less.
+CALIBRATION_INTERVAL = 1e-3
 
 
 def batch_rows(config) -> int:
@@ -78,6 +91,54 @@ def check(dp_cfg) -> None:
         )
 
 
+def check_run(config, task) -> None:
+    """Refuses a private run whose privacy unit or outputs would not be what the epsilon
+    covers: rows built from several documents, a vocabulary trained on the private text,
+    evaluation on the training source."""
+    data = config.data
+    if task.packs == "always":
+        raise ValueError(
+            f"task {task.name!r} cuts rows from the concatenation of all documents: removing "
+            "one document shifts every row after it, so DP-SGD's row-level epsilon would "
+            "not protect it. Train this task without dp."
+        )
+    if task.packs and data.get("pack") != "none":
+        raise ValueError(
+            f"task {task.name!r} packs documents into rows (data.pack={data.get('pack')!r}): "
+            "removing one document shifts every row after it, so one row is not one "
+            "person's data and epsilon would not hold. Train privately with "
+            "--config.data.pack=none (one row per document, truncated to data.seq_len)."
+        )
+    if config.task_args.get("nsp"):
+        raise ValueError(
+            "task_args.nsp pairs sentences across documents: one document reaches many "
+            "rows, so DP-SGD's row-level epsilon would not hold. Train privately without nsp."
+        )
+    spec = str(data.get("tokenizer") or "")
+    if (
+        spec.startswith("train:")
+        and not config.get("init_from")
+        and not config.dp.get("private_tokenizer")
+    ):
+        raise ValueError(
+            f"data.tokenizer={spec!r} trains a vocabulary on the private training text, "
+            "which DP-SGD does not cover (the vocabulary shows which words occur). Use a "
+            "public tokenizer: --config.init_from=RUN_OR_hf:MODEL (its tokenizer), or "
+            "--config.data.tokenizer=sentencepiece:FILE / wordpiece:FILE; or accept the "
+            "leak with --config.dp.private_tokenizer=true."
+        )
+    src, ev = str(data.source), str(config.eval_data.get("source") or "")
+    if ev and (ev == src or _base(ev) == _base(src) and "[" not in src + ev):
+        raise ValueError(
+            f"eval_data.source={ev!r} is the private training source: its metrics are not "
+            "covered by epsilon. Evaluate on held-out data (e.g. slices [:90%] / [90%:])."
+        )
+
+
+def _base(uri: str) -> str:
+    return uri.split("[", 1)[0]
+
+
 def clipping_method(dp_cfg, model_cfg) -> str:
     """How per-example norms are found: "ghost" (pjx.ghost_clipping) unless the layers
     run inside nn.scan / nn.remat, whose activations cannot leave the transform."""
@@ -94,47 +155,47 @@ def clipping_method(dp_cfg, model_cfg) -> str:
 
 
 # ------------------------------------------------------------------------ accounting
-def _event(sigma, q, steps):
-    import dp_accounting
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """Steps run with one mechanism: `steps` Poisson-sampled Gaussian steps at rate q, on
+    N rows, batches truncated to `padded_batch_size` rows (N or more: never truncated)."""
 
-    step = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
-    return dp_accounting.SelfComposedDpEvent(step, int(steps))
+    steps: int
+    noise_multiplier: float
+    sampling_rate: float
+    num_examples: int
+    padded_batch_size: int
+    l2_norm_clip: float
 
+    @property
+    def truncated(self) -> bool:
+        return self.padded_batch_size < self.num_examples
 
-def _accountant(name: str):
-    import dp_accounting
+    def truncation_probability(self) -> float:
+        """P(a step draws more rows than its padded batch holds): Binomial(N, q) tail."""
+        if not self.truncated:
+            return 0.0
+        from scipy import stats
 
-    return dp_accounting.pld.PLDAccountant() if name == "pld" else dp_accounting.rdp.RdpAccountant()
+        return float(stats.binom.sf(self.padded_batch_size, self.num_examples, self.sampling_rate))
 
-
-def epsilon(sigma: float, q: float, steps: int, delta: float, accountant: str = "pld") -> float:
-    """Epsilon after `steps` Poisson-sampled Gaussian steps (dp_accounting; PLD: the cached
-    one-step PLD self-composed, what PLDAccountant computes for this event)."""
-    if steps <= 0 or q <= 0:
-        return 0.0
-    if accountant == "pld":
-        base = _one_step_pld(float(sigma), float(q))
-        return float(base.self_compose(int(steps)).get_epsilon_for_delta(delta))
-    return float(_accountant(accountant).compose(_event(sigma, q, steps)).get_epsilon(delta))
-
-
-# PLDAccountant's default grid: the precision of every epsilon pjx reports.
-PLD_INTERVAL = 1e-4
-# The grid calibration searches on. A pessimistic PLD on a coarser grid (every point of which
-# is also on the finer one) bounds the finer one from above, so a sigma that meets the target
-# here meets it at PLD_INTERVAL too; each evaluation costs ~10x less.
-CALIBRATION_INTERVAL = 1e-3
+    def same_mechanism(self, other: Segment) -> bool:
+        return dataclasses.replace(self, steps=0) == dataclasses.replace(other, steps=0)
 
 
-@functools.lru_cache(maxsize=8)
-def _one_step_pld(sigma, q, num_examples=0, padded_batch_size=0, interval=PLD_INTERVAL):
-    """One DP-SGD step's privacy loss distribution: Poisson sampling at rate q, truncated
-    to `padded_batch_size` rows when given (Feldman et al. 2025). Building it is the slow
-    part of accounting (seconds), so a run builds it once for its plan and every log line."""
+class TruncationTooLikely(ValueError):
+    """RDP accounting: the padded batch is too small for the run's delta."""
+
+
+@functools.lru_cache(maxsize=32)
+def _one_step_pld(sigma, q, num_examples, padded_batch_size, interval=PLD_INTERVAL):
+    """One step's privacy loss distribution: Poisson sampling at rate q, truncated to
+    `padded_batch_size` rows when that is below N. Building it is the slow part of
+    accounting (seconds), so each (sigma, q, grid) is built once."""
     import dp_accounting
 
     pld = dp_accounting.pld.privacy_loss_distribution
-    if padded_batch_size:
+    if padded_batch_size < num_examples:
         return pld.from_truncated_subsampled_gaussian_mechanism(
             dataset_size=int(num_examples),
             sampling_probability=float(q),
@@ -147,97 +208,193 @@ def _one_step_pld(sigma, q, num_examples=0, padded_batch_size=0, interval=PLD_IN
     )
 
 
-def truncated_epsilon(sigma, q, steps, delta, num_examples, padded_batch_size) -> float:
-    """Epsilon of truncated Poisson sampling (at most `padded_batch_size` per batch), by
-    dp_accounting's PLD for that event."""
-    base = _one_step_pld(float(sigma), float(q), int(num_examples), int(padded_batch_size))
-    return float(base.self_compose(int(steps)).get_epsilon_for_delta(delta))
-
-
-def calibrate(target_epsilon, q, steps, delta, accountant="pld") -> float:
-    """The smallest noise multiplier whose epsilon after `steps` is at most the target (to
-    a relative 1e-4). PLD: bracketed by the RDP answer (RDP is the looser bound, found in
-    milliseconds) and searched on CALIBRATION_INTERVAL's grid."""
+def _rdp_event(segments):
     import dp_accounting
 
-    target, delta = float(target_epsilon), float(delta)
-    event = lambda sigma: _event(sigma, q, steps)
-    if accountant != "pld":
-        return float(
-            dp_accounting.calibrate_dp_mechanism(
-                dp_accounting.rdp.RdpAccountant,
-                event,
-                target,
-                delta,
-                dp_accounting.LowerEndpointAndGuess(MIN_NOISE_MULTIPLIER, 1.0),
+    return dp_accounting.ComposedDpEvent(
+        [
+            dp_accounting.SelfComposedDpEvent(
+                dp_accounting.PoissonSampledDpEvent(
+                    s.sampling_rate, dp_accounting.GaussianDpEvent(s.noise_multiplier)
+                ),
+                int(s.steps),
             )
+            for s in segments
+            if s.steps > 0
+        ]
+    )
+
+
+def compose(segments, delta: float, accountant: str = "pld", interval=PLD_INTERVAL) -> float:
+    """Epsilon at `delta` of the segments run one after the other. RDP raises
+    `TruncationTooLikely` when truncated batches do not fit in half of delta."""
+    segments = [s for s in segments if s.steps > 0]
+    if not segments:
+        return 0.0
+    if accountant == "pld":
+        total = None
+        for s in segments:
+            one = _one_step_pld(
+                float(s.noise_multiplier), float(s.sampling_rate), int(s.num_examples),
+                int(s.padded_batch_size), interval,
+            ).self_compose(int(s.steps))  # fmt: skip
+            total = one if total is None else total.compose(one)
+        return float(total.get_epsilon_for_delta(delta))
+    import dp_accounting
+
+    truncation = sum(s.steps * s.truncation_probability() for s in segments)
+    rdp = dp_accounting.rdp.RdpAccountant().compose(_rdp_event(segments))
+    if not truncation:  # batches padded to N: the plain Poisson mechanism
+        return float(rdp.get_epsilon(delta))
+    eps = float(rdp.get_epsilon(delta / 2))
+    # A run that truncated no batch is the Poisson mechanism, so the truncated mechanism
+    # is (eps, delta / 2 + (1 + e^eps) P[any truncation])-DP.
+    if truncation * (1 + math.exp(min(eps, 700))) > delta / 2:
+        raise TruncationTooLikely(
+            f"dp.accountant=rdp: the chance that a batch is truncated ({truncation:.2g} over "
+            f"the run) does not fit in delta / 2 = {delta / 2:.2g}; use dp.accountant=pld, "
+            "which accounts truncated batches exactly"
         )
-    make = lambda: dp_accounting.pld.PLDAccountant(
-        value_discretization_interval=CALIBRATION_INTERVAL
-    )
-    gap = lambda sigma: make().compose(event(sigma)).get_epsilon(delta) - target
-    upper = calibrate(target, q, steps, delta, "rdp")
-    while gap(upper) > 0:
-        upper *= 1.25
-    # Below sigma ~0.3 a PLD's privacy losses are so spread that its FFT runs out of memory;
-    # no useful DP-SGD run lives there (epsilon is then in the hundreds).
-    lower = upper
-    while lower > MIN_NOISE_MULTIPLIER:
-        lower = max(MIN_NOISE_MULTIPLIER, lower * 0.8)
-        if gap(lower) > 0:
-            break
-    else:
-        return MIN_NOISE_MULTIPLIER  # even the smallest sigma considered meets the target
-    bracket = dp_accounting.ExplicitBracketInterval(lower, upper)
-    return float(
-        dp_accounting.calibrate_dp_mechanism(make, event, target, delta, bracket, tol=1e-4 * upper)
-    )
+    return eps
+
+
+def epsilon(sigma: float, q: float, steps: int, delta: float, accountant: str = "pld") -> float:
+    """Epsilon after `steps` Poisson-sampled Gaussian steps (no truncation)."""
+    s = Segment(int(steps), float(sigma), float(q), 1, 1, 1.0)
+    return compose([s], delta, accountant) if steps > 0 and q > 0 else 0.0
+
+
+def truncated_epsilon(sigma, q, steps, delta, num_examples, padded_batch_size) -> float:
+    """Epsilon of truncated Poisson sampling (at most `padded_batch_size` per batch)."""
+    s = Segment(int(steps), float(sigma), float(q), int(num_examples), int(padded_batch_size), 1)
+    return compose([s], delta, "pld")
+
+
+def calibrate(target_epsilon, delta, make_segment, prior=(), accountant="pld") -> float:
+    """The smallest noise multiplier (to a relative 1e-4) for which the prior segments and
+    `make_segment(sigma)` compose to at most the target, by the accounting every line
+    reports. Searched on CALIBRATION_INTERVAL's grid (an upper bound of the reported one)
+    between sigmas bracketed by doubling, then checked on the reported grid."""
+    target = float(target_epsilon)
+    coarse = CALIBRATION_INTERVAL if accountant == "pld" else PLD_INTERVAL
+
+    def gap(sigma, grid=coarse):
+        segments = [*prior, make_segment(sigma)]
+        if accountant == "rdp":  # RDP's padding is chosen after sigma (`plan`)
+            segments = [dataclasses.replace(s, padded_batch_size=s.num_examples) for s in segments]
+            return compose(segments, delta / 2, accountant) - target
+        return compose(segments, delta, accountant, grid) - target
+
+    spent = compose(prior, delta, accountant)
+    if spent >= target:
+        steps = sum(s.steps for s in prior)
+        raise ValueError(
+            f"dp.target_epsilon={target:g} is already spent: the {steps} steps that ran give "
+            f"epsilon {spent:.4g}. Raise the target or stop at the steps that ran."
+        )
+    hi = 1.0
+    while gap(hi) > 0:
+        hi *= 2
+        if hi > 1e4:
+            raise ValueError(f"dp.target_epsilon={target:g} cannot be met: too small")
+    lo = hi / 2
+    if gap(lo) <= 0:
+        while lo > MIN_NOISE_MULTIPLIER and gap(lo) <= 0:
+            hi, lo = lo, max(lo / 2, MIN_NOISE_MULTIPLIER)
+        if gap(lo) <= 0:
+            return lo  # even the smallest sigma considered meets the target
+    while hi - lo > 1e-4 * hi:
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if gap(mid) <= 0 else (mid, hi)
+    while gap(hi, PLD_INTERVAL) > 0:  # the reported accounting is the one that must hold
+        hi *= 1 + 1e-4
+    return hi
 
 
 def steps_for(target_epsilon, sigma, q, delta, accountant="pld") -> int:
     """The most steps a noise multiplier allows within a target epsilon."""
-    import dp_accounting
-
-    return int(
-        dp_accounting.calibrate_dp_mechanism(
-            lambda: _accountant(accountant),
-            lambda steps: _event(sigma, q, steps),
-            float(target_epsilon),
-            float(delta),
-            dp_accounting.LowerEndpointAndGuess(1, 2),
-            discrete=True,
-        )
-    )
+    eps = lambda n: epsilon(sigma, q, n, delta, accountant)
+    if eps(1) > target_epsilon:
+        return 0
+    lo, hi = 1, 2
+    while eps(hi) <= target_epsilon:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if eps(mid) <= target_epsilon else (lo, mid)
+    return lo
 
 
+# ------------------------------------------------------------------------ the plan
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """The privacy of one run, fixed before its first step."""
+    """The privacy of one run: what ran before this start (from its checkpoint) and what
+    this start runs, as segments; fixed before the start's first step."""
 
-    noise_multiplier: float
-    l2_norm_clip: float
+    segments: tuple[Segment, ...]
     delta: float
-    sampling_rate: float  # q
-    steps: int
-    num_examples: int  # N, rows of the training table
-    expected_batch_size: int  # the public constant the clipped sum is divided by
-    padded_batch_size: int  # rows a (Poisson) batch is padded / truncated to
     sampling: str
     accountant: str
-    epsilon: float  # after `steps`, exact for the sampling used
-    calibrated: bool  # sigma came from dp.target_epsilon
+    epsilon: float  # after the last segment
+    calibrated: bool  # the last segment's sigma came from dp.target_epsilon
+
+    @property
+    def current(self) -> Segment:
+        return self.segments[-1]
+
+    @property
+    def steps(self) -> int:
+        return sum(s.steps for s in self.segments)
+
+    def ledger(self, upto: int) -> list[dict]:
+        """The segments of the first `upto` steps (what a checkpoint at `upto` records)."""
+        out, left = [], int(upto)
+        for s in self.segments:
+            if left <= 0:
+                break
+            out.append(dataclasses.asdict(dataclasses.replace(s, steps=min(s.steps, left))))
+            left -= s.steps
+        return out
+
+    def record(self, upto: int) -> dict:
+        """What a checkpoint at step `upto` keeps: the ledger `plan` resumes from."""
+        return {"sampling": self.sampling, "segments": self.ledger(upto)}
+
+    def epsilon_at(self, step: int) -> float:
+        return compose(
+            [Segment(**s) for s in self.ledger(step)], self.delta, self.accountant
+        )  # fmt: skip
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        s = self.current
+        return dict(
+            epsilon=self.epsilon,
+            delta=self.delta,
+            noise_multiplier=s.noise_multiplier,
+            l2_norm_clip=s.l2_norm_clip,
+            steps=self.steps,
+            sampling_rate=s.sampling_rate,
+            num_examples=s.num_examples,
+            padded_batch_size=s.padded_batch_size,
+            sampling=self.sampling,
+            accountant=self.accountant,
+            calibrated=self.calibrated,
+            segments=[dataclasses.asdict(x) for x in self.segments],
+        )
 
     def describe(self) -> str:
+        s = self.current
         how = "calibrated to" if self.calibrated else "gives"
+        resumed = ""
+        if len(self.segments) > 1:
+            ran = sum(x.steps for x in self.segments[:-1])
+            resumed = f" (with the {ran} steps that ran: {len(self.segments) - 1} segment(s))"
         text = (
-            f"DP-SGD: noise multiplier {self.noise_multiplier:.4g} {how} epsilon "
-            f"{self.epsilon:.4g} at delta {self.delta:.3g} after {self.steps} steps "
-            f"(clip {self.l2_norm_clip:g}, {self.sampling} sampling rate q = "
-            f"{self.sampling_rate:.4g} = {self.expected_batch_size} / {self.num_examples}, "
-            f"{self.accountant.upper()} accountant)"
+            f"DP-SGD: noise multiplier {s.noise_multiplier:.4g} {how} epsilon "
+            f"{self.epsilon:.4g} at delta {self.delta:.3g} after {self.steps} steps{resumed} "
+            f"(clip {s.l2_norm_clip:g}, {self.sampling} sampling rate q = "
+            f"{s.sampling_rate:.4g} of {s.num_examples} rows, batches padded to "
+            f"{s.padded_batch_size}, {self.accountant.upper()} accountant)"
         )
         if self.sampling == "shuffle":
             text += (
@@ -247,14 +404,28 @@ class Plan:
         return text
 
 
-def plan(dp_cfg, *, num_examples: int, batch_size: int, steps: int, multiple: int = 1) -> Plan:
-    """The run's Plan: delta, sampling rate, padded batch, sigma (calibrated to
-    dp.target_epsilon when given) and the epsilon it reaches after `steps`."""
+def padded_batch(batch_size: int, num_examples: int, sampling: str, multiple: int = 1) -> int:
+    """Rows a batch is padded (and truncated) to: mean + MARGIN_SIGMAS standard deviations
+    of the Poisson batch size, rounded up to `multiple`, at most N (rounded up)."""
+    B, N = int(batch_size), int(num_examples)
+    if sampling != "poisson":
+        return B
+    q = B / N
+    padded = int(math.ceil(B + MARGIN_SIGMAS * math.sqrt(B * (1 - q))))
+    round_up = lambda n: int(math.ceil(n / multiple) * multiple)
+    return min(round_up(padded), round_up(N))
+
+
+def plan(
+    dp_cfg, *, num_examples: int, batch_size: int, steps: int, multiple: int = 1, ledger=None
+) -> Plan:
+    """The run's Plan after `ledger` (what its checkpoint recorded, `Plan.record`; None on
+    a fresh start): delta, sampling rate, padded batch, sigma for the remaining steps (calibrated
+    so that the whole run meets dp.target_epsilon when given) and the epsilon reached."""
     check(dp_cfg)
     N, B = int(num_examples), int(batch_size)
     if B > N:
         raise ValueError(f"batch_size {B} is larger than the {N} training examples")
-    q = B / N
     delta = float(dp_cfg.get("delta") or 0) or 1.0 / (10 * N)
     if delta >= 1.0 / N:
         raise ValueError(
@@ -263,199 +434,128 @@ def plan(dp_cfg, *, num_examples: int, batch_size: int, steps: int, multiple: in
         )
     accountant, sampling = dp_cfg.get("accountant", "pld"), dp_cfg.get("sampling", "poisson")
     target = float(dp_cfg.get("target_epsilon") or 0)
-    sigma = float(dp_cfg.get("noise_multiplier") or 0)
-    if target > 0:
-        sigma = calibrate(target, q, steps, delta, accountant)
-    padded = B
-    if sampling == "poisson":
-        padded = int(math.ceil(B + MARGIN_SIGMAS * math.sqrt(B * (1 - q))))
-        padded = min(
-            int(math.ceil(padded / multiple) * multiple), int(math.ceil(N / multiple)) * multiple
+    clip = float(dp_cfg.l2_norm_clip)
+    ledger = ledger or {}
+    prior = tuple(Segment(**s) for s in ledger.get("segments", ()))
+    _check_resume(prior, N, clip, target > 0)
+    if prior and ledger.get("sampling") != sampling:
+        raise ValueError(
+            f"dp.sampling changed from {ledger.get('sampling')!r} to {sampling!r} since the "
+            "checkpoint: the steps that ran were accounted for the other sampling. Use a "
+            "new --workdir."
         )
-        eps = truncated_epsilon(sigma, q, steps, delta, N, padded) if padded < N else None
+    remaining = max(int(steps) - sum(s.steps for s in prior), 0)
+    padded = padded_batch(B, N, sampling, multiple)
+    make = lambda sigma: Segment(remaining, float(sigma), B / N, N, padded, clip)
+    if target > 0 and remaining:
+        sigma = calibrate(target, delta, make, prior, accountant)
     else:
-        eps = None
-    if eps is None:
-        eps = epsilon(sigma, q, steps, delta, accountant)
+        sigma = float(dp_cfg.get("noise_multiplier") or 0) or (
+            prior[-1].noise_multiplier if prior else 0.0
+        )
+    if accountant == "rdp":  # pad until truncated batches fit in half of delta
+        while True:
+            try:
+                compose([*prior, make(sigma)], delta, accountant)
+                break
+            except TruncationTooLikely:
+                padded = min(padded + multiple, int(math.ceil(N / multiple)) * multiple)
+    segments = list(prior)
+    new = make(sigma)
+    if segments and segments[-1].same_mechanism(new):
+        segments[-1] = dataclasses.replace(new, steps=segments[-1].steps + remaining)
+    elif remaining or not segments:
+        segments.append(new)
     return Plan(
-        noise_multiplier=sigma,
-        l2_norm_clip=float(dp_cfg.l2_norm_clip),
+        segments=tuple(segments),
         delta=delta,
-        sampling_rate=q,
-        steps=int(steps),
-        num_examples=N,
-        expected_batch_size=B,
-        padded_batch_size=padded,
         sampling=sampling,
         accountant=accountant,
-        epsilon=eps,
+        epsilon=compose(segments, delta, accountant),
         calibrated=target > 0,
     )
 
 
+def _check_resume(prior, N: int, clip: float, calibrated: bool) -> None:
+    """Refuses a resume whose record of what ran would become untrue."""
+    if not prior:
+        return
+    ran = sum(s.steps for s in prior)
+    if prior[-1].num_examples != N:
+        raise ValueError(
+            f"the training data changed since the checkpoint: the {ran} steps that ran "
+            f"sampled from N = {prior[-1].num_examples} rows, this run has {N}. Epsilon "
+            "is per data set: train on the changed data in a new --workdir (init_from the "
+            "old run spends its budget again)."
+        )
+    if calibrated and prior[-1].l2_norm_clip != clip:
+        raise ValueError(
+            f"dp.l2_norm_clip changed from {prior[-1].l2_norm_clip:g} to {clip:g} since the "
+            "checkpoint, with dp.target_epsilon calibrating sigma: keep the clip of the "
+            "steps that ran, or use a new --workdir."
+        )
+
+
 class Ledger:
-    """Epsilon spent after a given step, for the metrics lines: the plan's one-step PLD
-    self-composed per query (~0.2 s a query); with the PLD accountant, after `steps` it is
-    the plan's epsilon."""
+    """Epsilon spent after a given step, for the metrics lines (the plan's segments up to
+    that step, composed; after the plan's last step it is the plan's epsilon)."""
 
     def __init__(self, p: Plan):
         self.plan = p
-        self._cache: dict[int, float] = {}
+        self._cache: dict[int, float] = {p.steps: p.epsilon}
 
     def epsilon(self, step: int) -> float:
         step = int(step)
         if step not in self._cache:
-            self._cache[step] = self._epsilon(step)
+            self._cache[step] = self.plan.epsilon_at(step)
         return self._cache[step]
 
-    def _epsilon(self, step: int) -> float:
-        p = self.plan
-        if step <= 0:
-            return 0.0
-        # The event the plan accounted: truncated Poisson batches where they are padded.
-        truncated = p.sampling == "poisson" and p.padded_batch_size < p.num_examples
-        if p.accountant == "pld" and truncated:
-            return truncated_epsilon(
-                p.noise_multiplier, p.sampling_rate, step, p.delta, p.num_examples,
-                p.padded_batch_size,
-            )  # fmt: skip
-        return epsilon(p.noise_multiplier, p.sampling_rate, step, p.delta, p.accountant)
+    def fields(self, step: int) -> dict:
+        """What every metrics line of a private run carries."""
+        out = {"dp_epsilon": self.epsilon(step)}
+        if self.plan.sampling == "shuffle":
+            out["dp_epsilon_assumes_poisson"] = True
+        return out
 
 
-# ------------------------------------------------------------------- DP gradients
-CLIPPING = ("ghost", "vmap")
+# ------------------------------------------------------------------- secret randomness
+SECRET_FILE = "dp_secret.json"
 
 
-def chunk_rows(rows: int, size: int) -> int:
-    """Rows per per-example-gradient chunk: the largest divisor of `rows` up to `size`
-    (`dp.microbatch_size`; 0 = all rows at once), so any padded batch splits evenly."""
-    if not size or size >= rows:
-        return rows
-    return max(d for d in range(1, size + 1) if rows % d == 0)
+def secret(workdir: str) -> int:
+    """The run's secret seed (128 bits from the OS's entropy, never from config.seed):
+    the DP noise and the Poisson batches come from it, so nobody who knows the config can
+    regenerate the noise. Kept in WORKDIR/dp_secret.json (owner-only), created on the
+    first start, so that a resumed or re-run step draws the same noise and batches (no
+    step is ever released twice with different noise). Process 0's value is every
+    process's."""
+    import jax
+    import numpy as np
+
+    path = os.path.join(workdir, SECRET_FILE)
+    value = 0
+    if jax.process_index() == 0:
+        if os.path.exists(path):
+            with open(path) as f:
+                value = int(json.load(f)["seed"])
+        else:
+            value = secrets.randbits(128)
+            tmp = f"{path}.tmp{os.getpid()}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"seed": str(value)}, f)
+            os.replace(tmp, path)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        words = np.array([(value >> (32 * i)) & 0xFFFFFFFF for i in range(4)], np.uint32)
+        words = np.asarray(multihost_utils.broadcast_one_to_all(words))
+        value = sum(int(w) << (32 * i) for i, w in enumerate(words))
+    return value
 
 
-def _in_chunks(fn, batch, keys, size: int):
-    """sum over chunks of `chunk_rows(rows, size)` rows of fn(chunk, chunk_keys) (a scan
-    bounds memory)."""
-    B = len(keys)
-    size = chunk_rows(B, size)
-    if size == B:
-        return fn(batch, keys)
-    split = lambda x: x.reshape(B // size, size, *x.shape[1:])
-    chunks, chunk_keys = jax.tree.map(split, batch), split(keys)
+def secret_key_data(seed: int):
+    """A threefry key (two uint32 words) from the secret seed, for TrainState.rng."""
+    import numpy as np
 
-    def body(carry, xs):
-        return jax.tree.map(jnp.add, carry, fn(*xs)), None
-
-    zeros = jax.eval_shape(fn, jax.tree.map(lambda x: x[0], chunks), chunk_keys[0])
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
-    return jax.lax.scan(body, zeros, (chunks, chunk_keys))[0]
-
-
-def private_gradients(
-    loss_fn,
-    params,
-    batch,
-    rng,
-    *,
-    l2_norm_clip: float,
-    noise_multiplier: float,
-    expected_batch_size: int,
-    accum_steps: int = 1,
-    microbatch_size: int = 0,
-    trainable=None,
-    clipping: str = "ghost",
-):
-    """(loss, metric sums, privatised gradient) of one logical batch, like
-    `pjx.optim.accumulate_gradients`.
-
-    Per-example gradients of `loss_fn(params, example_batch, rng)` (each example a batch of
-    one: the privacy unit) are clipped to `l2_norm_clip` and summed by jax_privacy's
-    `clipped_grad` (vmapped in chunks of `microbatch_size`), over `accum_steps` slices of
-    the batch; Gaussian noise of std l2_norm_clip * noise_multiplier is added once, in
-    float32, from `rng`'s noise stream (replicated: every device adds the same noise), and
-    the result is divided by `expected_batch_size`. Rows with `weight` 0 (padding) add
-    nothing. Each example's random key comes from its position in the batch, so the result
-    does not depend on `accum_steps`. `trainable`: a bool pytree like params; False leaves
-    get no gradient (and do not count towards the clip norm). `clipping`: "ghost"
-    (pjx.ghost_clipping: norms from layer inputs and output gradients, no per-example
-    weight gradients) or "vmap" (a per-example gradient of every parameter); the same
-    result. Layers inside nn.scan / nn.remat need "vmap".
-    """
-    if clipping not in CLIPPING:
-        raise ValueError(f"dp.clipping={clipping!r}: pick one of {CLIPPING}")
-    leaves, treedef = jax.tree.flatten(params)
-    mask = [True] * len(leaves) if trainable is None else jax.tree.leaves(trainable)
-    fixed = [x for x, m in zip(leaves, mask) if not m]
-
-    def join(train_leaves):
-        it_t, it_f = iter(train_leaves), iter(fixed)
-        return jax.tree.unflatten(treedef, [next(it_t) if m else next(it_f) for m in mask])
-
-    def example_loss(train_leaves, example, key_data):
-        key = jax.random.wrap_key_data(key_data[0])
-        loss, mets = loss_fn(join(train_leaves), example, key)
-        return loss, mets
-
-    k_examples, k_noise = jax.random.split(rng)
-    B = len(next(iter(batch.values())))
-    keys = jax.vmap(lambda i: jax.random.key_data(jax.random.fold_in(k_examples, i)))(jnp.arange(B))
-    train_leaves = [x for x, m in zip(leaves, mask) if m]
-
-    def vmapped(micro, micro_keys):
-        from jax_privacy import clipping  # heavy (scipy, pydantic): only here
-
-        grad_fn = clipping.clipped_grad(
-            example_loss,
-            has_aux=True,
-            l2_clip_norm=float(l2_norm_clip),
-            batch_argnums=(1, 2),
-            keep_batch_dim=True,
-            # jax_privacy reshapes into chunks of this size: at most the rows there are.
-            microbatch_size=int(microbatch_size)
-            if 0 < int(microbatch_size) < len(micro_keys)
-            else None,
-            dtype=jnp.float32,
-        )
-        g, aux = grad_fn(train_leaves, micro, micro_keys)
-        return g, jax.tree.map(lambda v: jnp.sum(v, axis=0), aux.aux)  # per-example sums
-
-    def ghost(micro, micro_keys):
-        return ghost_clipping.clipped_sum(
-            loss_fn, params, mask, micro, micro_keys, float(l2_norm_clip)
-        )
-
-    def one(micro, micro_keys):
-        if clipping == "vmap":  # clipped_grad micro-batches itself
-            return vmapped(micro, micro_keys)
-        return _in_chunks(ghost, micro, micro_keys, int(microbatch_size))
-
-    if accum_steps <= 1:
-        gsum, msum = one(batch, keys)
-    else:
-        # Slice j takes rows j, j+A, ...: every slice stays spread over the batch's devices.
-        split = lambda x: jnp.moveaxis(
-            x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]), 1, 0
-        )
-        micro, micro_keys = jax.tree.map(split, batch), split(keys)
-
-        def body(carry, xs):
-            g, m = one(*xs)
-            return jax.tree.map(jnp.add, carry, (g, m)), None
-
-        zeros = jax.eval_shape(one, jax.tree.map(lambda x: x[0], micro), micro_keys[0])
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
-        (gsum, msum), _ = jax.lax.scan(body, zeros, (micro, micro_keys))
-
-    noise_keys = jax.random.split(k_noise, len(gsum))
-    std = float(l2_norm_clip) * float(noise_multiplier)
-    noisy = [
-        (g + std * jax.random.normal(k, g.shape, jnp.float32)) / float(expected_batch_size)
-        for g, k in zip(gsum, noise_keys)
-    ]
-    it = iter(noisy)
-    grads = jax.tree.unflatten(
-        treedef, [next(it) if m else jnp.zeros_like(x) for x, m in zip(leaves, mask)]
-    )
-    loss = msum["loss_sum"] / jnp.maximum(msum["count"], 1.0)
-    return loss, msum, grads
+    return np.array([seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF], np.uint32)

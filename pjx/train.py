@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pjx import checkpoint, distributed, lora, models, optim, privacy, sharding, tasks
+from pjx import checkpoint, distributed, grads, lora, models, optim, privacy, sharding, tasks
 from pjx.metrics_log import MetricsLog
 
 log = logging.getLogger(__name__)
@@ -71,27 +71,27 @@ def train_step(
     dp=None,
     trainable=None,
 ):
-    """One optimizer update (gradients accumulated over `accum_steps` micro-batches).
-
-    `dp` (DP-SGD: l2_norm_clip, noise_multiplier, expected_batch_size, microbatch_size)
-    privatises the gradient (pjx.privacy.private_gradients) before the optimizer sees it;
-    `trainable` marks the leaves that get gradients there."""
+    """One optimizer update from the gradient of one logical batch (pjx.grads: summed over
+    `accum_steps` slices; under DP-SGD, `dp` (a `grads.DP`), clipped per example and
+    noised). `trainable` marks the leaves that train."""
     rng = jax.random.fold_in(state.rng, state.step)
     fn = lambda p, b, r: loss_fn(model, p, b, r, train=True)
-    if dp:
-        loss, mets, grads = privacy.private_gradients(
-            fn, state.params, batch, rng, accum_steps=accum_steps, trainable=trainable, **dp
-        )
-    else:
-        loss, mets, grads = optim.accumulate_gradients(
-            fn, state.params, batch, rng, accum_steps, batch_sharding
-        )
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    loss, mets, g = grads.gradients(
+        fn,
+        state.params,
+        batch,
+        rng,
+        accum_steps=accum_steps,
+        batch_sharding=batch_sharding,
+        trainable=trainable,
+        dp=dp,
+    )
+    updates, opt_state = tx.update(g, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # The norm of what trains: frozen leaves' gradients stay unused, so XLA drops them.
-    leaves = jax.tree.leaves(grads)
+    leaves = jax.tree.leaves(g)
     keep = jax.tree.leaves(trainable) if trainable is not None else [True] * len(leaves)
-    norm = optax.global_norm([g for g, t in zip(leaves, keep) if t])
+    norm = optax.global_norm([x for x, t in zip(leaves, keep) if t])
     out = dict(mets, loss=loss, learning_rate=lr_fn(state.step), grad_norm=norm)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), out
 
@@ -122,10 +122,11 @@ class Setup:
     eval_fn: Callable  # jitted eval_step(params, batch, rng)
 
 
-def build(config, *, tokenizer=None, mesh=None, devices=None) -> Setup:
+def build(config, *, tokenizer=None, mesh=None, devices=None, dp_mechanism=None) -> Setup:
     """The model, task, optimizer and jitted steps of a resolved config (`pjx.config.resolve`;
     any mapping with its keys will do: read by key, so plain dicts work without
-    ml_collections, as on a bare accelerator host)."""
+    ml_collections, as on a bare accelerator host). `dp_mechanism`: fields of the DP-SGD
+    step's `grads.DP` to replace (pjx.audit's canaries)."""
     model_cfg, family = config["model"], config["model"]["name"]
     fields = {k: v for k, v in model_cfg.items() if k not in ("name", "size")}
     lora_cfg = config.get("lora") or {}
@@ -177,16 +178,16 @@ def build(config, *, tokenizer=None, mesh=None, devices=None) -> Setup:
         trainable = jax.tree.map(
             lambda t, f: t and not f, trainable, frozen_by_lora(abstract.params)
         )
-    dp_cfg = config.get("dp") or {}
-    dp = None
-    if privacy.enabled(dp_cfg):  # checked in pjx.config.resolve
-        dp = dict(
+    dp_cfg, dp = config.get("dp") or {}, None
+    if privacy.enabled(dp_cfg):  # planned by pjx.run: the noise of the steps this start runs
+        dp = grads.DP(
             l2_norm_clip=float(dp_cfg["l2_norm_clip"]),
             noise_multiplier=float(dp_cfg["noise_multiplier"]),
             expected_batch_size=int(config["batch_size"]),
             microbatch_size=int(dp_cfg.get("microbatch_size") or 0),
             clipping=privacy.clipping_method(dp_cfg, config["model"]),
         )
+        dp = dataclasses.replace(dp, **(dp_mechanism or {}))
     step = functools.partial(
         train_step,
         model=model,
@@ -223,9 +224,15 @@ def build(config, *, tokenizer=None, mesh=None, devices=None) -> Setup:
     )
 
 
-def create_state(s: Setup, seed: int) -> TrainState:
+def create_state(s: Setup, seed: int, *, secret: int | None = None) -> TrainState:
+    """A fresh state: parameters from `seed`; the step key (dropout, masking, DP noise)
+    from `secret` when given (DP-SGD: pjx.privacy.secret), else from `seed`."""
     # The out_shardings place every parameter; no activation constraint is needed here.
-    return s.init(jax.random.PRNGKey(seed))
+    state = s.init(jax.random.PRNGKey(seed))
+    if secret is not None:
+        key = jax.device_put(privacy.secret_key_data(secret), s.state_shardings.rng)
+        state = state.replace(rng=key)
+    return state
 
 
 def compile_step(s: Setup, batch):
@@ -282,10 +289,12 @@ def metric_sums(s: Setup, params, batches: Iterable, *, seed: int = 0, max_batch
 # ------------------------------------------------------------------------------- loop
 class _Window:
     """Train metrics of dispatched steps that are not logged yet, in step order. `read`
-    fetches them to the host (once) and stops at the first non-finite loss."""
+    fetches them to the host (once) and stops at the first non-finite `watch` value (the
+    loss; under DP-SGD the released gradient's norm, not a function of the raw data)."""
 
-    def __init__(self):
+    def __init__(self, watch: str = "loss"):
         self.steps: list[tuple[int, Any]] = []  # (step, device or host metrics)
+        self.watch = watch
 
     def add(self, step: int, mets):
         self.steps.append((step, mets))
@@ -295,8 +304,8 @@ class _Window:
         host = distributed.host_value([m for _, m in self.steps[:n]])
         self.steps[:n] = [(st, m) for (st, _), m in zip(self.steps[:n], host)]
         for st, m in self.steps[:n]:
-            if not np.isfinite(m["loss"]):
-                raise NonFiniteLossError(st, float(m["loss"]))
+            if not np.isfinite(m[self.watch]):
+                raise NonFiniteLossError(st, float(m[self.watch]))
         return self.steps[:n]
 
     def pop(self, upto: int) -> list[tuple[int, dict]]:
@@ -305,14 +314,18 @@ class _Window:
         return out
 
 
-def _train_line(window: list[tuple[int, dict]]) -> dict:
-    """The metrics.jsonl fields of a window of steps: mean loss, the last lr / grad norm."""
+def _train_line(window: list[tuple[int, dict]], private: bool = False) -> dict:
+    """The metrics.jsonl fields of a window of steps: mean loss, the last lr / grad norm.
+    Under DP-SGD (`private`) only what the mechanism released: the loss and accuracy of
+    the realised batches are functions of the raw training data, so they stay unlogged."""
     host = [m for _, m in window]
     line = {
-        "loss": float(np.mean([m["loss"] for m in host])),
         "learning_rate": float(host[-1]["learning_rate"]),
         "grad_norm": float(host[-1]["grad_norm"]),
     }
+    if private:
+        return line
+    line = {"loss": float(np.mean([m["loss"] for m in host])), **line}
     if "correct" in host[-1]:
         count = sum(float(m["count"]) for m in host)
         line["accuracy"] = sum(float(m["correct"]) for m in host) / max(count, 1e-12)
@@ -355,13 +368,15 @@ def fit(
     )
     metrics.start_clock()
     per_step, unit = _units(batch, s.task.unit, privacy.batch_rows(c)), s.task.unit
-    window, last = _Window(), {}
+    private = privacy.enabled(c.get("dp") or {})
+    window, last = _Window("grad_norm" if private else "loss"), {}
 
     def log_train(upto):
         nonlocal last
         steps = window.pop(upto)
         if steps:
-            last = metrics.train(steps[-1][0], _train_line(steps), unit, per_step * len(steps))
+            line = _train_line(steps, private)
+            last = metrics.train(steps[-1][0], line, unit, per_step * len(steps))
 
     def run_eval(step) -> dict | None:
         nonlocal last

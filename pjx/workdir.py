@@ -38,10 +38,11 @@ def build_tokenizer(config, workdir: str | None = None):
     return tokenizers.from_config(spec, workdir=workdir, family=config.model.name, texts=texts)
 
 
-def build_data(config, tokenizer, *, train: bool, workdir=None, mesh=None):
+def build_data(config, tokenizer, *, train: bool, workdir=None, mesh=None, seed=None):
     """Train: an infinite iterator with get_state/set_state; eval: a re-iterable.
     `config` is resolved (pjx.config.resolve); with `mesh`, this process produces the rows
-    its devices hold of every global batch (else its equal share)."""
+    its devices hold of every global batch (else its equal share). `seed` replaces
+    config.seed for the order and sampling of rows (DP-SGD's secret seed)."""
     cfg = config.data if train else config.eval_data
     bs = privacy.batch_rows(config) if train else (config.eval_batch_size or config.batch_size)
     dp = config.get("dp") or {}
@@ -54,7 +55,7 @@ def build_data(config, tokenizer, *, train: bool, workdir=None, mesh=None):
         model=config.model.name,
         tokenizer=tokenizer,
         batch_size=bs,
-        seed=config.seed,
+        seed=config.seed if seed is None else seed,
         train=train,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
@@ -94,7 +95,9 @@ class Checkpointer:
     """The one place a run saves / restores state, the data position, the resolved config
     (which `init_from` rebuilds the exact architecture from) and the tokenizer."""
 
-    def __init__(self, config, workdir, tokenizer_dir=None):
+    def __init__(self, config, workdir, tokenizer_dir=None, privacy_record=None):
+        # privacy_record(step) -> the DP ledger a checkpoint at `step` keeps (None: no DP).
+        self.privacy_record = privacy_record
         every = int(config.get("checkpoint_every", 0) or 0) or max(int(config.steps), 1)
         self.config, self.tokenizer_dir = config, tokenizer_dir
         self.directory = os.path.join(workdir, "checkpoints")
@@ -127,6 +130,7 @@ class Checkpointer:
             config=self.config,
             tokenizer_dir=self.tokenizer_dir,
             metrics={best: metrics[best]} if best and metrics is not None else None,
+            privacy=self.privacy_record(step) if self.privacy_record else None,
             force=force,
         )
 

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from pjx import models, optim, tasks
+from pjx import grads, models, optim, tasks
 
 
 def _opt(**kw):
@@ -127,7 +127,7 @@ def test_gradient_accumulation_equals_large_batch():
     fn = lambda p, b, r: tasks.get("clm").loss(model, p, b, r, train=True)
     out = {
         a: jax.jit(
-            lambda p, b, a=a: optim.accumulate_gradients(fn, p, b, jax.random.PRNGKey(2), a)
+            lambda p, b, a=a: grads.gradients(fn, p, b, jax.random.PRNGKey(2), accum_steps=a)
         )(params, batch)
         for a in (1, 4)
     }

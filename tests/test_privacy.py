@@ -18,9 +18,9 @@ import pytest
 from pjx import (
     cli,
     ghost_clipping,
+    grads,
     lora,
     models,
-    optim,
     privacy,
     run,
     sharding,
@@ -120,18 +120,9 @@ def test_clipped_sum_equals_a_loop_of_per_example_gradients(case):
     else:
         trainable = jax.tree.map(lambda _: True, params)
     rng = jax.random.key(7)
+    dp = grads.DP(l2_norm_clip=C, noise_multiplier=0.0, expected_batch_size=1, **kw)
     _, _, got = jax.jit(
-        lambda p: privacy.private_gradients(
-            fn,
-            p,
-            batch,
-            rng,
-            l2_norm_clip=C,
-            noise_multiplier=0.0,
-            expected_batch_size=1,
-            trainable=trainable,
-            **kw,
-        )  # fmt: skip
+        lambda p: grads.gradients(fn, p, batch, rng, trainable=trainable, dp=dp)
     )(params)
     k_examples, _ = jax.random.split(rng)
 
@@ -174,10 +165,9 @@ def test_huge_clip_and_no_noise_is_the_plain_gradient():
     batch = dict(batch, weight=jnp.ones((B,), jnp.float32))
     params, fn = _init(model, batch), _loss_fn(model, task)
     rng = jax.random.key(3)
-    _, _, dp = privacy.private_gradients(
-        fn, params, batch, rng, l2_norm_clip=1e9, noise_multiplier=0.0, expected_batch_size=B
-    )
-    _, _, plain = optim.accumulate_gradients(fn, params, batch, rng, 1)
+    mech = grads.DP(l2_norm_clip=1e9, noise_multiplier=0.0, expected_batch_size=B)
+    _, _, dp = grads.gradients(fn, params, batch, rng, dp=mech)
+    _, _, plain = grads.gradients(fn, params, batch, rng)
     for a, b in zip(jax.tree.leaves(dp), jax.tree.leaves(plain)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
@@ -189,8 +179,8 @@ def test_noise_std_is_clip_times_sigma_over_batch_and_follows_the_key():
     )
     params = {"w": jnp.zeros((200, 100))}
     batch = {"weight": jnp.ones((8,), jnp.float32)}
-    kw = dict(l2_norm_clip=0.5, noise_multiplier=2.0, expected_batch_size=8)
-    g = lambda r: privacy.private_gradients(zero_loss, params, batch, r, **kw)[2]["w"]
+    mech = grads.DP(l2_norm_clip=0.5, noise_multiplier=2.0, expected_batch_size=8)
+    g = lambda r: grads.gradients(zero_loss, params, batch, r, dp=mech)[2]["w"]
     a, b, again = g(jax.random.key(1)), g(jax.random.key(2)), g(jax.random.key(1))
     want = 0.5 * 2.0 / 8
     assert abs(float(jnp.std(a)) / want - 1) < 0.02  # 20,000 draws: ~0.5% std error
@@ -211,15 +201,20 @@ def test_accounting_equals_dp_accounting_and_published_values():
     assert eps == pytest.approx(dp_accounting.pld.PLDAccountant().compose(event).get_epsilon(1e-6))
     rdp = dp_accounting.rdp.RdpAccountant().compose(event).get_epsilon(1e-6)
     assert privacy.epsilon(3.0, 0.1, 512, 1e-6, "rdp") == pytest.approx(rdp)
-    assert privacy.calibrate(1.0, 0.1, 512, 1e-6) == pytest.approx(9.66, abs=0.01)
+    untruncated = lambda sigma: privacy.Segment(512, sigma, 0.1, 1000, 1000, 1.0)
+    sigma = privacy.calibrate(1.0, 1e-6, untruncated)
+    assert sigma == pytest.approx(9.66, abs=0.01)
+    assert privacy.compose([untruncated(sigma)], 1e-6) <= 1.0  # never above the target
     # The per-line ledger composes the same event: untruncated Poisson batches (padded to N)...
-    p = privacy.Plan(3.0, 1.0, 1e-6, 0.1, 512, 1000, 100, 1000, "poisson", "pld", eps, False)
+    p = privacy.Plan((untruncated(3.0),), 1e-6, "poisson", "pld", eps, False)
     assert privacy.Ledger(p).epsilon(512) == pytest.approx(eps, rel=1e-6)
     assert privacy.Ledger(p).epsilon(100) < eps
     # ... and batches truncated to 130 rows, the event a padded run accounts.
     truncated = privacy.truncated_epsilon(3.0, 0.1, 512, 1e-6, 1000, 130)
     assert truncated > eps
-    p = dataclasses.replace(p, padded_batch_size=130, epsilon=truncated)
+    seg = dataclasses.replace(untruncated(3.0), padded_batch_size=130)
+    p = dataclasses.replace(p, segments=(seg,), epsilon=truncated)
+    assert privacy.Ledger(p).epsilon(511) == pytest.approx(p.epsilon_at(511), rel=1e-9)
     assert privacy.Ledger(p).epsilon(512) == pytest.approx(truncated, rel=1e-9)
     n = privacy.steps_for(eps, 3.0, 0.1, 1e-6)
     assert 505 <= n <= 520
@@ -229,9 +224,14 @@ def test_plan_defaults_and_calibration():
     dp = config_lib.base_config().dp
     dp.target_epsilon = 3.0
     p = privacy.plan(dp, num_examples=10_000, batch_size=100, steps=300, multiple=4)
-    assert p.delta == pytest.approx(1e-5) and p.sampling_rate == 0.01 and p.calibrated
-    assert p.epsilon == pytest.approx(3.0, rel=0.01) and p.noise_multiplier > 0.5
-    assert p.padded_batch_size % 4 == 0 and 100 + 6 * 9.9 <= p.padded_batch_size < 170
+    s = p.current
+    assert p.delta == pytest.approx(1e-5) and s.sampling_rate == 0.01 and p.calibrated
+    assert 3.0 * 0.999 <= p.epsilon <= 3.0 and s.noise_multiplier > 0.5  # at most the target
+    assert s.padded_batch_size % 4 == 0 and 100 + 6 * 9.9 <= s.padded_batch_size < 170
+    dp.accountant = "rdp"  # one accountant for the plan and every line
+    p = privacy.plan(dp, num_examples=10_000, batch_size=100, steps=300, multiple=4)
+    assert p.epsilon <= 3.0 and privacy.Ledger(p).epsilon(300) == p.epsilon
+    assert p.epsilon_at(300) == pytest.approx(p.epsilon, rel=1e-9)
     dp.delta = 1e-3
     with pytest.raises(ValueError, match="not below 1/N"):
         privacy.plan(dp, num_examples=10_000, batch_size=100, steps=300)
@@ -280,19 +280,21 @@ def _train_lines(workdir):
 def test_any_microbatch_size_splits_a_padded_poisson_batch(tmp_path):
     """dp.microbatch_size need not divide a slice of the padded Poisson batch: chunks take
     the largest divisor up to it (3 rows asked, slices of 10 or 12 rows)."""
-    assert [privacy.chunk_rows(r, 3) for r in (10, 12, 7, 2)] == [2, 3, 1, 2]
-    assert privacy.chunk_rows(176, 32) == 22 and privacy.chunk_rows(8, 0) == 8
+    assert [grads.chunk_rows(r, 3) for r in (10, 12, 7, 2)] == [2, 3, 1, 2]
+    assert grads.chunk_rows(176, 32) == 22 and grads.chunk_rows(8, 0) == 8
     c = _dp_config(**{"dp.microbatch_size": 3, "optimizer.accum_steps": 2, "steps": 2})
     c = config_lib.resolve(c, tokenizers.load("byte?specials=bert"))
     mesh = sharding.make_mesh(c.mesh, jax.devices()[:2])
     p = run.plan_privacy(c, tokenizers.load("byte?specials=bert"), str(tmp_path), mesh)
-    assert (p.padded_batch_size // 2) % 3 != 0  # the case the divisor rule is for
-    last = run.train(
-        _dp_config(**{"dp.microbatch_size": 3, "optimizer.accum_steps": 2, "steps": 2}),
-        str(tmp_path / "run"),
-        devices=jax.devices()[:2],
-    )
-    assert np.isfinite(last["loss"])
+    assert (p.current.padded_batch_size // 2) % 3 != 0  # the case the divisor rule is for
+    for clipping in ("ghost", "vmap"):  # vmap: jax_privacy's chunks must divide the slice
+        kw = {"dp.microbatch_size": 3, "optimizer.accum_steps": 2, "steps": 2}
+        last = run.train(
+            _dp_config(**kw, **{"dp.clipping": clipping}),
+            str(tmp_path / clipping),
+            devices=jax.devices()[:2],
+        )
+        assert np.isfinite(last["loss"])
 
 
 @pytest.mark.slow
@@ -321,9 +323,9 @@ def test_dp_run_sharded_equals_one_device_and_resumes_exactly(tmp_path):
 def test_dp_with_accumulation_equals_one_batch_of_twice_the_size():
     model, batch, task = _gpt2()
     params, fn = _init(model, batch), _loss_fn(model, task)
-    kw = dict(l2_norm_clip=0.1, noise_multiplier=1.0, expected_batch_size=B)
-    big = privacy.private_gradients(fn, params, batch, jax.random.key(5), **kw)
-    acc = privacy.private_gradients(fn, params, batch, jax.random.key(5), accum_steps=2, **kw)
+    mech = grads.DP(l2_norm_clip=0.1, noise_multiplier=1.0, expected_batch_size=B)
+    big = grads.gradients(fn, params, batch, jax.random.key(5), dp=mech)
+    acc = grads.gradients(fn, params, batch, jax.random.key(5), accum_steps=2, dp=mech)
     np.testing.assert_allclose(big[0], acc[0], rtol=1e-6)
     for a, b in zip(jax.tree.leaves(big[2]), jax.tree.leaves(acc[2])):
         np.testing.assert_allclose(a, b, atol=1e-6)

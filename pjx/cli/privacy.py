@@ -55,10 +55,10 @@ def main(args, overrides) -> int:
     result = plan.to_dict()
     if args.max_steps_for:
         result["max_steps_for_epsilon"] = args.max_steps_for
+        s = plan.current
         result["max_steps"] = privacy.steps_for(
-            args.max_steps_for, plan.noise_multiplier, plan.sampling_rate, plan.delta,
-            plan.accountant,
-        )  # fmt: skip
+            args.max_steps_for, s.noise_multiplier, s.sampling_rate, plan.delta, plan.accountant
+        )
         print(f"at most {result['max_steps']} steps stay within epsilon {args.max_steps_for}")
     print(json.dumps(result), flush=True)
     return 0

@@ -55,6 +55,11 @@ class Task:
     # True when the loss is a sum of independent per-example terms (DP-SGD's privacy unit);
     # False when examples interact (in-batch negatives).
     per_example: bool = True
+    # How rows hold documents: "" (a row is an example), "optional" (documents packed into
+    # rows unless `data.pack=none`, one row per document), "always" (rows cut from the
+    # documents' concatenation). One document reaching rows beyond its own breaks DP-SGD's
+    # row-level unit (pjx.privacy.check_run).
+    packs: str = ""
 
     # ----------------------------------------------------------------- objective
     def loss(self, model, params, batch, rng, *, train, **args):

@@ -15,6 +15,7 @@ from pjx import losses, packing
 
 class CLM(base.Task):
     name = "clm"
+    packs = "optional"
     families = ("gpt2",)
     unit = "tokens"
     defaults = dict(label_smoothing=0.0, z_loss=0.0)
@@ -55,9 +56,8 @@ class CLM(base.Task):
         docs = packing.tokenize(tokenizer, packing.documents(ex, data_cfg.get("pack") == "stream"))
         eos = getattr(tokenizer, "eos_id", None)
         doc_end = [] if eos is None else [int(eos)]
-        return packing.pack(
-            docs, int(data_cfg["seq_len"]), doc_end=doc_end, pad_id=base.pad_id(tokenizer)
-        )
+        L, pad = int(data_cfg["seq_len"]), base.pad_id(tokenizer)
+        return packing.rows(docs, L, data_cfg.get("pack"), doc_end=doc_end, pad_id=pad)
 
     def make_batch(self, rows, rng, data_cfg, train) -> dict:
         return {k: rows[k] for k in ("input_ids", "segment_ids", "position_ids")}

@@ -18,6 +18,7 @@ from pjx import losses, masking, packing
 
 class MLM(base.Task):
     name = "mlm"
+    packs = "optional"
     families = ("bert",)
     unit = "tokens"
     defaults = dict(mask_rate=0.15, max_predictions=None, nsp=False, label_smoothing=0.0)
@@ -115,7 +116,8 @@ class MLM(base.Task):
         L = int(data_cfg["seq_len"])
         if args["nsp"]:
             return packing.nsp_pairs(docs, L, cls_id=cls_id, sep_id=sep_id, pad_id=pad, seed=seed)
-        return packing.pack(docs, L, prefix=[cls_id], suffix=[sep_id], pad_id=pad)
+        pack = data_cfg.get("pack")
+        return packing.rows(docs, L, pack, prefix=[cls_id], suffix=[sep_id], pad_id=pad)
 
     def make_batch(self, rows, rng, data_cfg, train) -> dict:
         seg = rows["segment_ids"]

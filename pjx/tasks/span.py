@@ -17,6 +17,7 @@ from pjx.tasks.seq2seq import teacher_forced
 
 class Span(base.Task):
     name = "span"
+    packs = "always"
     families = ("t5",)
     unit = "tokens"
     defaults = dict(noise_density=0.15, mean_noise_span_length=3.0, label_smoothing=0.0)

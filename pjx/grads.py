@@ -1,0 +1,231 @@
+"""The gradient of one logical batch: the one path every train step takes.
+
+`gradients(loss_fn, params, batch, rng, ...)` splits the batch into `accum_steps` slices
+(one splitter: slice j takes rows j, j+A, j+2A, ..., so with the batch sharded on its
+leading axis every slice stays spread over all devices), sums over the slices with one
+`lax.scan`, and returns (mean loss, metric sums, gradient):
+
+- `dp=None`: the gradient of the mean loss. Each slice's mean loss is weighted by its
+  count and the total divided by the total count, so `accum_steps` slices give the
+  gradient of one large batch (for sums of several means, e.g. MLM + NSP, the secondary
+  terms are weighted by the primary count).
+- `dp=DP(...)`: DP-SGD (Abadi et al. 2016). Each example's gradient (each example a
+  batch of one: the privacy unit) is clipped to `l2_norm_clip` and summed, by ghost
+  clipping (pjx.ghost_clipping: norms from layer inputs and output gradients) or by
+  jax_privacy's vmapped `clipped_grad` (a per-example gradient of every parameter; the
+  only way through nn.scan / nn.remat); Gaussian noise of std l2_norm_clip *
+  noise_multiplier is added once, in float32, from the step key (replicated: every
+  device adds the same noise), and the sum is divided by `expected_batch_size`, a public
+  constant, never the realised count. Rows with `weight` 0 (padding) add nothing. Each
+  example's key comes from its position in the batch, so the result does not depend on
+  `accum_steps`.
+
+Host-side accounting (how much privacy the noise buys) is pjx.privacy's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from pjx import ghost_clipping
+
+CLIPPING = ("ghost", "vmap")
+
+
+@dataclasses.dataclass(frozen=True)
+class Canaries:
+    """Gradient canaries for the one-run privacy audit (pjx.audit): canary j is the
+    gradient value * e_coords[j] on trainable leaf `leaf` (flat coordinates), present in
+    the data set when `included[j]`, and then drawn into each step's batch with
+    probability `sampling_rate`, like a real example. Its score is what the step
+    releases at its coordinate (the privatised gradient)."""
+
+    leaf: int  # index among the trainable leaves, in tree order
+    coords: tuple[int, ...]
+    included: tuple[bool, ...]
+    value: float  # the canary's norm: l2_norm_clip for an honest canary
+    sampling_rate: float
+
+
+@dataclasses.dataclass(frozen=True)
+class DP:
+    """The DP-SGD mechanism of a run (static: compiled into the step)."""
+
+    l2_norm_clip: float
+    noise_multiplier: float
+    expected_batch_size: int
+    microbatch_size: int = 0  # examples per per-example-gradient chunk; 0 = a whole slice
+    clipping: str = "ghost"  # "ghost" | "vmap"
+    canaries: Canaries | None = None
+
+    def __post_init__(self):
+        if self.clipping not in CLIPPING:
+            raise ValueError(f"dp.clipping={self.clipping!r}: pick one of {CLIPPING}")
+
+
+def chunk_rows(rows: int, size: int) -> int:
+    """Rows per per-example-gradient chunk: the largest divisor of `rows` up to `size`
+    (`dp.microbatch_size`; 0 = all rows at once), so any padded batch splits evenly."""
+    if not size or size >= rows:
+        return rows
+    return max(d for d in range(1, size + 1) if rows % d == 0)
+
+
+def split(tree, parts: int, batch_sharding=None):
+    """[B, ...] leaves -> [parts, B / parts, ...]: slice j holds rows j, j + parts, ..."""
+
+    def one(x):
+        x = jnp.moveaxis(x.reshape(x.shape[0] // parts, parts, *x.shape[1:]), 1, 0)
+        if batch_sharding is not None:
+            spec = jax.sharding.PartitionSpec(None, *batch_sharding.spec)
+            x = jax.lax.with_sharding_constraint(
+                x, jax.sharding.NamedSharding(batch_sharding.mesh, spec)
+            )
+        return x
+
+    return jax.tree.map(one, tree)
+
+
+def _scan_sum(fn, slices):
+    """sum_j fn(slice_j) for the leading axis of `slices`, by one lax.scan."""
+
+    def body(carry, xs):
+        return jax.tree.map(jnp.add, carry, fn(xs)), None
+
+    zeros = jax.eval_shape(fn, jax.tree.map(lambda x: x[0], slices))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
+    return jax.lax.scan(body, zeros, slices)[0]
+
+
+def gradients(
+    loss_fn,
+    params,
+    batch,
+    rng,
+    *,
+    accum_steps: int = 1,
+    batch_sharding=None,
+    trainable=None,
+    dp: DP | None = None,
+):
+    """(loss, metric sums, gradient) of one logical batch (see the module docstring).
+
+    `loss_fn(params, batch, rng) -> (mean loss, metrics)` with `metrics["count"]` the
+    number of loss terms. `trainable`: a bool pytree like params; under DP, False leaves
+    get a zero gradient and do not count towards the clip norm."""
+    if dp is None:
+        return _mean_gradients(loss_fn, params, batch, rng, accum_steps, batch_sharding)
+    return _private_gradients(
+        loss_fn, params, batch, rng, dp, accum_steps, batch_sharding, trainable
+    )
+
+
+def _mean_gradients(loss_fn, params, batch, rng, accum_steps, batch_sharding):
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if accum_steps <= 1:
+        (loss, metrics), grads = grad_fn(params, batch, rng)
+        return loss, metrics, grads
+
+    def weighted(p, mb, r):
+        loss, metrics = loss_fn(p, mb, r)
+        count = jax.lax.stop_gradient(metrics["count"])
+        return loss * count, (loss, metrics)
+
+    wgrad_fn = jax.value_and_grad(weighted, has_aux=True)
+
+    def one(xs):
+        i, mb = xs
+        (_, (loss, metrics)), g = wgrad_fn(params, mb, jax.random.fold_in(rng, i))
+        return g, loss * metrics["count"], metrics
+
+    slices = (jnp.arange(accum_steps), split(batch, accum_steps, batch_sharding))
+    gsum, lsum, msum = _scan_sum(one, slices)
+    total = jnp.maximum(msum["count"], 1.0)
+    return lsum / total, msum, jax.tree.map(lambda g: g / total, gsum)
+
+
+def _private_gradients(loss_fn, params, batch, rng, dp, accum_steps, batch_sharding, trainable):
+    leaves, treedef = jax.tree.flatten(params)
+    mask = [True] * len(leaves) if trainable is None else jax.tree.leaves(trainable)
+    train_leaves = [x for x, m in zip(leaves, mask) if m]
+    fixed = [x for x, m in zip(leaves, mask) if not m]
+
+    def join(trained):
+        it_t, it_f = iter(trained), iter(fixed)
+        return jax.tree.unflatten(treedef, [next(it_t) if m else next(it_f) for m in mask])
+
+    k_examples, k_noise = jax.random.split(rng)
+    B = len(next(iter(batch.values())))
+    keys = jax.vmap(lambda i: jax.random.key_data(jax.random.fold_in(k_examples, i)))(jnp.arange(B))
+
+    def vmapped(micro, micro_keys):
+        from jax_privacy import clipping  # heavy (scipy, pydantic): only here
+
+        def example_loss(trained, example, key_data):
+            return loss_fn(join(trained), example, jax.random.wrap_key_data(key_data[0]))
+
+        rows = len(micro_keys)
+        size = chunk_rows(rows, int(dp.microbatch_size))
+        grad_fn = clipping.clipped_grad(
+            example_loss,
+            has_aux=True,
+            l2_clip_norm=float(dp.l2_norm_clip),
+            batch_argnums=(1, 2),
+            keep_batch_dim=True,
+            # jax_privacy reshapes into chunks of this size, which must divide the rows.
+            microbatch_size=size if size < rows else None,
+            dtype=jnp.float32,
+        )
+        g, aux = grad_fn(train_leaves, micro, micro_keys)
+        return g, jax.tree.map(lambda v: jnp.sum(v, axis=0), aux.aux)  # per-example sums
+
+    def ghost(micro, micro_keys):
+        return ghost_clipping.clipped_sum(
+            loss_fn, params, mask, micro, micro_keys, float(dp.l2_norm_clip)
+        )
+
+    def one(xs):
+        micro, micro_keys = xs
+        if dp.clipping == "vmap":  # clipped_grad splits into chunks itself
+            return vmapped(micro, micro_keys)
+        size = chunk_rows(len(micro_keys), int(dp.microbatch_size))
+        if size == len(micro_keys):
+            return ghost(micro, micro_keys)
+        return _scan_sum(lambda c: ghost(*c), split((micro, micro_keys), len(micro_keys) // size))
+
+    if accum_steps <= 1:
+        gsum, msum = one((batch, keys))
+    else:
+        gsum, msum = _scan_sum(one, split((batch, keys), accum_steps, batch_sharding))
+    gsum = list(gsum)
+    if dp.canaries is not None:
+        gsum = _add_canaries(gsum, dp.canaries, jax.random.fold_in(rng, 0x43414E))
+    noise_keys = jax.random.split(k_noise, len(gsum))
+    std = float(dp.l2_norm_clip) * float(dp.noise_multiplier)
+    noisy = [
+        (g + std * jax.random.normal(k, g.shape, jnp.float32)) / float(dp.expected_batch_size)
+        for g, k in zip(gsum, noise_keys)
+    ]
+    if dp.canaries is not None:
+        c = dp.canaries
+        msum = dict(msum, canary_scores=noisy[c.leaf].reshape(-1)[jnp.asarray(c.coords)])
+    it = iter(noisy)
+    grads = jax.tree.unflatten(
+        treedef, [next(it) if m else jnp.zeros_like(x) for x, m in zip(leaves, mask)]
+    )
+    loss = msum["loss_sum"] / jnp.maximum(msum["count"], 1.0)
+    return loss, msum, grads
+
+
+def _add_canaries(gsum, c: Canaries, key):
+    """The clipped sum with the canaries drawn into this step added (before the noise)."""
+    drawn = jax.random.bernoulli(key, c.sampling_rate, (len(c.coords),))
+    drawn = drawn & jnp.asarray(c.included)
+    g = gsum[c.leaf]
+    flat = g.reshape(-1).astype(jnp.float32)
+    flat = flat.at[jnp.asarray(c.coords)].add(c.value * drawn.astype(jnp.float32))
+    gsum[c.leaf] = flat.reshape(g.shape).astype(g.dtype)
+    return gsum
