@@ -17,7 +17,7 @@ from pjx import data
 from pjx.data import prepared
 
 
-def _prepare(tmp_path, name, workers, chunk_bytes=1 << 20, task="mlm", rows_per_shard=40):
+def _prepare(tmp_path, name, workers, chunk_bytes=1 << 20, task="mlm", chunks_per_shard=0):
     cfg = data.with_defaults(
         lm_config(source=f"text:{tmp_path}/docs*.txt", seq_len=32, chunk_bytes=chunk_bytes)
     )
@@ -29,7 +29,7 @@ def _prepare(tmp_path, name, workers, chunk_bytes=1 << 20, task="mlm", rows_per_
         tokenizer=ByteTok(),
         out=out,
         workers=workers,
-        rows_per_shard=rows_per_shard,
+        chunks_per_shard=chunks_per_shard,
     )
     return out
 
@@ -52,9 +52,15 @@ def test_workers_write_the_same_bytes_as_one_process(corpus):
     write_docs(corpus / "docs2.txt", n_docs=200, seed=1)
     one = _prepare(corpus, "one", 1, chunk_bytes=700)
     two = _prepare(corpus, "two", 2, chunk_bytes=700)
+    three = _prepare(corpus, "three", 3, chunk_bytes=700)
     index = prepared.load_index(one)
-    assert index["rows"] > 40 and len(index["shards"]) > 1
-    assert _digest(one) == _digest(two)
+    assert index["rows"] > 40 and len(index["shards"]) > 3
+    assert _digest(one) == _digest(two) == _digest(three)
+    grouped = _prepare(corpus, "grouped", 2, chunk_bytes=700, chunks_per_shard=3)
+    assert len(prepared.load_index(grouped)["shards"]) < len(index["shards"])
+    a, b = prepared.Table(one), prepared.Table(grouped)
+    for k, v in a[np.arange(len(a))].items():  # the same rows in the same order
+        np.testing.assert_array_equal(v, b[np.arange(len(b))][k])
 
 
 def _build(cfg_source, tmp_path, seed=0, train=True, **kw):

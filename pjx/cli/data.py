@@ -22,7 +22,12 @@ def add_arguments(p):
     prep.add_argument("--config", required=True, help="configs/NAME.py[:ARG]")
     prep.add_argument("--out", required=True, help="folder to write (must not hold data yet)")
     prep.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
-    prep.add_argument("--rows-per-shard", type=int, default=0, help="rows per shard file")
+    prep.add_argument(
+        "--chunks-per-shard",
+        type=int,
+        default=0,
+        help="chunks per shard file (0: 1, <=1024 shards)",
+    )
     prep.add_argument(
         "--runner",
         default="",
@@ -56,7 +61,7 @@ def main(args, overrides) -> int:
             out=out,
             workers=max(int(args.workers), 1),
             seed=int(config.seed),
-            rows_per_shard=int(args.rows_per_shard),
+            chunks_per_shard=int(args.chunks_per_shard),
         )
         dt = time.perf_counter() - t0
     cpu = sum(

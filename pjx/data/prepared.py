@@ -10,11 +10,12 @@ the rows, in chunk order, to
                                            the source, task, tokenizer hash, settings
     DIR/tokenizer/                         the tokenizer (train with data.tokenizer=it)
 
-Results come back in chunk order (`imap`) and are written by one process, so N workers
-write the same bytes as one. Records are stored uncompressed in groups of one, for random
-access: the `prepared:DIR` source reads rows through the same `BatchIndex` as the cached
-mode (global shuffle per epoch, exact resume, N known for DP's Poisson sampling). A source
-that fits in one chunk gives exactly the cached mode's rows.
+Each shard (a run of consecutive chunks) is encoded and written by one worker, and the
+shards are named in chunk order, so N workers write the same bytes as one. Records are
+stored uncompressed in groups of one, for random access: the `prepared:DIR` source reads
+rows through the same `BatchIndex` as the cached mode (global shuffle per epoch, exact
+resume, N known for DP's Poisson sampling). A source that fits in one chunk gives exactly
+the cached mode's rows.
 """
 
 from __future__ import annotations
@@ -41,49 +42,23 @@ WRITE_OPTIONS = "group_size:1,uncompressed"
 
 
 _STATE: dict = {}
+MAX_SHARDS = 1024
 
 
 def _init(common):
     _STATE["common"] = common
 
 
-def _encode_in_pool(item):
-    cid, chunk = item
-    task, args, tokenizer, cfg, seed = _STATE["common"]
-    return stream.encode_chunk(chunk, cid, task, args, tokenizer, cfg, seed)
-
-
-def prepare(cfg, *, task, task_args, tokenizer, out, workers=1, seed=0, rows_per_shard=0):
-    """Writes `cfg.source` prepared into `out`; returns the index (a dict)."""
+def _write_shard(job) -> dict:
+    """Encodes one shard's chunks and writes them (in a pool worker): (rows, columns, skipped)."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    uri = parse_uri(cfg.source)
-    if uri.slice:
-        raise DataError(f"{uri.raw}: prepare a whole source (split the files instead of slicing)")
-    chunks = shards.plan(uri, cfg)
-    args = tasks.get(task).args(task_args)
-    cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-    per_shard = int(rows_per_shard or cfg.get("rows_per_shard", 0) or 1 << 16)
-    if os.path.exists(os.path.join(out, "index.json")):
-        raise FileExistsError(f"{out} already holds prepared data; remove it or pick another --out")
-    tmp = out.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    t0 = time.perf_counter()
-    common = (task, args, tokenizer, cfg_dict, int(seed))
-    items = list(enumerate(chunks))
-    pool = None
-    if int(workers) > 1:
-        ctx = multiprocessing.get_context(os.environ.get("PJX_DATA_START") or _start_method())
-        pool = ctx.Pool(int(workers), initializer=_init, initargs=(common,))
-        results = pool.imap(_encode_in_pool, items, chunksize=1)
-    else:
-        _init(common)
-        results = map(_encode_in_pool, items)
-    columns, shard_rows, skipped, writer, names = None, [], 0, None, []
-    dtype = None
+    shard, items, path = job
+    task, args, tokenizer, cfg, seed = _STATE["common"]
+    rows, columns, skipped, writer = 0, None, 0, None
     try:
-        for table in results:
+        for cid, chunk in items:
+            table = stream.encode_chunk(chunk, cid, task, args, tokenizer, cfg, seed)
             skipped += int(table.pop("_skipped", 0))
             n = stream.n_rows(table)
             if n == 0:
@@ -92,30 +67,63 @@ def prepare(cfg, *, task, task_args, tokenizer, out, workers=1, seed=0, rows_per
                 columns = {
                     k: dict(dtype=str(v.dtype), shape=list(v.shape[1:])) for k, v in table.items()
                 }
-                dtype = record_dtype(columns)
-            rec = np.empty(n, dtype)
+                writer = ArrayRecordWriter(path, WRITE_OPTIONS)
+            rec = np.empty(n, record_dtype(columns))
             for k in columns:
                 rec[k] = table[k]
+            data = rec.tobytes()
+            size = rec.dtype.itemsize
             for i in range(n):
-                if writer is None or shard_rows[-1] >= per_shard:
-                    if writer is not None:
-                        writer.close()
-                    names.append(f"rows-{len(names):05d}.array_record")
-                    writer = ArrayRecordWriter(os.path.join(tmp, names[-1]), WRITE_OPTIONS)
-                    shard_rows.append(0)
-                writer.write(rec[i].tobytes())
-                shard_rows[-1] += 1
+                writer.write(data[i * size : (i + 1) * size])
+            rows += n
     finally:
         if writer is not None:
             writer.close()
-        if pool is not None:
-            pool.terminate()
-    if columns is None:
+    return dict(shard=shard, rows=rows, columns=columns, skipped=skipped)
+
+
+def prepare(cfg, *, task, task_args, tokenizer, out, workers=1, seed=0, chunks_per_shard=0):
+    """Writes `cfg.source` prepared into `out`; returns the index (a dict).
+
+    A shard is a run of consecutive chunks (`chunks_per_shard`, default: one, or as many as
+    keep the shards at most 1024), encoded and written by one pool worker, so the output
+    depends on the source and the settings, never on the number of workers."""
+    uri = parse_uri(cfg.source)
+    if uri.slice:
+        raise DataError(f"{uri.raw}: prepare a whole source (split the files instead of slicing)")
+    chunks = shards.plan(uri, cfg)
+    args = tasks.get(task).args(task_args)
+    cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    per = int(chunks_per_shard or 0) or max(1, -(-len(chunks) // MAX_SHARDS))
+    if os.path.exists(os.path.join(out, "index.json")):
+        raise FileExistsError(f"{out} already holds prepared data; remove it or pick another --out")
+    tmp = out.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    t0 = time.perf_counter()
+    common = (task, args, tokenizer, cfg_dict, int(seed))
+    items = list(enumerate(chunks))
+    jobs = [
+        (j, items[i : i + per], os.path.join(tmp, f"part-{j:05d}.array_record"))
+        for j, i in enumerate(range(0, len(items), per))
+    ]
+    if int(workers) > 1:
+        ctx = multiprocessing.get_context(os.environ.get("PJX_DATA_START") or _start_method())
+        with ctx.Pool(min(int(workers), len(jobs)), _init, (common,)) as pool:
+            done = pool.map(_write_shard, jobs, chunksize=1)
+    else:
+        _init(common)
+        done = [_write_shard(job) for job in jobs]
+    kept = [d for d in done if d["rows"]]
+    if not kept:
         raise DataError(f"{uri.raw}: no rows to prepare (every document is empty)")
+    columns = kept[0]["columns"]
+    skipped = sum(d["skipped"] for d in done)
     # Final names carry the shard count (rows-SSSSS-of-NNNNN), as TFDS / ArrayRecord sets do.
-    final = [f"rows-{i:05d}-of-{len(names):05d}.array_record" for i in range(len(names))]
-    for a, b in zip(names, final):
-        os.rename(os.path.join(tmp, a), os.path.join(tmp, b))
+    final = [f"rows-{i:05d}-of-{len(kept):05d}.array_record" for i in range(len(kept))]
+    for d, name in zip(kept, final):
+        os.rename(os.path.join(tmp, f"part-{d['shard']:05d}.array_record"), os.path.join(tmp, name))
+    shard_rows = [d["rows"] for d in kept]
     index = dict(
         version=VERSION,
         source=uri.raw,
