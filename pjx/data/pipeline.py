@@ -182,6 +182,11 @@ class TrainIterator:
         return {"grain": self._it.get_state(), "rows": self.index.n, "batch": self.index.G}
 
     def set_state(self, state: dict) -> None:
+        if "stream" in state:
+            raise DataError(
+                "the checkpoint's data position was saved in streaming mode; resume with "
+                "data.mode=stream"
+            )
         if (state.get("rows"), state.get("batch")) != (self.index.n, self.index.G):
             log.warning(
                 f"the checkpoint's data position is for {state.get('rows')} rows in "

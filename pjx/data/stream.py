@@ -75,9 +75,10 @@ def encode_chunk(chunk, cid, task, args, tokenizer, cfg, seed, stride=(1, 0)) ->
     try:  # a per-chunk seed: NSP draws its pairs within the chunk
         rows = t.encode(ex, tokenizer, cfg, args, (int(seed) * 1_000_003 + int(cid)) % 2**31)
     except DataError:
-        if sum(1 for d in ex.texts if d and d.strip()) >= 2:
+        docs = sum(1 for d in ex.texts if d and d.strip())
+        if docs >= 2 or (docs == 1 and not args.get("nsp")):
             raise
-        rows = {}  # (nearly) blank chunk: no rows
+        rows = {}  # a blank chunk (or one document, for NSP pairs): no rows
     rows = {k: np.ascontiguousarray(v) for k, v in rows.items()}
     rows["_skipped"] = np.int64(skipped)
     return rows
@@ -169,11 +170,13 @@ class StreamIterator:
                 f"the checkpoint's batches held {state['rows']} rows per process, "
                 f"this run's hold {self.B}: the stream resumes at its window"
             )
-        self._it = iter(self.dataset)
-        self._table, self._w, self._off, self._batch = None, -1, 0, int(state["batch"])
-        if not state["stream"]:
+        if not state["stream"]:  # saved before the first batch
+            if self._table is not None:
+                self._it = iter(self.dataset)
+            self._table, self._w, self._off, self._batch = None, -1, 0, 0
             return
-        self._it.set_state(state["grain"])
+        self._it.set_state(state["grain"])  # the live iterator (its workers keep running)
+        self._batch = int(state["batch"])
         self._w = int(state["window"]) - 1
         self._fill()
         self._off = int(state["offset"])
