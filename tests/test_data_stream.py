@@ -226,7 +226,7 @@ def test_read_texts_of_a_stream_reads_chunk_by_chunk(tmp_path):
     source = _write(tmp_path, "jsonl", _docs(), files=2)
     cfg = lm_config(chunk_bytes=300)
     whole = list(data.read_texts(source, cfg))
-    cfg.stream_above = 0  # the mode is now stream: texts come from one chunk at a time
+    cfg.mode = "stream"  # texts come from one chunk at a time
     gen = data.read_texts(source, cfg)
     assert next(gen) == whole[0]
     assert [whole[0], *gen] == whole
@@ -302,3 +302,13 @@ def test_preempted_stream_run_resumes_with_the_uninterrupted_loss_curve(tmp_path
     strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rs]
     ref, got = _read(tmp_path / "ref" / "metrics.jsonl"), _read(tmp_path / "run" / "metrics.jsonl")
     assert len(ref) >= 5 and strip(got) == strip(ref)
+
+
+def test_read_texts_of_a_large_stream_samples_whole_chunks(tmp_path):
+    docs = _docs(400)
+    source = _write(tmp_path, "text", docs)
+    cfg = lm_config(chunk_bytes=300, stream_above=2000)  # stream, and texts up to ~2 kB
+    got = list(data.read_texts(source, cfg))
+    assert 0 < len(got) < len(docs) / 2
+    assert set(got) <= {d + "\n" for d in docs}
+    assert got == list(data.read_texts(source, cfg))  # the same sample every time

@@ -191,9 +191,19 @@ def read_texts(uri: str, cfg=None) -> Iterator[str]:
 
 
 def _stream_texts(uri: str, cfg) -> Iterator[str]:
+    """Texts of a streamed source, chunk by chunk: all of them up to data.stream_above bytes
+    of text, beyond that a sample of whole chunks in a seeded order (what a tokenizer
+    trains on: the whole of a large corpus would take hours to read)."""
     u = parse_uri(uri)
     end = "\n" if u.kind == "text" and cfg.text_split == "line" else ""
-    for chunk in shards.plan(u, cfg):
+    chunks = shards.plan(u, cfg)
+    budget = int(cfg.get("stream_above", 256 << 20))
+    sizes = [c[3] - c[2] if c[0] != "parquet" else 0 for c in chunks]
+    if sum(sizes) > budget:
+        order = np.random.default_rng(0).permutation(len(chunks))
+        chunks = [chunks[i] for i in sorted(order[: max(1, len(chunks) * budget // sum(sizes))])]
+        log.info(f"data: {uri}: texts from {len(chunks)} chunks (a sample of data.stream_above)")
+    for chunk in chunks:
         ex, _ = shards.read_chunk(chunk, cfg)
         for t in list(ex.texts) + list(ex.texts_b or ()):
             if t and t.strip():
