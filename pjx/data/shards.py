@@ -65,9 +65,16 @@ def _size(path: str) -> int:
         ) from None
 
 
-def _row_groups(path: str) -> int:
-    import pyarrow.parquet as pq
+def _pq():
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError("parquet: sources need pyarrow: pip install 'pjx[parquet]'") from None
+    return pq
 
+
+def _row_groups(path: str) -> int:
+    pq = _pq()
     try:
         return pq.ParquetFile(path).metadata.num_row_groups
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for bad files
@@ -225,8 +232,7 @@ def read_chunk(chunk, cfg, stride=(1, 0)) -> tuple[Examples, int]:
 
 
 def _parquet(chunk, cfg, cols) -> tuple[list[list], int]:
-    import pyarrow.parquet as pq
-
+    pq = _pq()
     _, path, group, _ = chunk
     try:
         pf = pq.ParquetFile(path)
