@@ -183,3 +183,15 @@ def test_cli_prepare_and_train_source(tmp_path):
     assert os.path.isdir(out / "tokenizer")
     r = subprocess.run(cmd[:-3] + ["--runner", "DirectRunner"], capture_output=True, text=True)
     assert r.returncode == 2 and "Apache Beam" in r.stderr
+
+
+def test_prepared_rows_are_the_streamed_rows(corpus):
+    write_docs(corpus / "docs2.txt", n_docs=200, seed=1)
+    out = _prepare(corpus, "prep", 2, chunk_bytes=700)
+    rows = prepared.Table(out)
+    cfg = lm_config(source=f"text:{corpus}/docs*.txt", seq_len=32, chunk_bytes=700)
+    cfg.update(dict(mode="stream", shuffle=False, shuffle_buffer=8))
+    it = data.build(cfg, task="mlm", model="bert", tokenizer=ByteTok(), batch_size=8, train=True)
+    n = len(rows)
+    streamed = np.concatenate([next(it)["input_ids"] for _ in range(-(-n // 8))])[:n]
+    np.testing.assert_array_equal(streamed, rows[np.arange(n)]["input_ids"])
