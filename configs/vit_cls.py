@@ -12,6 +12,12 @@ ARG (comma-separated): `probe`, `finetune`, `smoke` (2 steps). MNIST idx files f
 $PJX_DATA/mnist_tsuga (PJX_DATA defaults to ../shared/data), the last 10% held out; or
 --config.data.source=tfds:mnist:train with a prepared --config.data.data_dir. With
 init_from the architecture comes from the checkpoint; the classifier head is new.
+
+Data modes: MNIST (idx:, small tfds:) is read whole and cached (data.mode unset or
+`cached`). A large TFDS image set streams: --config.data.mode=stream reads and decodes
+only each batch's images, in Grain workers (--config.data.workers=N), resized to
+--config.data.image_size when their sizes differ; never a decoded copy of the whole set,
+and the same global shuffle and exact resume as the cached mode.
 """
 
 import os

@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 
 from pjx import packing
-from pjx.data import encode, pipeline, prepared, shards, sources, stream
+from pjx.data import encode, pipeline, prepared, shards, sources, stream, tfds_source
 from pjx.data.uri import parse_uri
 from pjx.examples import DataError
 
@@ -123,6 +123,8 @@ def choose_mode(cfg) -> tuple[str, str]:
         if mode not in ("", "prepared"):
             raise DataError(f"{u.raw} is read in prepared mode only (data.mode={mode!r})")
         return "prepared", "a prepared:DIR source"
+    if mode == "stream" and u.kind == "tfds":
+        return "stream", "data.mode=stream: TFDS images decoded per batch"
     if mode == "stream":
         if u.kind not in shards.KINDS:
             raise DataError(
@@ -150,6 +152,8 @@ def num_rows(
     mode, _ = choose_mode(cfg)
     if mode == "prepared":
         return len(prepared.Table(parse_uri(cfg.source).path))
+    if mode == "stream" and parse_uri(cfg.source).kind == "tfds":
+        return len(tfds_source.ImageTable(cfg.source, cfg, num_labels))
     if mode == "stream":
         raise DataError(
             f"{cfg.source}: a stream has no known size; DP-SGD needs N: prepare the corpus "
@@ -246,13 +250,19 @@ def build(
             )
         local = batch_size // process_count
         rows = np.arange(process_index * local, (process_index + 1) * local)
-    if train:
+    kind = parse_uri(cfg.source).kind
+    if train or (kind == "tfds" and cfg.mode == "stream"):
         mode, why = choose_mode(cfg)
-    elif parse_uri(cfg.source).kind == "prepared":
+    elif kind == "prepared":
         mode, why = "prepared", "a prepared:DIR source"
     else:  # evaluation (data.mode is inherited from config.data)
         mode, why = "cached", "evaluation reads its source whole"
     log.info(f"data: {cfg.source}: {mode} mode ({why})")
+    if mode == "stream" and kind == "tfds":  # random access: batches by index, as cached
+        table = tfds_source.ImageTable(cfg.source, cfg, num_labels)
+        return _batches(
+            table, len(table), cfg, "stream", task, batch_size, rows, train, seed, poisson_rate
+        )
     if mode == "stream":
         if poisson_rate is not None:
             raise DataError(

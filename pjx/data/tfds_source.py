@@ -9,6 +9,11 @@ use instead, never a hang on the network.
 Features: images from `image` (or the only uint8 tensor feature), labels from `label`
 (a ClassLabel gives the class names), text from `data.text_columns` or the data set's text
 features (at most two: a sentence pair), seq2seq targets from `data.target_column`.
+
+`read` decodes a whole split (the cached mode); `ImageTable` (data.mode=stream) reads and
+decodes only the rows of each batch, in Grain's worker processes with data.workers, so an
+image set is never decoded whole; images of different sizes are resized to
+data.image_size there.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ import os
 
 import numpy as np
 
-from pjx.data.uri import Uri
+from pjx import images as images_lib
+from pjx.data.uri import Uri, parse_uri
 from pjx.examples import DataError, Examples
 
 _HOW = (
@@ -98,11 +104,7 @@ def read(uri: Uri, cfg, need_labels: bool = False, num_labels: int = 0) -> Examp
                 f"{uri.raw}: example {bad[0]} has label {ex.labels[bad[0]]} outside the "
                 f"{num} classes"
             )
-    image_keys = _pick(feats, (), ("Image",)) or [
-        k
-        for k, f in feats.items()
-        if getattr(f, "np_dtype", None) == np.uint8 and len(getattr(f, "shape", ())) >= 2
-    ]
+    image_keys = _image_keys(feats)
     text_keys = _pick(feats, tuple(cfg.get("text_columns", ()) or ()), ("Text",))
     target = cfg.get("target_column", "")
     text_keys = [k for k in text_keys if k != target]
@@ -127,3 +129,69 @@ def fingerprint(uri: Uri, cfg) -> list:
     _, builder = data_source(uri, cfg)
     splits = {k: v.num_examples for k, v in builder.info.splits.items()}
     return [str(builder.data_dir), str(builder.info.version), sorted(splits.items())]
+
+
+def _image_keys(feats) -> list[str]:
+    return _pick(feats, (), ("Image",)) or [
+        k
+        for k, f in feats.items()
+        if getattr(f, "np_dtype", None) == np.uint8 and len(getattr(f, "shape", ())) >= 2
+    ]
+
+
+class ImageTable:
+    """A TFDS image set's rows by index, read and decoded on access: `table[rows]` ->
+    {"images": uint8 [B,Y,X,C], "label": int32 [B]}, the columns the cached mode stores.
+    Picklable (each Grain worker opens the data source itself)."""
+
+    def __init__(self, uri: str, cfg, num_labels: int = 0):
+        self.uri, self.cfg = uri, {k: cfg.get(k) for k in ("data_dir", "download")}
+        src, builder = data_source(parse_uri(uri), self.cfg)
+        feats = builder.info.features
+        keys = _image_keys(feats)
+        if not keys:
+            raise DataError(
+                f"{uri}: data.mode=stream reads TFDS image sets, and {list(feats)} has no "
+                "image feature; read text sets with data.mode=cached"
+            )
+        self.image_key = keys[0]
+        self.label_key = cfg.get("label_column", "") or "label"
+        if self.label_key not in feats:
+            raise DataError(f"{uri}: no label feature; set data.label_column ({list(feats)})")
+        names = getattr(feats[self.label_key], "names", ()) or ()
+        self.num_labels = len(names) or int(num_labels or 0)
+        self.size = int(cfg.get("image_size", 0) or 0)
+        self.n, self._src = len(src), src
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getstate__(self):
+        return dict(self.__dict__, _src=None)
+
+    def __getitem__(self, rows) -> dict:
+        if self._src is None:
+            self._src, _ = data_source(parse_uri(self.uri), self.cfg)
+        recs = self._src.__getitems__([int(r) for r in np.asarray(rows).reshape(-1)])
+        imgs = [np.asarray(r[self.image_key], np.uint8) for r in recs]
+        imgs = [x[..., None] if x.ndim == 2 else x for x in imgs]
+        if len({x.shape for x in imgs}) > 1:
+            if not self.size:
+                raise DataError(
+                    f"{self.uri}: images of different sizes ({imgs[0].shape}, ...); set "
+                    "data.image_size to resize them"
+                )
+            imgs = [_resize_u8(x, self.size) for x in imgs]
+        labels = np.asarray([r[self.label_key] for r in recs], np.int32)
+        bad = np.flatnonzero((labels < 0) | (labels >= self.num_labels if self.num_labels else 0))
+        if len(bad):
+            raise DataError(
+                f"{self.uri}: an example has label {labels[bad[0]]} outside the "
+                f"{self.num_labels} classes"
+            )
+        return {"images": np.stack(imgs), "label": labels}
+
+
+def _resize_u8(x_YxXxC, size: int) -> np.ndarray:
+    y = images_lib.resize(x_YxXxC[None].astype(np.float32), size)[0]
+    return np.clip(np.rint(y), 0, 255).astype(np.uint8)
