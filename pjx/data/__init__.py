@@ -4,7 +4,8 @@
   MNIST, embedded, tfds, small text / jsonl / Parquet); exact resume.
 - stream: text / jsonl / Parquet files read chunk by chunk, tokenized and packed in Grain
   worker processes (`data.workers`), shuffled in a bounded window; memory bounded by
-  buffers; files split across processes; exact resume (pjx.data.stream).
+  buffers; files split across processes; exact resume (pjx.data.stream). A TFDS image
+  set in this mode is read and decoded batch by batch (pjx.data.tfds_source.ImageTable).
 - prepared: `prepared:DIR` written once by `pjx data prepare` (sharded ArrayRecord),
   read with random access: global shuffle, exact resume, N known (pjx.data.prepared).
 
