@@ -97,6 +97,8 @@ def prepare(cfg, *, task, task_args, tokenizer, out, workers=1, seed=0, chunks_p
     per = int(chunks_per_shard or 0) or max(1, -(-len(chunks) // MAX_SHARDS))
     if os.path.exists(os.path.join(out, "index.json")):
         raise FileExistsError(f"{out} already holds prepared data; remove it or pick another --out")
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise FileExistsError(f"{out} exists and is not an empty folder; pick another --out")
     tmp = out.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -144,6 +146,8 @@ def prepare(cfg, *, task, task_args, tokenizer, out, workers=1, seed=0, chunks_p
         tokenizer.save(os.path.join(tmp, "tokenizer"))
     with open(os.path.join(tmp, "index.json"), "w") as f:
         json.dump(index, f, indent=1)
+    if os.path.isdir(out):
+        os.rmdir(out)  # empty (checked above)
     os.rename(tmp, out)
     log.info(
         f"data: prepared {uri.raw} into {out}: {index['rows']} rows in {len(final)} shards "
