@@ -25,11 +25,12 @@ fine-tuning recipe: AdamW 3e-5 (1e-4 for the small RTE / MRPC), batch 32, about 
 Poisson batches (1,024 expected, in 8 accumulated micro-batches), a small clip norm (0.1),
 a higher learning rate (5e-4), about 3 epochs, no weight decay; the noise multiplier is
 calibrated to the target epsilon before the first step. Check the budget without
-training: `pjx privacy --config configs/glue.py:sst2,dp`. `dp,lora` privatises only the
-adapters and the classifier (Yu et al. 2022, "Differentially Private Fine-tuning of Language
-Models"), at a 2x higher learning rate (1e-3): the noise lands on ~300x fewer coordinates,
-and a step costs a fraction of private full fine-tuning's (all-MiniLM-L6-v2, 256 x 64 on 2
-CPU cores: 12 s against 42 s). Measured accuracies: BENCHMARKS.md.
+training: `pjx privacy --config configs/glue.py:sst2,dp`. Without `init_from` the text is
+read as bytes (a public vocabulary: one trained on the private text is refused). `dp,lora`
+privatises only the adapters and the classifier (Yu et al. 2022, "Differentially Private
+Fine-tuning of Language Models"), at a 2x higher learning rate (1e-3): the noise lands on
+~300x fewer coordinates, and a step costs a fraction of private full fine-tuning's.
+Measured accuracies and step costs: BENCHMARKS.md.
 """
 
 import os
@@ -70,6 +71,9 @@ def get_config(arg: str = "sst2"):
         c.optimizer.update(dict(lr=5e-4, weight_decay=0.0, accum_steps=8))
         c.dp.update(dict(target_epsilon=8.0, l2_norm_clip=0.1, microbatch_size=32))
         c.data.seq_len = 64  # SST-2 sentences are short; per-example gradients cost per token
+        # Without init_from, bytes: a vocabulary trained on the private text would leak which
+        # words occur in it, outside epsilon (pjx.privacy.check_run).
+        c.data.tokenizer = "byte?specials=bert"
     if "lora" in rest:
         c.lora.update(dict(rank=8, alpha=16.0))
         c.optimizer.lr = 1e-3 if "dp" in rest else 5e-4

@@ -23,7 +23,7 @@ LAYERS = [
         "pjx.distributed",
     ),
     ("pjx.models",),
-    ("pjx.lora", "pjx.ghost_clipping"),
+    ("pjx.lora", "pjx.ghost_clipping", "pjx.grads"),
     ("pjx.losses", "pjx.masking", "pjx.metrics", "pjx.packing", "pjx.images"),
     ("pjx.tasks",),
     (
@@ -43,12 +43,14 @@ LAYERS = [
     (
         "pjx.workdir",
         "pjx.run",
+        "pjx.audit",
         "pjx.bench",
         "pjx.inference",
         "pjx.plot",
         "pjx.explain",
         "pjx.evaluation",
     ),
+    ("pjx.glue",),
     ("pjx.cli",),
 ]
 

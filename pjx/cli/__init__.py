@@ -20,6 +20,7 @@ COMMANDS = {
     "config": ("show_config", "print every key of a config, after overrides"),
     "bench": ("bench", "time train steps (or the input pipeline); last line is JSON"),
     "privacy": ("privacy", "a DP-SGD config's epsilon, sigma or steps, without training"),
+    "audit": ("audit", "an empirical lower bound on a DP-SGD config's epsilon; last line JSON"),
     "tokenizer": ("tokenizer", "train / inspect a tokenizer"),
     "convert": ("convert", "convert Hugging Face <-> pjx checkpoints"),
     "eval": ("eval", "score a trained model on a data source; last line is JSON"),
@@ -27,6 +28,7 @@ COMMANDS = {
     "generate": ("generate", "sample text from a trained GPT-2 workdir"),
     "plot": ("plot", "overlay the train / eval curves of runs into an image"),
     "explain": ("explain", "token attributions of a BERT classifier (integrated gradients)"),
+    "glue": ("glue", "fine-tune a checkpoint on the GLUE tasks over seeds: table, JSON, chart"),
     "data": ("data", "prepare a corpus once: tokenized, packed ArrayRecord shards"),
 }
 
