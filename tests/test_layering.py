@@ -30,6 +30,7 @@ LAYERS = [
         "pjx.tokenizers",
         "pjx.data",
         "pjx.optim",
+        "pjx.accounting",
         "pjx.privacy",
         "pjx.sharding",
         "pjx.checkpoint",

@@ -27,8 +27,8 @@ def add_arguments(p):
 
 
 def main(args, overrides) -> int:
+    from pjx import accounting, privacy, sharding
     from pjx import config as config_lib
-    from pjx import privacy, sharding
     from pjx import workdir as workdir_lib
     from pjx.cli.bench import first_stage, pipeline_tokenizer
 
@@ -56,7 +56,7 @@ def main(args, overrides) -> int:
     if args.max_steps_for:
         result["max_steps_for_epsilon"] = args.max_steps_for
         s = plan.current
-        result["max_steps"] = privacy.steps_for(
+        result["max_steps"] = accounting.steps_for(
             args.max_steps_for, s.noise_multiplier, s.sampling_rate, plan.delta, plan.accountant
         )
         print(f"at most {result['max_steps']} steps stay within epsilon {args.max_steps_for}")
