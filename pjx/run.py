@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 
 import jax
 
-from pjx import checkpoint, logs, plot, privacy, sharding
+from pjx import checkpoint, lock, logs, plot, privacy, sharding
 from pjx import config as config_lib
 from pjx import train as train_lib
 from pjx import workdir as workdir_lib
@@ -49,6 +49,7 @@ def train(
     )  # fmt: skip
     config = config_lib.resolve_data(config)  # a bad config fails before the workdir exists
     os.makedirs(workdir, exist_ok=True)
+    held = lock.hold(workdir)  # one run per workdir; released in `finally` below
     if tokenizer is None:
         tokenizer = workdir_lib.build_tokenizer(config, workdir)
     config = config_lib.resolve(config, tokenizer)
@@ -125,6 +126,7 @@ def train(
     finally:
         if checkpointer is not None:
             checkpointer.close()  # waits for the last (async) save
+        lock.release(held)
 
 
 def plan_privacy(config, tokenizer, workdir, mesh, ledger=None) -> privacy.Plan:

@@ -21,6 +21,7 @@ LAYERS = [
         "pjx.examples",
         "pjx.logs",
         "pjx.distributed",
+        "pjx.lock",
     ),
     ("pjx.models",),
     ("pjx.lora", "pjx.ghost_clipping", "pjx.grads"),

@@ -14,7 +14,7 @@ def add_arguments(p):
 
 
 def main(args, overrides) -> int:
-    from pjx import checkpoint, run, train
+    from pjx import checkpoint, lock, run, train
     from pjx import config as config_lib
 
     cfg = config_lib.load(args.config)
@@ -25,6 +25,9 @@ def main(args, overrides) -> int:
     except (train.NonFiniteLossError, checkpoint.NoIntactCheckpoint) as e:
         print(f"pjx: {e}", file=sys.stderr)
         return 1
+    except lock.WorkdirBusy as e:  # the other run is left untouched
+        print(f"pjx: {e}", file=sys.stderr)
+        return 2
     except train.Preempted as e:  # a clean, resumable stop: exit 0 like a finished run
         print(f"pjx: {e}", file=sys.stderr)
     return 0
