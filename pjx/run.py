@@ -152,7 +152,7 @@ def run(config, workdir: str, overrides=(), **kw) -> dict:
         if stage_dir != workdir:
             log.info(f"=== stage {os.path.basename(stage_dir)} -> {stage_dir}")
         out = train(cfg, stage_dir, **kw)
-    if config.get("compare") and config.compare.stages:
+    if config.get("stages") and config.get("compare") and config.compare.stages:
         log.info(compare(workdir, config.compare.stages, config.compare.metric))
     return out
 
