@@ -91,6 +91,11 @@ class Loaded:
         folder = checkpoint.tokenizer_dir(source)
         tokenizer = tokenizers.load(str(folder)) if folder is not None else None
         c.eval_data.source = uri  # read with the run's eval settings (preset, columns, ...)
+        if c.dp.get("planned_epsilon") and uri.split("[")[0] == c.data.source.split("[")[0]:
+            log.warning(
+                f"{source} was trained with DP-SGD on {c.data.source}: metrics on {uri} come "
+                "from that private data without noise and are not covered by its epsilon"
+            )
         if not source.startswith("hf:"):
             c.init_from = ""  # the parameters come from `source` itself
         self.config = config_lib.resolve(c, tokenizer)
