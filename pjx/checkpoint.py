@@ -14,6 +14,7 @@ and a `kill -9` never leave a step with only some of them.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import gc
@@ -408,16 +409,40 @@ def _reason(error: BaseException) -> str:
     return text.split(" See full TensorStore details")[0][:300]
 
 
+class _SettlingLoop(asyncio.SelectorEventLoop):
+    """An event loop that, when closed, first lets its unfinished tasks finish.
+
+    Orbax runs a restore in a fresh loop and closes it as soon as one read fails, while
+    TensorStore's other reads of the step are still in flight on its own threads; each of
+    those, finishing later, calls back into the closed loop and prints a `RuntimeError:
+    Event loop is closed` traceback. Letting them settle first closes the restore's async
+    resources before the run falls back."""
+
+    def close(self):
+        if not self.is_closed() and not self.is_running():
+            pending = [t for t in asyncio.all_tasks(self) if not t.done()]
+            if pending:  # reads of local or remote files: bounded, but never wait forever
+                self.run_until_complete(asyncio.wait(pending, timeout=120))
+        super().close()
+
+
+class _SettlingPolicy(asyncio.DefaultEventLoopPolicy):
+    _loop_factory = _SettlingLoop
+
+
 @contextlib.contextmanager
 def _quiet_failed_reads():
-    """A failed restore leaves Orbax's other pending reads as coroutines whose errors Python
-    prints as "Exception ignored" tracebacks when they are collected: collect them here,
-    logged at debug level, so the one warning above is what a user sees."""
-    previous = sys.unraisablehook
+    """A restore whose reads fail ends quietly: its loop settles its pending reads before it
+    closes (`_SettlingLoop`), and coroutines that still error when they are collected
+    (Python's "Exception ignored" tracebacks) are logged at debug level, so the one warning
+    of `maybe_restore` is what a user sees."""
+    previous, policy = sys.unraisablehook, asyncio.get_event_loop_policy()
     sys.unraisablehook = lambda u: log.debug(f"checkpoint read: {u.exc_value!r}")
+    asyncio.set_event_loop_policy(_SettlingPolicy())
     try:
         yield
     finally:
+        asyncio.set_event_loop_policy(policy)
         gc.collect()
         sys.unraisablehook = previous
 
