@@ -1,0 +1,203 @@
+"""GLUE (Wang et al. 2019) in one call: fine-tune one checkpoint on every task there is
+data for, over several seeds, and tabulate each task's official metric.
+
+    pjx glue runs/bert_mlm --out runs/glue --seeds 3 --config.steps=500
+    pjx glue hf:/path/bert --out runs/glue --tasks rte,mrpc
+
+    from pjx import glue
+    results = glue.glue("runs/bert_mlm", "runs/glue", seeds=3)  # task -> metric -> stats
+
+Each run is configs/glue.py:TASK with `init_from=SOURCE` and `seed=S` (plus the caller's
+overrides), in OUT/TASK/seedS/: an ordinary pjx workdir (`pjx eval`, `pjx plot` read it).
+A run whose last eval line is at its final step is read back, not trained again; an
+unfinished one resumes from its checkpoints. The scores are each run's last eval line (the
+held-out 10% of the task's training file, see configs/glue.py). Written into OUT:
+glue.json (task -> metric -> {mean, std, values}; std is the sample standard deviation,
+0 for one seed), glue.md (a Markdown table stating the step budget) and glue.png (means
+with std error bars).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pjx import config as config_lib
+from pjx import run as run_lib
+from pjx.data import files, uri
+from pjx.examples import DataError
+from pjx.metrics_log import MetricsLog
+
+log = logging.getLogger(__name__)
+
+# GLUE's official metrics per task (Wang et al. 2019, Table 1).
+METRICS = {
+    "sst2": ("accuracy",),
+    "cola": ("mcc",),  # Matthews correlation
+    "mrpc": ("f1", "accuracy"),  # F1 of the positive (paraphrase) class
+    "rte": ("accuracy",),
+}
+TASKS = tuple(METRICS)
+# The recipes: configs/glue.py of the repository pjx is installed from.
+DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "glue.py")
+
+
+def task_config(task: str, source: str, seed: int, overrides=(), config: str = ""):
+    """configs/glue.py:TASK fine-tuning `source` with `seed`, then `overrides`."""
+    spec = f"{config or DEFAULT_CONFIG}:{task}"
+    own = [f"--config.init_from={source}", f"--config.seed={seed}"]
+    return config_lib.load(spec, [*own, *overrides])
+
+
+def missing_data(cfg) -> list[str]:
+    """The files a config reads that are not there ([] when all are, or when its sources
+    are not files: tfds:, embedded)."""
+    out = []
+    for source in (cfg.data.source, cfg.eval_data.source):
+        if not source:
+            continue
+        u = uri.parse_uri(source)
+        if u.kind in ("tfds", "embedded"):
+            continue
+        if u.kind in ("idx", "prepared"):  # folders
+            if not os.path.isdir(os.path.expanduser(u.path)):
+                out.append(u.path)
+            continue
+        try:
+            files.expand(u.path)
+        except DataError:
+            out.append(u.path)
+    return sorted(set(out))
+
+
+def finished(cfg, workdir) -> bool:
+    """Whether `workdir` holds the final eval line of `cfg`'s run."""
+    last = MetricsLog.last_record(workdir)
+    steps = int(config_lib.resolve_data(cfg).steps)
+    return last.get("split") == "eval" and int(last.get("step", -1)) >= steps
+
+
+def glue(
+    source: str,
+    out,
+    *,
+    tasks=None,
+    seeds: int = 3,
+    overrides=(),
+    config: str = "",
+    command: str = "",
+) -> dict:
+    """Fine-tunes `source` on each task (default: every task with data) for seeds 0..N-1;
+    writes OUT/glue.json, glue.md, glue.png; returns glue.json's contents."""
+    if seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    explicit = tasks is not None
+    tasks = list(tasks) if explicit else list(TASKS)
+    unknown = [t for t in tasks if t not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown GLUE task(s) {unknown}: pick from {', '.join(TASKS)}")
+    runnable, absent = [], {}
+    for task in tasks:
+        gone = missing_data(task_config(task, source, 0, overrides, config))
+        if gone:
+            absent[task] = gone
+        else:
+            runnable.append(task)
+    where = "; ".join(f"{t}: {', '.join(p)}" for t, p in absent.items())
+    if not runnable or (explicit and absent):
+        raise FileNotFoundError(
+            f"no GLUE data for {', '.join(absent)} ({where}). configs/glue.py reads "
+            "$PJX_DATA/TASK/train.tsv (PJX_DATA defaults to ../shared/data); set PJX_DATA "
+            "or pass --config.data.source / --config.eval_data.source"
+        )
+    if absent:
+        log.info(f"glue: skipped, no data: {where}")
+    out = Path(out)
+    values, budget = {}, {}
+    for task in runnable:
+        for seed in range(seeds):
+            cfg = task_config(task, source, seed, overrides, config)
+            workdir = out / task / f"seed{seed}"
+            budget[task] = _budget(cfg)
+            if finished(cfg, workdir):
+                log.info(f"glue: {task} seed {seed} already done in {workdir}")
+            else:
+                log.info(f"=== glue: {task} seed {seed} -> {workdir}")
+                run_lib.run(cfg, str(workdir))
+            last = MetricsLog.last_record(workdir)
+            for metric in METRICS[task]:
+                values.setdefault(task, {}).setdefault(metric, []).append(float(last[metric]))
+    results = {
+        task: {metric: summarize(v) for metric, v in per.items()} for task, per in values.items()
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "glue.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "glue.md").write_text(table(results, source, budget, command))
+    chart(results, out / "glue.png", title=f"GLUE dev (held out), {seeds} seed(s): {source}")
+    log.info(table(results, source, budget, command))
+    log.info(f"glue: wrote {out / 'glue.json'}, {out / 'glue.md'}, {out / 'glue.png'}")
+    return results
+
+
+def summarize(values) -> dict:
+    """{mean, std (sample, ddof=1; 0 for one value), values}."""
+    v = np.asarray(values, np.float64)
+    std = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+    return {"mean": float(np.mean(v)), "std": std, "values": [float(x) for x in v]}
+
+
+def _budget(cfg) -> str:
+    c = config_lib.resolve_data(cfg)
+    return f"{int(c.steps)} x {int(c.batch_size)}, lr {float(c.optimizer.lr):g}"
+
+
+def table(results: dict, source: str, budget: dict, command: str = "") -> str:
+    """The Markdown table of glue.json: one row per task and metric."""
+    seeds = max((len(s["values"]) for per in results.values() for s in per.values()), default=0)
+    lines = [
+        f"GLUE, fine-tuned from `{source}`: mean ± std over {seeds} seed(s), on the held-out "
+        "10% of each task's training file.",
+        "",
+    ]
+    if command:
+        lines += ["    " + command, ""]
+    lines += [
+        "| task | metric | mean ± std | per seed | steps x batch, lr |",
+        "|---|---|---|---|---|",
+    ]
+    for task, per in results.items():
+        for metric, s in per.items():
+            each = ", ".join(f"{x:.3f}" for x in s["values"])
+            lines.append(
+                f"| {task} | {metric} | {s['mean']:.3f} ± {s['std']:.3f} | {each} "
+                f"| {budget.get(task, '')} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: dict, path, title: str = "") -> Path:
+    """A bar per (task, metric): the mean, with the std as an error bar."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = [f"{t}\n{m}" for t, per in results.items() for m in per]
+    stats = [s for per in results.values() for s in per.values()]
+    fig = Figure(figsize=(1.4 * len(names) + 2, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    x = np.arange(len(names))
+    ax.bar(x, [s["mean"] for s in stats], yerr=[s["std"] for s in stats], capsize=6)
+    for xi, s in zip(x, stats):
+        ax.text(xi, s["mean"], f"{s['mean']:.3f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, names)
+    ax.set_ylabel("score")
+    ax.set_ylim(min(0.0, *(s["mean"] - s["std"] for s in stats)), 1.0)
+    ax.axhline(0.0, color="black", linewidth=0.5)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    return Path(path)
