@@ -192,10 +192,11 @@ def chart(results: dict, path, title: str = "") -> Path:
     x = np.arange(len(names))
     ax.bar(x, [s["mean"] for s in stats], yerr=[s["std"] for s in stats], capsize=6)
     for xi, s in zip(x, stats):
-        ax.text(xi, s["mean"], f"{s['mean']:.3f}", ha="center", va="bottom", fontsize=8)
+        top = s["mean"] + s["std"]
+        ax.text(xi, top + 0.01, f"{s['mean']:.3f}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x, names)
     ax.set_ylabel("score")
-    ax.set_ylim(min(0.0, *(s["mean"] - s["std"] for s in stats)), 1.0)
+    ax.set_ylim(min(0.0, *(s["mean"] - s["std"] for s in stats)), 1.05)
     ax.axhline(0.0, color="black", linewidth=0.5)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
