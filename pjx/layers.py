@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pjx import remat as remat_lib
+
 ACTIVATION_LEGEND = ("gelu", "gelu_new", "relu", "gated-gelu", "gated-relu")
 
 # "gelu" is the exact erf GELU (HF BERT/ViT); "gelu_new" the tanh approximation (GPT-2, T5.1.1).
@@ -810,15 +812,16 @@ def repeat(
     Unscanned, the blocks are children `{name}_0 .. {name}_{n-1}` (Hugging Face's layout);
     scanned (`scan=True`), one `nn.scan` child `{name}` whose parameters (and KV cache) have
     a leading layer axis: one block is traced and compiled instead of n. `remat` applies a
-    `jax.checkpoint` policy per block (REMAT_POLICIES).
+    `jax.checkpoint` policy per block (REMAT_POLICIES; unscanned through pjx.remat, which
+    keeps XLA from recomputing a block before the backward pass reaches it).
     """
     check_remat(remat)
     static = (len(args) + 1,)  # deterministic (self is 0, x is 1): a Python bool
     cls = _scan_cell(block) if scan else block
-    if remat != "none":
-        cls = nn.remat(
-            cls, policy=REMAT_POLICIES[remat], static_argnums=static, prevent_cse=not scan
-        )
+    if remat != "none" and scan:  # the loop orders each recomputation after its cotangent
+        cls = nn.remat(cls, policy=REMAT_POLICIES[remat], static_argnums=static, prevent_cse=False)
+    elif remat != "none":
+        cls = remat_lib.remat(cls, policy=REMAT_POLICIES[remat], static_argnums=static)
     if not scan:
         for i in range(n):
             x = cls(**block_fields, name=f"{name}_{i}")(x, *args)

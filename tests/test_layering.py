@@ -22,6 +22,7 @@ LAYERS = [
         "pjx.logs",
         "pjx.distributed",
         "pjx.lock",
+        "pjx.remat",
     ),
     ("pjx.models",),
     ("pjx.lora", "pjx.ghost_clipping", "pjx.grads"),

@@ -70,6 +70,26 @@ def test_remat_keeps_the_gradients(family, policy):
         np.testing.assert_allclose(_flat(grads_r)[k], g, rtol=1e-5, atol=1e-7, err_msg=k)
 
 
+def _temp_bytes(remat, scan):
+    """XLA's temp memory of a GPT-2 gradient, 4 layers at length 128: activations dominate."""
+    fields = dict(FAMILIES["gpt2"], num_layers=4, max_position_embeddings=128)
+    model = models.create("gpt2", "tiny", **fields, remat=remat, scan_layers=scan)
+    ids = jnp.zeros((8, 128), jnp.int32)
+    init = lambda: nn.meta.unbox(model.init(jax.random.key(0), input_ids=ids[:1])["params"])
+    loss = lambda p: jnp.mean(model.apply({"params": p}, input_ids=ids)["logits"])
+    compiled = jax.jit(jax.grad(loss)).lower(jax.eval_shape(init)).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.parametrize("scan", [False, True], ids=["unscanned", "scanned"])
+def test_remat_lowers_the_compiled_temp_memory(scan):
+    # Unscanned, XLA:CPU runs a plain jax.checkpoint's recomputation right after the forward
+    # pass, which saves nothing; pjx.remat orders it after the cotangent (here 0.42x; 0.26x
+    # scanned).
+    none, full = _temp_bytes("none", scan), _temp_bytes("full", scan)
+    assert full < 0.6 * none, (full, none)
+
+
 def test_unknown_remat_policy_names_the_choices():
     with pytest.raises(ValueError, match="model.remat='some'.*dots_no_batch"):
         models.make_config("gpt2", "tiny", remat="some")
