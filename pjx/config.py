@@ -261,11 +261,30 @@ def stage_configs(
 
 
 # ----------------------------------------------------------------------- resolution
+# Counts a run reads: the least value each may take, and what it counts.
+COUNTS = {
+    "batch_size": (1, "examples per step, over all devices"),
+    "eval_batch_size": (0, "examples per eval step; 0 = batch_size"),
+    "steps": (0, "training steps"),
+    "eval_every": (0, "steps between evaluations; 0 = only at the end"),
+    "eval_steps": (0, "batches per evaluation; 0 = the whole eval set"),
+    "checkpoint_every": (0, "steps between checkpoints; 0 = only at the end"),
+}
+
+
+def _check_counts(c) -> None:
+    for key, (low, what) in COUNTS.items():
+        v = c.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+            raise ConfigError(f"{key}={v!r}: must be an integer >= {low} ({what})")
+
+
 def resolve_data(config) -> ml_collections.ConfigDict:
     """`config` with its references resolved and `eval_data` spelled out in full (data's
     keys, then eval_data's own). Needs no tokenizer: what the tokenizer is built from.
     An `init_from` of `hf:` / `peft:` + a Hub id becomes its local snapshot folder."""
     c = config.copy_and_resolve_references()
+    _check_counts(c)
     if c.get("init_from"):
         c.init_from = hf.folder.local_source(c.init_from)
     own = c.eval_data.to_dict()

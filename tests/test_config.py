@@ -75,6 +75,17 @@ def test_cli_unknown_key_fails_fast(cfg_file, tmp_path, capsys):
     assert not (tmp_path / "w").exists()
 
 
+def test_a_count_out_of_range_names_the_key_before_the_workdir_exists(cfg_file, tmp_path, capsys):
+    w = tmp_path / "w"
+    rc = cli.main(["train", "--config", cfg_file, "--workdir", str(w), "--config.batch_size=-4"])
+    assert rc == 2
+    assert "batch_size=-4: must be an integer >= 1 (examples per step" in capsys.readouterr().err
+    assert not w.exists()
+    c = config_lib.apply_overrides(config_lib.base_config(), ["--config.eval_steps=-1"])
+    with pytest.raises(config_lib.ConfigError, match=r"eval_steps=-1: must be an integer >= 0"):
+        config_lib.resolve_data(c)
+
+
 def test_stages_in_order_with_overrides(cfg_file, tmp_path):
     c = config_lib.load(cfg_file)
     stages = config_lib.stage_configs(c, str(tmp_path), ["--config.seed=5"])
