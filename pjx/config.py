@@ -31,7 +31,8 @@ from pathlib import Path
 import ml_collections
 
 from pjx import data, hf, init_from, lora, metrics_log, models, optim, privacy, sharding, tasks
-from pjx.tokenizers import parse_bool, parse_spec
+from pjx.tokenizers import parse_spec
+from pjx.values import parse_bool
 
 # Keys of `data` that `eval_data` does not take: the run has one tokenizer.
 TRAIN_ONLY_DATA_KEYS = ("tokenizer",)

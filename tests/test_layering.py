@@ -23,6 +23,7 @@ LAYERS = [
         "pjx.distributed",
         "pjx.lock",
         "pjx.remat",
+        "pjx.values",
     ),
     ("pjx.models",),
     ("pjx.lora", "pjx.ghost_clipping", "pjx.grads"),

@@ -12,7 +12,7 @@ Specs: sentencepiece:PATH.model, wordpiece:PATH/vocab.txt, char:PATH, byte, a di
 
 from pjx.tokenizers.base import FAMILY_SPECIALS, Tokenizer
 from pjx.tokenizers.load import from_config, load
-from pjx.tokenizers.spec import TokenizerSpec, parse_bool, parse_spec
+from pjx.tokenizers.spec import TokenizerSpec, parse_spec
 from pjx.tokenizers.spm import SentencePieceTokenizer, train_sentencepiece
 from pjx.tokenizers.symbols import ByteTokenizer, CharTokenizer, train_char
 from pjx.tokenizers.wordpiece import HFTokenizer, wordpiece
@@ -27,7 +27,6 @@ __all__ = [
     "TokenizerSpec",
     "from_config",
     "load",
-    "parse_bool",
     "parse_spec",
     "train_char",
     "train_sentencepiece",

@@ -4,8 +4,7 @@
                                  byte?specials=bert, train:sentencepiece?vocab_size=8000
 
 `parse_spec` gives a `TokenizerSpec` (kind, path, typed params); `str(spec)` writes it back,
-and `spec.with_params(vocab_size=512)` changes a parameter. `parse_bool` is the one reading
-of "true" / "false" in pjx (specs and `--config.` overrides).
+and `spec.with_params(vocab_size=512)` changes a parameter.
 """
 
 from __future__ import annotations
@@ -15,14 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import parse_qsl, urlencode
 
-
-def parse_bool(text: str) -> bool:
-    low = str(text).lower()
-    if low in ("true", "1", "yes"):
-        return True
-    if low in ("false", "0", "no"):
-        return False
-    raise ValueError(f"expected a bool (true/false), got {text!r}")
+from pjx.values import parse_bool
 
 
 class TokenizerSpec(NamedTuple):
