@@ -161,8 +161,8 @@ class Dense(nn.Module):
             init = nn.initializers.normal(self.std)
         kernel = self.param("kernel", nn.with_logical_partitioning(init, self.axes), shape)
         if _one_device():
-            # One [tokens, in] x [in, out] matmul: its weight gradient is then a plain GEMM
-            # (on 2 CPU cores a 3-D dot_general's weight gradient took 25% longer). Not
+            # One [tokens, in] x [in, out] matmul: its weight gradient is then a plain GEMM,
+            # which XLA:CPU runs faster than a 3-D dot_general's (BENCHMARKS.md). Not
             # under a mesh, where the reshapes would merge sharded dims (heads, batch).
             lead, feats = x.shape[: x.ndim - n_in], tuple(self.features)
             x2 = x.reshape(math.prod(lead), math.prod(shape[:n_in])).astype(dtype)
@@ -208,8 +208,8 @@ def dense(
 
 
 # Tables whose gradient is a one-hot matmul rather than a scatter-add: at most this many
-# (ids x rows). XLA:CPU runs scatters serially (a fifth of a small GPT-2's backward on
-# 2 cores); the matmul is tiny here and exact up to summation order.
+# (ids x rows). XLA:CPU runs scatters serially (BENCHMARKS.md); the matmul is tiny here
+# and exact up to summation order.
 ONE_HOT_GRAD_MAX = 1 << 22
 
 
@@ -400,11 +400,10 @@ def attention_implementation(
 
     Why the CPU splits: `jax.nn.dot_product_attention` computes in a grouped layout with a
     unit group axis ([1, B, N, T, S] for plain multi-head attention), and XLA:CPU's
-    YNNPACK fusions run the softmax backward's multiply-reduce over that rank-5 layout ~10x
-    slower than over the same data in rank 4 (1.2 ms against 0.11 ms at nanoGPT's
-    Shakespeare shape). The einsum form keeps rank 4: fwd + bwd of one attention call is
-    12-38% faster at the shapes of benchmarks/attention_cpu.py, while the forward alone
-    takes 6-83% longer than the fused kernel's over two runs (so inference keeps that).
+    YNNPACK fusions run the softmax backward's multiply-reduce over that rank-5 layout far
+    slower than over the same data in rank 4. The einsum form keeps rank 4, so its forward
+    + backward is faster, while the fused kernel's forward alone is faster (so inference
+    keeps that). Figures in BENCHMARKS.md.
     """
     backend = backend or jax.default_backend()
     check_attention_impl(requested)

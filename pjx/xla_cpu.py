@@ -1,13 +1,13 @@
 """XLA:CPU speed-ups that leave every result bit-identical.
 
-1. Host memory: `keep_host_memory` applies pjx.host_memory's glibc settings (a fifth of
-the CPU time of a BERT-mini train step went to page faults on fresh `mmap`s without them).
+1. Host memory: `keep_host_memory` applies pjx.host_memory's glibc settings, without which
+a train step spends much of its CPU time in page faults on fresh `mmap`s (BENCHMARKS.md).
 Opt out with PJX_KEEP_HOST_MEMORY=0.
 
 2. Dropout bits. jax lowers the Threefry-2x32 hash on CPU as a rolled `fori_loop` of
 5 x 4 rounds (small programs, quick compiles). For dropout masks, one hash per element,
-the loop makes XLA write the whole [B,H,T,S] state to memory 5 times per call: on 2 CPU
-cores a BERT-mini train step spent ~8% of its time there. `install()` lowers large calls
+the loop makes XLA write the whole [B,H,T,S] state to memory 5 times per call, a visible
+share of a small model's train step (BENCHMARKS.md). `install()` lowers large calls
 (>= 2^16 counters) as the same 20 rounds unrolled, which XLA fuses into one pass; small
 calls keep the rolled loop (as jax does) and its short compile. Same function, same bits
 (tests/test_xla_cpu.py checks the Random123 known-answer vectors on both paths).
