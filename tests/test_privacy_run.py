@@ -13,6 +13,7 @@ from pathlib import Path
 import dp_accounting
 import jax
 import pytest
+from test_privacy import _dp_config
 
 from pjx import config as config_lib
 from pjx import privacy, run
@@ -20,20 +21,10 @@ from pjx.metrics_log import TIMING_KEYS
 
 
 def _config(**kw):
-    c = config_lib.base_config()
-    c.model.name, c.task = "bert", "classify"
-    small = dict(num_layers=1, hidden_size=16, num_heads=2, mlp_dim=32, num_labels=2)
-    c.model.update(dict(small, max_position_embeddings=16, dropout_rate=0.0))
-    c.model.attention_dropout_rate = 0.0
-    c.data.source, c.eval_data.source = "embedded:classify[:200]", "embedded:classify[-40:]"
-    c.data.tokenizer, c.data.seq_len = "byte?specials=bert", 16
-    c.batch_size, c.steps, c.log_every, c.progress, c.write_curves = 8, 2, 1, False, False
-    c.mesh.data = 1
-    c.optimizer.update(dict(lr=1e-3, warmup_steps=0, schedule="constant"))
-    c.dp.update(dict(noise_multiplier=1.0, l2_norm_clip=0.5))
-    for k, v in kw.items():
-        config_lib.set_key(c, k, v, parse=False)
-    return c
+    """test_privacy's tiny DP classifier, smaller still, on one device, 2 steps."""
+    small = {"model.hidden_size": 16, "model.mlp_dim": 32, "model.max_position_embeddings": 16}
+    small.update({"data.seq_len": 16, "steps": 2, "mesh.data": 1, "write_curves": False})
+    return _dp_config(**{**small, **kw})
 
 
 def _train(config, workdir):
