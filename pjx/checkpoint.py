@@ -427,7 +427,8 @@ class _SettlingLoop(asyncio.SelectorEventLoop):
 
 
 class _SettlingPolicy(asyncio.DefaultEventLoopPolicy):
-    _loop_factory = _SettlingLoop
+    def new_event_loop(self):
+        return _SettlingLoop()
 
 
 @contextlib.contextmanager
