@@ -124,9 +124,10 @@ def _create(path: str, me: dict) -> bool:
 def _read(path: str) -> dict | None:
     try:
         with open(path) as f:
-            return json.loads(f.read())
+            holder = json.loads(f.read())
     except (FileNotFoundError, ValueError):
         return None
+    return holder if isinstance(holder, dict) else None
 
 
 def _same_process(a: dict, b: dict) -> bool:
@@ -139,7 +140,9 @@ def _stale(holder: dict, me: dict) -> str | None:
         return None
     if holder.get("boot") and me["boot"] and holder["boot"] != me["boot"]:
         return "the machine restarted since"
-    pid = int(holder.get("pid", -1))
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0:  # not a lock pjx wrote: a person decides
+        return None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
