@@ -40,7 +40,7 @@ NEEDS = {
 }
 # The runs each notebook leaves behind (under PJX_RUNS).
 RUNS = {
-    "quickstart.ipynb": ["quickstart/pretrain", "quickstart/finetune"],
+    "quickstart.ipynb": ["quickstart/pretrain", "quickstart/finetune", "quickstart/scratch"],
     "finetune_bert_glue.ipynb": ["sst2_minilm"],
     "gpt2_shakespeare.ipynb": ["shakespeare"],
     "vit_simclr_mnist.ipynb": ["vit_simclr", "vit_probe", "vit_finetune"],
@@ -95,6 +95,7 @@ def test_notebook_runs_top_to_bottom_in_quick_mode(path, tmp_path, monkeypatch):
     if path.name == "quickstart.ipynb":  # the fine-tuning stage reports classification metrics
         evals = [json.loads(x) for x in open(tmp_path / "quickstart/finetune/metrics.jsonl")]
         assert {"accuracy", "f1", "mcc"} <= set([r for r in evals if r["split"] == "eval"][-1])
+        assert re.search(r"from pretraining: [\d.]+ accuracy; from scratch: [\d.]+ \(", printed)
     if path.name == "vit_simclr_mnist.ipynb":  # the linear probe left the encoder as it was
         _, before, _ = inference.load(tmp_path / "vit_simclr")[:3]
         _, after, _ = inference.load(tmp_path / "vit_probe")[:3]
