@@ -53,8 +53,8 @@ LAYERS = [
         "pjx.plot",
         "pjx.explain",
         "pjx.evaluation",
+        "pjx.glue",
     ),
-    ("pjx.glue",),
     ("pjx.cli",),
 ]
 
