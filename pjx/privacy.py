@@ -267,7 +267,11 @@ def plan(
     remaining = max(int(steps) - sum(s.steps for s in prior), 0)
     padded = padded_batch(B, N, sampling, multiple)
     make = lambda sigma: accounting.Segment(remaining, float(sigma), B / N, N, padded, clip)
-    if target > 0 and remaining:
+    keep = prior[-1].noise_multiplier if prior else 0.0
+    calibrate = target > 0 and remaining
+    if calibrate and keep and _meets(target, delta, _join(prior, make(keep)), accountant):
+        sigma = keep  # an unchanged resume runs on with the noise it ran with
+    elif calibrate:
         sigma = accounting.calibrate(target, delta, make, prior, accountant)
     else:
         sigma = float(dp_cfg.get("noise_multiplier") or 0) or (
@@ -280,12 +284,7 @@ def plan(
                 break
             except accounting.TruncationTooLikely:
                 padded = min(padded + multiple, int(math.ceil(N / multiple)) * multiple)
-    segments = list(prior)
-    new = make(sigma)
-    if segments and segments[-1].same_mechanism(new):
-        segments[-1] = dataclasses.replace(new, steps=segments[-1].steps + remaining)
-    elif remaining or not segments:
-        segments.append(new)
+    segments = _join(prior, make(sigma))
     return Plan(
         segments=tuple(segments),
         delta=delta,
@@ -294,6 +293,55 @@ def plan(
         epsilon=accounting.compose(segments, delta, accountant),
         calibrated=target > 0,
     )
+
+
+def _join(prior, new) -> list:
+    """`prior` followed by `new` (merged into the last segment when it is the same
+    mechanism; left out when it has no steps, unless there is nothing else)."""
+    segments = list(prior)
+    if segments and segments[-1].same_mechanism(new):
+        segments[-1] = dataclasses.replace(new, steps=segments[-1].steps + new.steps)
+    elif new.steps or not segments:
+        segments.append(new)
+    return segments
+
+
+def _meets(target, delta, segments, accountant) -> bool:
+    try:
+        return accounting.compose(segments, delta, accountant) <= target
+    except accounting.TruncationTooLikely:
+        return False
+
+
+def check_replay(previous, plan: Plan, start: int, released: int) -> None:
+    """Steps start+1 .. `released` ran after the checkpoint this start resumes from, and
+    their outputs were released (metrics lines): running them again must replay them, with
+    the mechanism they ran with (`previous`: the last start's segments), hence the same
+    noise. Another sigma, clip or batch would release them twice, with noise that a
+    comparison of the two releases cancels."""
+    if released <= start or not previous:
+        return
+    old = [accounting.Segment(**x) if isinstance(x, dict) else x for x in previous]
+    for step in range(start + 1, released + 1):
+        a, b = _segment_at(old, step), _segment_at(plan.segments, step)
+        if a is not None and (b is None or not a.same_mechanism(b)):
+            raise ValueError(
+                f"steps {start + 1}..{released} ran after the checkpoint at step {start} and "
+                f"were logged, with noise multiplier {a.noise_multiplier:.4g}, clip "
+                f"{a.l2_norm_clip:g} and sampling rate {a.sampling_rate:.4g}; this start "
+                "would run them again with other settings and release them twice. Resume "
+                "with the settings they ran with (WORKDIR/config.json), or use a new --workdir."
+            )
+
+
+def _segment_at(segments, step: int):
+    """The segment that ran step `step` (1-based), or None past the last."""
+    end = 0
+    for s in segments:
+        end += s.steps
+        if step <= end:
+            return s
+    return None
 
 
 def _check_resume(prior, N: int, clip: float, calibrated: bool) -> None:

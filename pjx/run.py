@@ -43,13 +43,24 @@ def train(
     SIGTERM / SIGINT, `pjx.train.NonFiniteLossError` when the loss becomes NaN / Inf.
     """
     logs.setup()
-    again = functools.partial(
-        train, config, workdir, train_data=train_data, eval_data=eval_data,
-        tokenizer=tokenizer, checkpoints=checkpoints, devices=devices,
-    )  # fmt: skip
     config = config_lib.resolve_data(config)  # a bad config fails before the workdir exists
     os.makedirs(workdir, exist_ok=True)
-    held = lock.hold(workdir)  # one run per workdir; released in `finally` below
+    held = lock.hold(workdir)  # one run per workdir
+    try:
+        return _start(
+            config, workdir, train_data=train_data, eval_data=eval_data, tokenizer=tokenizer,
+            checkpoints=checkpoints, devices=devices,
+        )  # fmt: skip
+    finally:
+        lock.release(held)
+
+
+def _start(config, workdir, *, train_data, eval_data, tokenizer, checkpoints, devices):
+    """`train` once its workdir is held."""
+    again = functools.partial(
+        _start, config, workdir, train_data=train_data, eval_data=eval_data,
+        tokenizer=tokenizer, checkpoints=checkpoints, devices=devices,
+    )  # fmt: skip
     if tokenizer is None:
         tokenizer = workdir_lib.build_tokenizer(config, workdir)
     config = config_lib.resolve(config, tokenizer)
@@ -59,6 +70,10 @@ def train(
     if privacy.enabled(config.dp):  # fixed once per start, after what the checkpoint ran
         planned_at, record = checkpoint.read_item(ckpt_dir, "privacy") if checkpoints else (0, None)
         plan = plan_privacy(config, tokenizer, workdir, mesh, record)
+        privacy.check_replay(
+            workdir_lib.saved_segments(workdir), plan, planned_at,
+            int(MetricsLog.last_record(workdir).get("step", 0)),
+        )  # fmt: skip
         config, secret = config_lib.with_privacy(config, plan), privacy.secret(workdir)
         log.info(plan.describe())
     workdir_lib.save_config(config, workdir)
@@ -126,7 +141,6 @@ def train(
     finally:
         if checkpointer is not None:
             checkpointer.close()  # waits for the last (async) save
-        lock.release(held)
 
 
 def plan_privacy(config, tokenizer, workdir, mesh, ledger=None) -> privacy.Plan:

@@ -7,6 +7,7 @@ reads as the steps it takes.
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -78,6 +79,16 @@ def num_examples(config, tokenizer, workdir=None) -> int:
         workdir=workdir,
         num_labels=int(config.model.get("num_labels", 0) or 0),
     )
+
+
+def saved_segments(workdir) -> list:
+    """The DP-SGD segments WORKDIR/config.json planned at the last start ([] if none)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        dp = json.load(f).get("dp") or {}
+    return json.loads(dp.get("segments") or "[]")
 
 
 def save_config(config, workdir) -> str:

@@ -148,3 +148,20 @@ def test_what_a_private_run_may_use():
     config_lib.resolve_data(
         _config(**{"data.tokenizer": "train:sentencepiece", "dp.private_tokenizer": True})
     )
+
+
+def test_steps_logged_after_the_checkpoint_are_replayed_never_rerun_with_other_noise(tmp_path):
+    """The newest checkpoint is damaged: steps 3-4 ran and were logged after the checkpoint
+    the run falls back to. With another sigma they would be released twice, with noise a
+    comparison cancels: refused. Unchanged, they are replayed: the same released values."""
+    from test_checkpoint import _damage
+
+    w = tmp_path / "run"
+    _train(_config(steps=4, checkpoint_every=2), w)
+    first = _lines(w)
+    _damage(w / "checkpoints" / "4")
+    with pytest.raises(ValueError, match="release them twice"):
+        _train(_config(steps=4, checkpoint_every=2, **{"dp.noise_multiplier": 2.0}), w)
+    _train(_config(steps=4, checkpoint_every=2), w)
+    assert _lines(w) == first
+    assert [s["steps"] for s in _segments(w)] == [4]
