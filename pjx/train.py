@@ -91,7 +91,7 @@ def train_step(
     # The norm of what trains: frozen leaves' gradients stay unused, so XLA drops them.
     leaves = jax.tree.leaves(g)
     keep = jax.tree.leaves(trainable) if trainable is not None else [True] * len(leaves)
-    norm = optax.global_norm([x for x, t in zip(leaves, keep) if t])
+    norm = optax.tree.norm([x for x, t in zip(leaves, keep) if t])
     out = dict(mets, loss=loss, learning_rate=lr_fn(state.step), grad_norm=norm)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), out
 
