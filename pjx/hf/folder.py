@@ -16,7 +16,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from pjx.hf import hub
+import pjx.hf.hub as hub
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
