@@ -32,6 +32,7 @@ from pjx import data as data_lib
 from pjx import train as train_lib
 from pjx import workdir as workdir_lib
 from pjx.data import sources
+from pjx.data import uri as uri_lib
 from pjx.models import t5
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class Loaded:
         folder = checkpoint.tokenizer_dir(source)
         tokenizer = tokenizers.load(str(folder)) if folder is not None else None
         c.eval_data.source = uri  # read with the run's eval settings (preset, columns, ...)
-        if c.dp.get("planned_epsilon") and uri.split("[")[0] == c.data.source.split("[")[0]:
+        if c.dp.get("planned_epsilon") and uri_lib.same_data(uri, c.data.source):
             log.warning(
                 f"{source} was trained with DP-SGD on {c.data.source}: metrics on {uri} come "
                 "from that private data without noise and are not covered by its epsilon"

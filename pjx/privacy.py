@@ -27,7 +27,8 @@ import math
 import os
 import secrets
 
-from pjx import accounting
+from pjx import accounting, grads
+from pjx.data.uri import same_data
 
 # `config.dp` and its defaults (pjx.config holds it as a ConfigDict). DP is on when
 # noise_multiplier > 0, or target_epsilon > 0 (sigma is then calibrated before training).
@@ -46,7 +47,6 @@ DEFAULTS = dict(
 )
 SAMPLINGS = ("poisson", "shuffle")
 ACCOUNTANTS = ("pld", "rdp")
-CLIPPING = ("ghost", "vmap")
 # Padded Poisson batches: mean + this many standard deviations.
 MARGIN_SIGMAS = 6.0
 
@@ -71,8 +71,8 @@ def check(dp_cfg) -> None:
         raise ValueError(f"dp.sampling={dp_cfg.get('sampling')!r}: choose one of {SAMPLINGS}")
     if dp_cfg.get("accountant") not in ACCOUNTANTS:
         raise ValueError(f"dp.accountant={dp_cfg.get('accountant')!r}: one of {ACCOUNTANTS}")
-    if dp_cfg.get("clipping", "auto") not in ("auto", *CLIPPING):
-        raise ValueError(f"dp.clipping={dp_cfg.get('clipping')!r}: one of auto, {CLIPPING}")
+    if dp_cfg.get("clipping", "auto") not in ("auto", *grads.CLIPPING):
+        raise ValueError(f"dp.clipping={dp_cfg.get('clipping')!r}: one of auto, {grads.CLIPPING}")
     if not float(dp_cfg.get("l2_norm_clip") or 0) > 0:
         raise ValueError("dp.l2_norm_clip must be > 0 (the per-example clip norm C)")
     if float(dp_cfg.get("noise_multiplier") or 0) > 0 and float(dp_cfg.target_epsilon or 0) > 0:
@@ -119,15 +119,11 @@ def check_run(config, task) -> None:
             "leak with --config.dp.private_tokenizer=true."
         )
     src, ev = str(data.source), str(config.eval_data.get("source") or "")
-    if ev and (ev == src or _base(ev) == _base(src) and "[" not in src + ev):
+    if ev and (ev == src or same_data(ev, src) and "[" not in src + ev):
         raise ValueError(
             f"eval_data.source={ev!r} is the private training source: its metrics are not "
             "covered by epsilon. Evaluate on held-out data (e.g. slices [:90%] / [90%:])."
         )
-
-
-def _base(uri: str) -> str:
-    return uri.split("[", 1)[0]
 
 
 def clipping_method(dp_cfg, model_cfg) -> str:
@@ -166,24 +162,23 @@ class Plan:
     def steps(self) -> int:
         return sum(s.steps for s in self.segments)
 
-    def ledger(self, upto: int) -> list[dict]:
-        """The segments of the first `upto` steps (what a checkpoint at `upto` records)."""
+    def ledger(self, upto: int) -> list[accounting.Segment]:
+        """The segments of the first `upto` steps."""
         out, left = [], int(upto)
         for s in self.segments:
             if left <= 0:
                 break
-            out.append(dataclasses.asdict(dataclasses.replace(s, steps=min(s.steps, left))))
+            out.append(dataclasses.replace(s, steps=min(s.steps, left)))
             left -= s.steps
         return out
 
     def record(self, upto: int) -> dict:
         """What a checkpoint at step `upto` keeps: the ledger `plan` resumes from."""
-        return {"sampling": self.sampling, "segments": self.ledger(upto)}
+        segments = [dataclasses.asdict(s) for s in self.ledger(upto)]
+        return {"sampling": self.sampling, "segments": segments}
 
     def epsilon_at(self, step: int) -> float:
-        return accounting.compose(
-            [accounting.Segment(**s) for s in self.ledger(step)], self.delta, self.accountant
-        )  # fmt: skip
+        return accounting.compose(self.ledger(step), self.delta, self.accountant)
 
     def to_dict(self) -> dict:
         s = self.current
