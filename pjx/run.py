@@ -10,7 +10,6 @@ WORKDIR/checkpoints when there is one, and writes WORKDIR/metrics.jsonl.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -47,20 +46,25 @@ def train(
     os.makedirs(workdir, exist_ok=True)
     held = lock.hold(workdir)  # one run per workdir
     try:
-        return _start(
-            config, workdir, train_data=train_data, eval_data=eval_data, tokenizer=tokenizer,
-            checkpoints=checkpoints, devices=devices,
-        )  # fmt: skip
+        while True:
+            try:
+                return _start(
+                    config, workdir, train_data=train_data, eval_data=eval_data,
+                    tokenizer=tokenizer, checkpoints=checkpoints, devices=devices,
+                )  # fmt: skip
+            except _Replan:
+                continue
     finally:
         lock.release(held)
 
 
+class _Replan(Exception):
+    """A DP-SGD run restored an older checkpoint than the one it planned from (the newest
+    was damaged and is now set aside): it starts again, planning from the restored one."""
+
+
 def _start(config, workdir, *, train_data, eval_data, tokenizer, checkpoints, devices):
     """`train` once its workdir is held."""
-    again = functools.partial(
-        _start, config, workdir, train_data=train_data, eval_data=eval_data,
-        tokenizer=tokenizer, checkpoints=checkpoints, devices=devices,
-    )  # fmt: skip
     if tokenizer is None:
         tokenizer = workdir_lib.build_tokenizer(config, workdir)
     config = config_lib.resolve(config, tokenizer)
@@ -100,11 +104,7 @@ def _start(config, workdir, *, train_data, eval_data, tokenizer, checkpoints, de
         if checkpointer is not None:
             state, start = checkpointer.restore(s.abstract_state, train_data)
         if plan is not None and start != planned_at:
-            # The newest checkpoint was damaged (now set aside): plan again from the ledger
-            # of the one restored.
-            checkpointer.close()
-            checkpointer = None
-            return again()
+            raise _Replan
         if state is None:
             state = train_lib.create_state(s, config.seed, secret=secret)
             if config.init_from:
