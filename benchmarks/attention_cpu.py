@@ -4,8 +4,9 @@
 
 For each shape (nanoGPT's Shakespeare, BERT-mini with padding, a longer causal GPT, ViT-B
 at 224 px) prints the median microseconds of the forward and of forward + backward of
-`pjx.layers.dot_product_attention` under each implementation, and their largest output
-difference. `pjx.layers.attention_implementation` picks from these numbers on a CPU.
+`pjx.nn.attention.dot_product_attention` under each implementation, and their largest
+output difference. `pjx.nn.backend.attention_implementation` picks from these numbers on a
+CPU.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pjx import layers
+from pjx.nn.attention import dot_product_attention
 
 # (batch, length, heads, head dim, causal)
 SHAPES = (
@@ -48,9 +49,7 @@ def main():
         for impl in IMPLEMENTATIONS:
 
             def attend(q, k, v, impl=impl, mask=mask, causal=causal):
-                return layers.dot_product_attention(
-                    q, k, v, mask=mask, causal=causal, implementation=impl
-                )
+                return dot_product_attention(q, k, v, mask=mask, causal=causal, implementation=impl)
 
             def loss(q, k, v, attend=attend):
                 return jnp.sum(jnp.sin(attend(q, k, v)))

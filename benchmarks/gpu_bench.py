@@ -94,7 +94,8 @@ def make_config(
 
 
 def measure(args) -> dict:
-    from pjx import bench, layers
+    from pjx import bench
+    from pjx.nn import backend
 
     config = make_config(
         args.shape,
@@ -110,7 +111,7 @@ def measure(args) -> dict:
     else:
         r = bench.run(config, steps=args.steps, warmup=args.warmup)
     # What "default" picked (cuDNN on a GPU in bfloat16, XLA elsewhere).
-    r["attention_effective"] = layers.attention_implementation(
+    r["attention_effective"] = backend.attention_implementation(
         config["model"]["attention_impl"], args.dtype
     )
     return r

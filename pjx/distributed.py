@@ -19,7 +19,7 @@ import time
 import jax
 import jax._src.distributed  # the coordination client (Heartbeat): jax has no public handle
 
-from pjx import xla_cpu
+from pjx.nn import backend
 
 ENV = ("PJX_COORDINATOR", "PJX_NUM_PROCESSES", "PJX_PROCESS_ID")
 # How long jax's coordination service waits for a silent process before it aborts the job
@@ -81,7 +81,7 @@ def initialize(
             )
         if not 0 <= process_id < num_processes:
             raise ValueError(f"--process-id {process_id} is not in 0..{num_processes - 1}")
-    if xla_cpu.cpu_backend_expected():
+    if backend.cpu_backend_expected():
         # CPU processes reach each other's devices through gloo (TCP), not MPI.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(

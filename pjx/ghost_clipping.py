@@ -14,8 +14,8 @@ one vmapped forward / backward per example *with respect to the layers' outputs 
 intermediate gradients), so no weight gradient is formed per example; then computes the
 norms and the clipped sums directly.
 
-Covered: `layers.Dense` (kernel, bias), `layers.Logits`, and the lookup tables
-`layers.Embed` / `layers.LearnedPositions` (||sum_t onehot(id_t) g_t||^2 =
+Covered: `pjx.nn.dense.Dense` (kernel, bias), `Logits`, and the lookup tables
+`pjx.nn.embed.Embed` / `LearnedPositions` (||sum_t onehot(id_t) g_t||^2 =
 sum_ts [id_t = id_s] g_t . g_s), each when called once per forward, when every
 parameter it holds trains, and when the loss reaches its parameters through that call
 alone (checked on the traced program: a table also read directly, as BERT's tied MLM
@@ -36,11 +36,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pjx import layers
+from pjx.nn.dense import Dense, Logits
+from pjx.nn.embed import Embed, LearnedPositions
 
-_TABLES = (layers.Embed, layers.LearnedPositions)
-_MATMULS = (layers.Dense, layers.Logits)
-_PARAMS = {layers.Dense: {"kernel", "bias"}, layers.Logits: {"kernel"}}
+_TABLES = (Embed, LearnedPositions)
+_MATMULS = (Dense, Logits)
+_PARAMS = {Dense: {"kernel", "bias"}, Logits: {"kernel"}}
 
 
 class _Tape:
@@ -88,7 +89,7 @@ def _covered(tape: _Tape, trainable_paths: dict) -> dict:
         allowed = _PARAMS.get(kind, {"embedding"})
         if tape.uses[path] != 1 or not held or not set(held) <= allowed:
             continue
-        if kind is layers.Dense and "kernel" not in held:
+        if kind is Dense and "kernel" not in held:
             continue
         out[key] = (kind, path, n_in, held)
     return out

@@ -1,6 +1,6 @@
 """LoRA (Hu et al. 2021): low-rank updates W + (alpha / r) A B on chosen kernels, the rest
 frozen. No model code knows about it: `adapted(model, cfg)` runs the model under a flax
-method interceptor that, for every `layers.Dense` whose path matches `lora.targets`, adds
+method interceptor that, for every `pjx.nn.dense.Dense` whose path matches `lora.targets`, adds
 the low-rank path x -> (dropout(x) A) B * alpha / r next to x W and creates A [in, r]
 (small random) and B [r, out] (zeros: at initialisation the model is the base model) as
 `lora_a` / `lora_b` beside the kernel.
@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from pjx import layers, models
+from pjx import models
+from pjx.nn.dense import Dense
 
 # `config.lora` and its defaults (pjx.config holds it as a ConfigDict); rank 0 = off.
 DEFAULTS = dict(
@@ -76,7 +77,7 @@ def interceptor(cfg, family: str):
         module = context.module
         y = next_fun(*args, **kwargs)
         if not (
-            isinstance(module, layers.Dense)
+            isinstance(module, Dense)
             and context.method_name == "__call__"
             and pattern.search("/".join(module.path))
         ):

@@ -1,31 +1,33 @@
-"""XLA:CPU speed-ups that leave every result bit-identical.
+"""XLA:CPU speed-ups that leave every result bit-identical. Not part of the engine (no
+model, gradient or train-step module imports it): the `pjx` command applies it.
 
 1. Host memory: `keep_host_memory` applies pjx.host_memory's glibc settings, without which
-a train step spends much of its CPU time in page faults on fresh `mmap`s (BENCHMARKS.md).
-Opt out with PJX_KEEP_HOST_MEMORY=0.
+glibc serves a train step's large temporary buffer with a fresh `mmap` that page-faults
+again every step. Opt out with PJX_KEEP_HOST_MEMORY=0.
 
 2. Dropout bits. jax lowers the Threefry-2x32 hash on CPU as a rolled `fori_loop` of
 5 x 4 rounds (small programs, quick compiles). For dropout masks, one hash per element,
-the loop makes XLA write the whole [B,H,T,S] state to memory 5 times per call, a visible
-share of a small model's train step (BENCHMARKS.md). `install()` lowers large calls
-(>= 2^16 counters) as the same 20 rounds unrolled, which XLA fuses into one pass; small
-calls keep the rolled loop (as jax does) and its short compile. Same function, same bits
-(tests/test_xla_cpu.py checks the Random123 known-answer vectors on both paths).
+the loop makes XLA write the whole [B,H,T,S] state to memory 5 times per call. `install()`
+lowers large calls (>= 2^16 counters) as the same 20 rounds unrolled, which XLA fuses into
+one pass; small calls keep the rolled loop (as jax does) and its short compile. Same
+function, same bits (tests/test_xla_cpu.py checks the Random123 known-answer vectors on
+both paths).
+
+What each weighed when measured: BENCHMARKS.md ("CPU: the figures behind pjx's XLA:CPU
+choices").
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import math
 import os
-import pkgutil
 
 import numpy as np
 from jax import lax
 from jax.interpreters import mlir
 
 from pjx import host_memory
+from pjx.nn import backend
 
 try:  # a public name since jax 0.4.3x; without it the CPU lowering is left as jax ships it
     from jax.extend.random import threefry2x32_p
@@ -114,33 +116,12 @@ def install() -> None:
         _installed = True
 
 
-def cpu_backend_expected() -> bool:
-    """Whether jax will compute on the CPU, decided without starting a backend (the malloc
-    settings only take full effect before that): JAX_PLATFORMS when set, else whether an
-    accelerator is installed at all (TPU's libtpu, or a PJRT plugin such as CUDA's, which
-    jax finds through the `jax_plugins` entry points and namespace package)."""
-    import jax
-
-    first = (jax.config.jax_platforms or "").split(",")[0].strip()
-    if first:
-        return first == "cpu"
-    if importlib.util.find_spec("libtpu") is not None:
-        return False
-    if importlib.metadata.entry_points(group="jax_plugins"):
-        return False
-    try:
-        import jax_plugins
-    except ImportError:
-        return True
-    return not any(pkgutil.iter_modules(getattr(jax_plugins, "__path__", [])))
-
-
 def install_if_cpu() -> bool:
     """`install()` when jax computes on the CPU (True if it did); GPU / TPU hosts keep
     glibc's and jax's defaults. What the `pjx` command calls before its first jax work."""
     import jax
 
-    if not cpu_backend_expected():
+    if not backend.cpu_backend_expected():
         return False
     keep_host_memory()  # before jax starts its CPU client and its threads
     if jax.default_backend() != "cpu":

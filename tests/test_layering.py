@@ -14,7 +14,7 @@ PKG = Path(__file__).resolve().parents[1] / "pjx"
 # Lowest first. A module imports pjx modules of its own layer or lower only.
 LAYERS = [
     (
-        "pjx.layers",
+        "pjx.nn",
         "pjx.host_memory",
         "pjx.xla_cpu",
         "pjx.compile_cache",
@@ -132,6 +132,30 @@ def test_imports_follow_the_layers(module):
         assert layer(target) <= mine, (
             f"{module} (layer {mine}) imports {target} (layer {layer(target)}), a higher layer"
         )
+
+
+# The engine: models, their layers, gradients, the train step. Process-wide CPU tuning
+# (pjx.xla_cpu) is applied by the `pjx` command, never pulled in by the engine.
+ENGINE = (
+    "pjx.nn",
+    "pjx.models",
+    "pjx.grads",
+    "pjx.ghost_clipping",
+    "pjx.lora",
+    "pjx.train",
+    "pjx.optim",
+    "pjx.losses",
+)
+
+
+@pytest.mark.parametrize(
+    "module", sorted(m for m in MODULES if any(m == e or m.startswith(e + ".") for e in ENGINE))
+)
+def test_the_engine_does_not_import_the_cpu_tuning(module):
+    assert "pjx.xla_cpu" not in {t for t, _ in imports(module)}, (
+        f"{module} imports pjx.xla_cpu: per-backend choices of the engine live in "
+        "pjx.nn.backend; CPU tuning is applied by the pjx command"
+    )
 
 
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if not m.startswith("pjx.cli")))

@@ -1,4 +1,4 @@
-"""Shared layers against straightforward NumPy references."""
+"""Shared layers (pjx.nn) against straightforward NumPy references."""
 
 import dataclasses
 import math
@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from pjx import layers
+from pjx.nn import backend
+from pjx.nn.attention import Attention, dot_product_attention, make_attention_mask
+from pjx.nn.blocks import MLP
+from pjx.nn.config import LayerConfig
+from pjx.nn.dense import Norm
+from pjx.nn.embed import RelativePositionBias, relative_position_bucket
 
 
 def _t5_bucket_reference(rel, bidirectional, num_buckets, max_distance):
@@ -38,7 +43,7 @@ def test_relative_position_bucket_matches_reference(bidirectional):
     rel = np.arange(-300, 301)
     expected = [_t5_bucket_reference(int(r), bidirectional, 32, 128) for r in rel]
 
-    fn = lambda r: layers.relative_position_bucket(r, bidirectional=bidirectional)
+    fn = lambda r: relative_position_bucket(r, bidirectional=bidirectional)
     for f in (fn, jax.jit(fn)):
         np.testing.assert_array_equal(np.asarray(f(jnp.asarray(rel))), expected)
 
@@ -78,14 +83,14 @@ class AttentionTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_mask_matches_reference(self):
         fn = self.variant(
-            lambda m, s: layers.make_attention_mask(6, 6, causal=True, kv_mask=m, q_segment_ids=s)
+            lambda m, s: make_attention_mask(6, 6, causal=True, kv_mask=m, q_segment_ids=s)
         )
         got = fn(jnp.asarray(self.kv_mask), jnp.asarray(self.seg))
         chex.assert_shape(got, (2, 1, 6, 6))
         np.testing.assert_array_equal(got, _np_mask(6, 6, True, self.kv_mask, self.seg))
 
     def test_causal_offset_for_decoding(self):
-        got = layers.make_attention_mask(1, 5, causal=True, q_offset=2)
+        got = make_attention_mask(1, 5, causal=True, q_offset=2)
         np.testing.assert_array_equal(got[0, 0, 0], [True, True, True, False, False])
 
     @chex.variants(with_jit=True, without_jit=True)
@@ -94,7 +99,7 @@ class AttentionTest(chex.TestCase):
         want = _np_attention(self.q, self.k, self.v, self.bias, mask, 0.5)
         for impl in ("xla", "einsum", None):
             fn = self.variant(
-                lambda q, k, v, b, m, impl=impl: layers.dot_product_attention(
+                lambda q, k, v, b, m, impl=impl: dot_product_attention(
                     q, k, v, bias=b, mask=m, scale=0.5, implementation=impl
                 )
             )
@@ -102,7 +107,7 @@ class AttentionTest(chex.TestCase):
             np.testing.assert_allclose(got, want, atol=1e-5, err_msg=str(impl))
         # A vanishing dropout rate draws the dropout bits but keeps every weight.
         explicit = self.variant(
-            lambda q, k, v, b, m: layers.dot_product_attention(
+            lambda q, k, v, b, m: dot_product_attention(
                 q,
                 k,
                 v,
@@ -118,18 +123,16 @@ class AttentionTest(chex.TestCase):
         )
 
     def test_attention_dropout_is_active_when_not_deterministic(self):
-        out = layers.dot_product_attention(
+        out = dot_product_attention(
             self.q, self.k, self.v, dropout_rate=0.5, dropout_rng=jax.random.key(0)
         )
-        ref = layers.dot_product_attention(self.q, self.k, self.v)
+        ref = dot_product_attention(self.q, self.k, self.v)
         self.assertFalse(np.allclose(out, ref))
         self.assertTrue(np.all(np.isfinite(out)))
 
     def test_attention_module_bf16_keeps_float32_params(self):
-        cfg = layers.LayerConfig(
-            hidden_size=8, num_heads=2, head_dim=4, mlp_dim=16, dtype="bfloat16"
-        )
-        mod = layers.Attention(cfg, out_name="out")
+        cfg = LayerConfig(hidden_size=8, num_heads=2, head_dim=4, mlp_dim=16, dtype="bfloat16")
+        mod = Attention(cfg, out_name="out")
         x = jnp.ones((2, 3, 8))
         variables = mod.init(jax.random.key(0), x)
         params = nn.meta.unbox(variables["params"])
@@ -147,11 +150,11 @@ class NormMLPTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.named_parameters((n, n) for n in ("layernorm", "rmsnorm"))
     def test_norm_matches_numpy(self, norm_type):
-        cfg = layers.LayerConfig(
+        cfg = LayerConfig(
             hidden_size=8, num_heads=2, head_dim=4, mlp_dim=16, norm_type=norm_type, norm_eps=1e-6
         )
         x = np.random.default_rng(1).normal(size=(2, 3, 8)).astype(np.float32) * 3 + 1
-        mod = layers.Norm(cfg)
+        mod = Norm(cfg)
         variables = mod.init(jax.random.key(0), x)
         got = self.variant(mod.apply)(variables, x)
         chex.assert_shape(got, x.shape)
@@ -165,7 +168,7 @@ class NormMLPTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.named_parameters((n, n) for n in ("gelu", "gelu_new", "gated-gelu"))
     def test_mlp_activation(self, activation):
-        cfg = layers.LayerConfig(
+        cfg = LayerConfig(
             hidden_size=8,
             num_heads=2,
             head_dim=4,
@@ -174,7 +177,7 @@ class NormMLPTest(chex.TestCase):
             use_bias=False,
         )
         names = ("wi_0", "wi_1") if activation.startswith("gated") else ("wi",)
-        mod = layers.MLP(cfg, in_names=names, out_name="wo")
+        mod = MLP(cfg, in_names=names, out_name="wo")
         x = np.random.default_rng(2).normal(size=(2, 3, 8)).astype(np.float32)
         p = nn.meta.unbox(mod.init(jax.random.key(0), x)["params"])
         for name in names:
@@ -195,7 +198,7 @@ class NormMLPTest(chex.TestCase):
 
 
 def test_relative_position_bias_shape_and_sharing():
-    mod = layers.RelativePositionBias(num_heads=3, bidirectional=False)
+    mod = RelativePositionBias(num_heads=3, bidirectional=False)
     variables = mod.init(jax.random.key(0), 4, 4)
     bias = mod.apply(variables, 4, 4)
     chex.assert_shape(bias, (1, 3, 4, 4))
@@ -206,7 +209,7 @@ def test_relative_position_bias_shape_and_sharing():
 
 
 def test_attention_implementation_per_backend_and_clear_errors():
-    pick = layers.attention_implementation
+    pick = backend.attention_implementation
     assert pick(None, jnp.float32, "cpu") == "xla"
     assert pick(None, jnp.float32, "cpu", training=True) == "einsum"  # see its docstring
     assert pick("xla", jnp.float32, "cpu", training=True) == "xla"
@@ -227,8 +230,8 @@ def test_training_attention_on_cpu_is_the_einsum_form_with_the_fused_gradients()
     """An Attention module in training mode (deterministic=False) with attention_impl unset
     runs the einsum form on CPU (its program has no fused-attention grouped axis), and its
     output and gradients equal those of the fused kernel asked for by name."""
-    cfg = layers.LayerConfig(hidden_size=8, num_heads=2, head_dim=4, mlp_dim=16)
-    mod = layers.Attention(cfg, causal=True)
+    cfg = LayerConfig(hidden_size=8, num_heads=2, head_dim=4, mlp_dim=16)
+    mod = Attention(cfg, causal=True)
     x = jax.random.normal(jax.random.key(0), (2, 5, 8))
     params = mod.init(jax.random.key(1), x)["params"]
 
@@ -236,7 +239,7 @@ def test_training_attention_on_cpu_is_the_einsum_form_with_the_fused_gradients()
         y = module.apply({"params": p}, x, deterministic=deterministic)
         return jnp.sum(jnp.sin(y))
 
-    fused = layers.Attention(dataclasses.replace(cfg, attention_impl="xla"), causal=True)
+    fused = Attention(dataclasses.replace(cfg, attention_impl="xla"), causal=True)
     want_loss, want_grad = jax.value_and_grad(loss)(params, fused, False)
     got_loss, got_grad = jax.value_and_grad(loss)(params, mod, False)
     np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
@@ -259,14 +262,41 @@ def test_causal_flag_equals_an_explicit_causal_mask(impl, dropout):
     attention dropout) give what an explicit lower-triangular mask gives, with padding on
     top."""
     q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 6, 2, 4))
-    pad = layers.make_attention_mask(6, 6, kv_mask=jnp.array([[1] * 6, [1] * 4 + [0] * 2]))
-    explicit = layers.make_attention_mask(
+    pad = make_attention_mask(6, 6, kv_mask=jnp.array([[1] * 6, [1] * 4 + [0] * 2]))
+    explicit = make_attention_mask(
         6, 6, causal=True, kv_mask=jnp.array([[1] * 6, [1] * 4 + [0] * 2])
     )
     kw = dict(dropout_rate=dropout, dropout_rng=jax.random.key(1) if dropout else None)
     kw["implementation"] = impl
-    want = layers.dot_product_attention(q, k, v, mask=explicit, **kw)
-    got = layers.dot_product_attention(q, k, v, mask=pad, causal=True, **kw)
+    want = dot_product_attention(q, k, v, mask=explicit, **kw)
+    got = dot_product_attention(q, k, v, mask=pad, causal=True, **kw)
     np.testing.assert_allclose(got, want, atol=1e-6)
-    fused = layers.dot_product_attention(q, k, v, mask=explicit, implementation="xla")
+    fused = dot_product_attention(q, k, v, mask=explicit, implementation="xla")
     np.testing.assert_allclose(got, fused, atol=1e-6)
+
+
+def test_one_hot_lookup_gradient_equals_the_scatter_add():
+    table = jax.random.normal(jax.random.key(0), (11, 4))
+    ids = jnp.array([[0, 3, 3], [10, 0, 7]])
+    g = jax.random.normal(jax.random.key(1), (2, 3, 4))
+    grad = lambda take: jax.grad(lambda t: jnp.sum(take(t, ids) * g))(table)
+    np.testing.assert_array_equal(backend.take_rows(table, ids), jnp.take(table, ids, axis=0))
+    np.testing.assert_allclose(
+        grad(backend.take_rows), grad(lambda t, i: jnp.take(t, i, axis=0)), rtol=1e-6, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("n_in", [1, 2])
+def test_contract_is_the_same_on_one_device_and_under_a_mesh(n_in):
+    x = jax.random.normal(jax.random.key(0), (4, 3, 2, 5))
+    kernel = jax.random.normal(jax.random.key(1), (2, 5, 6)[2 - n_in :])
+    want = np.tensordot(np.asarray(x), np.asarray(kernel), axes=n_in)
+    f = jax.jit(lambda x, k: backend.contract(x, k, n_in))
+    np.testing.assert_allclose(f(x, kernel), want, rtol=1e-5, atol=1e-5)
+    with jax.set_mesh(jax.make_mesh((2,), ("data",))):
+        assert not backend.one_device()
+        np.testing.assert_allclose(f(x, kernel), want, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_backend_expected_agrees_with_the_backend_jax_started():
+    assert backend.cpu_backend_expected() == (jax.default_backend() == "cpu")

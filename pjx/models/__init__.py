@@ -9,8 +9,8 @@ from collections.abc import Callable
 import jax.numpy as jnp
 import numpy as np
 
-from pjx import layers
 from pjx.models import bert, gpt2, t5, vit
+from pjx.nn.stack import check_remat
 
 MODELS = {"bert": bert, "gpt2": gpt2, "t5": t5, "vit": vit}
 # The layer stacks of every family (`scan_layers`: one stacked child instead of NAME_i).
@@ -31,7 +31,7 @@ def make_config(name: str, size: str | None = "tiny", **overrides):
         raise ValueError(f"unknown {name} config field(s) {unknown}; valid fields: {valid}")
     preset = family.PRESETS[size] if size is not None else {}
     config = family.Config(**{**preset, **overrides})
-    layers.check_remat(config.remat)
+    check_remat(config.remat)
     return config
 
 

@@ -32,7 +32,12 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
-from pjx import layers
+from pjx.nn.attention import make_attention_mask
+from pjx.nn.blocks import EncoderLayer
+from pjx.nn.config import LayerConfig, constrain, layer_config_of
+from pjx.nn.dense import Norm, dense, tied_logits
+from pjx.nn.embed import Embed, LearnedPositions
+from pjx.nn.stack import repeat
 
 INPUT = "tokens"  # what a batch feeds the model: token ids or images
 # Parameter paths of the layer stack(s): NAME_i unscanned, NAME (stacked) with scan_layers.
@@ -55,7 +60,7 @@ class Config:
     init_std: float = 0.02
     dtype: str = "float32"
     attention_impl: str | None = None
-    remat: str = "none"  # a key of pjx.layers.REMAT_POLICIES, per layer
+    remat: str = "none"  # a key of pjx.nn.stack.REMAT_POLICIES, per layer
     scan_layers: bool = False  # the layer stack as one nn.scan (stacked parameters)
     mlm_head: bool = True
     nsp_head: bool = False
@@ -71,12 +76,12 @@ class Config:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
-    def layer_config(self) -> layers.LayerConfig:
-        return layers.layer_config_of(self, norm_type="layernorm", norm_position="post")
+    def layer_config(self) -> LayerConfig:
+        return layer_config_of(self, norm_type="layernorm", norm_position="post")
 
 
-def _size(layers_, hidden, heads):
-    return dict(num_layers=layers_, hidden_size=hidden, num_heads=heads, mlp_dim=4 * hidden)
+def _size(layers, hidden, heads):
+    return dict(num_layers=layers, hidden_size=hidden, num_heads=heads, mlp_dim=4 * hidden)
 
 
 PRESETS = {
@@ -96,15 +101,15 @@ class Embeddings(nn.Module):
     def __call__(self, input_ids, token_type_ids, position_ids, inputs_embeds, deterministic):
         cfg = self.config
         D = cfg.hidden_size
-        word = layers.Embed(
+        word = Embed(
             cfg.vocab_size, D, ("vocab", "embed"), cfg.init_std, cfg.dtype, name="word_embeddings"
         )
         x_BxLxD = word(input_ids) if inputs_embeds is None else inputs_embeds.astype(cfg.dtype)
-        x_BxLxD = x_BxLxD + layers.LearnedPositions(
+        x_BxLxD = x_BxLxD + LearnedPositions(
             cfg.max_position_embeddings, D, cfg.init_std, cfg.dtype, name="position_embeddings"
         )(position_ids)
         if cfg.type_vocab_size > 0:  # DistilBERT has no token types
-            x_BxLxD = x_BxLxD + layers.Embed(
+            x_BxLxD = x_BxLxD + Embed(
                 cfg.type_vocab_size,
                 D,
                 ("token_type", "embed"),
@@ -112,7 +117,7 @@ class Embeddings(nn.Module):
                 cfg.dtype,
                 name="token_type_embeddings",
             )(token_type_ids)
-        x_BxLxD = layers.Norm(cfg.layer_config(), name="LayerNorm")(x_BxLxD)
+        x_BxLxD = Norm(cfg.layer_config(), name="LayerNorm")(x_BxLxD)
         x_BxLxD = nn.Dropout(cfg.dropout_rate)(x_BxLxD, deterministic=deterministic)
         return x_BxLxD, word.embedding
 
@@ -123,8 +128,8 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, x_BxLxD, mask, deterministic):
         cfg = self.config
-        return layers.repeat(
-            layers.EncoderLayer,
+        return repeat(
+            EncoderLayer,
             cfg.num_layers,
             x_BxLxD,
             mask,
@@ -146,8 +151,8 @@ class Pooler(nn.Module):
     @nn.compact
     def __call__(self, x_BxLxD):
         lcfg = self.config.layer_config()
-        dense = layers.dense(lcfg, lcfg.hidden_size, ("embed", "mlp"), name="dense")
-        return jnp.tanh(dense(x_BxLxD[:, 0]))
+        proj = dense(lcfg, lcfg.hidden_size, ("embed", "mlp"), name="dense")
+        return jnp.tanh(proj(x_BxLxD[:, 0]))
 
 
 class BertModel(nn.Module):
@@ -170,10 +175,8 @@ class BertModel(nn.Module):
             input_ids, token_type_ids, position_ids, inputs_embeds, deterministic
         )
         L = x_BxLxD.shape[1]
-        mask = layers.make_attention_mask(L, L, kv_mask=attention_mask, q_segment_ids=segment_ids)
-        x_BxLxD = Encoder(self.config, name="encoder")(
-            layers.constrain(x_BxLxD), mask, deterministic
-        )
+        mask = make_attention_mask(L, L, kv_mask=attention_mask, q_segment_ids=segment_ids)
+        x_BxLxD = Encoder(self.config, name="encoder")(constrain(x_BxLxD), mask, deterministic)
         pooled = Pooler(self.config, name="pooler")(x_BxLxD) if self.config.pooler else None
         return x_BxLxD, pooled, word_VxD
 
@@ -184,9 +187,9 @@ class Transform(nn.Module):
     @nn.compact
     def __call__(self, x_BxPxD):
         lcfg = self.config.layer_config()
-        h = layers.dense(lcfg, lcfg.hidden_size, ("embed", "mlp"), name="dense")(x_BxPxD)
+        h = dense(lcfg, lcfg.hidden_size, ("embed", "mlp"), name="dense")(x_BxPxD)
         h = nn.gelu(h, approximate=self.config.activation != "gelu")
-        return layers.Norm(lcfg, name="LayerNorm")(h)
+        return Norm(lcfg, name="LayerNorm")(h)
 
 
 class Predictions(nn.Module):
@@ -203,7 +206,7 @@ class Predictions(nn.Module):
             (self.config.vocab_size,),
             jnp.float32,
         )
-        return layers.tied_logits(h_BxPxD, word_VxD) + bias_V
+        return tied_logits(h_BxPxD, word_VxD) + bias_V
 
 
 class PreTrainingHeads(nn.Module):
@@ -216,7 +219,7 @@ class PreTrainingHeads(nn.Module):
         if cfg.mlm_head:
             out["mlm_logits"] = Predictions(cfg, name="predictions")(x_BxPxD, word_VxD)
         if cfg.nsp_head:
-            nsp = layers.dense(lcfg, 2, ("embed", "classes"), name="seq_relationship")
+            nsp = dense(lcfg, 2, ("embed", "classes"), name="seq_relationship")
             out["nsp_logits"] = nsp(pooled_BxD).astype(jnp.float32)
         return out
 
@@ -280,8 +283,8 @@ class RobertaClassifier(nn.Module):
     def __call__(self, x_BxLxD, deterministic):
         cfg, lcfg = self.config, self.config.layer_config()
         drop = lambda h: nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
-        h = layers.dense(lcfg, cfg.hidden_size, ("embed", "mlp"), name="dense")(drop(x_BxLxD[:, 0]))
-        out = layers.dense(lcfg, cfg.num_labels, ("embed", "classes"), name="out_proj")
+        h = dense(lcfg, cfg.hidden_size, ("embed", "mlp"), name="dense")(drop(x_BxLxD[:, 0]))
+        out = dense(lcfg, cfg.num_labels, ("embed", "classes"), name="out_proj")
         return out(drop(jnp.tanh(h)))
 
 
@@ -294,8 +297,8 @@ def classifier_logits(cfg: Config, x_BxLxD, pooled_BxD, deterministic):
     if cfg.variant == "roberta":
         return RobertaClassifier(cfg, name="classifier")(x_BxLxD, deterministic)
     if cfg.variant == "distilbert":  # pre_classifier + ReLU on [CLS], dropout, classifier
-        h = layers.dense(lcfg, D, ("embed", "mlp"), name="pre_classifier")(x_BxLxD[:, 0])
-        return layers.dense(lcfg, C, ("embed", "classes"), name="classifier")(drop(nn.relu(h)))
+        h = dense(lcfg, D, ("embed", "mlp"), name="pre_classifier")(x_BxLxD[:, 0])
+        return dense(lcfg, C, ("embed", "classes"), name="classifier")(drop(nn.relu(h)))
     if pooled_BxD is None:
         raise ValueError("BERT's classifier reads the pooler: set pooler=True")
-    return layers.dense(lcfg, C, ("embed", "classes"), name="classifier")(drop(pooled_BxD))
+    return dense(lcfg, C, ("embed", "classes"), name="classifier")(drop(pooled_BxD))

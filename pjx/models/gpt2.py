@@ -25,7 +25,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pjx import layers
+from pjx.nn.attention import Attention, decode_state, make_attention_mask
+from pjx.nn.blocks import MLP
+from pjx.nn.config import LayerConfig, constrain, layer_config_of
+from pjx.nn.dense import Norm
+from pjx.nn.embed import Embed, LearnedPositions
+from pjx.nn.stack import repeat
 
 INPUT = "tokens"  # what a batch feeds the model: token ids or images
 # Parameter paths of the layer stack(s): NAME_i unscanned, NAME (stacked) with scan_layers.
@@ -47,19 +52,19 @@ class Config:
     init_std: float = 0.02
     dtype: str = "float32"
     attention_impl: str | None = None
-    remat: str = "none"  # a key of pjx.layers.REMAT_POLICIES, per block
+    remat: str = "none"  # a key of pjx.nn.stack.REMAT_POLICIES, per block
     scan_layers: bool = False  # the block stack as one nn.scan (stacked parameters)
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
-    def layer_config(self) -> layers.LayerConfig:
-        return layers.layer_config_of(self, norm_type="layernorm", norm_position="pre")
+    def layer_config(self) -> LayerConfig:
+        return layer_config_of(self, norm_type="layernorm", norm_position="pre")
 
 
-def _size(layers_, hidden, heads):
-    return dict(num_layers=layers_, hidden_size=hidden, num_heads=heads, mlp_dim=4 * hidden)
+def _size(layers, hidden, heads):
+    return dict(num_layers=layers, hidden_size=hidden, num_heads=heads, mlp_dim=4 * hidden)
 
 
 PRESETS = {
@@ -74,22 +79,22 @@ PRESETS = {
 class Block(nn.Module):
     """x = x + Attn(LN(x)); x = x + MLP(LN(x))."""
 
-    config: layers.LayerConfig
+    config: LayerConfig
 
     @nn.compact
     def __call__(self, x_BxLxD, mask, decode_offset, deterministic):
         cfg = self.config
         drop = nn.Dropout(cfg.dropout_rate)
-        h = layers.Norm(cfg, name="ln_1")(x_BxLxD)
-        h = layers.Attention(cfg, ("c_attn",), "c_proj", causal=True, name="attn")(
+        h = Norm(cfg, name="ln_1")(x_BxLxD)
+        h = Attention(cfg, ("c_attn",), "c_proj", causal=True, name="attn")(
             h, mask=mask, deterministic=deterministic, decode_offset=decode_offset
         )
         x_BxLxD = x_BxLxD + drop(h, deterministic=deterministic)
-        h = layers.Norm(cfg, name="ln_2")(x_BxLxD)
-        h = layers.MLP(cfg, in_names=("c_fc",), out_name="c_proj", name="mlp")(
+        h = Norm(cfg, name="ln_2")(x_BxLxD)
+        h = MLP(cfg, in_names=("c_fc",), out_name="c_proj", name="mlp")(
             h, deterministic=deterministic
         )
-        return layers.constrain(x_BxLxD + drop(h, deterministic=deterministic))
+        return constrain(x_BxLxD + drop(h, deterministic=deterministic))
 
 
 class Transformer(nn.Module):
@@ -109,29 +114,27 @@ class Transformer(nn.Module):
         decode,
     ):
         cfg, lcfg = self.config, self.config.layer_config()
-        wte = layers.Embed(
+        wte = Embed(
             cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), cfg.init_std, cfg.dtype, name="wte"
         )
         x_BxLxD = wte(input_ids) if inputs_embeds is None else inputs_embeds.astype(cfg.dtype)
         B, L = x_BxLxD.shape[:2]
         offset = 0
         if decode:
-            offset, key_mask_BxS = layers.decode_state(self, attention_mask, B, L)
-            mask = layers.make_attention_mask(
+            offset, key_mask_BxS = decode_state(self, attention_mask, B, L)
+            mask = make_attention_mask(
                 L, key_mask_BxS.shape[1], causal=True, q_offset=offset, kv_mask=key_mask_BxS
             )
         else:  # causal inside the attention kernel; padding and documents here
-            mask = layers.make_attention_mask(
-                L, L, kv_mask=attention_mask, q_segment_ids=segment_ids
-            )
+            mask = make_attention_mask(L, L, kv_mask=attention_mask, q_segment_ids=segment_ids)
         if position_ids is None:
             position_ids = jnp.broadcast_to(offset + jnp.arange(L, dtype=jnp.int32), (B, L))
-        x_BxLxD = x_BxLxD + layers.LearnedPositions(
+        x_BxLxD = x_BxLxD + LearnedPositions(
             cfg.max_position_embeddings, cfg.hidden_size, cfg.init_std, cfg.dtype, name="wpe"
         )(position_ids)
         x_BxLxD = nn.Dropout(cfg.dropout_rate)(x_BxLxD, deterministic=deterministic)
-        x_BxLxD = layers.constrain(x_BxLxD)
-        x_BxLxD = layers.repeat(
+        x_BxLxD = constrain(x_BxLxD)
+        x_BxLxD = repeat(
             Block,
             cfg.num_layers,
             x_BxLxD,
@@ -143,7 +146,7 @@ class Transformer(nn.Module):
             remat=cfg.remat,
             config=lcfg,
         )
-        x_BxLxD = layers.Norm(lcfg, name="ln_f")(x_BxLxD)
+        x_BxLxD = Norm(lcfg, name="ln_f")(x_BxLxD)
         return x_BxLxD, wte.attend(x_BxLxD)
 
 

@@ -33,7 +33,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pjx import layers
+from pjx.nn.attention import Attention, decode_state, make_attention_mask
+from pjx.nn.blocks import MLP
+from pjx.nn.config import LayerConfig, constrain, layer_config_of
+from pjx.nn.dense import Logits, Norm
+from pjx.nn.embed import Embed, RelativePositionBias
+from pjx.nn.stack import repeat
 
 INPUT = "tokens"  # what a batch feeds the model: token ids or images
 # Parameter paths of the layer stack(s): NAME_i unscanned, NAME (stacked) with scan_layers.
@@ -59,13 +64,13 @@ class Config:
     init_std: float | None = None  # None: fan-in scaled, close to HF T5's init
     dtype: str = "float32"
     attention_impl: str | None = None
-    remat: str = "none"  # a key of pjx.layers.REMAT_POLICIES, per block
+    remat: str = "none"  # a key of pjx.nn.stack.REMAT_POLICIES, per block
     scan_layers: bool = False  # each block stack as one nn.scan (stacked parameters)
     pad_token_id: int = 0
     decoder_start_token_id: int = 0
 
-    def layer_config(self) -> layers.LayerConfig:
-        return layers.layer_config_of(
+    def layer_config(self) -> LayerConfig:
+        return layer_config_of(
             self,
             norm_type="rmsnorm",
             norm_position="pre",
@@ -93,7 +98,7 @@ class Layer(nn.Module):
     kind: "self" (SelfAttention), "cross" (EncDecAttention) or "mlp" (DenseReluDense).
     """
 
-    config: layers.LayerConfig
+    config: LayerConfig
     kind: str
     causal: bool = False  # decoder self-attention
 
@@ -109,19 +114,19 @@ class Layer(nn.Module):
         decode_offset=None,
     ):
         cfg = self.config
-        h = layers.Norm(cfg, name="layer_norm")(x_BxTxD)
+        h = Norm(cfg, name="layer_norm")(x_BxTxD)
         qkvo = dict(names=("q", "k", "v"), out_name="o")
         if self.kind == "self":
-            h = layers.Attention(cfg, **qkvo, causal=self.causal, name="SelfAttention")(
+            h = Attention(cfg, **qkvo, causal=self.causal, name="SelfAttention")(
                 h, mask=mask, bias=bias, deterministic=deterministic, decode_offset=decode_offset
             )
         elif self.kind == "cross":
-            h = layers.Attention(cfg, **qkvo, name="EncDecAttention")(
+            h = Attention(cfg, **qkvo, name="EncDecAttention")(
                 h, enc_BxSxD, mask=mask, deterministic=deterministic
             )
         else:
             gated = cfg.activation.startswith("gated-")
-            h = layers.MLP(
+            h = MLP(
                 cfg,
                 in_names=("wi_0", "wi_1") if gated else ("wi",),
                 out_name="wo",
@@ -154,17 +159,13 @@ class Stack(nn.Module):
         B, T = x_BxTxD.shape[:2]
         offset, S = 0, T
         if self.is_decoder and decode:
-            offset, key_mask_BxS = layers.decode_state(self, attention_mask, B, T)
+            offset, key_mask_BxS = decode_state(self, attention_mask, B, T)
             S = key_mask_BxS.shape[1]
-            mask = layers.make_attention_mask(
-                T, S, causal=True, q_offset=offset, kv_mask=key_mask_BxS
-            )
+            mask = make_attention_mask(T, S, causal=True, q_offset=offset, kv_mask=key_mask_BxS)
         else:  # the decoder's causal mask is applied inside its self-attention
-            mask = layers.make_attention_mask(
-                T, T, kv_mask=attention_mask, q_segment_ids=segment_ids
-            )
+            mask = make_attention_mask(T, T, kv_mask=attention_mask, q_segment_ids=segment_ids)
         # One bias table per stack, used by every layer (as HF shares block 0's).
-        bias_1xHxTxS = layers.RelativePositionBias(
+        bias_1xHxTxS = RelativePositionBias(
             cfg.num_heads,
             cfg.relative_attention_num_buckets,
             cfg.relative_attention_max_distance,
@@ -174,7 +175,7 @@ class Stack(nn.Module):
         )(T, S, offset)
         cross_mask = None
         if self.is_decoder:
-            cross_mask = layers.make_attention_mask(
+            cross_mask = make_attention_mask(
                 T,
                 enc_BxSxD.shape[1],
                 kv_mask=encoder_attention_mask,
@@ -184,8 +185,8 @@ class Stack(nn.Module):
             if cross_mask is not None and segment_ids is None and encoder_segment_ids is not None:
                 raise ValueError("encoder_segment_ids need decoder segment_ids")
         drop = nn.Dropout(cfg.dropout_rate)
-        x_BxTxD = layers.constrain(drop(x_BxTxD, deterministic=deterministic))
-        x_BxTxD = layers.repeat(
+        x_BxTxD = constrain(drop(x_BxTxD, deterministic=deterministic))
+        x_BxTxD = repeat(
             Block,
             cfg.num_decoder_layers if self.is_decoder else cfg.num_layers,
             x_BxTxD,
@@ -201,14 +202,14 @@ class Stack(nn.Module):
             config=lcfg,
             is_decoder=self.is_decoder,
         )
-        x_BxTxD = layers.Norm(lcfg, name="final_layer_norm")(x_BxTxD)
+        x_BxTxD = Norm(lcfg, name="final_layer_norm")(x_BxTxD)
         return drop(x_BxTxD, deterministic=deterministic)
 
 
 class Block(nn.Module):
     """`block_{i}`: layer_0 self-attention, [layer_1 cross-attention,] last layer MLP."""
 
-    config: layers.LayerConfig
+    config: LayerConfig
     is_decoder: bool
 
     @nn.compact
@@ -224,7 +225,7 @@ class Block(nn.Module):
                 deterministic=deterministic,
                 decode_offset=decode_offset,
             )
-        return layers.constrain(x_BxTxD)
+        return constrain(x_BxTxD)
 
 
 class Model(nn.Module):
@@ -235,12 +236,10 @@ class Model(nn.Module):
     def setup(self):
         cfg = self.config
         # HF T5 initialises the shared embedding with std 1.0 (factor * 1.0).
-        self.shared = layers.Embed(
-            cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), 1.0, cfg.dtype
-        )
+        self.shared = Embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), 1.0, cfg.dtype)
         self.encoder = Stack(cfg, is_decoder=False)
         self.decoder = Stack(cfg, is_decoder=True)
-        self.lm_head = layers.Logits(cfg.vocab_size, init_std=cfg.hidden_size**-0.5)
+        self.lm_head = Logits(cfg.vocab_size, init_std=cfg.hidden_size**-0.5)
 
     def encode(self, input_ids, attention_mask=None, segment_ids=None, *, deterministic=True):
         """-> encoder_last_hidden_state [B,L,D]."""

@@ -26,7 +26,10 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
-from pjx import layers
+from pjx.nn.blocks import EncoderLayer
+from pjx.nn.config import LayerConfig, constrain, layer_config_of, normal_init
+from pjx.nn.dense import Norm, dense
+from pjx.nn.stack import repeat
 
 INPUT = "pixels"  # what a batch feeds the model: token ids or images
 # Parameter paths of the layer stack(s): NAME_i unscanned, NAME (stacked) with scan_layers.
@@ -49,7 +52,7 @@ class Config:
     init_std: float = 0.02
     dtype: str = "float32"
     attention_impl: str | None = None
-    remat: str = "none"  # a key of pjx.layers.REMAT_POLICIES, per layer
+    remat: str = "none"  # a key of pjx.nn.stack.REMAT_POLICIES, per layer
     scan_layers: bool = False  # the layer stack as one nn.scan (stacked parameters)
     pooling: str = "cls"  # "cls" | "gap" (global average pool; no class token)
     use_pooler: bool = False  # HF ViTModel's dense+tanh pooler
@@ -70,12 +73,12 @@ class Config:
     def max_position_embeddings(self) -> int:
         return self.num_patches + (self.pooling == "cls")
 
-    def layer_config(self) -> layers.LayerConfig:
-        return layers.layer_config_of(self, norm_type="layernorm", norm_position="pre")
+    def layer_config(self) -> LayerConfig:
+        return layer_config_of(self, norm_type="layernorm", norm_position="pre")
 
 
-def _size(hidden, layers_, heads):
-    return dict(hidden_size=hidden, num_layers=layers_, num_heads=heads, mlp_dim=4 * hidden)
+def _size(hidden, layers, heads):
+    return dict(hidden_size=hidden, num_layers=layers, num_heads=heads, mlp_dim=4 * hidden)
 
 
 PRESETS = {
@@ -99,7 +102,7 @@ class PatchEmbeddings(nn.Module):
             padding="VALID",
             dtype=cfg.dtype,
             param_dtype=jnp.float32,
-            kernel_init=layers.normal_init(cfg.init_std, (None, None, "patch", "embed")),
+            kernel_init=normal_init(cfg.init_std, (None, None, "patch", "embed")),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
             name="projection",
         )
@@ -118,7 +121,7 @@ class Embeddings(nn.Module):
         if cfg.pooling == "cls":
             cls = self.param(
                 "cls_token",
-                layers.normal_init(cfg.init_std, (None, None, "embed")),
+                normal_init(cfg.init_std, (None, None, "embed")),
                 (1, 1, D),
                 jnp.float32,
             )
@@ -126,7 +129,7 @@ class Embeddings(nn.Module):
             x_BxNxD = jnp.concatenate([cls_Bx1xD, x_BxNxD], axis=1)
         pos = self.param(
             "position_embeddings",
-            layers.normal_init(cfg.init_std, (None, "position", "embed")),
+            normal_init(cfg.init_std, (None, "position", "embed")),
             (1, cfg.max_position_embeddings, D),
             jnp.float32,
         )
@@ -142,11 +145,9 @@ class ViTModel(nn.Module):
     @nn.compact
     def __call__(self, pixels_BxYxXxC, deterministic):
         cfg, lcfg = self.config, self.config.layer_config()
-        x_BxNxD = layers.constrain(
-            Embeddings(cfg, name="embeddings")(pixels_BxYxXxC, deterministic)
-        )
+        x_BxNxD = constrain(Embeddings(cfg, name="embeddings")(pixels_BxYxXxC, deterministic))
         encoder = Encoder(cfg, name="encoder")
-        x_BxNxD = layers.Norm(lcfg, name="layernorm")(encoder(x_BxNxD, deterministic))
+        x_BxNxD = Norm(lcfg, name="layernorm")(encoder(x_BxNxD, deterministic))
         pooled_BxD = x_BxNxD[:, 0] if cfg.pooling == "cls" else jnp.mean(x_BxNxD, axis=1)
         if cfg.use_pooler:
             pooled_BxD = Pooler(cfg, name="pooler")(pooled_BxD)
@@ -161,9 +162,7 @@ class Pooler(nn.Module):
     @nn.compact
     def __call__(self, pooled_BxD):
         lcfg = self.config.layer_config()
-        return jnp.tanh(
-            layers.dense(lcfg, lcfg.hidden_size, ("embed", "mlp"), name="dense")(pooled_BxD)
-        )
+        return jnp.tanh(dense(lcfg, lcfg.hidden_size, ("embed", "mlp"), name="dense")(pooled_BxD))
 
 
 class Encoder(nn.Module):
@@ -172,8 +171,8 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, x_BxNxD, deterministic):
         cfg = self.config
-        return layers.repeat(
-            layers.EncoderLayer,
+        return repeat(
+            EncoderLayer,
             cfg.num_layers,
             x_BxNxD,
             None,
@@ -195,8 +194,8 @@ class ProjectionHead(nn.Module):
     @nn.compact
     def __call__(self, h_BxD):
         cfg, lcfg = self.config, self.config.layer_config()
-        h = nn.relu(layers.dense(lcfg, cfg.hidden_size, ("embed", "mlp"), name="dense_0")(h_BxD))
-        z = layers.dense(lcfg, cfg.projection_dim, ("mlp", "embed"), name="dense_1")(h)
+        h = nn.relu(dense(lcfg, cfg.hidden_size, ("embed", "mlp"), name="dense_0")(h_BxD))
+        z = dense(lcfg, cfg.projection_dim, ("mlp", "embed"), name="dense_1")(h)
         return z.astype(jnp.float32)
 
 
@@ -211,7 +210,7 @@ class Model(nn.Module):
         x_BxNxD, pooled_BxD = ViTModel(cfg, name="vit")(pixel_values, deterministic)
         out = {"last_hidden_state": x_BxNxD, "pooler_output": pooled_BxD}
         if cfg.num_labels > 0:
-            head = layers.dense(
+            head = dense(
                 cfg.layer_config(), cfg.num_labels, ("embed", "classes"), name="classifier"
             )
             out["logits"] = head(pooled_BxD).astype(jnp.float32)
