@@ -29,8 +29,8 @@ training: `pjx privacy --config configs/glue.py:sst2,dp`. Without `init_from` th
 read as bytes (a public vocabulary: one trained on the private text is refused). `dp,lora`
 privatises only the adapters and the classifier (Yu et al. 2022, "Differentially Private
 Fine-tuning of Language Models"), at a 2x higher learning rate (1e-3): the noise lands on
-~300x fewer coordinates, and a step costs a fraction of private full fine-tuning's.
-Measured accuracies and step costs: BENCHMARKS.md.
+those coordinates alone, a small share of the model's, and only they take per-example
+gradients. Measured accuracies, parameter counts and step costs: BENCHMARKS.md.
 """
 
 import os
