@@ -261,6 +261,15 @@ def stage_configs(
     return out
 
 
+def first_stage(config) -> ml_collections.ConfigDict:
+    """A chained config's first stage (the pretraining one, without command-line
+    overrides); the config itself otherwise (what `pjx bench / privacy / audit / data`
+    read)."""
+    if config.get("stages"):
+        return stage_configs(config, "", ())[0][1]
+    return config
+
+
 # ----------------------------------------------------------------------- resolution
 # Counts a run reads: the least value each may take, and what it counts.
 COUNTS = {
@@ -270,6 +279,8 @@ COUNTS = {
     "eval_every": (0, "steps between evaluations; 0 = only at the end"),
     "eval_steps": (0, "batches per evaluation; 0 = the whole eval set"),
     "checkpoint_every": (0, "steps between checkpoints; 0 = only at the end"),
+    "keep_checkpoints": (1, "the last checkpoints kept (besides the best one)"),
+    "log_every": (1, "steps between train metrics lines"),
 }
 
 

@@ -84,6 +84,18 @@ def test_a_count_out_of_range_names_the_key_before_the_workdir_exists(cfg_file, 
     c = config_lib.apply_overrides(config_lib.base_config(), ["--config.eval_steps=-1"])
     with pytest.raises(config_lib.ConfigError, match=r"eval_steps=-1: must be an integer >= 0"):
         config_lib.resolve_data(c)
+    for key in ("keep_checkpoints", "log_every"):  # read as they are: no silent default
+        c = config_lib.apply_overrides(config_lib.base_config(), [f"--config.{key}=0"])
+        with pytest.raises(config_lib.ConfigError, match=rf"{key}=0: must be an integer >= 1"):
+            config_lib.resolve_data(c)
+
+
+def test_first_stage_is_the_first_stage_or_the_config(cfg_file):
+    c = config_lib.load(cfg_file)
+    (_, first), _ = config_lib.stage_configs(c, "", ())
+    assert config_lib.first_stage(c).to_dict() == first.to_dict()
+    plain = config_lib.base_config()
+    assert config_lib.first_stage(plain) is plain
 
 
 def test_stages_in_order_with_overrides(cfg_file, tmp_path):
