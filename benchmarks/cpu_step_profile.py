@@ -68,16 +68,15 @@ def main(argv=None):
     xla_cpu.install_if_cpu()
     import jax
 
-    from pjx import bench, sharding, train
+    from pjx import bench, run, sharding, train
     from pjx import config as config_lib
-    from pjx.cli import bench as bench_cli
 
     config = config_lib.load(args.config, overrides)
     if str(config.data.get("tokenizer", "")).startswith("train:"):  # as `pjx train` trains it
-        tokenizer = bench_cli.pipeline_tokenizer(config, config.data)
+        tokenizer = run.cached_tokenizer(config)
     else:
-        tokenizer = bench_cli.load_tokenizer(config)
-    config = config_lib.resolve(bench_cli.prepare_config(config, tokenizer), tokenizer)
+        tokenizer = bench.load_tokenizer(config)
+    config = config_lib.resolve(bench.prepare_config(config, tokenizer), tokenizer)
     s = train.build(config, tokenizer=tokenizer)
     batch = bench.synthetic_batch(s.config, s.model.config)
     compiled = train.compile_step(s, batch)

@@ -26,7 +26,6 @@ from pjx import config as config_lib
 from pjx import grads, logs, privacy, sharding
 from pjx import run as run_lib
 from pjx import train as train_lib
-from pjx import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
@@ -74,30 +73,23 @@ def audit(
             "--config.dp.target_epsilon=EPSILON"
         )
     os.makedirs(workdir, exist_ok=True)
-    tokenizer = workdir_lib.build_tokenizer(config, workdir)
-    config = config_lib.resolve(config, tokenizer)
-    mesh = sharding.make_mesh(config.mesh, devices)
-    plan = run_lib.plan_privacy(config, tokenizer, workdir, mesh)
-    config, secret = config_lib.with_privacy(config, plan), privacy.secret(workdir)
-    log.info(plan.describe())
-    s = train_lib.build(config, tokenizer=tokenizer, mesh=mesh)
+    r = run_lib.resolve_run(config, workdir, devices=devices, checkpoints=False, fresh=True)
+    config, plan, secret = r.config, r.plan, r.secret
     mech = dict(mechanism or {})
     value = float(mech.pop("value", config.dp.l2_norm_clip))
-    c = canaries_for(
-        s.abstract_state.params, s.trainable, int(canaries), value, plan.current.sampling_rate,
-        secret,
-    )  # fmt: skip
-    s = train_lib.build(
-        config, tokenizer=tokenizer, mesh=mesh, dp_mechanism=dict(mech, canaries=c)
+    made = []  # the canaries, placed once the step's parameters are known
+
+    def with_canaries(abstract_params, trainable):
+        q = plan.current.sampling_rate
+        made.append(canaries_for(abstract_params, trainable, int(canaries), value, q, secret))
+        return dict(mech, canaries=made[-1])
+
+    s = train_lib.build(config, tokenizer=r.tokenizer, mesh=r.mesh, dp_mechanism=with_canaries)
+    (c,) = made
+    data = run_lib.build_data(
+        config, r.tokenizer, train=True, workdir=workdir, mesh=s.mesh, seed=secret
     )
-    data = workdir_lib.build_data(
-        config, tokenizer, train=True, workdir=workdir, mesh=s.mesh, seed=secret
-    )
-    state = train_lib.create_state(s, config.seed, secret=secret)
-    if config.init_from:
-        state = workdir_lib.init_params_from(
-            config.init_from, state, bool(config.allow_vocab_resize)
-        )
+    state = run_lib.fresh_state(s, config, secret)
     batches = iter(data)
     batch = next(batches)
     step_fn = train_lib.compile_step(s, batch)
@@ -124,4 +116,3 @@ def audit(
         sampling_rate=plan.current.sampling_rate,
         auroc=float(auditor.attack_auroc()),
     )
-

@@ -1,32 +1,25 @@
-"""Orbax checkpoints: async save, exact resume, preemption, incomplete-save recovery.
+"""Orbax checkpoints: async save, exact resume, incomplete-save recovery; `Checkpointer`,
+what a run saves and restores through.
 
-A checkpoint is one Orbax step directory `<dir>/<step>/` with four items:
+A checkpoint is one Orbax step directory `<dir>/<step>/` with four items (five under DP-SGD:
+privacy/, the ledger up to that step):
 
   state/      the whole train state pytree (params, opt_state, step, rng), sharded
   data/       the data iterator state, one JSON file per process
   config/     the resolved run config (JSON)
   tokenizer/  a copy of the tokenizer folder (self-contained for eval/generation)
 
-All four are written inside Orbax's `<step>.orbax-checkpoint-tmp` directory and
-appear together on the atomic rename that commits the step, so `keep` rotation
-and a `kill -9` never leave a step with only some of them.
+Their Orbax handlers are in pjx.checkpoint_io. All items are written inside Orbax's
+`<step>.orbax-checkpoint-tmp` directory and appear together on the atomic rename that
+commits the step, so `keep` rotation and a `kill -9` never leave a step with only some of
+them.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import contextlib
-import gc
 import json
 import logging
-import os
-import shutil
-import signal
-import sys
-import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -36,119 +29,12 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from pjx import checkpoint_io
+
 # Orbax 0.12 writes this file into a step dir as the last act of a commit (on
 # local disks as well as GCS); a step without it is not trusted.
 COMMIT_MARKER = "commit_success.txt"
 log = logging.getLogger(__name__)
-_B64 = "__bytes_b64__"
-
-
-# ----------------------------------------------------------------- item handlers
-class _SmallItemHandler(ocp.CheckpointHandler):
-    """Shared no-ops of the two handlers below (no metadata, nothing to finalise)."""
-
-    def metadata(self, directory):
-        return None
-
-    def finalize(self, directory):
-        pass
-
-    def close(self):
-        pass
-
-
-class _DataStateHandler(_SmallItemHandler):
-    """Per-process JSON files: every host has its own iterator position. (pjx.data's
-    position is a global batch number, the same on every process, so a run restored on
-    another number of processes takes any process's file.)
-
-    (`ocp.args.JsonSave` writes on the primary host only, which would lose the
-    other hosts' positions; this mirrors Grain's own Orbax handler but takes the
-    already-captured state, so an async save sees the state of its step.)
-    """
-
-    def save(self, directory, args):
-        i, n = jax.process_index(), jax.process_count()
-        (Path(directory) / f"process_{i}-of-{n}.json").write_text(args.item)
-
-    def restore(self, directory, args=None):
-        i, n = jax.process_index(), jax.process_count()
-        path = Path(directory) / f"process_{i}-of-{n}.json"
-        if not path.exists():
-            found = sorted(Path(directory).glob("process_*.json"))
-            if not found:
-                log.warning(
-                    f"checkpoint: no data iterator state for process {i} of {n}; the data "
-                    "pipeline starts from the beginning."
-                )
-                return None
-            path = found[0]  # saved by another number of processes: the same position
-
-        return _decode(json.loads(path.read_text()))
-
-
-@ocp.args.register_with_handler(_DataStateHandler, for_save=True)
-@dataclass
-class DataSave(ocp.args.CheckpointArgs):
-    item: str  # JSON text
-
-
-@ocp.args.register_with_handler(_DataStateHandler, for_restore=True)
-@dataclass
-class DataRestore(ocp.args.CheckpointArgs):
-    pass
-
-
-class _FolderHandler(_SmallItemHandler):
-    """Copies a folder of small files (the tokenizer) into the step directory."""
-
-    def save(self, directory, args):
-        if jax.process_index() == 0:
-            shutil.copytree(args.src, directory, dirs_exist_ok=True)
-
-    def restore(self, directory, args=None) -> str:
-        return str(directory)
-
-
-@ocp.args.register_with_handler(_FolderHandler, for_save=True)
-@dataclass
-class FolderSave(ocp.args.CheckpointArgs):
-    src: str
-
-
-@ocp.args.register_with_handler(_FolderHandler, for_restore=True)
-@dataclass
-class FolderRestore(ocp.args.CheckpointArgs):
-    pass
-
-
-def _encode(x):
-    """JSON-safe copy of an iterator state / config: bytes -> base64, numpy -> python."""
-    if isinstance(x, (bytes, bytearray)):
-        return {_B64: base64.b64encode(bytes(x)).decode("ascii")}
-    if isinstance(x, Mapping):
-        return {str(k): _encode(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_encode(v) for v in x]
-    if isinstance(x, (np.ndarray, np.generic, jax.Array)):
-        return np.asarray(x).tolist()
-    return x
-
-
-def _decode(x):
-    if isinstance(x, dict):
-        if set(x) == {_B64}:
-            return base64.b64decode(x[_B64])
-        return {k: _decode(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_decode(v) for v in x]
-    return x
-
-
-def _config_dict(config) -> dict:
-    if hasattr(config, "to_dict"):  # ml_collections.ConfigDict
-        config = config.to_dict()
-    return json.loads(json.dumps(_encode(config), default=str))
 
 
 # ----------------------------------------------------------------- manager
@@ -221,11 +107,11 @@ def save(
         data_state = data_state()
     items = {"state": ocp.args.StandardSave(state)}
     if data_state is not None:
-        items["data"] = DataSave(json.dumps(_encode(data_state)))
+        items["data"] = checkpoint_io.DataSave(json.dumps(checkpoint_io.encode(data_state)))
     if config is not None:
-        items["config"] = ocp.args.JsonSave(_config_dict(config))
+        items["config"] = ocp.args.JsonSave(checkpoint_io.config_dict(config))
     if tokenizer_dir is not None:
-        items["tokenizer"] = FolderSave(str(tokenizer_dir))
+        items["tokenizer"] = checkpoint_io.FolderSave(str(tokenizer_dir))
     if privacy is not None:
         items["privacy"] = ocp.args.JsonSave(privacy)
     if metrics is not None:
@@ -350,7 +236,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
         _check_shapes(flat_shapes(state_metadata(path)), flat_shapes(abstract_state), str(path))
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if (path / "data").is_dir():
-        items["data"] = DataRestore()
+        items["data"] = checkpoint_io.DataRestore()
     if (path / "config").is_dir():
         items["config"] = ocp.args.JsonRestore()
     out = manager.restore(step, args=ocp.args.Composite(**items))
@@ -370,13 +256,13 @@ def maybe_restore(manager: ocp.CheckpointManager, abstract_state):
     for step in sorted(complete_steps(manager), reverse=True):
         why = "another process could not read its part"
         try:
-            with _quiet_failed_reads():
+            with checkpoint_io.quiet_failed_reads():
                 r = restore(manager, abstract_state, step)
             ok = True
         except CheckpointMismatch:
             raise
         except Exception as e:  # noqa: BLE001 - any read failure of the step's files
-            ok, why = False, _reason(e)
+            ok, why = False, checkpoint_io.failure_reason(e)
         if jax.process_count() > 1:  # one process's damaged shard stops all of them
             ok = bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
         if ok:
@@ -400,54 +286,6 @@ def maybe_restore(manager: ocp.CheckpointManager, abstract_state):
     return None, None, 0
 
 
-def _reason(error: BaseException) -> str:
-    """The first line of the innermost cause (TensorStore's own words: which file, which
-    byte range), without the spec dump that follows it."""
-    while error.__cause__ is not None:
-        error = error.__cause__
-    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return text.split(" See full TensorStore details")[0][:300]
-
-
-class _SettlingLoop(asyncio.SelectorEventLoop):
-    """An event loop that, when closed, first lets its unfinished tasks finish.
-
-    Orbax runs a restore in a fresh loop and closes it as soon as one read fails, while
-    TensorStore's other reads of the step are still in flight on its own threads; each of
-    those, finishing later, calls back into the closed loop and prints a `RuntimeError:
-    Event loop is closed` traceback. Letting them settle first closes the restore's async
-    resources before the run falls back."""
-
-    def close(self):
-        if not self.is_closed() and not self.is_running():
-            pending = [t for t in asyncio.all_tasks(self) if not t.done()]
-            if pending:  # reads of local or remote files: bounded, but never wait forever
-                self.run_until_complete(asyncio.wait(pending, timeout=120))
-        super().close()
-
-
-class _SettlingPolicy(asyncio.DefaultEventLoopPolicy):
-    def new_event_loop(self):
-        return _SettlingLoop()
-
-
-@contextlib.contextmanager
-def _quiet_failed_reads():
-    """A restore whose reads fail ends quietly: its loop settles its pending reads before it
-    closes (`_SettlingLoop`), and coroutines that still error when they are collected
-    (Python's "Exception ignored" tracebacks) are logged at debug level, so the one warning
-    of `maybe_restore` is what a user sees."""
-    previous, policy = sys.unraisablehook, asyncio.get_event_loop_policy()
-    sys.unraisablehook = lambda u: log.debug(f"checkpoint read: {u.exc_value!r}")
-    asyncio.set_event_loop_policy(_SettlingPolicy())
-    try:
-        yield
-    finally:
-        asyncio.set_event_loop_policy(policy)
-        gc.collect()
-        sys.unraisablehook = previous
-
-
 def complete_steps(manager: ocp.CheckpointManager) -> list[int]:
     manager.wait_until_finished()
     return [s for s in manager.all_steps() if is_complete(step_dir(manager, s))]
@@ -465,6 +303,65 @@ def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"pjx checkpoint set aside {step}")
     manager.reload()
+
+
+class Checkpointer:
+    """What a run saves and restores through: the train state, the data iterator's
+    position, the resolved `config` (which `init_from` rebuilds the exact architecture
+    from), the tokenizer folder and, under DP-SGD, `privacy_record(step)` (the ledger a
+    checkpoint at `step` keeps). Saves every `every` steps; keeps the last `keep` and the
+    best by eval metric `best_metric` (None: none)."""
+
+    def __init__(
+        self,
+        directory: str,
+        *,
+        config,
+        every: int,
+        keep: int,
+        best_metric: str | None = None,
+        best_mode: str = "max",
+        tokenizer_dir=None,
+        privacy_record: Callable[[int], dict] | None = None,
+    ):
+        self.directory, self.config, self.tokenizer_dir = directory, config, tokenizer_dir
+        self.best_metric, self.privacy_record = best_metric, privacy_record
+        self.manager = create_manager(
+            directory, checkpoint_every=every, keep=keep, best_metric=best_metric,
+            best_mode=best_mode,
+        )  # fmt: skip
+
+    def restore(self, abstract_state, data_iter) -> tuple[Any, int]:
+        """(state, step) of the newest intact checkpoint ((None, 0) if none); moves
+        `data_iter` to the position saved with it."""
+        state, data_state, step = maybe_restore(self.manager, abstract_state)
+        if state is not None and data_state is not None and hasattr(data_iter, "set_state"):
+            data_iter.set_state(data_state)
+        return state, step
+
+    def due(self, step) -> bool:
+        return self.manager.should_save(step)
+
+    def save(self, step, state, data_iter, *, force=False, metrics=None):
+        best = self.best_metric
+        if best and metrics is not None and best not in metrics:
+            raise ValueError(f"best_metric={best!r} is not an eval metric: {sorted(metrics)}")
+        save(
+            self.manager,
+            step,
+            state,
+            data_state=getattr(data_iter, "get_state", None),
+            config=self.config,
+            tokenizer_dir=self.tokenizer_dir,
+            metrics={best: metrics[best]} if best and metrics is not None else None,
+            privacy=self.privacy_record(step) if self.privacy_record else None,
+            force=force,
+        )
+
+    def close(self):
+        """Waits for the last (async) save."""
+        self.manager.wait_until_finished()
+        self.manager.close()
 
 
 # ----------------------------------------------------------------- sources
@@ -515,83 +412,3 @@ def tokenizer_dir(source) -> Path | None:
         return Path(str(source)[3:])
     path = resolve(source) / "tokenizer"
     return path if path.is_dir() else None
-
-
-# ----------------------------------------------------------------- preemption
-class PreemptionGuard:
-    """SIGTERM/SIGINT only set a flag; the loop finishes its step, saves, exits 0.
-
-        with PreemptionGuard() as guard:
-            for step in ...:
-                ...
-                if guard.should_stop(step): save(force=True); break
-
-    A second signal restores the previous handlers and re-delivers itself, so a
-    second Ctrl-C (KeyboardInterrupt) or `kill` still stops a hung process.
-    Handlers can only be installed from the main thread; elsewhere this is a no-op
-    apart from multi-host agreement.
-
-    In a multi-process run SIGTERM is jax's preemption notice (its preemption service
-    owns the signal and tells every process), and `should_stop` is true at the same step
-    on all of them; Ctrl-C here is turned into that notice.
-    """
-
-    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
-        self.signals = tuple(signals)
-        self.received: int | None = None
-        self._previous: dict = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            multi = jax.process_count() > 1
-            for s in self.signals:
-                if multi and s == signal.SIGTERM:
-                    continue  # jax's preemption notifier handles it
-                self._previous[s] = signal.signal(s, self._forward if multi else self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        self._restore_handlers()
-        return False
-
-    def _restore_handlers(self):
-        for s, h in self._previous.items():
-            signal.signal(s, h if h is not None else signal.SIG_DFL)
-        self._previous = {}
-
-    def _handle(self, signum, frame):
-        name = signal.Signals(signum).name
-        if self.received is not None:  # second signal: stop now
-            self._restore_handlers()
-            os.write(2, f"\n{name} again: stopping immediately.\n".encode())
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        self.received = signum
-        msg = (
-            f"\n{name} received: finishing the current step, saving a checkpoint and "
-            "exiting (send it again to stop immediately).\n"
-        )
-        os.write(2, msg.encode())
-
-    def _forward(self, signum, frame):
-        """Multi-process: this process's Ctrl-C becomes a preemption notice for all."""
-        if self.received is not None:
-            return self._handle(signum, frame)  # the second one stops this process now
-        self.received = signum
-        os.write(2, b"\nSIGINT received: stopping every process at the same step.\n")
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    @property
-    def stop_requested(self) -> bool:
-        return self.received is not None
-
-    def should_stop(self, step: int) -> bool:
-        """Same answer on every host: call it at every step on all hosts. Multi-process,
-        jax's preemption sync point (no collective, no wait): any process's notice stops
-        all of them at the first step they can all reach."""
-        if jax.process_count() == 1:
-            return self.stop_requested
-        return bool(multihost_utils.reached_preemption_sync_point(step))

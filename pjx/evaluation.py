@@ -29,8 +29,8 @@ import numpy as np
 from pjx import checkpoint, distributed, hf, inference, init_from, lora, sharding, tasks, tokenizers
 from pjx import config as config_lib
 from pjx import data as data_lib
+from pjx import run as run_lib
 from pjx import train as train_lib
-from pjx import workdir as workdir_lib
 from pjx.data import sources
 from pjx.data import uri as uri_lib
 from pjx.models import t5
@@ -120,7 +120,7 @@ class Loaded:
         encoded once into a cache that lives as long as this object (re-iterable)."""
         if self._data is None:
             self._cache = tempfile.TemporaryDirectory(prefix="pjx_eval_")
-            self._data = workdir_lib.build_data(
+            self._data = run_lib.build_data(
                 self.config, self.tokenizer, train=False, workdir=self._cache.name,
                 mesh=self.setup.mesh,
             )  # fmt: skip

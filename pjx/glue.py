@@ -127,7 +127,7 @@ def glue(
                 log.info(f"glue: {task} seed {seed} already done in {workdir}")
             else:
                 log.info(f"=== glue: {task} seed {seed} -> {workdir}")
-                run_lib.run(cfg, str(workdir))
+                run_lib.train(cfg, str(workdir))
             last = MetricsLog.last_record(workdir)
             for metric in METRICS[task]:
                 values.setdefault(task, {}).setdefault(metric, []).append(float(last[metric]))

@@ -4,7 +4,7 @@ Two runs in one workdir overwrite each other's checkpoints and metrics, so a run
 lock before it writes anything there and a second run is refused at once, told who holds
 it. The lock is a file created with O_CREAT | O_EXCL (atomic, also on network file
 systems) holding the host, pid and start time of its holder; it is removed when the run
-ends (`pjx.run.train`'s `finally`, which preemption and errors also pass through). A lock
+ends (`pjx.run.start`'s `finally`, which preemption and errors also pass through). A lock
 left by a process that died without cleaning up (SIGKILL, power loss) is recognised on the
 same host (no such process, or another process now has its pid) and taken over with a
 warning; one held on another host can only be judged by a person, so the message says
@@ -32,8 +32,8 @@ class WorkdirBusy(RuntimeError):
     """Another live run holds the workdir."""
 
 
-# Locks this process holds: path -> (token, thread ident). A run that starts itself again
-# (pjx.run.train after setting a damaged checkpoint aside) takes over its own lock.
+# Locks this process holds: path -> (token, thread ident). A thread that takes a lock it
+# holds again takes it over (the newer hold is the one that releases it).
 _held: dict[str, tuple[int, int]] = {}
 _guard = threading.Lock()
 

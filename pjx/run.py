@@ -1,8 +1,9 @@
-"""A whole run from a config: resolve it, build what the workdir holds, resume or start,
-train (pjx.train.fit), and chain stages. What `pjx train` calls.
+"""A run from a config: resolve it, assemble what its workdir holds (tokenizer, data,
+resolved config, checkpoints), resume or start, run the loop (pjx.loop.fit), chain
+stages. What `pjx train` calls.
 
     from pjx import config, run
-    run.run(config.load("configs/quickstart.py"), "runs/quickstart")
+    run.train(config.load("configs/quickstart.py"), "runs/quickstart")
 
 A run prints its resolved config and saves it as WORKDIR/config.json, resumes from
 WORKDIR/checkpoints when there is one, and writes WORKDIR/metrics.jsonl.
@@ -10,16 +11,21 @@ WORKDIR/checkpoints when there is one, and writes WORKDIR/metrics.jsonl.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
+import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import jax
 
-from pjx import checkpoint, lock, logs, plot, privacy, sharding
+from pjx import checkpoint, data, init_from, lock, logs, loop, plot, privacy, sharding, tokenizers
 from pjx import config as config_lib
 from pjx import train as train_lib
-from pjx import workdir as workdir_lib
+from pjx.data import cache
 from pjx.metrics_log import MetricsLog
 
 log = logging.getLogger(__name__)
@@ -28,6 +34,7 @@ log = logging.getLogger(__name__)
 def train(
     config,
     workdir: str,
+    overrides=(),
     *,
     train_data: Iterator | None = None,
     eval_data: Iterable | None = None,
@@ -35,122 +42,182 @@ def train(
     checkpoints: bool = True,
     devices=None,
 ) -> dict:
-    """Runs `config` in `workdir`; returns the last metrics line (eval, else train).
+    """Runs the config's stages in order, each in WORKDIR/NAME, or the config itself in
+    `workdir`, after the `--config.key=value` `overrides`; returns the last metrics line
+    (eval, else train).
 
     `train_data` / `eval_data` default to `pjx.data.build` from the config. Resumes from
-    WORKDIR/checkpoints when it holds one. Raises `pjx.train.Preempted` after saving on
-    SIGTERM / SIGINT, `pjx.train.NonFiniteLossError` when the loss becomes NaN / Inf.
+    WORKDIR/checkpoints when it holds one. Raises `pjx.loop.Preempted` after saving on
+    SIGTERM / SIGINT, `pjx.loop.NonFiniteLossError` when the loss becomes NaN / Inf.
     """
     logs.setup()
+    kw = dict(train_data=train_data, eval_data=eval_data, tokenizer=tokenizer)
+    last = {}
+    for stage_dir, cfg in config_lib.stage_configs(config, workdir, overrides):
+        if stage_dir != workdir:
+            log.info(f"=== stage {os.path.basename(stage_dir)} -> {stage_dir}")
+        with start(cfg, stage_dir, checkpoints=checkpoints, devices=devices, **kw) as r:
+            c = r.config
+            if r.step >= c.steps:
+                log.info(f"run already complete: step {r.step} of {c.steps} in {stage_dir}")
+                last = MetricsLog.last_record(stage_dir)
+                continue
+            with MetricsLog(
+                stage_dir,
+                total_steps=c.steps,
+                resume_step=r.step,
+                progress=c.progress,
+                annotate=r.annotate,
+                wandb=c.wandb,
+                run_config=c.to_dict(),
+            ) as metrics:
+                last = loop.fit(
+                    r.setup,
+                    r.state,
+                    r.step,
+                    r.train_data,
+                    metrics=metrics,
+                    eval_data=r.eval_data,
+                    checkpointer=r.checkpointer,
+                )
+            if c.write_curves and jax.process_index() == 0:
+                out = plot.write_curves(stage_dir)  # WORKDIR/curves.png: loss and eval metrics
+                if out is not None:
+                    log.info(f"curves: {out}")
+    if config.get("stages") and config.compare.stages:
+        log.info(compare(workdir, config.compare.stages, config.compare.metric))
+    return last
+
+
+# ---------------------------------------------------------------------------- assembly
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """A config resolved for a run in its workdir, with its DP-SGD plan filled in."""
+
+    config: Any
+    tokenizer: Any
+    mesh: jax.sharding.Mesh
+    plan: privacy.Plan | None = None  # None: no DP-SGD
+    secret: int | None = None  # DP-SGD's secret seed (pjx.privacy.secret)
+    planned_at: int = 0  # the checkpoint step the plan starts from
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A run assembled in its workdir, ready for the loop (pjx.loop.fit)."""
+
+    config: Any  # resolved, the DP-SGD plan filled in
+    setup: train_lib.Setup
+    state: train_lib.TrainState
+    step: int  # the step `state` is at: 0, or the restored checkpoint's
+    train_data: Iterator
+    eval_data: Iterable | None
+    checkpointer: checkpoint.Checkpointer | None
+    annotate: Callable | None  # DP-SGD: the epsilon fields of each metrics line
+
+
+@contextlib.contextmanager
+def start(
+    config, workdir: str, *, train_data=None, eval_data=None, tokenizer=None, checkpoints=True,
+    devices=None,
+):  # fmt: skip
+    """Holds `workdir` (one run at a time) and yields its `Run`: resumed from
+    WORKDIR/checkpoints when it holds one, else fresh (with `config.init_from`'s
+    parameters). On exit waits for the last (async) save and releases the workdir."""
     config = config_lib.resolve_data(config)  # a bad config fails before the workdir exists
     os.makedirs(workdir, exist_ok=True)
     held = lock.hold(workdir)  # one run per workdir
+    r = None
     try:
-        while True:
-            try:
-                return _start(
-                    config, workdir, train_data=train_data, eval_data=eval_data,
-                    tokenizer=tokenizer, checkpoints=checkpoints, devices=devices,
-                )  # fmt: skip
-            except _Replan:
-                continue
+        kw = dict(train_data=train_data, eval_data=eval_data, tokenizer=tokenizer)
+        while r is None:
+            r = _assemble(config, workdir, checkpoints=checkpoints, devices=devices, **kw)
+        yield r
     finally:
+        if r is not None and r.checkpointer is not None:
+            r.checkpointer.close()
         lock.release(held)
 
 
-class _Replan(Exception):
-    """A DP-SGD run restored an older checkpoint than the one it planned from (the newest
-    was damaged and is now set aside): it starts again, planning from the restored one."""
-
-
-def _start(config, workdir, *, train_data, eval_data, tokenizer, checkpoints, devices):
-    """`train` once its workdir is held."""
-    if tokenizer is None:
-        tokenizer = workdir_lib.build_tokenizer(config, workdir)
-    config = config_lib.resolve(config, tokenizer)
-    mesh = sharding.make_mesh(config.mesh, devices)
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    plan, secret, planned_at = None, None, 0
-    if privacy.enabled(config.dp):  # fixed once per start, after what the checkpoint ran
-        planned_at, record = checkpoint.read_item(ckpt_dir, "privacy") if checkpoints else (0, None)
-        plan = plan_privacy(config, tokenizer, workdir, mesh, record)
-        privacy.check_replay(
-            workdir_lib.saved_segments(workdir), plan, planned_at,
-            int(MetricsLog.last_record(workdir).get("step", 0)),
-        )  # fmt: skip
-        config, secret = config_lib.with_privacy(config, plan), privacy.secret(workdir)
-        log.info(plan.describe())
-    workdir_lib.save_config(config, workdir)
+def _assemble(config, workdir, *, train_data, eval_data, tokenizer, checkpoints, devices):
+    """`start` once its workdir is held; None when a DP-SGD run restored an older
+    checkpoint than the one it planned from (the newest was damaged and is now set aside):
+    it is assembled again, planning from the restored one."""
+    rs = resolve_run(config, workdir, tokenizer=tokenizer, devices=devices, checkpoints=checkpoints)
+    config, tokenizer, plan = rs.config, rs.tokenizer, rs.plan
+    save_config(config, workdir)
     log.info(config_lib.describe(config))
-    s = train_lib.build(config, tokenizer=tokenizer, mesh=mesh)
+    s = train_lib.build(config, tokenizer=tokenizer, mesh=rs.mesh)
     log.info(train_lib.describe(s))
     if train_data is None:
-        train_data = workdir_lib.build_data(
-            config, tokenizer, train=True, workdir=workdir, mesh=s.mesh, seed=secret
+        train_data = build_data(
+            config, tokenizer, train=True, workdir=workdir, mesh=s.mesh, seed=rs.secret
         )
     if eval_data is None and config.eval_data.source:
-        eval_data = workdir_lib.build_data(
-            config, tokenizer, train=False, workdir=workdir, mesh=s.mesh
-        )
-
+        eval_data = build_data(config, tokenizer, train=False, workdir=workdir, mesh=s.mesh)
     checkpointer = None
     if checkpoints:
-        tokenizer_dir = workdir_lib.save_tokenizer(tokenizer, workdir)
-        checkpointer = workdir_lib.Checkpointer(
-            config, workdir, tokenizer_dir, plan.record if plan else None
+        checkpointer = checkpoint.Checkpointer(
+            os.path.join(workdir, "checkpoints"),
+            config=config,
+            every=config.checkpoint_every or max(config.steps, 1),
+            keep=config.keep_checkpoints,
+            best_metric=config.best_metric or None,
+            best_mode=config.best_mode,
+            tokenizer_dir=save_tokenizer(tokenizer, workdir),
+            privacy_record=plan.record if plan else None,
         )
     try:
-        state, start = None, 0
+        state, step = None, 0
         if checkpointer is not None:
-            state, start = checkpointer.restore(s.abstract_state, train_data)
-        if plan is not None and start != planned_at:
-            raise _Replan
+            state, step = checkpointer.restore(s.abstract_state, train_data)
+        if plan is not None and step != rs.planned_at:
+            checkpointer.close()
+            return None
         if state is None:
-            state = train_lib.create_state(s, config.seed, secret=secret)
-            if config.init_from:
-                state = workdir_lib.init_params_from(
-                    config.init_from, state, bool(config.allow_vocab_resize)
-                )
-        if start >= config.steps:
-            log.info(f"run already complete: step {start} of {config.steps} in {workdir}")
-            return MetricsLog.last_record(workdir)
-        annotate = privacy.Ledger(plan).fields if plan else None
-        with MetricsLog(
-            workdir,
-            total_steps=config.steps,
-            resume_step=start,
-            progress=config.progress,
-            annotate=annotate,
-            wandb=config.get("wandb"),
-            run_config=config.to_dict(),
-        ) as metrics:
-            last = train_lib.fit(
-                s,
-                state,
-                start,
-                train_data,
-                metrics=metrics,
-                eval_data=eval_data,
-                checkpointer=checkpointer,
-            )
-        if config.get("write_curves", True) and jax.process_index() == 0:
-            out = plot.write_curves(workdir)  # WORKDIR/curves.png: loss and eval metrics
-            if out is not None:
-                log.info(f"curves: {out}")
-        return last
-    finally:
+            state = fresh_state(s, config, rs.secret)
+    except BaseException:
         if checkpointer is not None:
-            checkpointer.close()  # waits for the last (async) save
+            checkpointer.close()
+        raise
+    annotate = privacy.Ledger(plan).fields if plan else None
+    return Run(config, s, state, step, train_data, eval_data, checkpointer, annotate)
 
 
-def plan_privacy(config, tokenizer, workdir, mesh, ledger=None) -> privacy.Plan:
-    """DP-SGD's plan for a resolved config after `ledger` (what the checkpoint ran): N from
-    the training table, batches padded to a multiple of the devices the batch is split
-    over (times the micro-batches)."""
+def resolve_run(
+    config, workdir, *, tokenizer=None, devices=None, checkpoints=True, fresh=False
+) -> Resolved:
+    """The run's tokenizer (`build_tokenizer` unless given), its resolved config and mesh,
+    and under DP-SGD its plan, fixed once per start after what WORKDIR/checkpoints ran
+    (`fresh`: from step 0 whatever the workdir holds, as pjx.audit plans)."""
+    if tokenizer is None:
+        tokenizer = build_tokenizer(config, workdir)
+    config = config_lib.resolve(config, tokenizer)
+    mesh = sharding.make_mesh(config.mesh, devices)
+    if not privacy.enabled(config.dp):
+        return Resolved(config, tokenizer, mesh)
+    planned_at, record = 0, None
+    if checkpoints and not fresh:
+        planned_at, record = checkpoint.read_item(os.path.join(workdir, "checkpoints"), "privacy")
+    plan = plan_privacy(config, tokenizer, workdir, mesh, record)
+    if not fresh:
+        privacy.check_replay(
+            saved_segments(workdir), plan, planned_at,
+            int(MetricsLog.last_record(workdir).get("step", 0)),
+        )  # fmt: skip
+    config, secret = config_lib.with_privacy(config, plan), privacy.secret(workdir)
+    log.info(plan.describe())
+    return Resolved(config, tokenizer, mesh, plan, secret, planned_at)
+
+
+def plan_privacy(config, tokenizer, workdir, mesh, ledger=None, num_examples=None):
+    """DP-SGD's plan (a `pjx.privacy.Plan`) for a resolved config after `ledger` (what the
+    checkpoint ran): N from the training table unless given, batches padded to a multiple
+    of the devices the batch is split over (times the micro-batches)."""
     multiple = sharding.batch_devices(mesh) * int(config.optimizer.accum_steps or 1)
     return privacy.plan(
         config.dp,
-        num_examples=workdir_lib.num_examples(config, tokenizer, workdir),
+        num_examples=num_examples or count_examples(config, tokenizer, workdir),
         batch_size=config.batch_size,
         steps=config.steps,
         multiple=multiple,
@@ -158,19 +225,128 @@ def plan_privacy(config, tokenizer, workdir, mesh, ledger=None) -> privacy.Plan:
     )
 
 
-def run(config, workdir: str, overrides=(), **kw) -> dict:
-    """Runs the config's stages in order (each in WORKDIR/NAME), or the config itself."""
-    logs.setup()
-    out = {}
-    for stage_dir, cfg in config_lib.stage_configs(config, workdir, overrides):
-        if stage_dir != workdir:
-            log.info(f"=== stage {os.path.basename(stage_dir)} -> {stage_dir}")
-        out = train(cfg, stage_dir, **kw)
-    if config.get("stages") and config.get("compare") and config.compare.stages:
-        log.info(compare(workdir, config.compare.stages, config.compare.metric))
-    return out
+def fresh_state(s: train_lib.Setup, config, secret=None) -> train_lib.TrainState:
+    """A new state (`pjx.train.create_state`) with `config.init_from`'s matching
+    parameters from another run / HF folder."""
+    state = train_lib.create_state(s, config.seed, secret=secret)
+    if not config.init_from:
+        return state
+    params, _ = init_from.init_from(
+        config.init_from, state.params, allow_vocab_resize=bool(config.allow_vocab_resize)
+    )
+    return state.replace(params=params)
 
 
+# ------------------------------------------------------------------ what a workdir holds
+def build_tokenizer(config, workdir: str | None = None):
+    """The run's tokenizer (None if it needs none).
+
+    Precedence: a tokenizer the config names (`sentencepiece:PATH`, `wordpiece:...`), then
+    the one saved with `config.init_from` (a fine-tuned model must read text the way it was
+    pretrained), then a `train:...` spec, which trains on the training texts into
+    WORKDIR/tokenizer on the first run and is reloaded from there on resume.
+    """
+    spec = config.data.get("tokenizer", "") or ""
+    source = config.get("init_from") or ""
+    if spec and not spec.startswith("train:"):
+        return tokenizers.load(spec)
+    if source:
+        folder = checkpoint.tokenizer_dir(source)
+        if folder is not None:
+            return tokenizers.load(str(folder))
+    if not spec:
+        return None
+    # A generator: the texts are read only if the tokenizer is trained now.
+    texts = data.read_texts(config.data.source, config.data)
+    return tokenizers.from_config(spec, workdir=workdir, family=config.model.name, texts=texts)
+
+
+def cached_tokenizer(config, data_cfg=None):
+    """The run's tokenizer for a command without a workdir (`pjx bench --data-only`,
+    `pjx privacy`): a `train:` spec trains once into a folder of the data cache."""
+    data_cfg = config.data if data_cfg is None else data_cfg
+    spec = data_cfg.get("tokenizer", "") or ""
+    key = f"{spec}|{data_cfg.source}|{config.model.name}"
+    key = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return build_tokenizer(config, os.path.join(cache.root(data_cfg), f"bench-tokenizer-{key}"))
+
+
+def build_data(config, tokenizer, *, train: bool, workdir=None, mesh=None, seed=None):
+    """Train: an infinite iterator with get_state/set_state; eval: a re-iterable.
+    `config` is resolved (pjx.config.resolve); with `mesh`, this process produces the rows
+    its devices hold of every global batch (else its equal share). `seed` replaces
+    config.seed for the order and sampling of rows (DP-SGD's secret seed)."""
+    cfg = config.data if train else config.eval_data
+    bs = privacy.batch_rows(config) if train else (config.eval_batch_size or config.batch_size)
+    dp = config.dp
+    poisson = dp.get("sampling_rate") if privacy.enabled(dp) and dp.sampling == "poisson" else None
+    rows = None if mesh is None else sharding.process_rows(sharding.batch_sharding(mesh, bs), bs)
+    return data.build(
+        cfg,
+        task=config.task,
+        task_args=config.task_args.to_dict(),
+        model=config.model.name,
+        tokenizer=tokenizer,
+        batch_size=bs,
+        seed=config.seed if seed is None else seed,
+        train=train,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        rows=rows,
+        workdir=workdir,
+        num_labels=int(config.model.get("num_labels", 0) or 0),
+        poisson_rate=poisson,
+    )
+
+
+def count_examples(config, tokenizer, workdir=None) -> int:
+    """Rows of the run's training data (cached table or prepared index): DP's N."""
+    return data.num_rows(
+        config.data,
+        task=config.task,
+        task_args=config.task_args.to_dict(),
+        model=config.model.name,
+        tokenizer=tokenizer,
+        seed=config.seed,
+        workdir=workdir,
+        num_labels=int(config.model.get("num_labels", 0) or 0),
+    )
+
+
+def saved_segments(workdir) -> list:
+    """The DP-SGD segments WORKDIR/config.json planned at the last start ([] if none)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        dp = json.load(f).get("dp") or {}
+    return json.loads(dp.get("segments") or "[]")
+
+
+def save_config(config, workdir) -> str:
+    """WORKDIR/config.json: every value the run uses (process 0 writes)."""
+    path = os.path.join(workdir, "config.json")
+    if jax.process_index() == 0:
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(config_lib.to_json(config) + "\n")
+        os.replace(tmp, path)
+    return path
+
+
+def save_tokenizer(tokenizer, workdir) -> str | None:
+    """The tokenizer's files in WORKDIR/tokenizer (checkpoints copy them from there)."""
+    if tokenizer is None or not hasattr(tokenizer, "save"):
+        return None
+    folder = os.path.join(workdir, "tokenizer")
+    if jax.process_index() == 0 and not os.path.isdir(folder):
+        tmp = folder + f".tmp{os.getpid()}"
+        tokenizer.save(tmp)
+        os.replace(tmp, folder)
+    return folder
+
+
+# ----------------------------------------------------------------------------- stages
 # Metrics read as fractions: their differences are stated in points (x 100).
 FRACTIONS = ("accuracy", "precision", "recall", "f1", "mcc", "f1_macro", "precision_macro",
              "recall_macro")  # fmt: skip

@@ -1,18 +1,15 @@
-"""TrainState, the pure train / eval steps, what a config builds (`Setup`), and the loop.
+"""TrainState, the pure train / eval steps, and what a config builds (`Setup`).
 
 `train_step` is one module-level pure function, jitted once with the state's and the
-batch's shardings and the state donated. The loop (`fit`) dispatches step s+1 before it
-reads step s's metrics; it only waits for the device to log, evaluate or checkpoint.
-A whole run (tokenizer, data, checkpoints, stages) is pjx.run.
+batch's shardings and the state donated. The loop that runs it is pjx.loop; a whole run
+(tokenizer, data, checkpoints, stages) is pjx.run.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import flax.linen as nn
@@ -22,32 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pjx import checkpoint, distributed, grads, lora, models, optim, privacy, sharding, tasks
-from pjx.metrics_log import MetricsLog
-
-log = logging.getLogger(__name__)
-
-
-class Preempted(Exception):
-    """SIGTERM / SIGINT arrived: the step finished and a checkpoint was saved."""
-
-    def __init__(self, step: int, path: str):
-        super().__init__(
-            f"stopped by a signal after step {step}; checkpoint saved in {path}. "
-            "Run the same command again to resume."
-        )
-        self.step, self.path = step, path
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or Inf; carries the first bad step."""
-
-    def __init__(self, step: int, value: float):
-        super().__init__(
-            f"training stopped: loss is {value} at step {step}. No metrics line or checkpoint "
-            "was written for it. Lower optimizer.lr, raise warm-up or check the data."
-        )
-        self.step = step
+from pjx import distributed, grads, lora, models, optim, privacy, sharding, tasks
 
 
 @flax.struct.dataclass
@@ -75,9 +47,8 @@ def train_step(
     `accum_steps` slices; under DP-SGD, `dp` (a `grads.DP`), clipped per example and
     noised). `trainable` marks the leaves that train."""
     rng = jax.random.fold_in(state.rng, state.step)
-    fn = lambda p, b, r: loss_fn(model, p, b, r, train=True)
     loss, mets, g = grads.gradients(
-        fn,
+        functools.partial(loss_fn, model, train=True),  # (params, batch, rng)
         state.params,
         batch,
         rng,
@@ -126,7 +97,8 @@ def build(config, *, tokenizer=None, mesh=None, devices=None, dp_mechanism=None)
     """The model, task, optimizer and jitted steps of a resolved config (`pjx.config.resolve`;
     any mapping with its keys will do: read by key, so plain dicts work without
     ml_collections, as on a bare accelerator host). `dp_mechanism`: fields of the DP-SGD
-    step's `grads.DP` to replace (pjx.audit's canaries)."""
+    step's `grads.DP` to replace, or a function of (abstract params, trainable mask) that
+    returns them (pjx.audit's canaries)."""
     model_cfg, family = config["model"], config["model"]["name"]
     fields = {k: v for k, v in model_cfg.items() if k not in ("name", "size")}
     lora_cfg = config.get("lora") or {}
@@ -187,6 +159,8 @@ def build(config, *, tokenizer=None, mesh=None, devices=None, dp_mechanism=None)
             microbatch_size=int(dp_cfg.get("microbatch_size") or 0),
             clipping=privacy.clipping_method(dp_cfg, config["model"]),
         )
+        if callable(dp_mechanism):
+            dp_mechanism = dp_mechanism(abstract.params, trainable)
         dp = dataclasses.replace(dp, **(dp_mechanism or {}))
     step = functools.partial(
         train_step,
@@ -235,15 +209,20 @@ def create_state(s: Setup, seed: int, *, secret: int | None = None) -> TrainStat
     return state
 
 
+def abstract_batch(s: Setup, batch):
+    """The global batch (padded under DP-SGD) whose share of this process is `batch`, as
+    ShapeDtypeStructs with the batch sharding: what the train step compiles for."""
+    G = privacy.batch_rows(s.config)
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct((G, *x.shape[1:]), x.dtype, sharding=s.batch_sharding),
+        batch,
+    )
+
+
 def compile_step(s: Setup, batch):
     """AOT-compile the train step for the shapes of this process's share of a batch."""
-    G = privacy.batch_rows(s.config)  # the global batch (padded under DP-SGD)
     with sharding.context(s.mesh):
-        abstract_batch = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct((G, *x.shape[1:]), x.dtype, sharding=s.batch_sharding),
-            batch,
-        )
-        return s.step_fn.lower(s.abstract_state, abstract_batch).compile()
+        return s.step_fn.lower(s.abstract_state, abstract_batch(s, batch)).compile()
 
 
 def describe(s: Setup) -> str:
@@ -284,137 +263,3 @@ def metric_sums(s: Setup, params, batches: Iterable, *, seed: int = 0, max_batch
             mets = s.eval_fn(params, sharding.global_batch(b, sh), jax.random.fold_in(key, i))
             total = mets if total is None else jax.tree.map(jnp.add, total, mets)
     return None if total is None else distributed.host_value(total)
-
-
-# ------------------------------------------------------------------------------- loop
-class _Window:
-    """Train metrics of dispatched steps that are not logged yet, in step order. `read`
-    fetches them to the host (once) and stops at the first non-finite `watch` value (the
-    loss; under DP-SGD the released gradient's norm, not a function of the raw data)."""
-
-    def __init__(self, watch: str = "loss"):
-        self.steps: list[tuple[int, Any]] = []  # (step, device or host metrics)
-        self.watch = watch
-
-    def add(self, step: int, mets):
-        self.steps.append((step, mets))
-
-    def read(self, upto: int) -> list[tuple[int, dict]]:
-        n = sum(st <= upto for st, _ in self.steps)
-        host = distributed.host_value([m for _, m in self.steps[:n]])
-        self.steps[:n] = [(st, m) for (st, _), m in zip(self.steps[:n], host)]
-        for st, m in self.steps[:n]:
-            if not np.isfinite(m[self.watch]):
-                raise NonFiniteLossError(st, float(m[self.watch]))
-        return self.steps[:n]
-
-    def pop(self, upto: int) -> list[tuple[int, dict]]:
-        out = self.read(upto)
-        del self.steps[: len(out)]
-        return out
-
-
-def _train_line(window: list[tuple[int, dict]], private: bool = False) -> dict:
-    """The metrics.jsonl fields of a window of steps: mean loss, the last lr / grad norm.
-    Under DP-SGD (`private`) only what the mechanism released: the loss and accuracy of
-    the realised batches are functions of the raw training data, so they stay unlogged."""
-    host = [m for _, m in window]
-    line = {
-        "learning_rate": float(host[-1]["learning_rate"]),
-        "grad_norm": float(host[-1]["grad_norm"]),
-    }
-    if private:
-        return line
-    line = {"loss": float(np.mean([m["loss"] for m in host])), **line}
-    if "correct" in host[-1]:
-        count = sum(float(m["count"]) for m in host)
-        line["accuracy"] = sum(float(m["correct"]) for m in host) / max(count, 1e-12)
-    return line
-
-
-def _units(batch, unit: str, global_rows: int) -> int:
-    """Tokens or examples of one global batch, from this process's share of it."""
-    if unit == "tokens" and "input_ids" in batch:
-        return int(np.prod(np.shape(batch["input_ids"])[1:])) * global_rows
-    return global_rows
-
-
-def fit(
-    s: Setup,
-    state: TrainState,
-    start: int,
-    train_data: Iterator,
-    *,
-    metrics: MetricsLog,
-    eval_data: Iterable | None = None,
-    checkpointer=None,
-) -> dict:
-    """Steps `start`+1 .. `config.steps`; returns the last metrics line written.
-
-    Logs every `log_every` steps, evaluates every `eval_every` steps and at the end, saves
-    when `checkpointer.due(step)` and at the end. Raises `Preempted` after saving on
-    SIGTERM / SIGINT, `NonFiniteLossError` at the first NaN / Inf loss (before anything is
-    evaluated or saved past it).
-    """
-    c = s.config
-    total, log_every, eval_every = int(c.steps), max(int(c.log_every or 1), 1), int(c.eval_every)
-    batches = iter(train_data)
-    batch = next(batches)
-    t0 = time.perf_counter()
-    compiled = compile_step(s, batch)
-    log.info(
-        f"compiled train step in {time.perf_counter() - t0:.1f}s; "
-        f"{sharding.memory_report(compiled)}"
-    )
-    metrics.start_clock()
-    per_step, unit = _units(batch, s.task.unit, privacy.batch_rows(c)), s.task.unit
-    private = privacy.enabled(c.get("dp") or {})
-    window, last = _Window("grad_norm" if private else "loss"), {}
-
-    def log_train(upto):
-        nonlocal last
-        steps = window.pop(upto)
-        if steps:
-            line = _train_line(steps, private)
-            last = metrics.train(steps[-1][0], line, unit, per_step * len(steps))
-
-    def run_eval(step) -> dict | None:
-        nonlocal last
-        if eval_data is None:
-            return None
-        mets = evaluate(s, state.params, eval_data, seed=c.seed, max_batches=c.eval_steps)
-        last = metrics.eval(step, mets)
-        return mets
-
-    with sharding.context(s.mesh), checkpoint.PreemptionGuard() as guard:
-        for step in range(start, total):
-            if step > start:
-                batch = next(batches)
-            state, mets = compiled(state, sharding.global_batch(batch, s.batch_sharding))
-            done = step + 1
-            window.add(done, mets)
-            # The previous step has finished (or is about to): reading it does not wait
-            # for the step just dispatched.
-            if done - 1 > start and (done - 1) % log_every == 0:
-                log_train(done - 1)
-            if done == total:
-                break
-            is_eval = bool(eval_every) and done % eval_every == 0
-            stop = guard.should_stop(done)
-            save = checkpointer is not None and (stop or checkpointer.due(done))
-            if not (is_eval or save or stop):
-                continue
-            if done % log_every == 0 or stop:
-                log_train(done)  # this step's line before its eval line
-            window.read(done)  # never evaluate or save past an unseen NaN
-            eval_mets = run_eval(done) if is_eval else None
-            if save:
-                checkpointer.save(done, state, train_data, force=stop, metrics=eval_mets)
-            if stop:
-                where = checkpointer.directory if checkpointer else "(checkpoints disabled)"
-                raise Preempted(done, where)
-        log_train(total)
-        eval_mets = run_eval(total)
-        if checkpointer is not None:
-            checkpointer.save(total, state, train_data, force=True, metrics=eval_mets)
-    return last

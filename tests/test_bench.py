@@ -8,7 +8,6 @@ import pytest
 
 from pjx import bench, cli
 from pjx import config as config_lib
-from pjx.cli import bench as bench_cli
 
 REQUIRED = ("tokens_per_s", "step_s", "compile_s", "params", "device", "backend", "jax")
 
@@ -117,7 +116,7 @@ def test_synthetic_batch_keys(model, task, keys):
 
     c = config_lib.base_config()
     c.model.name, c.task, c.batch_size, c.data.seq_len = model, task, 4, 16
-    c = bench_cli.prepare_config(c)
+    c = bench.prepare_config(c)
     mcfg = models.make_config(
         model, "tiny", **{k: v for k, v in c.model.items() if k not in ("name", "size")}
     )
@@ -131,9 +130,9 @@ def test_synthetic_batch_keys(model, task, keys):
 def test_vocab_from_train_spec_and_mlm_defaults():
     c = config_lib.base_config()
     c.data.tokenizer = "train:sentencepiece?vocab_size=512&model_type=unigram"
-    c = bench_cli.prepare_config(c)
+    c = bench.prepare_config(c)
     assert c.model.vocab_size == 512
     assert c.task_args.mask_id == 4 and tuple(c.task_args.special_ids) == (0, 1, 2, 3)
     c = config_lib.base_config()
     c.data.tokenizer = "wordpiece:/x/vocab.txt"  # a file: its own size, read when loaded
-    assert bench_cli.prepare_config(c).model.get("vocab_size") is None
+    assert bench.prepare_config(c).model.get("vocab_size") is None

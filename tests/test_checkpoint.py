@@ -21,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from pjx import checkpoint as ck
+from pjx import loop
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -224,7 +225,7 @@ def test_cross_mesh_restore(tmp_path):
 def test_preemption_guard_in_process():
     prev = signal.getsignal(signal.SIGTERM)
     prev_int = signal.getsignal(signal.SIGINT)  # SIG_IGN when started in the background
-    with ck.PreemptionGuard() as guard:
+    with loop.PreemptionGuard() as guard:
         assert not guard.should_stop(0)
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.05)
@@ -241,11 +242,12 @@ def test_preemption_guard_in_process():
 LOOP = """
 import sys, time, jax, jax.numpy as jnp
 from pjx import checkpoint as ck
+from pjx import loop
 m = ck.create_manager(sys.argv[1], checkpoint_every=5, keep=2)
 state = {"w": jnp.zeros(3), "step": jnp.array(0)}
 restored, data, start = ck.maybe_restore(m, jax.eval_shape(lambda: state))
 state = restored if restored is not None else state
-with ck.PreemptionGuard() as guard:
+with loop.PreemptionGuard() as guard:
     for step in range(start + 1, 100000):
         state = {"w": state["w"] + 1, "step": jnp.array(step)}
         time.sleep(0.01)
@@ -262,16 +264,17 @@ m.close()
 KILLED = """
 import sys, time, pathlib, jax, jax.numpy as jnp
 from pjx import checkpoint as ck
+from pjx import checkpoint_io
 d = pathlib.Path(sys.argv[1])
 m = ck.create_manager(d / "ckpt", checkpoint_every=1)
 ck.save(m, 1, {"w": jnp.full((64,), 1.0)}, data_state={"pos": 1})
 m.wait_until_finished()
-orig = ck._FolderHandler.save
+orig = checkpoint_io._FolderHandler.save
 def slow(self, directory, args):  # hold the step in its tmp dir until killed
     orig(self, directory, args)
     (d / "in_save").write_text(str(directory))
     time.sleep(60)
-ck._FolderHandler.save = slow
+checkpoint_io._FolderHandler.save = slow
 ck.save(m, 2, {"w": jnp.full((64,), 2.0)}, data_state={"pos": 2}, tokenizer_dir=d / "tok")
 time.sleep(60)
 """

@@ -233,21 +233,21 @@ def test_read_texts_of_a_stream_reads_chunk_by_chunk(tmp_path):
 
 
 def test_bench_data_only_in_stream_and_prepared_modes(tmp_path):
+    from pjx import bench
     from pjx import config as config_lib
-    from pjx.cli import bench as bench_cli
     from pjx.data import prepared
 
     source = _write(tmp_path, "text", _docs(), files=2)
     config = config_lib.base_config()
     config.task, config.model.name, config.batch_size = "clm", "gpt2", 4
     config.data.update(dict(source=source, seq_len=32, mode="stream", chunk_bytes=300))
-    out = bench_cli.bench_pipeline(config, 20, tokenizer=ByteTok())
+    out = bench.pipeline(config, 20, tokenizer=ByteTok())
     assert out["mode"] == "stream" and out["tokens_per_s"] > 0 and out["first_batch_s"] > 0
     cfg = data.with_defaults(config.data)
     folder = str(tmp_path / "prep")
     prepared.prepare(cfg, task="clm", task_args={}, tokenizer=ByteTok(), out=folder)
     config.data.update(dict(source=f"prepared:{folder}", mode=""))
-    out = bench_cli.bench_pipeline(config, 20, tokenizer=ByteTok())
+    out = bench.pipeline(config, 20, tokenizer=ByteTok())
     assert out["mode"] == "prepared" and out["tokens_per_s"] > 0
     json.dumps(out)
 
@@ -280,7 +280,7 @@ class _Preempt:
 def test_preempted_stream_run_resumes_with_the_uninterrupted_loss_curve(tmp_path):
     from test_train import TIMING_KEYS, _gpt2_config, _lm_eval, _one_device, _read
 
-    from pjx import run, train
+    from pjx import loop, run
 
     source = _write(tmp_path, "text", _docs(300), files=2)
     c = _gpt2_config(steps=4, log_every=1, eval_every=4, checkpoint_every=2)
@@ -296,7 +296,7 @@ def test_preempted_stream_run_resumes_with_the_uninterrupted_loss_curve(tmp_path
     kw = dict(eval_data=_lm_eval(), devices=_one_device(), tokenizer=ByteTok())
     run.train(c, str(tmp_path / "ref"), train_data=stream_data(), **kw)
     workdir = str(tmp_path / "run")
-    with pytest.raises(train.Preempted):
+    with pytest.raises(loop.Preempted):
         run.train(c, workdir, train_data=stream_data(kill_at=2), **kw)
     run.train(c, workdir, train_data=stream_data(), **kw)
     strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rs]

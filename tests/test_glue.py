@@ -50,7 +50,7 @@ def source(tmp_path_factory):
     c.data.seq_len, c.batch_size, c.steps = L, 8, 1
     c.progress, c.write_curves = False, False
     path = tmp_path_factory.mktemp("glue_source") / "mlm"
-    run.run(c, str(path))
+    run.train(c, str(path))
     return str(path)
 
 

@@ -14,7 +14,6 @@ from flax import traverse_util
 from pjx import checkpoint as ckpt
 from pjx import cli, convert, hf, inference, lora, models, run, train
 from pjx import config as config_lib
-from pjx import workdir as workdir_lib
 from pjx.init_from import init_from
 from pjx.metrics_log import TIMING_KEYS
 
@@ -357,7 +356,7 @@ def test_a_peft_adapter_trains_on_in_pjx(tf, tmp_path):
     resolved = config_lib.resolve(c)
     assert (resolved.lora.rank, resolved.lora.alpha) == (2, 6.0)
     s = train.build(resolved, devices=jax.devices()[:1])
-    state = workdir_lib.init_params_from(c.init_from, train.create_state(s, 0), False)
+    state = run.fresh_state(s, resolved)
     adapted = {p.rsplit("/", 1)[0] for p in flat(state.params) if p.endswith("/lora_a")}
     assert len(adapted) == 2 * 4 + 1  # per layer key and three "dense"; the pooler's dense
     ids = np.random.default_rng(4).integers(1, 64, (2, 9)).astype(np.int32)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pjx import config as config_lib
-from pjx import run, train
+from pjx import loop, run, train
 from pjx.metrics_log import TIMING_KEYS
 
 VOCAB, L = 32, 16
@@ -118,7 +118,7 @@ def test_nan_stops_naming_the_step(tmp_path):
     def batches():  # a NaN-free stream; the optimizer blows up the params
         yield from _lm_batches()
 
-    with pytest.raises(train.NonFiniteLossError, match=r"at step (\d)") as e:
+    with pytest.raises(loop.NonFiniteLossError, match=r"at step (\d)") as e:
         run.train(c, str(tmp_path), train_data=batches(), checkpoints=False, devices=_one_device())
     assert 1 < e.value.step <= 6 and f"step {e.value.step}" in str(e.value)
     lines = _read(tmp_path / "metrics.jsonl") if (tmp_path / "metrics.jsonl").exists() else []
@@ -189,7 +189,7 @@ def test_preempted_and_resumed_equals_uninterrupted(tmp_path, stop_after):
     run.train(c, str(tmp_path / "ref"), train_data=_ResumableBatches(), **kw)
     workdir = str(tmp_path / "run")
     # Batch k is pulled when step k+1 starts (batch 0 before the loop): that step completes.
-    with pytest.raises(train.Preempted) as e:
+    with pytest.raises(loop.Preempted) as e:
         run.train(c, workdir, train_data=_ResumableBatches(kill_at=stop_after - 1), **kw)
     assert e.value.step == stop_after
     assert (tmp_path / "run" / "checkpoints" / str(stop_after)).is_dir()

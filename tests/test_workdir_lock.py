@@ -100,7 +100,7 @@ def test_live_or_foreign_holder_is_refused_and_kept(tmp_path):
 
 
 def test_a_run_takes_its_own_lock_again(tmp_path):
-    outer = lock.hold(tmp_path)  # pjx.run.train restarting itself after a damaged checkpoint
+    outer = lock.hold(tmp_path)  # the same thread holding its workdir again
     inner = lock.hold(tmp_path)
     lock.release(inner)
     assert not (tmp_path / lock.NAME).exists()

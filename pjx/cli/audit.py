@@ -23,9 +23,8 @@ def add_arguments(p):
 def main(args, overrides) -> int:
     from pjx import audit
     from pjx import config as config_lib
-    from pjx.cli.bench import first_stage
 
-    config = first_stage(config_lib.load(args.config, overrides))
+    config = config_lib.first_stage(config_lib.load(args.config, overrides))
     start_compute(args)
     with tempfile.TemporaryDirectory(prefix="pjx_audit_") as tmp:
         result = audit.audit(config, args.workdir or tmp, canaries=args.canaries)

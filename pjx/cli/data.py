@@ -37,9 +37,7 @@ def add_arguments(p):
 
 def main(args, overrides) -> int:
     from pjx import config as config_lib
-    from pjx import data
-    from pjx import workdir as workdir_lib
-    from pjx.cli.bench import first_stage
+    from pjx import data, run
     from pjx.data import prepared
 
     if args.runner:
@@ -47,11 +45,12 @@ def main(args, overrides) -> int:
             "pjx data prepare --runner: Apache Beam is not part of this pjx build; prepare on "
             "one host with --workers N (the rows are the same for any N)"
         )
-    config = config_lib.resolve_data(first_stage(config_lib.load(args.config, overrides)))
+    config = config_lib.first_stage(config_lib.load(args.config, overrides))
+    config = config_lib.resolve_data(config)
     cfg = data.with_defaults(config.data)
     out = os.path.abspath(os.path.expanduser(args.out))
     with tempfile.TemporaryDirectory() as scratch:
-        tokenizer = workdir_lib.build_tokenizer(config, scratch)
+        tokenizer = run.build_tokenizer(config, scratch)
         t0 = time.perf_counter()
         index = prepared.prepare(
             cfg,

@@ -27,30 +27,22 @@ def add_arguments(p):
 
 
 def main(args, overrides) -> int:
-    from pjx import accounting, privacy, sharding
+    from pjx import accounting, privacy, run, sharding
     from pjx import config as config_lib
-    from pjx import workdir as workdir_lib
-    from pjx.cli.bench import first_stage, pipeline_tokenizer
 
-    config = config_lib.resolve_data(first_stage(config_lib.load(args.config, overrides)))
+    config = config_lib.first_stage(config_lib.load(args.config, overrides))
+    config = config_lib.resolve_data(config)
     if not privacy.enabled(config.dp):
         raise ValueError(
             "dp is off in this config: set --config.dp.noise_multiplier=SIGMA or "
             "--config.dp.target_epsilon=EPSILON (and --config.dp.l2_norm_clip=C)"
         )
-    n = args.num_examples
-    if not n:  # N is the training table's rows: encode it as `pjx train` would
-        tokenizer = pipeline_tokenizer(config, config.data)
-        n = workdir_lib.num_examples(config_lib.resolve(config, tokenizer), tokenizer)
+    tokenizer = None
+    if not args.num_examples:  # N is the training table's rows: encode it as `pjx train` would
+        tokenizer = run.cached_tokenizer(config)
+        config = config_lib.resolve(config, tokenizer)
     mesh = sharding.make_mesh(config.mesh)
-    multiple = sharding.batch_devices(mesh) * int(config.optimizer.accum_steps or 1)
-    plan = privacy.plan(
-        config.dp,
-        num_examples=n,
-        batch_size=config.batch_size,
-        steps=config.steps,
-        multiple=multiple,
-    )
+    plan = run.plan_privacy(config, tokenizer, None, mesh, num_examples=args.num_examples)
     print(plan.describe(), flush=True)
     result = plan.to_dict()
     if args.max_steps_for:

@@ -14,20 +14,19 @@ def add_arguments(p):
 
 
 def main(args, overrides) -> int:
-    from pjx import checkpoint, lock, run, train
+    from pjx import checkpoint, lock, loop, run
     from pjx import config as config_lib
 
-    cfg = config_lib.load(args.config)
-    config_lib.apply_overrides(cfg, overrides)  # fail fast on a bad key, before any work
+    config = config_lib.load(args.config)  # the overrides apply to each stage (pjx.run.train)
     start_compute(args)
     try:
-        run.run(cfg, args.workdir, overrides)
-    except (train.NonFiniteLossError, checkpoint.NoIntactCheckpoint) as e:
+        run.train(config, args.workdir, overrides)
+    except (loop.NonFiniteLossError, checkpoint.NoIntactCheckpoint) as e:
         print(f"pjx: {e}", file=sys.stderr)
         return 1
     except lock.WorkdirBusy as e:  # the other run is left untouched
         print(f"pjx: {e}", file=sys.stderr)
         return 2
-    except train.Preempted as e:  # a clean, resumable stop: exit 0 like a finished run
+    except loop.Preempted as e:  # a clean, resumable stop: exit 0 like a finished run
         print(f"pjx: {e}", file=sys.stderr)
     return 0

@@ -1,0 +1,263 @@
+"""The training loop (`fit`) and what it needs beside the steps: the window of metrics
+not logged yet, the preemption guard, the two ways a loop stops early.
+
+The loop dispatches step s+1 before it reads step s's metrics; it only waits for the
+device to log, evaluate or checkpoint. The steps and what a config builds are pjx.train;
+the run around the loop (tokenizer, data, checkpoints, stages) is pjx.run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from pjx import distributed, privacy, sharding
+from pjx.metrics_log import MetricsLog
+from pjx.train import Setup, TrainState, abstract_batch, evaluate
+
+log = logging.getLogger(__name__)
+
+
+class Preempted(Exception):
+    """SIGTERM / SIGINT arrived: the step finished and a checkpoint was saved."""
+
+    def __init__(self, step: int, path: str):
+        super().__init__(
+            f"stopped by a signal after step {step}; checkpoint saved in {path}. "
+            "Run the same command again to resume."
+        )
+        self.step, self.path = step, path
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or Inf; carries the first bad step."""
+
+    def __init__(self, step: int, value: float):
+        super().__init__(
+            f"training stopped: loss is {value} at step {step}. No metrics line or checkpoint "
+            "was written for it. Lower optimizer.lr, raise warm-up or check the data."
+        )
+        self.step = step
+
+
+class PreemptionGuard:
+    """SIGTERM/SIGINT only set a flag; the loop finishes its step, saves, exits 0.
+
+        with PreemptionGuard() as guard:
+            for step in ...:
+                ...
+                if guard.should_stop(step): save(force=True); break
+
+    A second signal restores the previous handlers and re-delivers itself, so a
+    second Ctrl-C (KeyboardInterrupt) or `kill` still stops a hung process.
+    Handlers can only be installed from the main thread; elsewhere this is a no-op
+    apart from multi-host agreement.
+
+    In a multi-process run SIGTERM is jax's preemption notice (its preemption service
+    owns the signal and tells every process), and `should_stop` is true at the same step
+    on all of them; Ctrl-C here is turned into that notice.
+    """
+
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
+        self.signals = tuple(signals)
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            multi = jax.process_count() > 1
+            for s in self.signals:
+                if multi and s == signal.SIGTERM:
+                    continue  # jax's preemption notifier handles it
+                self._previous[s] = signal.signal(s, self._forward if multi else self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        self._restore_handlers()
+        return False
+
+    def _restore_handlers(self):
+        for s, h in self._previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.received is not None:  # second signal: stop now
+            self._restore_handlers()
+            os.write(2, f"\n{name} again: stopping immediately.\n".encode())
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.received = signum
+        msg = (
+            f"\n{name} received: finishing the current step, saving a checkpoint and "
+            "exiting (send it again to stop immediately).\n"
+        )
+        os.write(2, msg.encode())
+
+    def _forward(self, signum, frame):
+        """Multi-process: this process's Ctrl-C becomes a preemption notice for all."""
+        if self.received is not None:
+            return self._handle(signum, frame)  # the second one stops this process now
+        self.received = signum
+        os.write(2, b"\nSIGINT received: stopping every process at the same step.\n")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.received is not None
+
+    def should_stop(self, step: int) -> bool:
+        """Same answer on every host: call it at every step on all hosts. Multi-process,
+        jax's preemption sync point (no collective, no wait): any process's notice stops
+        all of them at the first step they can all reach."""
+        if jax.process_count() == 1:
+            return self.stop_requested
+        return bool(multihost_utils.reached_preemption_sync_point(step))
+
+
+# ----------------------------------------------------------------------------- loop
+class _Window:
+    """Train metrics of dispatched steps that are not logged yet, in step order. `read`
+    fetches them to the host (once) and stops at the first non-finite `watch` value (the
+    loss; under DP-SGD the released gradient's norm, not a function of the raw data)."""
+
+    def __init__(self, watch: str = "loss"):
+        self.steps: list[tuple[int, Any]] = []  # (step, device or host metrics)
+        self.watch = watch
+
+    def add(self, step: int, mets):
+        self.steps.append((step, mets))
+
+    def read(self, upto: int) -> list[tuple[int, dict]]:
+        n = sum(st <= upto for st, _ in self.steps)
+        host = distributed.host_value([m for _, m in self.steps[:n]])
+        self.steps[:n] = [(st, m) for (st, _), m in zip(self.steps[:n], host)]
+        for st, m in self.steps[:n]:
+            if not np.isfinite(m[self.watch]):
+                raise NonFiniteLossError(st, float(m[self.watch]))
+        return self.steps[:n]
+
+    def pop(self, upto: int) -> list[tuple[int, dict]]:
+        out = self.read(upto)
+        del self.steps[: len(out)]
+        return out
+
+
+def _train_line(window: list[tuple[int, dict]], private: bool = False) -> dict:
+    """The metrics.jsonl fields of a window of steps: mean loss, the last lr / grad norm.
+    Under DP-SGD (`private`) only what the mechanism released: the loss and accuracy of
+    the realised batches are functions of the raw training data, so they stay unlogged."""
+    host = [m for _, m in window]
+    line = {
+        "learning_rate": float(host[-1]["learning_rate"]),
+        "grad_norm": float(host[-1]["grad_norm"]),
+    }
+    if private:
+        return line
+    line = {"loss": float(np.mean([m["loss"] for m in host])), **line}
+    if "correct" in host[-1]:
+        count = sum(float(m["count"]) for m in host)
+        line["accuracy"] = sum(float(m["correct"]) for m in host) / max(count, 1e-12)
+    return line
+
+
+def _units(batch, unit: str, global_rows: int) -> int:
+    """Tokens or examples of one global batch, from this process's share of it."""
+    if unit == "tokens" and "input_ids" in batch:
+        return int(np.prod(np.shape(batch["input_ids"])[1:])) * global_rows
+    return global_rows
+
+
+def fit(
+    s: Setup,
+    state: TrainState,
+    start: int,
+    train_data: Iterator,
+    *,
+    metrics: MetricsLog,
+    eval_data: Iterable | None = None,
+    checkpointer=None,
+) -> dict:
+    """Steps `start`+1 .. `config.steps`; returns the last metrics line written.
+
+    Logs every `log_every` steps, evaluates every `eval_every` steps and at the end, saves
+    when `checkpointer.due(step)` and at the end. Raises `Preempted` after saving on
+    SIGTERM / SIGINT, `NonFiniteLossError` at the first NaN / Inf loss (before anything is
+    evaluated or saved past it).
+    """
+    c = s.config
+    total, log_every, eval_every = int(c.steps), int(c.log_every), int(c.eval_every)
+    batches = iter(train_data)
+    batch = next(batches)
+    t0 = time.perf_counter()
+    with sharding.context(s.mesh):  # train.compile_step, inline: shallower loss tracebacks
+        compiled = s.step_fn.lower(s.abstract_state, abstract_batch(s, batch)).compile()
+    log.info(
+        f"compiled train step in {time.perf_counter() - t0:.1f}s; "
+        f"{sharding.memory_report(compiled)}"
+    )
+    metrics.start_clock()
+    per_step, unit = _units(batch, s.task.unit, privacy.batch_rows(c)), s.task.unit
+    private = privacy.enabled(c.dp)
+    window, last = _Window("grad_norm" if private else "loss"), {}
+
+    def log_train(upto):
+        nonlocal last
+        steps = window.pop(upto)
+        if steps:
+            line = _train_line(steps, private)
+            last = metrics.train(steps[-1][0], line, unit, per_step * len(steps))
+
+    def run_eval(step) -> dict | None:
+        nonlocal last
+        if eval_data is None:
+            return None
+        mets = evaluate(s, state.params, eval_data, seed=c.seed, max_batches=c.eval_steps)
+        last = metrics.eval(step, mets)
+        return mets
+
+    with sharding.context(s.mesh), PreemptionGuard() as guard:
+        for step in range(start, total):
+            if step > start:
+                batch = next(batches)
+            state, mets = compiled(state, sharding.global_batch(batch, s.batch_sharding))
+            done = step + 1
+            window.add(done, mets)
+            # The previous step has finished (or is about to): reading it does not wait
+            # for the step just dispatched.
+            if done - 1 > start and (done - 1) % log_every == 0:
+                log_train(done - 1)
+            if done == total:
+                break
+            is_eval = bool(eval_every) and done % eval_every == 0
+            stop = guard.should_stop(done)
+            save = checkpointer is not None and (stop or checkpointer.due(done))
+            if not (is_eval or save or stop):
+                continue
+            if done % log_every == 0 or stop:
+                log_train(done)  # this step's line before its eval line
+            window.read(done)  # never evaluate or save past an unseen NaN
+            eval_mets = run_eval(done) if is_eval else None
+            if save:
+                checkpointer.save(done, state, train_data, force=stop, metrics=eval_mets)
+            if stop:
+                where = checkpointer.directory if checkpointer else "(checkpoints disabled)"
+                raise Preempted(done, where)
+        log_train(total)
+        eval_mets = run_eval(total)
+        if checkpointer is not None:
+            checkpointer.save(total, state, train_data, force=True, metrics=eval_mets)
+    return last
