@@ -43,7 +43,7 @@ LAYERS = [
         "pjx.metrics_log",
     ),
     ("pjx.init_from", "pjx.convert"),
-    ("pjx.config",),
+    ("pjx.config", "pjx.saved"),
     ("pjx.train", "pjx.loop"),
     (
         "pjx.run",
