@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import html
-import json
 import logging
 from pathlib import Path
 
@@ -24,11 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pjx import checkpoint, hf, inference, tasks
 from pjx import data as data_lib
-from pjx.data import sources
+from pjx import tasks
 from pjx.examples import DataError, Examples
 from pjx.models import bert
+from pjx.saved import Saved
 from pjx.tokenizers.base import SPECIAL_NAMES
 
 log = logging.getLogger(__name__)
@@ -99,39 +98,29 @@ def _logits(params, ids_BxL, mask_BxL, types_BxL, *, model):
     return out["logits"]
 
 
-def run_config(source) -> dict:
-    """The resolved config of a run: WORKDIR/config.json, else the checkpoint's."""
-    source = hf.folder.local_source(source)  # a Hub id: its local snapshot
-    path = Path(str(source)) / "config.json"
-    if not str(source).startswith("hf:") and path.is_file():
-        return json.loads(path.read_text())
-    return checkpoint.read_checkpoint_config(source)
-
-
 def load(source):
-    """(model, params, tokenizer, run config) of a BERT classifier at `source`, computing
-    in float32 (attributions are gradients; bfloat16 would blur them)."""
-    model, params, tokenizer = inference.load(source, dtype="float32")
+    """(model, params, tokenizer, saved run config) of a BERT classifier at `source`,
+    computing in float32 (attributions are gradients; bfloat16 would blur them)."""
+    saved = Saved(source, model_overrides={"dtype": "float32"})
+    model = saved.model
     if not isinstance(model, bert.Model) or model.config.num_labels <= 0:
         raise ValueError(
             f"{source} holds no BERT classifier (model.name bert with model.num_labels > 0); "
             "explain needs a run of task classify"
         )
-    if tokenizer is None:
+    if saved.tokenizer is None:
         raise ValueError(f"{source} has no tokenizer folder to encode the text with")
-    return model, params, tokenizer, run_config(source)
+    return model, jax.device_put(saved.params()), saved.tokenizer, saved.raw_config
 
 
 def source_examples(source, uri: str) -> Examples:
     """The examples of data source `uri`, read with the run's data settings (columns,
     preset, labels); labels are kept when the source has them."""
-    cfg = run_config(source)
-    data_cfg = data_lib.with_defaults({**cfg.get("data", {}), "source": uri})
-    num_labels = int(cfg.get("model", {}).get("num_labels", 0) or 0)
+    saved = Saved(source)
     try:
-        ex = sources.read(uri, data_cfg, need_labels=True, num_labels=num_labels)
+        ex = saved.examples(uri, need_labels=True)
     except DataError:  # a text column without labels is fine to explain
-        ex = sources.read(uri, data_cfg, need_labels=False, num_labels=num_labels)
+        ex = saved.examples(uri, need_labels=False)
     if ex.texts is None:
         raise ValueError(f"{uri} has no text column to explain")
     return ex

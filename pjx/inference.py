@@ -1,21 +1,27 @@
-"""Load a trained model from a workdir or checkpoint, and generate text with it.
+"""Run a saved model: load it, sample text, and score batches of examples.
 
     model, params, tokenizer = pjx.inference.load("runs/shakespeare")
     print(pjx.inference.generate("runs/shakespeare", "ROMEO:", max_new_tokens=200))
 
 A checkpoint is self-contained: its resolved run config rebuilds the model and its
-tokenizer folder the tokenizer. Only the parameters are read (not the optimizer state).
+tokenizer folder the tokenizer (pjx.saved). Only the parameters are read (not the optimizer
+state). The batch functions (class probabilities, greedy seq2seq) are what `pjx predict`
+and `pjx eval` run over a data source (pjx.evaluation).
 """
 
 from __future__ import annotations
 
-import flax.linen as nn
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pjx import checkpoint, hf, init_from, lora, models, tokenizers
-from pjx.models import gpt2
+from pjx import distributed, sharding
+from pjx.models import gpt2, t5
+from pjx.saved import Saved
+
+log = logging.getLogger(__name__)
 
 
 def load(source, **model_overrides):
@@ -25,38 +31,8 @@ def load(source, **model_overrides):
     `model_overrides` change how it computes (e.g. `dtype="bfloat16"`), not its shapes.
     `hf:` / `peft:` may name a Hugging Face Hub id (pjx.hf.hub).
     """
-    source = hf.folder.local_source(source)  # a Hub id: its local snapshot
-    family, fields = init_from.source_model(source)
-    model = models.create(family, "tiny", **{**fields, **model_overrides})
-    # A LoRA run's checkpoint holds adapters beside the kernels: read them with the adapted
-    # model, then merge (W + scale A B), so inference runs the plain model at full speed.
-    lora_cfg = run_lora(source)
-    adapted = lora.adapted(model, lora_cfg, family)
-    inputs = models.example_inputs(family, model.config, 1)
-    abstract = jax.eval_shape(lambda: adapted.init(jax.random.key(0), **inputs)["params"])
-    params, report = init_from.init_from(source, nn.meta.unbox(abstract), verbose=False)
-    if report.new:
-        missing = ", ".join(p for p, _ in report.new[:5])
-        raise ValueError(f"{source} lacks parameters the model needs: {missing} ...")
-    params = jax.tree.map(jnp.asarray, params)
-    if lora.enabled(lora_cfg):
-        params = lora.merge(params, lora_cfg)
-    if str(source).startswith("peft:"):  # the tokenizer is the base model's
-        source = "hf:" + hf.peft_base(str(source)[5:])
-    folder = checkpoint.tokenizer_dir(source)
-    tokenizer = tokenizers.load(str(folder)) if folder is not None else None
-    return model, params, tokenizer
-
-
-def run_lora(source) -> dict:
-    """The LoRA settings `source` was trained with: a PEFT adapter's, a pjx run's `lora`
-    block, {} for a Hugging Face folder (and runs without LoRA)."""
-    source = str(source)
-    if source.startswith("peft:"):
-        return hf.peft.lora_config(source[5:])
-    if source.startswith("hf:"):
-        return {}
-    return dict(checkpoint.read_checkpoint_config(source).get("lora") or {})
+    saved = Saved(source, model_overrides=model_overrides)
+    return saved.model, jax.device_put(saved.params()), saved.tokenizer
 
 
 def generate(
@@ -102,3 +78,57 @@ class Sampler:
             ids += np.asarray(out[0, len(window) :]).tolist()
             left -= n
         return tokenizer.decode(ids)
+
+
+# --------------------------------------------------------------------------- batches
+def progress(iterable, total: int, what: str):
+    """Yields `iterable`, logging progress every ~10% on long inputs."""
+    every = max(total // 10, 1)
+    for i, x in enumerate(iterable, 1):
+        yield x
+        if total >= 1000 and (i % every == 0 or i == total):
+            log.info(f"{what}: {i}/{total}")
+
+
+def probabilities(model, task, params, batches, mesh):
+    """Class probabilities [C] (NumPy) per example of eval `batches` (pjx.data: the last
+    batch padded with weight 0), in input order; `task.logits` of the model, sharded over
+    `mesh`."""
+    probs_fn = jax.jit(
+        lambda p, b: jax.nn.softmax(task.logits(model, p, b).astype(jnp.float32), -1)
+    )
+    with sharding.context(mesh):
+        for batch in progress(batches, len(batches), "predict (batches)"):
+            b = dict(batch)
+            weight = np.asarray(b.get("weight", np.ones(len(next(iter(b.values()))))))
+            G = getattr(batches, "global_batch_size", len(weight) * jax.process_count())
+            b = sharding.global_batch(b, sharding.batch_sharding(mesh, G))
+            probs = np.asarray(distributed.host_value(probs_fn(params, b)))
+            yield from probs[weight > 0]
+
+
+def _until_eos(ids, eos: int, pad: int) -> list[int]:
+    out = []
+    for i in np.asarray(ids).tolist():
+        if i == eos:
+            break
+        if i != pad:
+            out.append(i)
+    return out
+
+
+def greedy_seq2seq(model, params, batches, tokenizer, max_new_tokens: int):
+    """(generated ids, target ids, input ids) per example of eval `batches`, in input order:
+    T5 greedy decoding of `max_new_tokens`, each list cut at the first EOS, padding dropped."""
+    eos, pad = int(tokenizer.eos_id), int(tokenizer.pad_id or 0)
+    gen = jax.jit(lambda p, x, m: t5.generate(model, p, x, m, max_new_tokens=max_new_tokens))
+    for batch in progress(batches, len(batches), "generate (batches)"):
+        b = dict(batch)
+        weight = np.asarray(b.get("weight", np.ones(len(b["input_ids"]))))
+        out = np.asarray(gen(params, b["input_ids"], b["attention_mask"]))
+        for i in np.flatnonzero(weight > 0):
+            yield (
+                _until_eos(out[i], eos, pad),
+                _until_eos(b["labels"][i], eos, pad),
+                _until_eos(b["input_ids"][i], eos, pad),
+            )
