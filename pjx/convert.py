@@ -18,15 +18,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import safetensors.numpy
 from flax import traverse_util
 
 from pjx import checkpoint as ckpt
-from pjx import hf, init_from, lora, models
+from pjx import hf, lora, models
 from pjx.hf import mapping
+from pjx.saved import Saved
 
 
 def write_workdir(dst, params, config: dict, tokenizer_dir=None) -> Path:
@@ -56,56 +55,41 @@ def hf_to_pjx(src, dst) -> Path:
         return write_workdir(dst, params, config, tok if has_tokenizer else None)
 
 
-def read_params(source) -> dict:
-    """The `params` subtree of a pjx checkpoint (workdir / checkpoints dir / step dir), numpy."""
-    step = ckpt.resolve(source).absolute()  # Orbax restores from absolute paths only
-    meta = ckpt.state_metadata(step)
-    if "params" not in meta:
-        raise ValueError(f"checkpoint {step} has no 'params' in its state (found {sorted(meta)})")
-    item = {"params": jax.tree.map(lambda _: 0, meta["params"])}
-    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-    out = ocp.PyTreeCheckpointer().restore(
-        step / "state",
-        args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True),
-    )
-    return out["params"]
-
-
 def pjx_to_hf(src, dst) -> Path:
     """Writes the pjx checkpoint `src` (params + saved model config) as a HF folder `dst`."""
-    if lora.enabled(ckpt.read_checkpoint_config(src).get("lora") or {}):
+    saved = Saved(src)
+    if saved.lora:
         raise ValueError(
             f"{src} is a LoRA run: merge its adapters first (pjx convert merge-lora {src} "
             "MERGED), then export MERGED; or write the adapter alone (pjx convert pjx-to-peft)"
         )
-    family, fields = init_from.source_model(src)
-    out = hf.save(family, fields, read_params(src), dst)
-    tok = ckpt.tokenizer_dir(src)
-    if tok is not None:
+    out = hf.save(saved.family, saved.fields, saved.params(), dst)
+    if saved.tokenizer_dir is not None:
         # The step's Orbax commit marker is not a tokenizer file.
         ignore = shutil.ignore_patterns(ckpt.COMMIT_MARKER)
-        shutil.copytree(tok, out, ignore=ignore, dirs_exist_ok=True)
+        shutil.copytree(saved.tokenizer_dir, out, ignore=ignore, dirs_exist_ok=True)
     return out
 
 
 # --------------------------------------------------------------------------- LoRA
-def _lora_run(src) -> tuple[dict, dict, str, dict]:
-    """(saved run config, its lora block, family, params) of a LoRA run's checkpoint."""
-    config = ckpt.read_checkpoint_config(src)
-    cfg = config.get("lora") or {}
-    if not lora.enabled(cfg):
+def _lora_run(src) -> Saved:
+    saved = Saved(src)
+    if not saved.lora:
         raise ValueError(f"{src} is not a LoRA run (its config has lora.rank = 0)")
-    return config, cfg, config["model"]["name"], read_params(src)
+    return saved
 
 
 def merge_lora(src, dst) -> Path:
     """Writes the LoRA run `src` as a plain pjx workdir `dst`: every adapted kernel
     W + (alpha / r) A B, no adapters, `lora.rank` 0 (then `pjx convert pjx-to-hf` exports
     it)."""
-    config, cfg, _, params = _lora_run(src)
-    merged = jax.tree.map(np.asarray, lora.merge(params, cfg))
-    config = {**config, "lora": {**cfg, "rank": 0}, "merged_from": str(ckpt.resolve(src))}
-    return write_workdir(dst, merged, config, ckpt.tokenizer_dir(src))
+    saved = _lora_run(src)
+    config = {
+        **saved.raw_config,
+        "lora": {**saved.lora, "rank": 0},
+        "merged_from": str(saved.path),
+    }
+    return write_workdir(dst, saved.params(merged=True), config, saved.tokenizer_dir)
 
 
 def _hf_base(source) -> str | None:
@@ -127,8 +111,9 @@ def to_peft(src, dst) -> Path:
     + adapter_model.safetensors (lora_A [r, in], lora_B [out, r] per adapted module, and
     the fully trained heads as PEFT's modules_to_save), which
     `peft.PeftModel.from_pretrained(base, dst)` loads onto the HF base model."""
-    config, cfg, family, params = _lora_run(src)
-    flat = models.unstack_layers(traverse_util.flatten_dict(params, sep="/"))
+    saved = _lora_run(src)
+    config, cfg, family = saved.raw_config, saved.lora, saved.family
+    flat = models.unstack_layers(traverse_util.flatten_dict(saved.params(merged=False), sep="/"))
     table = hf.table(family, config.get("model"))
     tensors, modules = {}, []
     for path, a in flat.items():

@@ -42,8 +42,8 @@ LAYERS = [
         "pjx.nnx",
         "pjx.metrics_log",
     ),
-    ("pjx.init_from", "pjx.convert"),
-    ("pjx.config", "pjx.saved"),
+    ("pjx.init_from",),
+    ("pjx.config", "pjx.saved", "pjx.convert"),
     ("pjx.train", "pjx.loop"),
     (
         "pjx.run",

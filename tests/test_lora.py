@@ -16,6 +16,7 @@ from pjx import cli, convert, hf, inference, lora, models, run, train
 from pjx import config as config_lib
 from pjx.init_from import init_from
 from pjx.metrics_log import TIMING_KEYS
+from pjx.saved import Saved
 
 SMALL = dict(num_layers=2, hidden_size=32, num_heads=2, mlp_dim=64)
 FIELDS = {
@@ -163,7 +164,7 @@ def test_only_adapters_and_heads_train_and_frozen_weights_have_no_state(tmp_path
     run.train(c, str(tmp_path / "run"), devices=jax.devices()[:1])
     s = train.build(_saved(tmp_path / "run"), devices=jax.devices()[:1])
     before = flat(train.create_state(s, 0).params)
-    after = flat(convert.read_params(tmp_path / "run"))
+    after = flat(Saved(tmp_path / "run").params(merged=False))
     changed = {p for p in before if not np.array_equal(before[p], np.asarray(after[p]))}
     trainable = {p for p in before if lora.is_adapter(p) or p.startswith("classifier/")}
     assert changed == trainable, changed ^ trainable  # weight decay skips frozen weights too
@@ -190,8 +191,8 @@ def test_lora_run_resumes_exactly(tmp_path):
     ]  # fmt: skip
     assert lines("cut") == lines("ref") and len(lines("ref")) == 4
     ref, cut = (
-        flat(convert.read_params(tmp_path / "ref")),
-        flat(convert.read_params(tmp_path / "cut")),
+        flat(Saved(tmp_path / "ref").params(merged=False)),
+        flat(Saved(tmp_path / "cut").params(merged=False)),
     )
     for p in ref:
         np.testing.assert_array_equal(np.asarray(cut[p]), np.asarray(ref[p]), err_msg=p)
@@ -213,7 +214,7 @@ def test_lora_sharded_equals_single_device_and_composes_with_dp_and_scan(tmp_pat
     run.train(dp, str(tmp_path / "dp"), devices=jax.devices()[:1])
     s = train.build(_saved(tmp_path / "dp"), devices=jax.devices()[:1])
     before = flat(train.create_state(s, 0).params)
-    after = flat(convert.read_params(tmp_path / "dp"))
+    after = flat(Saved(tmp_path / "dp").params(merged=False))
     for p in before:
         same = np.array_equal(before[p], np.asarray(after[p]))
         assert same != (lora.is_adapter(p) or p.startswith("classifier/")), p
@@ -229,14 +230,14 @@ def test_merge_lora_then_export_and_inference(tmp_path, capsys):
     assert cli.main(["convert", "pjx-to-hf", str(tmp_path / "m"), str(tmp_path / "hf")]) == 0
     saved = ckpt.read_checkpoint_config(tmp_path / "m")
     assert saved["lora"]["rank"] == 0
-    assert not any(lora.is_adapter(p) for p in flat(convert.read_params(tmp_path / "m")))
+    assert not any(lora.is_adapter(p) for p in flat(Saved(tmp_path / "m").params(merged=False)))
 
     family, fields = "bert", _saved(tmp_path / "run")["model"]
     fields = {k: v for k, v in fields.items() if k not in ("name", "size")}
     model = models.create(family, "tiny", **fields)
     adapted = lora.adapted(model, c.lora.to_dict(), family)
     inputs = _inputs(family, model)
-    want = _out(adapted, jax.tree.map(np.asarray, convert.read_params(tmp_path / "run")), inputs)
+    want = _out(adapted, Saved(tmp_path / "run").params(merged=False), inputs)
     hf_model, hf_params = hf.load(tmp_path / "hf")
     np.testing.assert_allclose(_out(hf_model, hf_params, inputs), want, atol=1e-5)
     m, p, tok = inference.load(str(tmp_path / "run"))  # merged on load
