@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from pjx import cli, convert, hf, init_from, lora, models, run, tokenizers
+from pjx import cli, convert, evaluation, hf, init_from, lora, models, run, tokenizers
 from pjx import config as config_lib
 from pjx.saved import Saved
 
@@ -107,12 +107,20 @@ def test_params_come_in_the_layout_asked_for(scanned_run):
     )
 
 
-def _lora_workdir(base: Path, dst: Path):
-    """A LoRA run's checkpoint on the Hugging Face classifier `base`: random adapters
-    (B = 0 would hide any mistake in merging) and a random head."""
-    family, fields = hf.model_config(base)
-    model = lora.adapted(models.create(family, "tiny", **fields), RANK4, family)
-    inputs = models.example_inputs(family, model.config, 1, 8)
+def _lora_workdir(run_dir: Path, base: Path, dst: Path):
+    """A LoRA classifier's checkpoint on the Hugging Face classifier `base` (written from
+    `run_dir`, whose tokenizer it keeps): random adapters (B = 0 would hide any mistake in
+    merging) and a random head."""
+    c = config_lib.base_config()
+    c.model.name, c.task, c.init_from = "bert", "classify", f"hf:{base}"
+    c.model.num_labels = 2
+    c.lora.update(RANK4)
+    c.data.seq_len, c.batch_size = L, 8
+    tokenizer_dir = Saved(run_dir).tokenizer_dir
+    c = config_lib.resolve(c, tokenizers.load(str(tokenizer_dir)))
+    fields = {k: v for k, v in c.model.items() if k not in ("name", "size")}
+    model = lora.adapted(models.create("bert", "tiny", **fields), c.lora.to_dict(), "bert")
+    inputs = models.example_inputs("bert", model.config, 1, 8)
     fresh = nn.meta.unbox(model.init(jax.random.key(0), **inputs))["params"]
     params, _ = init_from.init_from(f"hf:{base}", fresh, verbose=False)
     rng = np.random.default_rng(1)
@@ -120,14 +128,14 @@ def _lora_workdir(base: Path, dst: Path):
     for p, x in f.items():
         if lora.is_adapter(p) or p.startswith("classifier/"):
             f[p] = rng.normal(0, 0.3, x.shape).astype(np.float32)
-    config = {"model": {"name": family, **fields}, "lora": RANK4, "init_from": f"hf:{base}"}
-    convert.write_workdir(dst, traverse_util.unflatten_dict(f, sep="/"), config)
+    params = traverse_util.unflatten_dict(f, sep="/")
+    convert.write_workdir(dst, params, c.to_dict(), tokenizer_dir)
     return f
 
 
 def test_lora_merged_params_give_the_adapted_models_logits(scanned_run, tmp_path):
     base = convert.pjx_to_hf(scanned_run, tmp_path / "base")
-    written = _lora_workdir(base, tmp_path / "lora")
+    written = _lora_workdir(scanned_run, base, tmp_path / "lora")
     saved = Saved(tmp_path / "lora")
     assert saved.lora["rank"] == 4 and saved.lora["alpha"] == 8.0
     unmerged = saved.params(merged=False)
@@ -159,6 +167,23 @@ def test_lora_merged_params_give_the_adapted_models_logits(scanned_run, tmp_path
     assert plain_run.lora == {} and plain_run.raw_config["lora"]["rank"] == 0
     for p, x in flat(plain_run.params(merged=False)).items():
         np.testing.assert_array_equal(x, flat(merged)[p], err_msg=p)
+
+
+def test_a_lora_run_its_merged_run_and_its_peft_adapter_score_the_same(scanned_run, tmp_path):
+    base = convert.pjx_to_hf(scanned_run, tmp_path / "base")
+    _lora_workdir(scanned_run, base, tmp_path / "lora")
+    convert.merge_lora(tmp_path / "lora", tmp_path / "merged")
+    convert.to_peft(tmp_path / "lora", tmp_path / "adapter")
+    uri = "embedded:classify[40:63]"
+    want = evaluation.evaluate(tmp_path / "lora", uri)
+    assert want["examples"] == 23
+    for source, overrides in (
+        (tmp_path / "merged", ()),
+        (f"peft:{tmp_path / 'adapter'}", [f"--config.data.seq_len={L}"]),  # HF: no seq_len
+    ):
+        got = evaluation.evaluate(source, uri, overrides)
+        assert got["confusion_matrix"] == want["confusion_matrix"], source
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5), source
 
 
 def test_a_hugging_face_classifier_folder_reads_like_a_run(scanned_run, tmp_path):
