@@ -14,9 +14,9 @@ every process, cut into global batches of batch_size rows (the epoch's remainder
 each process produces its shard of every global batch, so the global batches are the same
 for any number of processes. The stream is endless
 and its position is Grain's iterator state (`get_state` / `set_state`, JSON), so a restored
-checkpoint continues with exactly the next batch. (Grain's own per-element `shuffle` +
-`batch` costs ~40 us per element here; indexing whole batches keeps the MLM pipeline
-well above 1M tokens/s on 2 cores.)
+checkpoint continues with exactly the next batch. Batches are gathered whole rather than
+through Grain's per-element `shuffle` + `batch`, whose per-element cost would dominate a
+small model's step (BENCHMARKS.md, input pipelines).
 
 Eval: rows in order, padded up to a multiple of the global batch with copies of row 0
 that carry `weight` 0; each process takes its shard of each global batch, so every
