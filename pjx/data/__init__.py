@@ -54,7 +54,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.stream_above = 256 << 20  # unset mode: text / jsonl / Parquet above this many bytes stream
     c.seq_len = 128  # tokens per row (encoder / decoder input)
     c.target_len = 0  # seq2seq label length (0 = seq_len)
-    c.tokenizer = ""  # a pjx.tokenizers spec, read by pjx.workdir.build_tokenizer
+    c.tokenizer = ""  # a pjx.tokenizers spec, read by pjx.run.build_tokenizer
     c.data_dir = ""  # TFDS data_dir ("" = TFDS's default)
     c.download = False  # TFDS: download_and_prepare when not prepared (needs internet)
     c.cache = True  # store encoded arrays (see pjx.data.cache) ...
