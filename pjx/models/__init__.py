@@ -6,7 +6,6 @@ import dataclasses
 import re
 from collections.abc import Callable
 
-import jax.numpy as jnp
 import numpy as np
 
 from pjx.models import bert, gpt2, t5, vit
@@ -41,29 +40,11 @@ def create(name: str, size: str = "tiny", **overrides):
 
 
 def example_inputs(name: str, config, batch_size: int = 2, seq_len: int | None = None) -> dict:
-    """Arrays shaped like a real batch, for `Model.init` / `jax.eval_shape`."""
-    B = batch_size
-    if name == "vit":
-        shape = (B, config.image_size, config.image_size, config.num_channels)
-        return {"pixel_values": jnp.zeros(shape, jnp.float32)}
-    L = seq_len or min(config.max_position_embeddings, 128)
-    ids = jnp.zeros((B, L), jnp.int32)
-    ones = jnp.ones((B, L), jnp.int32)
-    if name == "bert":
-        out = {"input_ids": ids, "attention_mask": ones, "token_type_ids": ids}
-        if config.mlm_head:
-            out["masked_positions"] = jnp.zeros((B, max(1, L // 8)), jnp.int32)
-        return out
-    if name == "gpt2":
-        return {"input_ids": ids, "attention_mask": ones}
-    if name == "t5":
-        return {
-            "input_ids": ids,
-            "attention_mask": ones,
-            "decoder_input_ids": ids,
-            "decoder_attention_mask": ones,
-        }
-    raise ValueError(f"unknown model {name!r}")
+    """Arrays shaped like a real batch, for `Model.init` / `jax.eval_shape` (each family's
+    own `example_inputs`; `seq_len` None: up to 128 positions)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
+    return MODELS[name].example_inputs(config, batch_size, seq_len)
 
 
 # ---------------------------------------------------------------- stacked layers

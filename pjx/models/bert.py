@@ -94,6 +94,20 @@ PRESETS = {
 }
 
 
+def example_inputs(config: Config, batch_size: int, seq_len: int | None = None) -> dict:
+    """Arrays shaped like a real batch, for `Model.init` / `jax.eval_shape`."""
+    L = seq_len or min(config.max_position_embeddings, 128)
+    ids_BxL = jnp.zeros((batch_size, L), jnp.int32)
+    out = {
+        "input_ids": ids_BxL,
+        "attention_mask": jnp.ones_like(ids_BxL),
+        "token_type_ids": ids_BxL,
+    }
+    if config.mlm_head:
+        out["masked_positions"] = jnp.zeros((batch_size, max(1, L // 8)), jnp.int32)
+    return out
+
+
 class Embeddings(nn.Module):
     config: Config
 

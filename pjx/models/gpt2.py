@@ -76,6 +76,13 @@ PRESETS = {
 }
 
 
+def example_inputs(config: Config, batch_size: int, seq_len: int | None = None) -> dict:
+    """Arrays shaped like a real batch, for `Model.init` / `jax.eval_shape`."""
+    L = seq_len or min(config.max_position_embeddings, 128)
+    ids_BxL = jnp.zeros((batch_size, L), jnp.int32)
+    return {"input_ids": ids_BxL, "attention_mask": jnp.ones_like(ids_BxL)}
+
+
 class Block(nn.Module):
     """x = x + Attn(LN(x)); x = x + MLP(LN(x))."""
 

@@ -92,6 +92,19 @@ PRESETS = {
 }
 
 
+def example_inputs(config: Config, batch_size: int, seq_len: int | None = None) -> dict:
+    """Arrays shaped like a real batch, for `Model.init` / `jax.eval_shape`."""
+    L = seq_len or min(config.max_position_embeddings, 128)
+    ids_BxL = jnp.zeros((batch_size, L), jnp.int32)
+    ones_BxL = jnp.ones_like(ids_BxL)
+    return {
+        "input_ids": ids_BxL,
+        "attention_mask": ones_BxL,
+        "decoder_input_ids": ids_BxL,
+        "decoder_attention_mask": ones_BxL,
+    }
+
+
 class Layer(nn.Module):
     """One pre-norm residual sublayer `layer_{j}`: x + dropout(f(RMSNorm(x))).
 

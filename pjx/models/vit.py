@@ -88,6 +88,13 @@ PRESETS = {
 }
 
 
+def example_inputs(config: Config, batch_size: int, seq_len: int | None = None) -> dict:
+    """Images shaped like a real batch, for `Model.init` / `jax.eval_shape` (`seq_len`
+    is unused: the patch count follows from the image size)."""
+    shape = (batch_size, config.image_size, config.image_size, config.num_channels)
+    return {"pixel_values": jnp.zeros(shape, jnp.float32)}
+
+
 class PatchEmbeddings(nn.Module):
     config: Config
 

@@ -99,17 +99,17 @@ ONE_HOT_GRAD_MAX = 1 << 22
 
 
 @jax.custom_vjp
-def _take_rows(table_NxD, ids):
-    return jnp.take(table_NxD, ids, axis=0)
+def _take_rows(table_VxD, ids):
+    return jnp.take(table_VxD, ids, axis=0)
 
 
-def _take_rows_fwd(table_NxD, ids):
-    return jnp.take(table_NxD, ids, axis=0), (ids, table_NxD)  # the table: for its shape
+def _take_rows_fwd(table_VxD, ids):
+    return jnp.take(table_VxD, ids, axis=0), (ids, table_VxD)  # the table: for its shape
 
 
 def _take_rows_bwd(res, g):
-    ids, table_NxD = res
-    rows, dtype = table_NxD.shape[0], table_NxD.dtype
+    ids, table_VxD = res
+    rows, dtype = table_VxD.shape[0], table_VxD.dtype
     one_hot = jax.nn.one_hot(ids, rows, dtype=g.dtype)
     grad_NxD = jnp.einsum("...n,...d->nd", one_hot, g, preferred_element_type=jnp.float32)
     return grad_NxD.astype(dtype), None
@@ -118,12 +118,12 @@ def _take_rows_bwd(res, g):
 _take_rows.defvjp(_take_rows_fwd, _take_rows_bwd)
 
 
-def take_rows(table_NxD, ids):
+def take_rows(table_VxD, ids):
     """`jnp.take(table, ids, axis=0)`; small tables (`ONE_HOT_GRAD_MAX`) take their gradient
     as a one-hot matmul instead of a scatter-add."""
-    if math.prod(ids.shape) * table_NxD.shape[0] <= ONE_HOT_GRAD_MAX:
-        return _take_rows(table_NxD, ids)
-    return jnp.take(table_NxD, ids, axis=0)
+    if math.prod(ids.shape) * table_VxD.shape[0] <= ONE_HOT_GRAD_MAX:
+        return _take_rows(table_VxD, ids)
+    return jnp.take(table_VxD, ids, axis=0)
 
 
 def cpu_backend_expected() -> bool:
