@@ -14,7 +14,8 @@ each repeat runs, one process at a time so they never share the cores, in this o
             per-example gradients through jax_privacy inside the jitted step
   torch     benchmarks/opacus_reference.py bert_mini_cls (HF BertForSequenceClassification)
   opacus    benchmarks/opacus_reference.py bert_mini_cls --dp (opacus.PrivacyEngine,
-            grad_sample_mode "hooks" unless --grad-sample-mode, poisson_sampling=False)
+            grad_sample_mode "hooks" unless --grad-sample-mode, e.g. "ghost";
+            poisson_sampling=False)
 
 Each times `--steps` steps after `--warmup` (median step time); the table shows the
 median over `--repeats` of tokens/s and the ratios pjx_dp / pjx and opacus / torch (what
@@ -115,7 +116,9 @@ def main(argv=None) -> int:
     p.add_argument("--noise-multiplier", type=float, default=1.0)
     p.add_argument("--clip", type=float, default=1.0, help="per-example L2 clip norm")
     p.add_argument("--microbatch-size", type=int, default=0, help="pjx dp.microbatch_size")
-    p.add_argument("--grad-sample-mode", default="hooks", choices=("hooks", "functorch", "ew"))
+    p.add_argument(
+        "--grad-sample-mode", default="hooks", choices=("hooks", "functorch", "ew", "ghost")
+    )
     p.add_argument("--attn", default="eager", choices=("eager", "sdpa"), help="torch attention")
     p.add_argument(
         "--torch-malloc",

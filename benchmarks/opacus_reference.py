@@ -16,10 +16,13 @@ Without `--dp` the step is hf_reference.py's: forward + backward + global-norm c
 only). With `--dp` the model, optimizer and data loader go through
 `opacus.PrivacyEngine().make_private(...)`: per-example gradients (`--grad-sample-mode`:
 "hooks", Opacus' default, per-layer backward hooks; "functorch", per-layer torch.func
-vmaps; "ew", torch's ExpandedWeights), each clipped to `--clip`, summed, Gaussian noise of
-std clip * `--noise-multiplier` added, divided by the expected batch size (32), then the
-same global-norm clipping and AdamW step as pjx's DP-SGD applies to its privatised
-gradient (optax's clip_by_global_norm sits in pjx's optimizer chain with or without DP).
+vmaps; "ew", torch's ExpandedWeights; "ghost", ghost clipping (Li et al. 2022): per-example
+norms from the layers' activations and output gradients, then a second backward of the
+loss reweighted by the clip factors, with no per-example gradient stored), each clipped
+to `--clip`, summed, Gaussian noise of std clip * `--noise-multiplier` added, divided by
+the expected batch size (32), then the same global-norm clipping and AdamW step as pjx's
+DP-SGD applies to its privatised gradient (optax's clip_by_global_norm sits in pjx's
+optimizer chain with or without DP).
 
 `poisson_sampling=False`: the data loader is left as is, so every step has exactly
 `batch` examples, like the synthetic fixed-size batch `pjx bench` times (a real pjx
@@ -59,7 +62,7 @@ from bench_config import SHAPES, model_fields  # noqa: E402
 from pjx.host_memory import keep_large_blocks  # noqa: E402  (jax-free)
 
 CLASSIFY_SHAPES = sorted(k for k, v in SHAPES.items() if v[:2] == ("bert", "classify"))
-GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew")
+GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew", "ghost")
 KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "labels")
 
 
@@ -146,7 +149,7 @@ def run(
     if dp:
         from opacus import PrivacyEngine
 
-        model, opt, loader = PrivacyEngine().make_private(
+        private = PrivacyEngine().make_private(
             module=model,
             optimizer=opt,
             data_loader=loader,
@@ -154,7 +157,12 @@ def run(
             max_grad_norm=clip,
             poisson_sampling=False,  # every step exactly `batch` examples, as pjx bench
             grad_sample_mode=grad_sample_mode,
+            criterion=torch.nn.CrossEntropyLoss(),  # "ghost" wraps it (two backward passes)
         )
+        if grad_sample_mode == "ghost":
+            model, opt, criterion, loader = private
+        else:
+            model, opt, loader = private
         expected_batch = opt.expected_batch_size
     batches = [dict(zip(KEYS, b)) for b in loader]
     assert len(batches) == 2 and all(len(b["labels"]) == batch for b in batches)
@@ -162,8 +170,17 @@ def run(
     def step(b):
         # Mean cross-entropy over the batch (Opacus' loss_reduction="mean"); input_ids
         # positional: the "ew" wrapper takes the batch size from its first argument.
-        out = model(b["input_ids"], **{k: v for k, v in b.items() if k != "input_ids"})
-        out.loss.backward()
+        if dp and grad_sample_mode == "ghost":
+            # Ghost clipping needs the per-example losses: the model without labels, then
+            # Opacus' criterion, whose backward runs the norm pass and the clipped pass.
+            inputs = {k: v for k, v in b.items() if k not in ("input_ids", "labels")}
+            out = model(b["input_ids"], **inputs)
+            loss = criterion(out.logits, b["labels"])
+            loss.backward()
+            out.loss = loss
+        else:
+            out = model(b["input_ids"], **{k: v for k, v in b.items() if k != "input_ids"})
+            out.loss.backward()
         if dp:
             # DPOptimizer.step is pre_step (per-example clip, sum, noise, / expected batch)
             # then the AdamW step; the global-norm clip between them is pjx's optimizer's.
