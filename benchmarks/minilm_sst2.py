@@ -109,6 +109,14 @@ def main():
             "configs/glue.py:sst2,dp",
             [*dp, "--config.optimizer.freeze=^(?!classifier)", "--config.optimizer.lr=3e-3"],
         ),
+        # The same two on the mean token state (the checkpoint's own sentence embedding)
+        # instead of the pooler over [CLS].
+        "dp_probe_mean_eps8": (
+            "configs/glue.py:sst2,dp",
+            [*dp, "--config.optimizer.freeze=^(?!classifier)", "--config.optimizer.lr=3e-3"]
+            + ["--config.model.pooling=mean"],
+        ),
+        "dp_lora_mean_eps8": ("configs/glue.py:sst2,dp,lora", [*dp, "--config.model.pooling=mean"]),
     }
     chosen = [n for n in runs if not args.only or n in args.only.split(",")]
     results = {}

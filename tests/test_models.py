@@ -183,6 +183,41 @@ def test_bert_padding_invariance(bert_tiny):
         np.testing.assert_allclose(a[key], b[key], atol=1e-5)
 
 
+def test_bert_mean_pooling_classifies_the_mean_of_the_unpadded_states(bert_tiny):
+    model, params, ids = bert_tiny
+    mean_model = models.create(
+        "bert", "tiny", vocab_size=V, hidden_size=32, mlp_dim=64, num_layers=1,
+        nsp_head=True, num_labels=3, pooling="mean",
+    )  # fmt: skip
+    mask = jnp.array([[1] * 8, [1] * 5 + [0] * 3])
+    out = mean_model.apply({"params": params}, ids, mask)  # the same parameter tree
+    h = np.asarray(out["last_hidden_state"], np.float64)
+    m = np.asarray(mask, np.float64)[..., None]
+    mean = (h * m).sum(1) / m.sum(1)
+    k, b = (np.asarray(params["classifier"][n], np.float64) for n in ("kernel", "bias"))
+    np.testing.assert_allclose(out["logits"], mean @ k + b, atol=1e-5)
+    # Padding contributes nothing: other ids under the mask give the same logits.
+    other = ids.at[1, 5:].set((ids[1, 5:] + 3) % V)
+    np.testing.assert_allclose(
+        mean_model.apply({"params": params}, other, mask)["logits"], out["logits"], atol=1e-5
+    )
+    # ... and the [CLS] model's logits differ (the classifier reads another vector).
+    cls_logits = model.apply({"params": params}, ids, mask)["logits"]
+    assert np.abs(np.asarray(cls_logits) - np.asarray(out["logits"])).max() > 1e-3
+
+
+def test_bert_pooling_is_checked_and_has_no_hf_export():
+    from pjx.hf import bert as hf_bert
+
+    bad = models.create("bert", "tiny", vocab_size=V, num_labels=2, pooling="max")
+    with pytest.raises(ValueError, match="pooling='max'"):
+        _init(bad, input_ids=jnp.zeros((1, 4), jnp.int32))
+    mean = models.make_config("bert", "tiny", vocab_size=V, num_labels=2, pooling="mean")
+    with pytest.raises(ValueError, match="BertForSequenceClassification"):
+        hf_bert.config_to_hf(mean)
+    hf_bert.config_to_hf(models.make_config("bert", "tiny", vocab_size=V, pooling="mean"))
+
+
 def test_bert_packed_segments(bert_tiny):
     model, params, ids = bert_tiny
     seg = jnp.array([[1] * 4 + [2] * 4] * 2)

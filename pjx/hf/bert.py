@@ -69,6 +69,12 @@ def config_to_hf(c) -> dict:
     """config.json for pjx `bert.Config` `c`; `architectures` names the class with its heads."""
     if c.activation not in _HF_ACT:
         raise ValueError(f"BERT activation {c.activation!r} has no Hugging Face equivalent here")
+    if c.num_labels > 0 and c.pooling != "cls":
+        raise ValueError(
+            f"model.pooling={c.pooling!r}: Hugging Face's BertForSequenceClassification "
+            "classifies the pooler output over [CLS], so this classifier has no equivalent "
+            "there (train with model.pooling='cls' to export it)"
+        )
     if c.mlm_head and c.nsp_head:
         arch = "BertForPreTraining"
     elif c.mlm_head:

@@ -71,6 +71,11 @@ class Config:
     variant: str = "bert"
     position_offset: int = 0  # first position id (RoBERTa: pad_token_id + 1)
     pooler: bool = True  # dense + tanh on the first token (BERT's NSP / classifier input)
+    # What the BERT classifier reads: "cls", the pooler over [CLS] (Hugging Face's
+    # BertForSequenceClassification); "mean", the mean of the non-padding token states (how
+    # sentence-transformers checkpoints such as all-MiniLM-L6-v2 embed a sentence: their
+    # pooler was never trained, so its output barely varies between sentences).
+    pooling: str = "cls"
 
     @property
     def head_dim(self) -> int:
@@ -283,7 +288,7 @@ class Model(nn.Module):
                 x_BxPxD = jnp.take_along_axis(x_BxLxD, masked_positions[..., None], axis=1)
             out.update(PreTrainingHeads(cfg, name="cls")(x_BxPxD, pooled_BxD, word_VxD))
         if cfg.num_labels > 0:
-            logits = classifier_logits(cfg, x_BxLxD, pooled_BxD, deterministic)
+            logits = classifier_logits(cfg, x_BxLxD, pooled_BxD, attention_mask, deterministic)
             out["logits"] = logits.astype(jnp.float32)
         return out
 
@@ -302,12 +307,35 @@ class RobertaClassifier(nn.Module):
         return out(drop(jnp.tanh(h)))
 
 
-def classifier_logits(cfg: Config, x_BxLxD, pooled_BxD, deterministic):
+POOLING = ("cls", "mean")
+
+
+def mean_pool(x_BxLxD, attention_mask_BxL=None):
+    """The mean of the token states where `attention_mask` is 1 (all of them without one)."""
+    if attention_mask_BxL is None:
+        return jnp.mean(x_BxLxD, axis=1)
+    m_BxLx1 = attention_mask_BxL[..., None].astype(x_BxLxD.dtype)
+    return jnp.sum(x_BxLxD * m_BxLx1, axis=1) / jnp.maximum(jnp.sum(m_BxLx1, axis=1), 1.0)
+
+
+def classifier_logits(cfg: Config, x_BxLxD, pooled_BxD, attention_mask, deterministic):
     """Sequence classification logits [B, C] as each variant's Hugging Face model computes
-    them; call inside Model (the heads' parameters sit at its top level)."""
+    them (or from the mean token state, `pooling="mean"`); call inside Model (the heads'
+    parameters sit at its top level)."""
     lcfg = cfg.layer_config()
     drop = lambda h: nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     C, D = cfg.num_labels, cfg.hidden_size
+    if cfg.pooling not in POOLING:
+        raise ValueError(f"model.pooling={cfg.pooling!r}: pick one of {POOLING}")
+    if cfg.pooling == "mean":
+        if cfg.variant != "bert":
+            raise ValueError(
+                f"model.pooling='mean' is for variant 'bert'; {cfg.variant} keeps its own "
+                "classifier input (leave model.pooling='cls')"
+            )
+        return dense(lcfg, C, ("embed", "classes"), name="classifier")(
+            drop(mean_pool(x_BxLxD, attention_mask))
+        )
     if cfg.variant == "roberta":
         return RobertaClassifier(cfg, name="classifier")(x_BxLxD, deterministic)
     if cfg.variant == "distilbert":  # pre_classifier + ReLU on [CLS], dropout, classifier
