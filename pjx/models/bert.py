@@ -74,7 +74,7 @@ class Config:
     # What the BERT classifier reads: "cls", the pooler over [CLS] (Hugging Face's
     # BertForSequenceClassification); "mean", the mean of the non-padding token states (how
     # sentence-transformers checkpoints such as all-MiniLM-L6-v2 embed a sentence: their
-    # pooler was never trained, so its output barely varies between sentences).
+    # pooler took no part in that training, and its output barely varies between sentences).
     pooling: str = "cls"
 
     @property
