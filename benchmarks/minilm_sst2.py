@@ -5,6 +5,7 @@ LoRA r=8, and DP-SGD at epsilon 8 (full and LoRA) vs the same steps without DP, 
   python benchmarks/minilm_sst2.py --steps 400 --dp-steps 60 --dp-batch 256
   python benchmarks/minilm_sst2.py --dp-steps 60 --dp-batch 1024 --dp-seq-len 32 \
       --only dp_lora_eps8,dp_lora_same_steps_no_dp
+  python benchmarks/minilm_sst2.py --only full,lora_r8 --pooling mean
 
 Each run is `pjx train --config configs/glue.py:sst2` (or `:sst2,dp`) from
 `hf:<the package's model folder>` at seq_len 64 (SST-2 sentences are short: 99.5% fit in 48
@@ -80,10 +81,12 @@ def main():
     p.add_argument("--dp-seq-len", type=int, default=64, help="the DP runs' seq_len")
     p.add_argument("--workdir", default="runs/minilm_sst2")
     p.add_argument("--only", default="", help="comma-separated run names")
+    p.add_argument("--pooling", default="", help="model.pooling of every run (cls | mean)")
     args = p.parse_args()
     hf = f"--config.init_from=hf:{_model_dir()}"
     common = [hf, "--config.data.seq_len=64", "--config.eval_every=0", "--config.progress=false"]
     common += ["--config.checkpoint_every=0", "--config.log_every=10", "--config.eval_steps=1"]
+    common += [f"--config.model.pooling={args.pooling}"] if args.pooling else []
     steps = [f"--config.steps={args.steps}", f"--config.optimizer.warmup_steps={args.steps // 10}"]
     dp = [f"--config.steps={args.dp_steps}", f"--config.batch_size={args.dp_batch}"]
     dp += [f"--config.data.seq_len={args.dp_seq_len}"]
