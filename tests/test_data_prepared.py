@@ -13,11 +13,20 @@ import numpy as np
 import pytest
 from data_fixtures import ByteTok, lm_config, write_docs
 
-from pjx import data
+from pjx import data, tokenizers
 from pjx.data import prepared
 
 
-def _prepare(tmp_path, name, workers, chunk_bytes=1 << 20, task="mlm", chunks_per_shard=0):
+def _prepare(
+    tmp_path,
+    name,
+    workers,
+    chunk_bytes=1 << 20,
+    task="mlm",
+    chunks_per_shard=0,
+    runner=(),
+    tokenizer=None,
+):
     cfg = data.with_defaults(
         lm_config(source=f"text:{tmp_path}/docs*.txt", seq_len=32, chunk_bytes=chunk_bytes)
     )
@@ -26,19 +35,23 @@ def _prepare(tmp_path, name, workers, chunk_bytes=1 << 20, task="mlm", chunks_pe
         cfg,
         task=task,
         task_args={},
-        tokenizer=ByteTok(),
+        tokenizer=tokenizer or ByteTok(),
         out=out,
         workers=workers,
         chunks_per_shard=chunks_per_shard,
+        runner=runner,
     )
     return out
 
 
 def _digest(folder):
+    """{path under folder: sha256} of every file (the tokenizer's folder too)."""
     h = {}
-    for name in sorted(os.listdir(folder)):
-        with open(os.path.join(folder, name), "rb") as f:
-            h[name] = hashlib.sha256(f.read()).hexdigest()
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                h[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
     return h
 
 
@@ -180,8 +193,29 @@ def test_cli_prepare_and_train_source(tmp_path):
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["rows"] == prepared.load_index(out)["rows"] > 0
     assert os.path.isdir(out / "tokenizer")
-    r = subprocess.run(cmd[:-3] + ["--runner", "DirectRunner"], capture_output=True, text=True)
-    assert r.returncode == 2 and "Apache Beam" in r.stderr
+    # The same on Apache Beam's DirectRunner: the same bytes (the runner's options follow it).
+    beam = [*cmd[:-5], "--out", str(tmp_path / "beam"), "--config.data.chunk_bytes=2000"]
+    beam.append("--runner")
+    r = subprocess.run(beam, capture_output=True, text=True)
+    assert r.returncode == 2 and "name a Beam runner" in r.stderr
+    r = subprocess.run([*beam, "DirectRunner"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["runner"] == "DirectRunner"
+    assert _digest(tmp_path / "beam") == _digest(out)
+
+
+def test_beam_direct_runner_in_processes_writes_the_pools_bytes(corpus):
+    """Apache Beam (the multi-process DirectRunner here; Dataflow / Flink / Spark on a
+    cluster) runs the pool's shard writer, so the folder is the same bytes."""
+    write_docs(corpus / "docs2.txt", n_docs=200, seed=1)
+    # Beam's workers import what they unpickle: a tokenizer of pjx, not of the tests.
+    tok = tokenizers.load("byte?specials=bert")
+    pool = _prepare(corpus, "pool", 2, chunk_bytes=700, tokenizer=tok)
+    options = ("--direct_running_mode=multi_processing", "--direct_num_workers=2")
+    runner = ("DirectRunner", *options)
+    beam = _prepare(corpus, "beam", 1, chunk_bytes=700, runner=runner, tokenizer=tok)
+    assert len(prepared.load_index(pool)["shards"]) > 3
+    assert _digest(beam) == _digest(pool)
 
 
 def test_prepared_rows_are_the_streamed_rows(corpus):

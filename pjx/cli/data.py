@@ -1,14 +1,19 @@
-"""`pjx data prepare --config FILE[:ARG] [--config.key=value ...] --out DIR [--workers N]`.
+"""`pjx data prepare --config FILE[:ARG] [--config.key=value ...] --out DIR [--workers N]
+[--runner NAME [BEAM_OPTION ...]]`.
 
 Tokenizes and packs the config's training source (`config.data.source`: text:, jsonl:,
 parquet: files) once into DIR: sharded ArrayRecord rows + index.json + the tokenizer
-(pjx.data.prepared), on a pool of N processes; the output is the same bytes for any N.
+(pjx.data.prepared), on a pool of N processes, or with `--runner` on Apache Beam (the
+rest of the line is Beam's pipeline options, e.g. `--runner DirectRunner
+--direct_running_mode=multi_processing --direct_num_workers=8`, or DataflowRunner with
+its --project, --region, --temp_location); the output is the same bytes either way.
 Train on it with `--config.data.source=prepared:DIR --config.data.tokenizer=DIR/tokenizer`.
 The last line is one JSON object (rows, shards, seconds, tokens_per_s, cpu_s).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -30,8 +35,10 @@ def add_arguments(p):
     )
     prep.add_argument(
         "--runner",
-        default="",
-        help="Apache Beam runner (DirectRunner, DataflowRunner, ...); needs apache-beam",
+        nargs=argparse.REMAINDER,
+        metavar="NAME [BEAM_OPTION ...]",
+        help="last: prepare on Apache Beam with runner NAME (DirectRunner, DataflowRunner, "
+        "...) and these pipeline options; needs apache-beam (pip install 'pjx[beam]')",
     )
 
 
@@ -40,11 +47,8 @@ def main(args, overrides) -> int:
     from pjx import data, run
     from pjx.data import prepared
 
-    if args.runner:
-        raise ValueError(
-            "pjx data prepare --runner: Apache Beam is not part of this pjx build; prepare on "
-            "one host with --workers N (the rows are the same for any N)"
-        )
+    if args.runner == []:  # `--runner` with nothing after it
+        raise ValueError("pjx data prepare --runner NAME: name a Beam runner, e.g. DirectRunner")
     config = config_lib.first_stage(config_lib.load(args.config, overrides))
     config = config_lib.resolve_data(config)
     cfg = data.with_defaults(config.data)
@@ -61,6 +65,7 @@ def main(args, overrides) -> int:
             workers=max(int(args.workers), 1),
             seed=int(config.seed),
             chunks_per_shard=int(args.chunks_per_shard),
+            runner=args.runner or (),
         )
         dt = time.perf_counter() - t0
     cpu = sum(
@@ -78,6 +83,7 @@ def main(args, overrides) -> int:
         chunks=index["chunks"],
         skipped=index["skipped"],
         workers=int(args.workers),
+        runner=args.runner[0] if args.runner else "",
         seconds=dt,
         tokens_per_s=index["rows"] * L / dt if dt > 0 else 0.0,
         cpu_s=cpu,  # this command's processes, start-up included

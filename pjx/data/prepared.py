@@ -82,12 +82,16 @@ def _write_shard(job) -> dict:
     return dict(shard=shard, rows=rows, columns=columns, skipped=skipped)
 
 
-def prepare(cfg, *, task, task_args, tokenizer, out, workers=1, seed=0, chunks_per_shard=0):
+def prepare(
+    cfg, *, task, task_args, tokenizer, out, workers=1, seed=0, chunks_per_shard=0, runner=()
+):
     """Writes `cfg.source` prepared into `out`; returns the index (a dict).
 
     A shard is a run of consecutive chunks (`chunks_per_shard`, default: one, or as many as
     keep the shards at most 1024), encoded and written by one pool worker, so the output
-    depends on the source and the settings, never on the number of workers."""
+    depends on the source and the settings, never on the number of workers. `runner`:
+    (Beam runner name, pipeline option, ...) to write the shards on Apache Beam instead of
+    the pool (`_beam_shards`); the bytes are the same."""
     uri = parse_uri(cfg.source)
     if uri.slice:
         raise DataError(f"{uri.raw}: prepare a whole source (split the files instead of slicing)")
@@ -109,7 +113,9 @@ def prepare(cfg, *, task, task_args, tokenizer, out, workers=1, seed=0, chunks_p
         (j, items[i : i + per], os.path.join(tmp, f"part-{j:05d}.array_record"))
         for j, i in enumerate(range(0, len(items), per))
     ]
-    if int(workers) > 1:
+    if runner:
+        done = _beam_shards(jobs, common, list(runner), tmp)
+    elif int(workers) > 1:
         ctx = multiprocessing.get_context(os.environ.get("PJX_DATA_START") or _start_method())
         with ctx.Pool(min(int(workers), len(jobs)), _init, (common,)) as pool:
             done = pool.map(_write_shard, jobs, chunksize=1)
@@ -156,6 +162,52 @@ def prepare(cfg, *, task, task_args, tokenizer, out, workers=1, seed=0, chunks_p
     if skipped:
         log.warning(f"data: skipped {skipped} bad rows (data.bad_rows=skip)")
     return index
+
+
+def _beam_shard(job, common) -> dict:
+    _init(common)
+    return _write_shard(job)
+
+
+def _beam_shards(jobs, common, runner: list, tmp: str) -> list[dict]:
+    """The pool's work on Apache Beam (the engine TFDS and SeqIO prepare large sets with):
+    one element per shard, written by whichever worker takes it with the same
+    `_write_shard`, so the files are the pool's bytes. Every worker writes into `tmp`
+    (next to --out), which must be a filesystem they all see (NFS, a GCS FUSE mount);
+    their row counts come back through text files there."""
+    try:
+        import apache_beam as beam
+        from apache_beam.options.pipeline_options import PipelineOptions
+    except ImportError as e:
+        raise ValueError(
+            "pjx data prepare --runner needs Apache Beam: pip install 'pjx[beam]' (or "
+            "apache-beam), or leave --runner out to prepare on this host's processes"
+        ) from e
+    runner_name, *options = runner
+    prefix = os.path.join(tmp, "beam-shards")
+    opts = PipelineOptions([f"--runner={runner_name}", *options])
+    with beam.Pipeline(options=opts) as p:
+        _ = (
+            p
+            | "shards" >> beam.Create(jobs)
+            | "spread" >> beam.Reshuffle()  # lets a runner hand shards to many workers
+            | "write" >> beam.Map(_beam_shard, common)
+            | "json" >> beam.Map(json.dumps)
+            | "counts" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl")
+        )
+    done = []
+    for name in sorted(os.listdir(tmp)):
+        if name.startswith("beam-shards") and name.endswith(".jsonl"):
+            with open(os.path.join(tmp, name)) as f:
+                done += [json.loads(line) for line in f if line.strip()]
+            os.remove(os.path.join(tmp, name))
+    done.sort(key=lambda d: d["shard"])
+    if [d["shard"] for d in done] != [j[0] for j in jobs]:
+        raise RuntimeError(
+            f"Beam runner {runner_name}: {len(done)} of {len(jobs)} shards reported back; "
+            "the output folder is incomplete"
+        )
+    return done
 
 
 def _start_method() -> str:
