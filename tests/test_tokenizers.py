@@ -144,6 +144,35 @@ def test_sentencepiece_t5_layout(trained):
     assert max(ids) < 700  # ordinary text never lands on a sentinel
 
 
+def test_sentinels_in_wire_format_equal_the_protobuf_edit():
+    """`append_sentinels` writes protobuf's wire format itself (sentencepiece's generated
+    module pins a protobuf runtime): it must parse as the same ModelProto as the edit made
+    through that module. Runs where the module loads (CI's 3.12 leg: protobuf 7)."""
+    import io
+
+    import sentencepiece as spm
+
+    from pjx.tokenizers import spm as pjx_spm
+
+    try:
+        from sentencepiece import sentencepiece_model_pb2 as pb
+    except Exception as e:  # generated for another protobuf runtime (apache-beam's < 7)
+        pytest.skip(f"sentencepiece_model_pb2 does not load with this protobuf: {e}")
+    model = io.BytesIO()
+    lines = ["hello world, a test of sentinels"] * 40 + ["another line of words"] * 40
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, vocab_size=40, hard_vocab_limit=False
+    )
+    base = model.getvalue()
+    want = pb.ModelProto.FromString(base)
+    for i in reversed(range(7)):
+        user = pb.ModelProto.SentencePiece.USER_DEFINED
+        want.pieces.add(piece=f"<extra_id_{i}>", score=0.0, type=user)
+    want.trainer_spec.vocab_size = len(want.pieces)
+    got = pb.ModelProto.FromString(pjx_spm.append_sentinels(base, 7))
+    assert got == want and got.trainer_spec.vocab_size > 7
+
+
 @pytest.mark.parametrize("family", ["bert", "gpt2", "t5"])
 def test_sentencepiece_round_trip_save_load_pickle(trained, family, tmp_path):
     tok, saved = trained[family]

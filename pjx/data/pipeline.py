@@ -143,13 +143,18 @@ def map_dataset(table: dict, index: BatchIndex, *, task: str, cfg, seed: int):
     return grain.MapDataset.source(index).random_map(make, seed=int(seed) % 2**32)
 
 
+def worker_processes(cfg) -> int:
+    """Grain worker processes of a data config (`data.workers`; 0: threads in this one)."""
+    return int(cfg.get("workers", 0) or cfg.get("worker_count", 0) or 0)
+
+
 def iter_dataset(ds, cfg):
     threads = int(cfg.get("num_threads", 2))
     read = grain.ReadOptions(
         num_threads=threads, prefetch_buffer_size=int(cfg.get("prefetch", 8)) if threads else 0
     )
     it = ds.to_iter_dataset(read)
-    workers = int(cfg.get("workers", 0) or cfg.get("worker_count", 0) or 0)
+    workers = worker_processes(cfg)
     if workers > 0:
         from absl import flags
 

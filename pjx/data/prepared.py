@@ -46,7 +46,9 @@ MAX_SHARDS = 1024
 
 
 def _init(common):
-    _STATE["common"] = common
+    """Each worker process (and the one process of --workers 1) encodes on one core."""
+    task, args, tokenizer, cfg, seed = common
+    _STATE["common"] = (task, args, stream.one_core(tokenizer), cfg, seed)
 
 
 def _write_shard(job) -> dict:

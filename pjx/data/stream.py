@@ -20,7 +20,10 @@ continues with exactly the next batch.
 
 from __future__ import annotations
 
+import copy
 import logging
+import multiprocessing
+import os
 import sys
 
 import grain
@@ -54,16 +57,35 @@ class ChunkIndex:
         return j, self.chunks[j]
 
 
+def one_core(tokenizer):
+    """`tokenizer` for a data worker process: a copy that encodes on one thread (the
+    workers are the parallelism, one core each; a library's own thread pool would contend
+    with the other workers), with Hugging Face tokenizers' Rust pool off when this is a
+    worker process."""
+    if tokenizer is None:
+        return None
+    if multiprocessing.parent_process() is not None:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    single = copy.copy(tokenizer)
+    single.encode_threads = 1
+    return single
+
+
 class EncodeChunk:
     """(id, chunk) -> the chunk's rows (Task.encode on its documents) + `_skipped`. Runs in
     Grain's workers; picklable (the tokenizers are)."""
 
-    def __init__(self, task: str, task_args: dict, tokenizer, cfg: dict, seed: int, stride):
+    def __init__(
+        self, task: str, task_args: dict, tokenizer, cfg: dict, seed: int, stride, worker=False
+    ):
         self.task, self.args, self.tokenizer = task, task_args, tokenizer
         self.cfg, self.seed, self.stride = cfg, int(seed), tuple(stride)
+        self.worker = worker  # runs in worker processes: one core each (`one_core`)
 
     def __call__(self, item) -> dict:
         cid, chunk = item
+        if self.worker and getattr(self.tokenizer, "encode_threads", 0) != 1:  # once a worker
+            self.tokenizer = one_core(self.tokenizer)
         return encode_chunk(
             chunk, cid, self.task, self.args, self.tokenizer, self.cfg, self.seed, self.stride
         )
@@ -196,7 +218,8 @@ def build(cfg, *, task, task_args, tokenizer, batch_rows, seed, process_index, p
     mine, stride = shards.split(chunks, process_index, process_count)
     args = tasks.get(task).args(task_args)
     cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-    encode = EncodeChunk(task, args, tokenizer, cfg_dict, seed, stride)
+    in_workers = pipeline.worker_processes(cfg) > 0
+    encode = EncodeChunk(task, args, tokenizer, cfg_dict, seed, stride, worker=in_workers)
     ds = grain.MapDataset.source(ChunkIndex(mine, seed, cfg.get("shuffle", True))).map(encode)
     info = dict(
         source=uri.raw, task=task, batch_size=int(batch_rows), chunks=len(mine), mode="stream"

@@ -50,6 +50,10 @@ class Tokenizer:
     """
 
     kind = ""
+    # Threads of one `encode_batch` call, for the kinds whose library spreads a batch over
+    # cores (SentencePiece); 0: the library's default (every core). Data workers set 1:
+    # there the parallelism is the number of worker processes, one core each.
+    encode_threads = 0
     vocab_size: int
     pad_id: int | None
     unk_id: int | None

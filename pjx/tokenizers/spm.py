@@ -68,8 +68,9 @@ class SentencePieceTokenizer(Tokenizer):
         return cls(path.read_bytes(), extra_ids=extra_ids)
 
     def encode_batch(self, texts):
-        # One C++ call over the whole list, spread over all cores by SentencePiece.
-        return self._sp.encode(list(texts), out_type=int)
+        # One C++ call over the whole list, spread over `encode_threads` (0: every core).
+        threads = int(self.encode_threads) or None
+        return self._sp.encode(list(texts), out_type=int, num_threads=threads)
 
     def decode(self, ids):
         return self._sp.decode([i for i in self._decodable(ids) if i < self._sp_size])
@@ -139,18 +140,38 @@ def _file_lines(path: Path) -> Iterator[str]:
 
 
 def append_sentinels(model_proto: bytes, n: int) -> bytes:
-    """Adds <extra_id_{n-1}> .. <extra_id_0> as the last pieces, so extra_id_0 is the top id."""
-    from sentencepiece import sentencepiece_model_pb2 as pb
+    """Adds <extra_id_{n-1}> .. <extra_id_0> as the last pieces, so extra_id_0 is the top id.
 
-    m = pb.ModelProto()
-    m.ParseFromString(model_proto)
+    Written in protobuf's wire format, not through `sentencepiece_model_pb2`: that module
+    is generated for one protobuf runtime (sentencepiece 0.2.3: >= 7.36) and would tie pjx
+    to it (Apache Beam needs protobuf < 7). A parser appends repeated-field records in order
+    and merges a repeated embedded message into the first, so the result parses exactly as
+    the ModelProto with the pieces added and trainer_spec.vocab_size updated."""
+    count = spm.SentencePieceProcessor(model_proto=model_proto).get_piece_size()
+    out = bytearray(model_proto)
     for i in reversed(range(n)):
-        # User-defined: matched in raw text like Hugging Face's T5 added tokens.
-        m.pieces.add(
-            piece=sentinel_token(i), score=0.0, type=pb.ModelProto.SentencePiece.USER_DEFINED
-        )
-    m.trainer_spec.vocab_size = len(m.pieces)
-    return m.SerializeToString()
+        # SentencePiece {piece: 1, score: 2 (float 0), type: 3 = USER_DEFINED (4)}: user
+        # pieces are matched in raw text, like Hugging Face's T5 added tokens.
+        name = sentinel_token(i).encode()
+        piece = _field(1, 2) + _varint(len(name)) + name + _field(2, 5) + bytes(4)
+        piece += _field(3, 0) + _varint(4)
+        out += _field(1, 2) + _varint(len(piece)) + piece  # ModelProto.pieces
+    spec = _field(4, 0) + _varint(count + n)  # TrainerSpec.vocab_size
+    out += _field(2, 2) + _varint(len(spec)) + spec  # ModelProto.trainer_spec (merged)
+    return bytes(out)
+
+
+def _field(number: int, wire_type: int) -> bytes:
+    return _varint(number << 3 | wire_type)
+
+
+def _varint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, v = v & 0x7F, v >> 7
+        out.append(low | (0x80 if v else 0))
+        if not v:
+            return bytes(out)
 
 
 def train_sentencepiece(
