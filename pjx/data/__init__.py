@@ -83,10 +83,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.blur = True
     # Grain
     c.shuffle = True
-    c.num_threads = 2  # ReadOptions threads
+    c.num_threads = 2  # ReadOptions threads without worker processes (with them: 1 each)
     c.prefetch = 8  # batches buffered ahead
     c.worker_count = 0  # worker processes (mp_prefetch); 0 = threads only
-    c.workers = 0  # the same, for every mode (overrides worker_count when set)
+    c.workers = 0  # the same, for every mode (overrides worker_count); one core each
     # streaming / prepared
     c.chunk_bytes = 1 << 20  # bytes of text per chunk (the unit of reading, packing, sharding)
     c.shuffle_buffer = 8192  # streaming: rows per shuffled window (whole chunks)

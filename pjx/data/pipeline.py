@@ -149,12 +149,14 @@ def worker_processes(cfg) -> int:
 
 
 def iter_dataset(ds, cfg):
-    threads = int(cfg.get("num_threads", 2))
+    workers = worker_processes(cfg)
+    # In worker processes, one thread each: the workers are the parallelism, one core per
+    # worker (`data.workers` = the cores to use), as in `pjx data prepare --workers`.
+    threads = 1 if workers > 0 else int(cfg.get("num_threads", 2))
     read = grain.ReadOptions(
         num_threads=threads, prefetch_buffer_size=int(cfg.get("prefetch", 8)) if threads else 0
     )
     it = ds.to_iter_dataset(read)
-    workers = worker_processes(cfg)
     if workers > 0:
         from absl import flags
 
