@@ -214,11 +214,14 @@ def fit(
     private = privacy.enabled(c.dp)
     window, last = _Window("grad_norm" if private else "loss"), {}
 
+    waits = {}  # step -> seconds blocked on the input pipeline for its batch
+
     def log_train(upto):
         nonlocal last
         steps = window.pop(upto)
         if steps:
             line = _train_line(steps, private)
+            line["data_wait_s"] = sum(waits.pop(st, 0.0) for st, _ in steps) / len(steps)
             last = metrics.train(steps[-1][0], line, unit, per_step * len(steps))
 
     def run_eval(step) -> dict | None:
@@ -232,7 +235,9 @@ def fit(
     with sharding.context(s.mesh), PreemptionGuard() as guard:
         for step in range(start, total):
             if step > start:
+                t = time.perf_counter()
                 batch = next(batches)
+                waits[step + 1] = time.perf_counter() - t
             state, mets = compiled(state, sharding.global_batch(batch, s.batch_sharding))
             done = step + 1
             window.add(done, mets)

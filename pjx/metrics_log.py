@@ -21,7 +21,7 @@ import time
 import jax
 
 # Wall-clock fields of metrics.jsonl: they differ between identical runs.
-TIMING_KEYS = ("tokens_per_s", "examples_per_s", "step_s", "elapsed_s", "eta_s")
+TIMING_KEYS = ("tokens_per_s", "examples_per_s", "step_s", "data_wait_s", "elapsed_s", "eta_s")
 
 log = logging.getLogger(__name__)
 

@@ -79,7 +79,7 @@ def _lines(workdir, split=None):
     return [r for r in lines if split is None or r["split"] == split]
 
 
-TIMING = ("tokens_per_s", "examples_per_s", "step_s", "elapsed_s", "eta_s")
+TIMING = ("tokens_per_s", "examples_per_s", "step_s", "data_wait_s", "elapsed_s", "eta_s")
 
 
 def _strip(lines):

@@ -4,6 +4,7 @@ and a tiny GPT-2 that learns."""
 import json
 import os
 import signal
+import time
 
 import jax
 import numpy as np
@@ -124,6 +125,22 @@ def test_nan_stops_naming_the_step(tmp_path):
     lines = _read(tmp_path / "metrics.jsonl") if (tmp_path / "metrics.jsonl").exists() else []
     assert all(np.isfinite(r["loss"]) for r in lines)
     assert all(r["step"] < e.value.step for r in lines)
+
+
+def test_train_lines_time_the_wait_for_data(tmp_path):
+    """`data_wait_s`: the seconds per step the loop spent blocked on the input pipeline."""
+    c = _gpt2_config(log_every=2, steps=4)
+
+    def slow():  # 0.3 s a batch, far more than a tiny model's step
+        for b in _lm_batches():
+            time.sleep(0.3)
+            yield b
+
+    run.train(c, str(tmp_path), train_data=slow(), checkpoints=False, devices=_one_device())
+    lines = [r for r in _read(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+    assert [r["step"] for r in lines] == [2, 4]
+    # Step 1's batch is read before compiling, outside the loop; steps 3 and 4 wait 0.3 s.
+    assert lines[-1]["data_wait_s"] == pytest.approx(0.3, abs=0.1)
 
 
 @pytest.mark.slow
