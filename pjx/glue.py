@@ -122,13 +122,13 @@ def glue(
         for seed in range(seeds):
             cfg = task_config(task, source, seed, overrides, config)
             workdir = out / task / f"seed{seed}"
-            budget[task] = _budget(cfg)
             if finished(cfg, workdir):
                 log.info(f"glue: {task} seed {seed} already done in {workdir}")
             else:
                 log.info(f"=== glue: {task} seed {seed} -> {workdir}")
                 run_lib.train(cfg, str(workdir))
             last = MetricsLog.last_record(workdir)
+            budget.setdefault(task, set()).add(_budget(workdir))
             for metric in METRICS[task]:
                 values.setdefault(task, {}).setdefault(metric, []).append(float(last[metric]))
     results = {
@@ -136,6 +136,7 @@ def glue(
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "glue.json").write_text(json.dumps(results, indent=2) + "\n")
+    budget = {task: "; ".join(sorted(b)) for task, b in budget.items()}
     (out / "glue.md").write_text(table(results, source, budget, command))
     chart(results, out / "glue.png", title=f"GLUE dev (held out), {seeds} seed(s): {source}")
     log.info(table(results, source, budget, command))
@@ -150,9 +151,12 @@ def summarize(values) -> dict:
     return {"mean": float(np.mean(v)), "std": std, "values": [float(x) for x in v]}
 
 
-def _budget(cfg) -> str:
-    c = config_lib.resolve_data(cfg)
-    return f"{int(c.steps)} x {int(c.batch_size)}, lr {float(c.optimizer.lr):g}"
+def _budget(workdir) -> str:
+    """What a finished run trained with, from the config it saved (a table built by a later
+    call reports the runs as they ran, whatever that call's overrides)."""
+    c = json.loads((Path(workdir) / "config.json").read_text())
+    shape = [c["steps"], c["batch_size"], c["data"].get("seq_len") or 0]
+    return " x ".join(str(int(n)) for n in shape) + f", lr {float(c['optimizer']['lr']):g}"
 
 
 def table(results: dict, source: str, budget: dict, command: str = "") -> str:
@@ -166,7 +170,7 @@ def table(results: dict, source: str, budget: dict, command: str = "") -> str:
     if command:
         lines += ["    " + command, ""]
     lines += [
-        "| task | metric | mean ± std | per seed | steps x batch, lr |",
+        "| task | metric | mean ± std | per seed | steps x batch x seq_len, lr |",
         "|---|---|---|---|---|",
     ]
     for task, per in results.items():

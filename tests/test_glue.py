@@ -115,6 +115,11 @@ def test_glue_table_json_chart_and_resume(source, data, tmp_path, capsys):
     assert {p: p.read_text() for p in out.glob("*/seed*/metrics.jsonl")} == before
     assert json.loads((out / "glue.json").read_text()) == results
 
+    # A later call with other settings reads the runs back and states what they ran with.
+    assert cli.main([*argv, "--config.optimizer.lr=0.5"]) == 0
+    assert "lr 0.5" not in capsys.readouterr().out
+    assert (out / "glue.md").read_text() == md
+
 
 def test_tasks_without_data_are_named(data, tmp_path, capsys):
     source = str(tmp_path / "never_read")  # no run starts: the data is checked first
