@@ -82,6 +82,7 @@ def main():
     p.add_argument("--workdir", default="runs/minilm_sst2")
     p.add_argument("--only", default="", help="comma-separated run names")
     p.add_argument("--pooling", default="", help="model.pooling of every run (cls | mean)")
+    p.add_argument("--dp-clip", type=float, default=0.0, help="dp.l2_norm_clip (0: the recipe)")
     args = p.parse_args()
     hf = f"--config.init_from=hf:{_model_dir()}"
     common = [hf, "--config.data.seq_len=64", "--config.eval_every=0", "--config.progress=false"]
@@ -91,6 +92,7 @@ def main():
     dp = [f"--config.steps={args.dp_steps}", f"--config.batch_size={args.dp_batch}"]
     dp += [f"--config.data.seq_len={args.dp_seq_len}"]
     dp += [f"--config.optimizer.accum_steps={max(args.dp_batch // 128, 1)}"]
+    dp += [f"--config.dp.l2_norm_clip={args.dp_clip}"] if args.dp_clip else []
     runs = {
         "full": ("configs/glue.py:sst2", [*steps, "--config.optimizer.lr=5e-5"]),
         "lora_r8": ("configs/glue.py:sst2,lora", steps),  # r=8, alpha 16, lr 5e-4
