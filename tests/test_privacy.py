@@ -123,9 +123,9 @@ def test_clipped_sum_equals_a_loop_of_per_example_gradients(case):
         trainable = jax.tree.map(lambda _: True, params)
     rng = jax.random.key(7)
     dp = grads.DP(l2_norm_clip=C, noise_multiplier=0.0, expected_batch_size=1, **kw)
-    _, _, got = jax.jit(
-        lambda p: grads.gradients(fn, p, batch, rng, trainable=trainable, dp=dp)
-    )(params)
+    _, _, got = jax.jit(lambda p: grads.gradients(fn, p, batch, rng, trainable=trainable, dp=dp))(
+        params
+    )
     k_examples, _ = jax.random.split(rng)
 
     def clipped(i):  # plain jax.grad of example i alone, clipped over what trains
