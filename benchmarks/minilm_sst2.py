@@ -6,10 +6,12 @@ LoRA r=8, and DP-SGD at epsilon 8 (full and LoRA) vs the same steps without DP, 
   python benchmarks/minilm_sst2.py --dp-steps 60 --dp-batch 1024 --dp-seq-len 32 \
       --only dp_lora_eps8,dp_lora_same_steps_no_dp
   python benchmarks/minilm_sst2.py --only full,lora_r8 --pooling mean
+  python benchmarks/minilm_sst2.py --only lora_r8 --pooling mean --set lora.targets=all-linear
 
 Each run is `pjx train --config configs/glue.py:sst2` (or `:sst2,dp`) from
 `hf:<the package's model folder>` at seq_len 64 (SST-2 sentences are short: 99.5% fit in 48
-MiniLM tokens, 94.5% in 32; --dp-seq-len sets the DP runs' length), evaluated once at the
+MiniLM tokens, 94.5% in 32; --dp-seq-len sets the DP runs' length, --dp-clip their clip
+norm, --set KEY=VALUE any config key of every run), evaluated once at the
 end on the held-out 10% (6,735 sentences) with `pjx eval`. Prints one line per run and,
 last, one JSON object: per run the trainable and total parameters, the per-device memory of
 parameters and optimizer state (from the run's own report), the
@@ -83,11 +85,19 @@ def main():
     p.add_argument("--only", default="", help="comma-separated run names")
     p.add_argument("--pooling", default="", help="model.pooling of every run (cls | mean)")
     p.add_argument("--dp-clip", type=float, default=0.0, help="dp.l2_norm_clip (0: the recipe)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="--config.KEY=VALUE for every run",
+    )
     args = p.parse_args()
     hf = f"--config.init_from=hf:{_model_dir()}"
     common = [hf, "--config.data.seq_len=64", "--config.eval_every=0", "--config.progress=false"]
     common += ["--config.checkpoint_every=0", "--config.log_every=10", "--config.eval_steps=1"]
     common += [f"--config.model.pooling={args.pooling}"] if args.pooling else []
+    last = [f"--config.{kv}" for kv in args.set]  # after each run's own settings
     steps = [f"--config.steps={args.steps}", f"--config.optimizer.warmup_steps={args.steps // 10}"]
     dp = [f"--config.steps={args.dp_steps}", f"--config.batch_size={args.dp_batch}"]
     dp += [f"--config.data.seq_len={args.dp_seq_len}"]
@@ -127,7 +137,7 @@ def main():
     results = {}
     for name in chosen:
         config, extra = runs[name]
-        results[name] = run(name, config, f"{args.workdir}/{name}", [*common, *extra])
+        results[name] = run(name, config, f"{args.workdir}/{name}", [*common, *extra, *last])
     print(json.dumps(results))
 
 
