@@ -9,7 +9,9 @@
 
 ARG: the task (`sst2`, `cola`, `mrpc`, `rte`), optionally `,smoke` (2 steps), `,dp`
 (differentially private fine-tuning at epsilon 8, see below) and `,lora` (LoRA r=8 on the
-attention's query / value projections, the classifier trained fully). With
+attention's query / value projections, the classifier trained fully;
+`--config.lora.targets=all-linear` adapts every linear layer of the blocks, closer to full
+fine-tuning: BENCHMARKS.md). With
 `init_from` (a pjx pretraining workdir, or `hf:` a Hugging Face BERT folder) the encoder,
 its architecture and its tokenizer come from there and the classifier is new; without it a
 `mini` BERT trains from scratch with a SentencePiece vocabulary trained on the task text.
