@@ -12,6 +12,7 @@ same step; a process that dies is named by the others, which exit non-zero (`Hea
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import time
@@ -125,6 +126,11 @@ class Heartbeat:
         # release the GIL).
         self.client, self.timeout_s, self.every_s = client, float(timeout_s), float(every_s)
         self.me, self.n = jax.process_index(), jax.process_count()
+        # Stopped at exit before jax's own atexit shuts the coordination service down
+        # (atexit runs the newest first): a beat after that fails, and must not read as a
+        # lost coordinator and turn a finished run's exit code into 3.
+        self._stop = threading.Event()
+        atexit.register(self._stop.set)
         self._thread = threading.Thread(target=self._run, daemon=True, name="pjx-heartbeat")
         self._thread.start()
 
@@ -135,13 +141,14 @@ class Heartbeat:
     def _run(self):
         seen = {p: (None, time.monotonic()) for p in range(self.n) if p != self.me}
         beat = 0
-        while True:
-            time.sleep(self.every_s)
+        while not self._stop.wait(self.every_s):
             beat += 1
             try:
                 self.client.key_value_set(f"pjx/alive/{self.me}", str(beat), allow_overwrite=True)
                 values = self._values()
             except Exception as e:  # noqa: BLE001 - the coordinator (process 0) is gone
+                if self._stop.is_set():  # ... or this process is exiting
+                    return
                 exit_lost([0], f"the coordination service on process 0 does not answer ({e})")
             now = time.monotonic()
             for p, (value, since) in seen.items():

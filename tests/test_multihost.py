@@ -239,3 +239,33 @@ def test_a_killed_process_makes_the_other_exit_naming_it(tmp_path):
     assert procs[0].returncode not in (0, None)
     assert "pjx: process 1 of 2 is lost" in out, out[-2000:]
     assert took < 60
+
+
+@pytest.mark.parametrize("exiting", [True, False])
+def test_heartbeat_failing_at_exit_is_not_a_lost_coordinator(monkeypatch, exiting):
+    """At exit jax shuts the coordination service down while the heartbeat thread may be
+    mid-beat: that failure ends the thread quietly (a finished run keeps exit code 0); the
+    same failure while the process runs is a lost coordinator."""
+    from pjx import distributed
+
+    lost = []
+
+    def exit_lost(procs, why):  # the real one ends the process; here: record, stop beating
+        lost.append(procs)
+        beat._stop.set()
+
+    monkeypatch.setattr(distributed, "exit_lost", exit_lost)
+
+    class Client:
+        def key_value_set(self, *args, **kwargs):
+            if exiting:
+                beat._stop.set()  # what the atexit handler does, during this call
+            raise RuntimeError("CANCELLED: the coordination service shut down")
+
+        def key_value_dir_get(self, prefix):
+            return []
+
+    beat = distributed.Heartbeat(Client(), every_s=0.01)
+    beat._thread.join(timeout=5)
+    assert not beat._thread.is_alive()
+    assert lost == ([] if exiting else [[0]])
