@@ -19,6 +19,8 @@ import time
 
 import jax
 import jax._src.distributed  # the coordination client (Heartbeat): jax has no public handle
+import numpy as np
+from jax.experimental import multihost_utils
 
 from pjx.nn import backend
 
@@ -96,6 +98,13 @@ def initialize(
     if jax.process_count() > 1 and client is not None:
         _heartbeat = Heartbeat(client)
     return True
+
+
+def max_over_processes(value: int) -> int:
+    """The largest of every process's `value` (each process calls this at the same point)."""
+    if jax.process_count() == 1:
+        return int(value)
+    return int(np.max(multihost_utils.process_allgather(np.int32(value))))
 
 
 def host_value(tree):

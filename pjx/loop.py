@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 
 from pjx import distributed, privacy, sharding
 from pjx.metrics_log import MetricsLog
-from pjx.train import Setup, TrainState, abstract_batch, evaluate
+from pjx.train import Setup, TrainState, abstract_batch, evaluate, trim_padding
 
 log = logging.getLogger(__name__)
 
@@ -202,15 +202,28 @@ def fit(
     total, log_every, eval_every = int(c.steps), int(c.log_every), int(c.eval_every)
     batches = iter(train_data)
     batch = next(batches)
-    t0 = time.perf_counter()
-    with sharding.context(s.mesh):  # train.compile_step, inline: shallower loss tracebacks
-        compiled = s.step_fn.lower(s.abstract_state, abstract_batch(s, batch)).compile()
-    log.info(
-        f"compiled train step in {time.perf_counter() - t0:.1f}s; "
-        f"{sharding.memory_report(compiled)}"
-    )
-    metrics.start_clock()
+    # Throughput counts the configured row length, whatever width a batch is trimmed to.
     per_step, unit = _units(batch, s.task.unit, privacy.batch_rows(c)), s.task.unit
+    compiled_steps = {}  # batch shapes -> the train step compiled for them
+
+    def step_for(batch):
+        shapes = tuple(sorted((k, np.shape(v)) for k, v in batch.items()))
+        if shapes not in compiled_steps:
+            t0 = time.perf_counter()
+            with sharding.context(s.mesh):  # train.compile_step, inline: shallower tracebacks
+                compiled = s.step_fn.lower(s.abstract_state, abstract_batch(s, batch)).compile()
+            mask = batch.get("attention_mask")
+            width = f" for width {np.shape(mask)[1]}" if mask is not None else ""
+            log.info(
+                f"compiled train step{width} in {time.perf_counter() - t0:.1f}s; "
+                f"{sharding.memory_report(compiled)}"
+            )
+            compiled_steps[shapes] = compiled
+        return compiled_steps[shapes]
+
+    batch = trim_padding(s, batch)
+    step_for(batch)
+    metrics.start_clock()
     private = privacy.enabled(c.dp)
     window, last = _Window("grad_norm" if private else "loss"), {}
 
@@ -236,8 +249,9 @@ def fit(
         for step in range(start, total):
             if step > start:
                 t = time.perf_counter()
-                batch = next(batches)
+                batch = trim_padding(s, next(batches))
                 waits[step + 1] = time.perf_counter() - t
+            compiled = step_for(batch)
             state, mets = compiled(state, sharding.global_batch(batch, s.batch_sharding))
             done = step + 1
             window.add(done, mets)

@@ -219,6 +219,29 @@ def abstract_batch(s: Setup, batch):
     )
 
 
+def trim_padding(s: Setup, batch: dict) -> dict:
+    """`batch` cut to the smallest multiple of `data.length_bucket` columns that holds the
+    longest row of the global batch (the task's `padded_keys`; other arrays as they are).
+
+    Columns past every row's attention mask only carry padding that attention and pooling
+    mask out, so the loss is the same; a batch of short sentences then costs its length,
+    not seq_len (SST-2 at seq_len 64: most batches fit 48). Each width compiles once. Every
+    process must feed the same shape, so the width is the largest over processes. Dropout
+    draws its masks per shape: with dropout on, a trimmed run is as random as a padded one,
+    not the same draw."""
+    multiple, keys = int(s.config.data.get("length_bucket", 0)), s.task.padded_keys
+    if not multiple or not keys or "attention_mask" not in batch:
+        return batch
+    mask = np.asarray(batch["attention_mask"])
+    full = mask.shape[1]
+    used = np.flatnonzero(mask.any(axis=0))
+    longest = int(used[-1]) + 1 if used.size else 1
+    width = distributed.max_over_processes(min(full, -(-longest // multiple) * multiple))
+    if width >= full:
+        return batch
+    return {k: np.asarray(v)[:, :width] if k in keys else v for k, v in batch.items()}
+
+
 def compile_step(s: Setup, batch):
     """AOT-compile the train step for the shapes of this process's share of a batch."""
     with sharding.context(s.mesh):
@@ -255,7 +278,7 @@ def metric_sums(s: Setup, params, batches: Iterable, *, seed: int = 0, max_batch
         for i, batch in enumerate(batches):
             if max_batches and i >= max_batches:
                 break
-            b = dict(batch)
+            b = trim_padding(s, dict(batch))
             rows = len(next(iter(b.values())))
             b.setdefault("weight", np.ones((rows,), np.float32))
             G = getattr(batches, "global_batch_size", rows * jax.process_count())

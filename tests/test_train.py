@@ -218,3 +218,86 @@ def test_preempted_and_resumed_equals_uninterrupted(tmp_path, stop_after):
     # A third run finds the run complete and changes nothing.
     last = run.train(c, workdir, train_data=_ResumableBatches(), **kw)
     assert last["step"] == 5 and len(_read(tmp_path / "run" / "metrics.jsonl")) == 8
+
+
+def _bert_classify_config(**kw):
+    c = config_lib.base_config()
+    c.model.name, c.model.size, c.task = "bert", "tiny", "classify"
+    c.model.update(
+        dict(
+            num_layers=1,
+            hidden_size=32,
+            num_heads=2,
+            mlp_dim=64,
+            vocab_size=VOCAB,
+            num_labels=2,
+            dropout_rate=0.0,  # dropout masks are drawn per shape: compare without them
+            attention_dropout_rate=0.0,
+        )
+    )
+    c.data.seq_len, c.batch_size, c.steps, c.log_every = L, 4, 6, 1
+    c.optimizer.update(dict(lr=3e-3, warmup_steps=1))
+    c.mesh.update(dict(data=1))
+    c.progress = False
+    for k, v in kw.items():
+        config_lib.set_key(c, k, v, parse=False)
+    return c
+
+
+def _sentence_batches(seed=0, B=4, n=None):
+    """Rows of 2..L real tokens (a batch's longest row sets its width), padded with 0."""
+    rng = np.random.RandomState(seed)
+    for i in range(n or 10**9):
+        longest = [3, 11, 6, 16, 2, 9][i % 6]  # widths 4, 12, 8, 16, 4, 12 at multiple 4
+        lens = np.minimum(rng.randint(2, longest + 1, B), longest)
+        lens[0] = longest
+        ids = rng.randint(5, VOCAB, (B, L)).astype(np.int32)
+        mask = (np.arange(L) < lens[:, None]).astype(np.int32)
+        yield {
+            "input_ids": np.where(mask == 1, ids, 0),
+            "attention_mask": mask,
+            "token_type_ids": np.zeros_like(ids),
+            "label": rng.randint(0, 2, B).astype(np.int32),
+        }
+
+
+def test_trim_padding_keeps_every_used_column():
+    s = train.build(_bert_classify_config(**{"data.length_bucket": 4}), devices=_one_device())
+    widths = []
+    for b in _sentence_batches(n=6):
+        t = train.trim_padding(s, b)
+        widths.append(t["input_ids"].shape[1])
+        assert {k: v.shape[1] for k, v in t.items() if v.ndim == 2} == dict.fromkeys(
+            ("input_ids", "attention_mask", "token_type_ids"), widths[-1]
+        )
+        assert t["attention_mask"].sum() == b["attention_mask"].sum()  # no real token cut
+        np.testing.assert_array_equal(t["label"], b["label"])
+    assert widths == [4, 12, 8, 16, 4, 12]
+    off = train.build(_bert_classify_config(**{"data.length_bucket": 0}), devices=_one_device())
+    assert train.trim_padding(off, b) is b
+
+
+def test_trimmed_batches_train_like_padded_ones(tmp_path, capfd):
+    """Cutting the padded tail changes only the cost: the same losses, step by step, and
+    the same held-out metrics as every batch at seq_len; one compile per width."""
+    lines = {}
+    for bucket in (0, 4):
+        c = _bert_classify_config(eval_every=6, **{"data.length_bucket": bucket})
+        run.train(
+            c,
+            str(tmp_path / str(bucket)),
+            train_data=_sentence_batches(),
+            eval_data=list(_sentence_batches(seed=1, n=3)),
+            checkpoints=False,
+            devices=_one_device(),
+        )
+        out = "".join(capfd.readouterr())
+        compiles = [x for x in out.splitlines() if "compiled train step" in x]
+        assert len(compiles) == (4 if bucket else 1), compiles
+        lines[bucket] = _read(tmp_path / str(bucket) / "metrics.jsonl")
+    padded, trimmed = lines[0], lines[4]
+    assert [(r["step"], r["split"]) for r in padded] == [(r["step"], r["split"]) for r in trimmed]
+    for a, b in zip(padded, trimmed):
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=2e-5)
+        assert a.get("accuracy") == pytest.approx(b.get("accuracy"))
+    assert padded[-1]["split"] == "eval" and padded[-1]["loss"] != padded[-2]["loss"]

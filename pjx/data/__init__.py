@@ -54,6 +54,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.stream_above = 256 << 20  # unset mode: text / jsonl / Parquet above this many bytes stream
     c.seq_len = 128  # tokens per row (encoder / decoder input)
     c.target_len = 0  # seq2seq label length (0 = seq_len)
+    # Padded text rows (classify): each batch is cut to the smallest multiple of this that
+    # holds its longest row, one compiled step per width (0 = every batch at seq_len).
+    c.length_bucket = 16
     c.tokenizer = ""  # a pjx.tokenizers spec, read by pjx.run.build_tokenizer
     c.data_dir = ""  # TFDS data_dir ("" = TFDS's default)
     c.download = False  # TFDS: download_and_prepare when not prepared (needs internet)

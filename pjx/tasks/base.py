@@ -60,6 +60,10 @@ class Task:
     # documents' concatenation). One document reaching rows beyond its own breaks DP-SGD's
     # row-level unit (pjx.privacy.check_run).
     packs: str = ""
+    # Row arrays [B, L] whose tail past every row's attention_mask is padding: a batch may be
+    # cut to a narrower width (data.length_bucket, pjx.train.trim_padding) without changing
+    # its loss.
+    padded_keys: tuple[str, ...] = ()
 
     # ----------------------------------------------------------------- objective
     def loss(self, model, params, batch, rng, *, train, **args):

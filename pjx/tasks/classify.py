@@ -23,6 +23,8 @@ class Classify(base.Task):
     unit = "examples"
     defaults = dict(label_smoothing=0.0)
 
+    padded_keys = ("input_ids", "attention_mask", "token_type_ids")
+
     def logits(self, model, params, batch, rng=None, *, train=False):
         """Class logits [B, C] of a batch (images or text)."""
         if "pixel_values" in batch:
