@@ -116,6 +116,32 @@ def test_eval_of_two_processes_equals_one(runs):
         np.testing.assert_allclose(two[k], one[k], rtol=1e-6, err_msg=k)
 
 
+def test_classification_batches_trimmed_to_one_width_on_every_process(tmp_path):
+    """Each process cuts its rows' padding to the longest row of the whole global batch
+    (data.length_bucket), so both compile the same widths and train as one process does."""
+    glue = [
+        sys.executable,
+        "-m",
+        "pjx.cli",
+        "train",
+        "--config",
+        f"{ROOT}/configs/glue.py:sst2,smoke",
+    ]
+    extra = ["--config.steps=6", "--config.log_every=1", "--config.data.seq_len=128"]
+    extra += ["--config.data.length_bucket=8"]
+    outs = []
+    for name, processes, devices in (("two", 2, 4), ("one", 1, 8)):
+        procs = _start(tmp_path / name, *extra, processes=processes, devices=devices, argv=glue)
+        outs.append([p.communicate(timeout=240)[0] for p in procs])
+        for p, out in zip(procs, outs[-1]):
+            assert p.returncode == 0, out[-3000:]
+    widths = [re.findall(r"compiled train step for width (\d+)", out) for out in sum(outs, [])]
+    # Process 0 logs (the two-process run's first output, then the one-process run's).
+    assert len(widths[0]) > 1 and widths[0] == widths[2], widths
+    two, one = _lines(tmp_path / "two", "train"), _lines(tmp_path / "one", "train")
+    np.testing.assert_allclose([r["loss"] for r in two], [r["loss"] for r in one], rtol=1e-5)
+
+
 ROWS = textwrap.dedent("""
     import json, sys
     import numpy as np
