@@ -17,19 +17,12 @@ from pjx.metrics_log import TIMING_KEYS
 VOCAB, L = 32, 16
 
 
-def _gpt2_config(**kw):
+def _tiny_config(name, task, model=(), **kw):
+    """A one-layer `name` model of width 32 over VOCAB ids, rows of L, batch 4, one device."""
     c = config_lib.base_config()
-    c.model.name, c.task = "gpt2", "clm"
-    c.model.update(
-        dict(
-            num_layers=1,
-            hidden_size=32,
-            num_heads=2,
-            mlp_dim=64,
-            vocab_size=VOCAB,
-            max_position_embeddings=L,
-        )
-    )
+    c.model.name, c.task = name, task
+    c.model.update(dict(num_layers=1, hidden_size=32, num_heads=2, mlp_dim=64, vocab_size=VOCAB))
+    c.model.update(dict(model))
     c.data.seq_len, c.batch_size, c.steps, c.log_every = L, 4, 4, 2
     c.optimizer.update(dict(lr=3e-3, warmup_steps=1))
     c.mesh.update(dict(data=1))
@@ -37,6 +30,10 @@ def _gpt2_config(**kw):
     for k, v in kw.items():
         config_lib.set_key(c, k, v, parse=False)
     return c
+
+
+def _gpt2_config(**kw):
+    return _tiny_config("gpt2", "clm", dict(max_position_embeddings=L), **kw)
 
 
 def _lm_batches(seed=0, B=4):
@@ -221,27 +218,9 @@ def test_preempted_and_resumed_equals_uninterrupted(tmp_path, stop_after):
 
 
 def _bert_classify_config(**kw):
-    c = config_lib.base_config()
-    c.model.name, c.model.size, c.task = "bert", "tiny", "classify"
-    c.model.update(
-        dict(
-            num_layers=1,
-            hidden_size=32,
-            num_heads=2,
-            mlp_dim=64,
-            vocab_size=VOCAB,
-            num_labels=2,
-            dropout_rate=0.0,  # dropout masks are drawn per shape: compare without them
-            attention_dropout_rate=0.0,
-        )
-    )
-    c.data.seq_len, c.batch_size, c.steps, c.log_every = L, 4, 6, 1
-    c.optimizer.update(dict(lr=3e-3, warmup_steps=1))
-    c.mesh.update(dict(data=1))
-    c.progress = False
-    for k, v in kw.items():
-        config_lib.set_key(c, k, v, parse=False)
-    return c
+    # Dropout masks are drawn per shape: trimmed and padded runs compare without them.
+    model = dict(num_labels=2, dropout_rate=0.0, attention_dropout_rate=0.0)
+    return _tiny_config("bert", "classify", model, **{"steps": 6, "log_every": 1, **kw})
 
 
 def _sentence_batches(seed=0, B=4, n=None):
