@@ -59,6 +59,7 @@ def main(argv=None) -> int:
     p.add_argument("--pad", default="longest", choices=("longest", "max_length"))
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=0, help="steps (0: steps / 5, the recipe's)")
     args = p.parse_args(argv)
 
     t_start = time.perf_counter()
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
     )
     sched = tf.get_linear_schedule_with_warmup(opt, args.steps // 10, args.steps)
     rng = np.random.default_rng(args.seed)
-    eval_every = max(args.steps // 5, 1)
+    eval_every = args.eval_every or max(args.steps // 5, 1)
 
     def evaluate() -> float:
         model.eval()
