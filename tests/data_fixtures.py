@@ -63,11 +63,17 @@ def write_idx(folder: Path, n=80) -> Path:
     return folder
 
 
-def write_sst2(path: Path, n=80) -> Path:
-    """A GLUE SST-2-layout TSV (sentence, label) of n short generated sentences."""
+def write_sst2(path: Path, n=80, words=6) -> Path:
+    """A GLUE SST-2-layout TSV (sentence, label) of n short generated sentences of `words`
+    words each, or of a length drawn from the range `words` = (fewest, most)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     vocab = "a fine good bad dull film plot acting and the was very".split()
-    rows = [f"{' '.join(rng.choice(vocab, 6))} \t{i % 2}" for i in range(n)]
+
+    def sentence():
+        k = words if isinstance(words, int) else int(rng.integers(words[0], words[1] + 1))
+        return " ".join(rng.choice(vocab, k))
+
+    rows = [f"{sentence()} \t{i % 2}" for i in range(n)]
     path.write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
     return path

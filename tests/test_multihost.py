@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_fixtures import write_sst2
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = f"{ROOT}/configs/gpt2_lm.py:smoke"
@@ -116,9 +117,12 @@ def test_eval_of_two_processes_equals_one(runs):
         np.testing.assert_allclose(two[k], one[k], rtol=1e-6, err_msg=k)
 
 
-def test_classification_batches_trimmed_to_one_width_on_every_process(tmp_path):
+def test_classification_batches_trimmed_to_one_width_on_every_process(tmp_path, monkeypatch):
     """Each process cuts its rows' padding to the longest row of the whole global batch
     (data.length_bucket), so both compile the same widths and train as one process does."""
+    # Sentences of 1-24 words in bytes: batches of several widths, no vocabulary to train.
+    write_sst2(tmp_path / "data" / "sst2" / "train.tsv", n=80, words=(1, 24))
+    monkeypatch.setenv("PJX_DATA", str(tmp_path / "data"))
     glue = [
         sys.executable,
         "-m",
@@ -128,7 +132,7 @@ def test_classification_batches_trimmed_to_one_width_on_every_process(tmp_path):
         f"{ROOT}/configs/glue.py:sst2,smoke",
     ]
     extra = ["--config.steps=6", "--config.log_every=1", "--config.data.seq_len=128"]
-    extra += ["--config.data.length_bucket=8"]
+    extra += ["--config.data.length_bucket=8", "--config.data.tokenizer=byte?specials=bert"]
     outs = []
     for name, processes, devices in (("two", 2, 4), ("one", 1, 8)):
         procs = _start(tmp_path / name, *extra, processes=processes, devices=devices, argv=glue)
