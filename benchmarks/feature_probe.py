@@ -11,8 +11,11 @@ the held-out last 10% (as configs/glue.py splits them) with SOURCE's tokenizer, 
 mean of the last layer's unpadded token states from each encoder (no training), and fits a
 logistic regression (scikit-learn, standardised features) on the training rows. It prints
 the task's GLUE metric on the held-out rows per encoder and the majority class's score, then
-one JSON object last. Where the pretrained features score no better than random ones, the
-encoder has not learned what the task needs, and fine-tuning starts from no advantage.
+one JSON object last. On a single-sentence task, pretrained features that score no better
+than random ones mean the encoder has not learned what the task needs, and fine-tuning
+starts from no advantage. On a pair task (MRPC, RTE) the probe cannot tell: the mean of a
+concatenated pair hides the relation its label is about, and even all-MiniLM-L6-v2's
+features score like random ones there (BENCHMARKS.md).
 """
 
 from __future__ import annotations
