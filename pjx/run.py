@@ -241,19 +241,27 @@ def fresh_state(s: train_lib.Setup, config, secret=None) -> train_lib.TrainState
 def build_tokenizer(config, workdir: str | None = None):
     """The run's tokenizer (None if it needs none).
 
-    Precedence: a tokenizer the config names (`sentencepiece:PATH`, `wordpiece:...`), then
-    the one saved with `config.init_from` (a fine-tuned model must read text the way it was
-    pretrained), then a `train:...` spec, which trains on the training texts into
-    WORKDIR/tokenizer on the first run and is reloaded from there on resume.
+    Precedence: the one saved with `config.init_from` (a fine-tuned model must read text
+    the way it was pretrained: a config's `data.tokenizer` is its default for runs without
+    one, unless `allow_vocab_resize` says the vocabulary changes on purpose), then a
+    tokenizer the config names (`sentencepiece:PATH`, `wordpiece:...`, `byte`), then a
+    `train:...` spec, which trains on the training texts into WORKDIR/tokenizer on the
+    first run and is reloaded from there on resume.
     """
     spec = config.data.get("tokenizer", "") or ""
     source = config.get("init_from") or ""
+    folder = checkpoint.tokenizer_dir(source) if source else None
+    if folder is not None and not config.get("allow_vocab_resize"):
+        if spec and not spec.startswith("train:"):
+            log.info(
+                f"tokenizer: {source}'s, which its model was trained with, not "
+                f"data.tokenizer={spec!r} (set allow_vocab_resize=true to change the vocabulary)"
+            )
+        return tokenizers.load(str(folder))
     if spec and not spec.startswith("train:"):
         return tokenizers.load(spec)
-    if source:
-        folder = checkpoint.tokenizer_dir(source)
-        if folder is not None:
-            return tokenizers.load(str(folder))
+    if folder is not None:
+        return tokenizers.load(str(folder))
     if not spec:
         return None
     # A generator: the texts are read only if the tokenizer is trained now.

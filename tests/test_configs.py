@@ -170,3 +170,21 @@ def test_pjx_train_sigterm_saves_exits_zero_and_resumes(tmp_path):
     )
     steps = [json.loads(x)["step"] for x in open(tmp_path / "run" / "metrics.jsonl")]
     assert steps == sorted(steps) and steps[-1] == step + 1
+
+
+def test_dp_recipe_reads_text_with_the_pretrained_models_tokenizer(minilm_dir):
+    """glue.py's DP recipes name bytes as their tokenizer for runs without a pretrained
+    model; with init_from the model's own WordPiece vocabulary must win (a byte-fed
+    MiniLM sees ids it never learned and DP-SGD stays at the majority class)."""
+    from pjx import run, tokenizers
+
+    text = "a gripping, funny film"
+    for arg in ("sst2,dp", "sst2,dp,lora"):
+        c = config_lib.load(f"{CONFIGS}/glue.py:{arg}")
+        assert isinstance(run.build_tokenizer(c), tokenizers.ByteTokenizer)  # no init_from
+        c.init_from = f"hf:{minilm_dir}"
+        tok = run.build_tokenizer(c)
+        assert tok.encode(text) == tokenizers.load(str(minilm_dir)).encode(text)
+        assert tok.encode(text) != tokenizers.load("byte?specials=bert").encode(text)
+        c.allow_vocab_resize = True  # a vocabulary change on purpose: the config's own
+        assert isinstance(run.build_tokenizer(c), tokenizers.ByteTokenizer)
