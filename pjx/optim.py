@@ -39,6 +39,13 @@ DEFAULTS = dict(
     # Regex on parameter paths ("vit/encoder/layer_0/..."): matching parameters get
     # no update and no optimizer state (linear probe: freeze="^(?!classifier)").
     freeze="",
+    # A peak lr of its own (the same schedule) for the task's heads: a new classifier on a
+    # pretrained encoder needs larger steps than the encoder tolerates, DP-SGD most of all,
+    # where a clipped example moves the head by at most the clip norm (BENCHMARKS.md).
+    # 0 = `lr` everywhere. `head_pattern`: a regex on parameter paths ("" = the family's
+    # heads, those LoRA trains fully: pjx.lora.HEADS).
+    head_lr=0.0,
+    head_pattern="",
 )
 
 
@@ -87,12 +94,24 @@ def frozen_mask(params, pattern: str):
     )
 
 
+def _heads_mask(params, pattern: str):
+    mask = frozen_mask(params, pattern)
+    if not any(jax.tree.leaves(mask)):
+        raise ValueError(
+            f"optimizer.head_lr: no trained parameter matches {pattern!r}; name the head with "
+            "--config.optimizer.head_pattern=REGEX (a regex on paths like 'classifier/kernel')"
+        )
+    return mask
+
+
 def make(
-    opt_cfg, total_steps: int, frozen: Callable | None = None
+    opt_cfg, total_steps: int, frozen: Callable | None = None, heads: str = ""
 ) -> tuple[optax.GradientTransformation, Callable]:
     """Returns (optax transformation, lr schedule). Leaves frozen by `optimizer.freeze` (a
-    regex) or by `frozen(params) -> bool pytree` (LoRA's base weights) get no update."""
-    tx, lr_fn = _make_trainable(opt_cfg, total_steps)
+    regex) or by `frozen(params) -> bool pytree` (LoRA's base weights) get no update; with
+    `optimizer.head_lr`, leaves matching `optimizer.head_pattern` (or `heads`, the
+    family's) step at that peak lr instead of `lr`. The lr schedule returned is `lr`'s."""
+    tx, lr_fn = _make_trainable(opt_cfg, total_steps, opt_cfg.get("head_pattern") or heads)
     pattern = opt_cfg.get("freeze", "") or ""
     if not pattern and frozen is None:
         return tx, lr_fn
@@ -110,7 +129,7 @@ def make(
     return optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()}, labels), lr_fn
 
 
-def _make_trainable(opt_cfg, total_steps: int):
+def _make_trainable(opt_cfg, total_steps: int, heads: str):
     lr_fn = schedule(opt_cfg, total_steps)
     mu_dtype = jnp.dtype(opt_cfg.get("mu_dtype", "float32") or "float32")
     parts = []
@@ -127,4 +146,16 @@ def _make_trainable(opt_cfg, total_steps: int):
             mask=decay_mask,
         )
     )
+    head_lr, lr = float(opt_cfg.get("head_lr") or 0.0), float(opt_cfg["lr"])
+    if head_lr and head_lr != lr:
+        if not heads:
+            raise ValueError(
+                f"optimizer.head_lr={head_lr}: this model has no task head to apply it to; "
+                "name the parameters with --config.optimizer.head_pattern=REGEX"
+            )
+        if not lr:
+            raise ValueError("optimizer.head_lr needs optimizer.lr > 0 (it scales lr's schedule)")
+        # AdamW's update (decay included) is linear in the lr: scaling it by head_lr / lr is
+        # AdamW at head_lr on the same schedule, with one optimizer state for all leaves.
+        parts.append(optax.masked(optax.scale(head_lr / lr), lambda p: _heads_mask(p, heads)))
     return optax.chain(*parts), lr_fn

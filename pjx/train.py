@@ -111,7 +111,9 @@ def build(config, *, tokenizer=None, mesh=None, devices=None, dp_mechanism=None)
         frozen_by_lora = lambda p: jax.tree.map(
             lambda t: not t, lora.trainable(p, lora_cfg, family)
         )
-    tx, lr_fn = optim.make(config["optimizer"], config["steps"], frozen=frozen_by_lora)
+    tx, lr_fn = optim.make(
+        config["optimizer"], config["steps"], frozen=frozen_by_lora, heads=lora.HEADS[family]
+    )
     mesh = mesh or sharding.make_mesh(config["mesh"], devices)
     inputs = models.example_inputs(
         model_cfg["name"], model.config, 1, config["data"].get("seq_len") or None

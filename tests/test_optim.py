@@ -158,3 +158,38 @@ def test_freeze_leaves_frozen_params_untouched_and_stateless():
     assert not np.allclose(new["classifier"]["kernel"], params["classifier"]["kernel"])
     mask = optim.frozen_mask(params, "^encoder/")
     assert mask == {"encoder": {"kernel": True, "bias": True}, "classifier": {"kernel": False}}
+
+
+def test_head_lr_is_adamw_at_that_lr_on_the_head_and_lr_elsewhere():
+    params = {
+        "encoder": {"kernel": jnp.full((3, 3), 0.5), "bias": jnp.ones((3,))},
+        "classifier": {"kernel": jnp.full((3, 2), -0.3), "bias": jnp.zeros((2,))},
+    }
+    cfg = _opt(
+        lr=0.01, head_lr=0.2, warmup_steps=2, schedule="linear", weight_decay=0.1, clip_norm=0.0
+    )
+    tx, lr_fn = optim.make(cfg, total_steps=6, heads="^classifier/")
+    body, _ = optim.make(_opt(**{**cfg, "head_lr": 0.0}), total_steps=6)
+    head, _ = optim.make(_opt(**{**cfg, "lr": 0.2, "head_lr": 0.0}), total_steps=6)
+    p, pb, ph = params, params, params
+    s, sb, sh = tx.init(p), body.init(pb), head.init(ph)
+    for i in range(4):
+        grad = lambda tree, i=i: jax.tree.map(lambda x: jnp.sin(x * (i + 1)) + 0.1 * i, tree)
+        u, s = tx.update(grad(p), s, p)
+        ub, sb = body.update(grad(pb), sb, pb)
+        uh, sh = head.update(grad(ph), sh, ph)
+        p, pb, ph = (optax.apply_updates(*a) for a in ((p, u), (pb, ub), (ph, uh)))
+    # Each leaf's gradient is a function of that leaf alone (no global-norm clip), so the
+    # encoder follows `body` (lr) and the classifier `head` (head_lr) exactly.
+    chex.assert_trees_all_close(p["encoder"], pb["encoder"], rtol=1e-6)
+    chex.assert_trees_all_close(p["classifier"], ph["classifier"], rtol=1e-6)
+    assert not np.allclose(p["classifier"]["kernel"], pb["classifier"]["kernel"])
+    assert float(lr_fn(2)) == pytest.approx(0.01)  # the schedule reported is lr's
+
+
+def test_head_lr_without_a_matching_head_is_refused():
+    tx, _ = optim.make(_opt(head_lr=1e-3), total_steps=4, heads="$^")
+    with pytest.raises(ValueError, match="head_pattern"):
+        tx.init({"decoder": {"kernel": jnp.ones((2, 2))}})
+    with pytest.raises(ValueError, match="no task head"):
+        optim.make(_opt(head_lr=1e-3), total_steps=4)
