@@ -249,24 +249,42 @@ def build_tokenizer(config, workdir: str | None = None):
     first run and is reloaded from there on resume.
     """
     spec = config.data.get("tokenizer", "") or ""
-    source = config.get("init_from") or ""
-    folder = checkpoint.tokenizer_dir(source) if source else None
-    if folder is not None and not config.get("allow_vocab_resize"):
-        if spec and not spec.startswith("train:"):
+    source = str(config.get("init_from") or "")
+    named = bool(spec) and not spec.startswith("train:")
+    folder = _pretrained_tokenizer(source, named) if source else None
+    if folder is not None and not (named and config.get("allow_vocab_resize")):
+        if named:
             log.info(
                 f"tokenizer: {source}'s, which its model was trained with, not "
                 f"data.tokenizer={spec!r} (set allow_vocab_resize=true to change the vocabulary)"
             )
         return tokenizers.load(str(folder))
-    if spec and not spec.startswith("train:"):
+    if named:
         return tokenizers.load(spec)
-    if folder is not None:
-        return tokenizers.load(str(folder))
     if not spec:
         return None
     # A generator: the texts are read only if the tokenizer is trained now.
     texts = data.read_texts(config.data.source, config.data)
     return tokenizers.from_config(spec, workdir=workdir, family=config.model.name, texts=texts)
+
+
+# The files a Hugging Face folder keeps its tokenizer in (pjx.tokenizers.load_directory).
+_HF_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "spiece.model", "tokenizer.model")
+
+
+def _pretrained_tokenizer(source: str, named: bool):
+    """The folder of the tokenizer `init_from`'s model was trained with (a PEFT adapter's is
+    its base model's). Where the config names a tokenizer of its own, None when the source
+    brings none (a pjx checkpoint saved without one, a Hugging Face folder of weights only)."""
+    if source.startswith("peft:"):
+        from pjx import hf  # heavy: only for adapters
+
+        source = "hf:" + hf.peft_base(source[5:])
+    folder = checkpoint.tokenizer_dir(source)
+    if named and folder is not None and source.startswith("hf:"):
+        if not any((folder / f).is_file() for f in _HF_TOKENIZER_FILES):
+            return None
+    return folder
 
 
 def cached_tokenizer(config, data_cfg=None):
