@@ -188,3 +188,17 @@ def test_dp_recipe_reads_text_with_the_pretrained_models_tokenizer(minilm_dir):
         assert tok.encode(text) != tokenizers.load("byte?specials=bert").encode(text)
         c.allow_vocab_resize = True  # a vocabulary change on purpose: the config's own
         assert isinstance(run.build_tokenizer(c), tokenizers.ByteTokenizer)
+
+
+def test_a_named_tokenizer_applies_where_init_from_brings_none(tmp_path):
+    """A Hugging Face folder of weights only has no tokenizer to prefer: the config's
+    named one applies (and without one, loading says what the folder lacks)."""
+    from pjx import run, tokenizers
+
+    (tmp_path / "config.json").write_text("{}")
+    c = config_lib.load(f"{CONFIGS}/glue.py:sst2,dp")
+    c.init_from = f"hf:{tmp_path}"
+    assert isinstance(run.build_tokenizer(c), tokenizers.ByteTokenizer)
+    c.data.tokenizer = ""
+    with pytest.raises(FileNotFoundError, match="no tokenizer in"):
+        run.build_tokenizer(c)
