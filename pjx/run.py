@@ -268,8 +268,14 @@ def build_tokenizer(config, workdir: str | None = None):
     return tokenizers.from_config(spec, workdir=workdir, family=config.model.name, texts=texts)
 
 
-# The files a Hugging Face folder keeps its tokenizer in (pjx.tokenizers.load_directory).
-_HF_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "spiece.model", "tokenizer.model")
+# The files a folder keeps its tokenizer in (pjx.tokenizers.load_directory).
+_HF_TOKENIZER_FILES = (
+    "pjx_tokenizer.json",
+    "tokenizer.json",
+    "vocab.txt",
+    "spiece.model",
+    "tokenizer.model",
+)
 
 
 def _pretrained_tokenizer(source: str, named: bool):
