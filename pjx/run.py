@@ -22,7 +22,19 @@ from typing import Any
 
 import jax
 
-from pjx import checkpoint, data, init_from, lock, logs, loop, plot, privacy, sharding, tokenizers
+from pjx import (
+    checkpoint,
+    data,
+    hf,
+    init_from,
+    lock,
+    logs,
+    loop,
+    plot,
+    privacy,
+    sharding,
+    tokenizers,
+)
 from pjx import config as config_lib
 from pjx import train as train_lib
 from pjx.data import cache
@@ -283,8 +295,6 @@ def _pretrained_tokenizer(source: str, named: bool):
     its base model's). Where the config names a tokenizer of its own, None when the source
     brings none (a pjx checkpoint saved without one, a Hugging Face folder of weights only)."""
     if source.startswith("peft:"):
-        from pjx import hf  # heavy: only for adapters
-
         source = "hf:" + hf.peft_base(source[5:])
     folder = checkpoint.tokenizer_dir(source)
     if named and folder is not None and source.startswith("hf:"):
