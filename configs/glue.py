@@ -75,8 +75,8 @@ def get_config(arg: str = "sst2"):
     if "dp" in rest:
         c.batch_size, c.steps = 1024, 180  # ~3 epochs of SST-2's 60k training sentences
         # The new classifier at 20x the encoder's lr: under a clip of 0.1 each example moves
-        # it by at most the clip, and at 5e-4 it does not leave the majority class in 180
-        # steps (BENCHMARKS.md, "DP-SGD").
+        # it by at most the clip, so its lr sets how far it gets in 180 steps (BENCHMARKS.md,
+        # "DP-SGD").
         c.optimizer.update(dict(lr=5e-4, head_lr=1e-2, weight_decay=0.0, accum_steps=8))
         c.dp.update(dict(target_epsilon=8.0, l2_norm_clip=0.1, microbatch_size=32))
         c.data.seq_len = 64  # SST-2 sentences are short; per-example gradients cost per token

@@ -280,16 +280,6 @@ def build_tokenizer(config, workdir: str | None = None):
     return tokenizers.from_config(spec, workdir=workdir, family=config.model.name, texts=texts)
 
 
-# The files a folder keeps its tokenizer in (pjx.tokenizers.load_directory).
-_HF_TOKENIZER_FILES = (
-    "pjx_tokenizer.json",
-    "tokenizer.json",
-    "vocab.txt",
-    "spiece.model",
-    "tokenizer.model",
-)
-
-
 def _pretrained_tokenizer(source: str, named: bool):
     """The folder of the tokenizer `init_from`'s model was trained with (a PEFT adapter's is
     its base model's). Where the config names a tokenizer of its own, None when the source
@@ -298,7 +288,7 @@ def _pretrained_tokenizer(source: str, named: bool):
         source = "hf:" + hf.peft_base(source[5:])
     folder = checkpoint.tokenizer_dir(source)
     if named and folder is not None and source.startswith("hf:"):
-        if not any((folder / f).is_file() for f in _HF_TOKENIZER_FILES):
+        if not tokenizers.holds_tokenizer(folder):
             return None
     return folder
 

@@ -11,7 +11,7 @@ Specs: sentencepiece:PATH.model, wordpiece:PATH/vocab.txt, char:PATH, byte, a di
 """
 
 from pjx.tokenizers.base import FAMILY_SPECIALS, Tokenizer
-from pjx.tokenizers.load import from_config, load
+from pjx.tokenizers.load import from_config, holds_tokenizer, load
 from pjx.tokenizers.spec import TokenizerSpec, parse_spec
 from pjx.tokenizers.spm import SentencePieceTokenizer, train_sentencepiece
 from pjx.tokenizers.symbols import ByteTokenizer, CharTokenizer, train_char
@@ -26,6 +26,7 @@ __all__ = [
     "Tokenizer",
     "TokenizerSpec",
     "from_config",
+    "holds_tokenizer",
     "load",
     "parse_spec",
     "train_char",

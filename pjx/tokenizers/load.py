@@ -65,6 +65,15 @@ LOADERS = {
 }
 
 
+# The Hugging Face files load_directory reads a tokenizer from (besides META_FILE).
+HF_FILES = ("spiece.model", "tokenizer.model", "tokenizer.json", "vocab.txt")
+
+
+def holds_tokenizer(d) -> bool:
+    """Whether load_directory finds a tokenizer file in folder `d`."""
+    return any((Path(d) / name).is_file() for name in (META_FILE, *HF_FILES))
+
+
 def load_directory(d) -> Tokenizer:
     """A folder written by `Tokenizer.save`, or a Hugging Face model folder."""
     d = Path(d)
@@ -95,7 +104,7 @@ def load_directory(d) -> Tokenizer:
         return HFTokenizer.from_file(d / "tokenizer.json")  # raises the install hint
     raise FileNotFoundError(
         f"no tokenizer in {d}: expected {META_FILE} (written by Tokenizer.save) or a Hugging "
-        "Face tokenizer file (tokenizer.json, vocab.txt, spiece.model, tokenizer.model)"
+        f"Face tokenizer file ({', '.join(HF_FILES)})"
     )
 
 
