@@ -25,13 +25,13 @@ import jax
 from pjx import (
     checkpoint,
     data,
-    hf,
     init_from,
     lock,
     logs,
     loop,
     plot,
     privacy,
+    saved,
     sharding,
     tokenizers,
 )
@@ -284,10 +284,9 @@ def _pretrained_tokenizer(source: str, named: bool):
     """The folder of the tokenizer `init_from`'s model was trained with (a PEFT adapter's is
     its base model's). Where the config names a tokenizer of its own, None when the source
     brings none (a pjx checkpoint saved without one, a Hugging Face folder of weights only)."""
-    if source.startswith("peft:"):
-        source = "hf:" + hf.peft_base(source[5:])
-    folder = checkpoint.tokenizer_dir(source)
-    if named and folder is not None and source.startswith("hf:"):
+    model = saved.Saved(source)
+    folder = model.tokenizer_dir
+    if named and folder is not None and model.kind != "pjx":
         if not tokenizers.holds_tokenizer(folder):
             return None
     return folder
