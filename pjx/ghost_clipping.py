@@ -8,7 +8,9 @@ example's weight gradient is x^T g (g: the cotangent of y), so its norm needs on
 
   ||x^T g||^2 = sum_ij (x x^T)_ij (g g^T)_ij        (or from x^T g itself when smaller)
 
-and the clipped sum over examples is one matmul, sum_b c_b x_b^T g_b. This module runs
+and the clipped sum over examples is one matmul, sum_b c_b x_b^T g_b. Layers that read
+the same input (query, key, value) share its Gram matrix: sum_k ||x^T g_k||^2 =
+sum_ij (x x^T)_ij (sum_k g_k g_k^T)_ij. This module runs
 one vmapped forward / backward per example *with respect to the layers' outputs only*
 (a zero added to each covered layer's output, the way flax's `perturb` captures
 intermediate gradients), so no weight gradient is formed per example; then computes the
@@ -54,6 +56,7 @@ class _Tape:
         self.calls = {}  # key -> (module type, module path, output shape/dtype, n_in)
         self.uses = collections.Counter()  # module path -> calls of any method
         self.inputs = {}
+        self.same_input = {}  # key -> the first key whose call read the very same array
 
     def intercept(self, next_fun, args, kwargs, context):
         module, method = context.module, context.method_name
@@ -72,7 +75,11 @@ class _Tape:
             self.calls[key] = (type(module), path, jax.ShapeDtypeStruct(y.shape, y.dtype), n_in)
             return y
         if key in self.zeros:
-            self.inputs[key] = args[0]
+            # query / key / value read one array: record it once (they share its Gram matrix)
+            first = next((k for k, x in self.inputs.items() if x is args[0]), key)
+            self.same_input[key] = first
+            if first == key:
+                self.inputs[key] = args[0]
             y = y + self.zeros[key].astype(y.dtype)
         return y
 
@@ -95,15 +102,19 @@ def _covered(tape: _Tape, trainable_paths: dict) -> dict:
     return out
 
 
-def _gram_sq_norm(a_BxNxI, b_BxNxO):
-    """Per-example ||a^T b||_F^2, by whichever of the two forms costs less."""
+def _gram_sq_norm(a_BxNxI, bs):
+    """Per-example sum_k ||a^T b_k||_F^2 over the output gradients `bs` of the layers that
+    read the input `a`, by whichever of the two forms costs fewer multiplies: the Gram
+    matrices (a a^T, one for all the layers, and sum_k b_k b_k^T) or each a^T b_k itself.
+    At a tie the Gram form: it runs faster on XLA:CPU (benchmarks/compare_dp.py)."""
     _, N, I = a_BxNxI.shape
-    O = b_BxNxO.shape[-1]
-    if N * N * (I + O) < N * I * O:
+    O = sum(b.shape[-1] for b in bs)
+    if N * N * (I + O) <= N * I * O:
         aa = jnp.einsum("bni,bmi->bnm", a_BxNxI, a_BxNxI)
-        bb = jnp.einsum("bno,bmo->bnm", b_BxNxO, b_BxNxO)
+        b = jnp.concatenate(bs, axis=-1) if len(bs) > 1 else bs[0]
+        bb = jnp.einsum("bno,bmo->bnm", b, b)
         return jnp.sum(aa * bb, axis=(1, 2))
-    return jnp.sum(jnp.square(jnp.einsum("bni,bno->bio", a_BxNxI, b_BxNxO)), axis=(1, 2))
+    return sum(jnp.sum(jnp.square(jnp.einsum("bni,bno->bio", a_BxNxI, b)), axis=(1, 2)) for b in bs)
 
 
 def clipped_sum(loss_fn, params, trainable, batch, keys, l2_norm_clip: float):
@@ -122,6 +133,8 @@ def clipped_sum(loss_fn, params, trainable, batch, keys, l2_norm_clip: float):
     ghost = {p for *_, held in covered.values() for p in held.values()}
     other = [i for p, i in index.items() if p not in ghost]
 
+    same_input = {}  # static: filled while per_example is traced
+
     def per_example(other_leaves, zeros, example, key_data):
         full = list(leaves)
         for i, x in zip(other, other_leaves):
@@ -129,6 +142,7 @@ def clipped_sum(loss_fn, params, trainable, batch, keys, l2_norm_clip: float):
         tape = _Tape(zeros)
         example = jax.tree.map(lambda x: x[None], example)
         loss, mets = one_loss(jax.tree.unflatten(treedef, full), example, key_data, tape)
+        same_input.update(tape.same_input)
         return loss, (mets, tape.inputs)
 
     zeros = {
@@ -143,8 +157,10 @@ def clipped_sum(loss_fn, params, trainable, batch, keys, l2_norm_clip: float):
     f32 = lambda x: x.astype(jnp.float32)
     sq = sum(jnp.sum(jnp.square(f32(g)), axis=tuple(range(1, g.ndim))) for g in g_other)
     flat_in, flat_out = {}, {}
+    readers = collections.defaultdict(list)  # (input's first key, its shape) -> matmuls
     for key, (kind, _, n_in, held) in covered.items():
-        x, g = inputs[key], f32(g_out[key])
+        first = same_input.get(key, key)
+        x, g = inputs[first], f32(g_out[key])
         B = g.shape[0]
         if kind in _TABLES:
             ids = x.reshape(B, -1)
@@ -155,10 +171,12 @@ def clipped_sum(loss_fn, params, trainable, batch, keys, l2_norm_clip: float):
             I = math.prod(x.shape[x.ndim - n_in :])
             x = f32(x).reshape(B, -1, I)
             g = g.reshape(B, x.shape[1], -1)
-            sq = sq + _gram_sq_norm(x, g)
+            readers[first, x.shape].append(key)
             if "bias" in held:
                 sq = sq + jnp.sum(jnp.square(jnp.sum(g, axis=1)), axis=-1)
         flat_in[key], flat_out[key] = x, g
+    for keys_ in readers.values():
+        sq = sq + _gram_sq_norm(flat_in[keys_[0]], [flat_out[k] for k in keys_])
     norm = jnp.sqrt(sq)
     scale = jnp.nan_to_num(jnp.minimum(1.0, l2_norm_clip / norm), nan=0.0, posinf=0.0)
 
@@ -166,16 +184,20 @@ def clipped_sum(loss_fn, params, trainable, batch, keys, l2_norm_clip: float):
     for i, g in zip(other, g_other):
         sums[i] = jnp.einsum("b,b...->...", scale, f32(g)).astype(leaves[i].dtype)
     for key, (kind, _, _, held) in covered.items():
-        x, g = flat_in[key], flat_out[key] * scale[:, None, None]
+        x, g = flat_in[key], flat_out[key]
         for name, p in held.items():
             shape = leaves[index[p]].shape
             if kind in _TABLES:
                 table = jnp.zeros(shape, jnp.float32)
-                s = table.at[x.reshape(-1)].add(g.reshape(-1, shape[-1]))
+                s = table.at[x.reshape(-1)].add((g * scale[:, None, None]).reshape(-1, shape[-1]))
             elif name == "kernel":
-                s = jnp.einsum("bni,bno->io", x, g).reshape(shape)
+                # sum_b c_b x_b^T g_b as one 2-D matmul of the scaled input, transposed
+                # first: given the 3-D einsum, XLA:CPU fuses the input's producer (GELU)
+                # into a transposing copy that took 3x the matmul itself.
+                xt = (x * scale[:, None, None]).reshape(-1, x.shape[-1]).T
+                s = (xt @ g.reshape(-1, g.shape[-1])).reshape(shape)
             else:
-                s = jnp.sum(g, axis=(0, 1)).reshape(shape)
+                s = jnp.einsum("b,bno->o", scale, g).reshape(shape)
             sums[index[p]] = s.astype(leaves[index[p]].dtype)
     msum = jax.tree.map(lambda v: jnp.sum(v, axis=0), mets)
     return [s for s, t in zip(sums, trainable) if t], msum

@@ -160,6 +160,18 @@ def test_ghost_clipping_covers_every_kernel_and_lookup_table():
     assert any(p.endswith("c_fc/kernel") for p in gcovered)
 
 
+@pytest.mark.parametrize("n_rows", [4, 64])  # 64 rows: the Gram form; 4: each a^T b itself
+def test_gram_norm_of_layers_sharing_an_input_equals_their_weight_gradients(n_rows):
+    """Query / key / value read one input a: their summed squared per-example weight-gradient
+    norms, sum_k ||a^T b_k||^2, come from one Gram matrix of a (or from each a^T b_k)."""
+    k = jax.random.split(jax.random.key(0), 4)
+    a = jax.random.normal(k[0], (3, n_rows, 8))
+    bs = [jax.random.normal(kk, (3, n_rows, o)) for kk, o in zip(k[1:], (8, 8, 16))]
+    got = ghost_clipping._gram_sq_norm(a, bs)
+    want = sum(np.sum(np.einsum("bni,bno->bio", a, b) ** 2, axis=(1, 2)) for b in bs)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
 def test_huge_clip_and_no_noise_is_the_plain_gradient():
     """With C huge and sigma 0, the DP gradient (sum / expected batch) is the non-private
     batch gradient (one label per example, so the means agree)."""
