@@ -26,9 +26,11 @@ Host-side accounting (how much privacy the noise buys) is pjx.privacy's.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pjx import ghost_clipping
 
@@ -203,11 +205,10 @@ def _private_gradients(loss_fn, params, batch, rng, dp, accum_steps, batch_shard
     gsum = list(gsum)
     if dp.canaries is not None:
         gsum = _add_canaries(gsum, dp.canaries, jax.random.fold_in(rng, 0x43414E))
-    noise_keys = jax.random.split(k_noise, len(gsum))
     std = float(dp.l2_norm_clip) * float(dp.noise_multiplier)
     noisy = [
-        (g + std * jax.random.normal(k, g.shape, jnp.float32)) / float(dp.expected_batch_size)
-        for g, k in zip(gsum, noise_keys)
+        (g + std * z) / float(dp.expected_batch_size)
+        for g, z in zip(gsum, standard_normal(k_noise, [g.shape for g in gsum]))
     ]
     if dp.canaries is not None:
         c = dp.canaries
@@ -218,6 +219,27 @@ def _private_gradients(loss_fn, params, batch, rng, dp, accum_steps, batch_shard
     )
     loss = msum["loss_sum"] / jnp.maximum(msum["count"], 1.0)
     return loss, msum, grads
+
+
+NOISE_CHUNK = 1 << 20  # standard normals drawn per iteration of standard_normal's loop
+
+
+def standard_normal(key, shapes):
+    """Independent N(0, 1) float32 arrays of `shapes`, drawn in a loop over chunks of
+    NOISE_CHUNK numbers (chunk i from fold_in(key, i)), then cut into the shapes.
+
+    Why a loop: as a plain expression, XLA:CPU fuses the generator (the Threefry hash and
+    erf_inv) into every consumer of the noisy gradient (the optimizer's passes over it) and
+    so draws each number about five times per step; a loop's result is computed once."""
+    sizes = [math.prod(s) for s in shapes]
+    chunks = max(1, -(-sum(sizes) // NOISE_CHUNK))
+
+    def draw(_, i):
+        return None, jax.random.normal(jax.random.fold_in(key, i), (NOISE_CHUNK,), jnp.float32)
+
+    flat = jax.lax.scan(draw, None, jnp.arange(chunks))[1].reshape(-1)
+    offsets = np.cumsum([0, *sizes])
+    return [flat[a:b].reshape(s) for a, b, s in zip(offsets[:-1], offsets[1:], shapes)]
 
 
 def _add_canaries(gsum, c: Canaries, key):

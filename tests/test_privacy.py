@@ -203,6 +203,23 @@ def test_noise_std_is_clip_times_sigma_over_batch_and_follows_the_key():
     np.testing.assert_array_equal(a, again)  # the same step (a resumed run), the same noise
 
 
+def test_standard_normal_draws_every_coordinate_once_across_leaves_and_chunks(monkeypatch):
+    """The noise of every leaf is its own N(0, 1) draw, also where the loop's chunks cut a
+    leaf: no chunk repeats another (each from its own key)."""
+    monkeypatch.setattr(grads, "NOISE_CHUNK", 1000)
+    shapes = [(30, 100), (7,), (2500,), (3, 4)]
+    leaves = grads.standard_normal(jax.random.key(0), shapes)
+    assert [x.shape for x in leaves] == shapes
+    flat = np.concatenate([np.asarray(x).reshape(-1) for x in leaves])  # 5,519 numbers
+    assert abs(flat.std() - 1) < 0.05 and abs(flat.mean()) < 0.06
+    chunks = flat[:5000].reshape(5, 1000)
+    corr = np.corrcoef(chunks)[np.triu_indices(5, 1)]
+    assert np.all(np.abs(corr) < 0.15)  # independent chunks: |r| ~ 0.03; a repeat: 1
+    again = grads.standard_normal(jax.random.key(0), shapes)
+    for a, b in zip(leaves, again):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_accounting_equals_dp_accounting_and_published_values():
     import dp_accounting
 
