@@ -2,6 +2,7 @@
 non-private step, in one run.
 
   python benchmarks/compare_dp.py --repeats 3 --steps 10 --warmup 3
+  python benchmarks/compare_dp.py --repeats 3 --steps 10 --warmup 3 --grad-sample-mode ghost
 
 On the bert_mini_cls shape of benchmarks/bench_config.py (BERT mini sequence
 classification: 4 layers, width 256, 4 heads, MLP 1024, vocab 8192, 2 classes, batch
@@ -11,7 +12,7 @@ each repeat runs, one process at a time so they never share the cores, in this o
   pjx       `python -m pjx.cli bench --config benchmarks/bench_config.py:bert_mini_cls`
             (the `pjx` command: pjx's CPU settings, pjx/xla_cpu.py, are applied)
   pjx_dp    the same with --config.dp.noise_multiplier=1.0 --config.dp.l2_norm_clip=1.0:
-            per-example gradients through jax_privacy inside the jitted step
+            DP-SGD inside the jitted step, by ghost clipping (pjx/ghost_clipping.py)
   torch     benchmarks/opacus_reference.py bert_mini_cls (HF BertForSequenceClassification)
   opacus    benchmarks/opacus_reference.py bert_mini_cls --dp (opacus.PrivacyEngine,
             grad_sample_mode "hooks" unless --grad-sample-mode, e.g. "ghost";
