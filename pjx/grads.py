@@ -221,21 +221,24 @@ def _private_gradients(loss_fn, params, batch, rng, dp, accum_steps, batch_shard
     return loss, msum, grads
 
 
-NOISE_CHUNK = 1 << 20  # standard normals drawn per iteration of standard_normal's loop
+NOISE_CHUNK = 1 << 20  # at most this many standard normals per iteration of the loop
 
 
 def standard_normal(key, shapes):
-    """Independent N(0, 1) float32 arrays of `shapes`, drawn in a loop over chunks of
-    NOISE_CHUNK numbers (chunk i from fold_in(key, i)), then cut into the shapes.
+    """Independent N(0, 1) float32 arrays of `shapes`, drawn in a loop over equal chunks of
+    at most NOISE_CHUNK numbers (chunk i from fold_in(key, i)), then cut into the shapes.
 
     Why a loop: as a plain expression, XLA:CPU fuses the generator (the Threefry hash and
     erf_inv) into every consumer of the noisy gradient (the optimizer's passes over it) and
-    so draws each number about five times per step; a loop's result is computed once."""
+    so draws each number about five times per step; a loop's result is computed once.
+    Equal chunks: fewer than `chunks` numbers are drawn and not used."""
     sizes = [math.prod(s) for s in shapes]
-    chunks = max(1, -(-sum(sizes) // NOISE_CHUNK))
+    total = max(1, sum(sizes))
+    chunks = -(-total // NOISE_CHUNK)
+    size = -(-total // chunks)
 
     def draw(_, i):
-        return None, jax.random.normal(jax.random.fold_in(key, i), (NOISE_CHUNK,), jnp.float32)
+        return None, jax.random.normal(jax.random.fold_in(key, i), (size,), jnp.float32)
 
     flat = jax.lax.scan(draw, None, jnp.arange(chunks))[1].reshape(-1)
     offsets = np.cumsum([0, *sizes])
