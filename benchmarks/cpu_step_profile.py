@@ -68,22 +68,15 @@ def main(argv=None):
     xla_cpu.install_if_cpu()
     import jax
 
-    from pjx import bench, run, sharding, train
+    from pjx import bench, sharding
     from pjx import config as config_lib
 
+    # A `train:` tokenizer is trained on the config's data, as `pjx train` would.
     config = config_lib.load(args.config, overrides)
-    if str(config.data.get("tokenizer", "")).startswith("train:"):  # as `pjx train` trains it
-        tokenizer = run.cached_tokenizer(config)
-    else:
-        tokenizer = bench.load_tokenizer(config)
-    config = config_lib.resolve(bench.prepare_config(config, tokenizer), tokenizer)
-    s = train.build(config, tokenizer=tokenizer)
-    batch = bench.synthetic_batch(s.config, s.model.config)
-    compiled = train.compile_step(s, batch)
+    config, tokenizer = bench.resolve(config, train_tokenizer=True)
+    s, compiled, state, device_batch = bench.compiled_step(config, tokenizer=tokenizer)
     hlo = instructions(compiled.as_text())
-    state = train.create_state(s, s.config["seed"])
     with sharding.context(s.mesh):
-        device_batch = sharding.global_batch(batch, s.batch_sharding)
         for _ in range(3):  # warm up outside the trace
             state, mets = compiled(state, device_batch)
         jax.block_until_ready((state, mets))

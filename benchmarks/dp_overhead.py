@@ -26,18 +26,11 @@ DP = ["--config.dp.noise_multiplier=1.0", "--config.dp.l2_norm_clip=1.0"]
 
 def compiled_step(config_path: str, overrides: list[str]):
     """[compiled step, state, device batch, mesh] of `pjx bench`'s synthetic batch."""
-    from pjx import bench, sharding, train
+    from pjx import bench
     from pjx import config as config_lib
 
-    config = config_lib.load(config_path, overrides)
-    tokenizer = bench.load_tokenizer(config)
-    config = config_lib.resolve(bench.prepare_config(config, tokenizer), tokenizer)
-    s = train.build(config, tokenizer=tokenizer)
-    batch = bench.synthetic_batch(s.config, s.model.config)
-    compiled = train.compile_step(s, batch)
-    state = train.create_state(s, s.config["seed"])
-    with sharding.context(s.mesh):
-        device_batch = sharding.global_batch(batch, s.batch_sharding)
+    config, tokenizer = bench.resolve(config_lib.load(config_path, overrides))
+    s, compiled, state, device_batch = bench.compiled_step(config, tokenizer=tokenizer)
     return [compiled, state, device_batch, s.mesh]
 
 

@@ -111,6 +111,9 @@ def main():
             "configs/glue.py:sst2",
             [*dp, "--config.optimizer.lr=5e-5", "--config.optimizer.warmup_steps=6"],
         ),
+        # The DP recipe with DP off (fixed batches of --dp-batch instead of Poisson ones: the
+        # one change).
+        "dp_recipe_no_dp": ("configs/glue.py:sst2,dp", [*dp, "--config.dp.target_epsilon=0"]),
         # DP-SGD on the LoRA adapters + classifier, and the same recipe with DP off
         # (fixed batches of --dp-batch instead of Poisson ones: the one change).
         "dp_lora_eps8": ("configs/glue.py:sst2,dp,lora", dp),

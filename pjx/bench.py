@@ -284,6 +284,31 @@ def load_tokenizer(config):
         return None
 
 
+def resolve(config, *, train_tokenizer: bool = False):
+    """(resolved bench-ready config, tokenizer or None) of a loaded `config`: what `pjx
+    bench` times. `train_tokenizer`: a `train:` tokenizer spec is trained on the config's
+    data (once, into the data cache) as `pjx train` would, so the vocabulary is the run's;
+    otherwise such a spec only sets the vocabulary size."""
+    spec = str(config.data.get("tokenizer", "") or "")
+    if train_tokenizer and spec.startswith("train:"):
+        tokenizer = run_lib.cached_tokenizer(config)
+    else:
+        tokenizer = load_tokenizer(config)
+    return config_lib.resolve(prepare_config(config, tokenizer), tokenizer), tokenizer
+
+
+def compiled_step(config, *, tokenizer=None):
+    """(built run, compiled step, initial state, device batch) of a resolved `config` on
+    its synthetic batch: for scripts that time or profile the step themselves."""
+    s = train.build(config, tokenizer=tokenizer)
+    batch = synthetic_batch(s.config, s.model.config)
+    compiled = train.compile_step(s, batch)
+    state = train.create_state(s, s.config["seed"])
+    with sharding.context(s.mesh):
+        device_batch = sharding.global_batch(batch, s.batch_sharding)
+    return s, compiled, state, device_batch
+
+
 def prepare_config(config, tokenizer=None):
     """Bench-ready copy: first stage, vocab size from a `train:` tokenizer spec, MLM ids."""
     config = config_lib.apply_overrides(config_lib.first_stage(config), ())

@@ -136,3 +136,18 @@ def test_vocab_from_train_spec_and_mlm_defaults():
     c = config_lib.base_config()
     c.data.tokenizer = "wordpiece:/x/vocab.txt"  # a file: its own size, read when loaded
     assert bench.prepare_config(c).model.get("vocab_size") is None
+
+
+def test_compiled_step_is_the_step_bench_times(tiny_config):
+    """`bench.compiled_step` (benchmarks/dp_overhead.py, cpu_step_profile.py) hands out the
+    step `pjx bench` times: same batch, same initial state, so the same loss."""
+    config, tokenizer = bench.resolve(config_lib.load(tiny_config + ":gpt2", []))
+    assert tokenizer is None and config["model"]["vocab_size"] == 64
+    s, compiled, state, batch = bench.compiled_step(config, tokenizer=tokenizer)
+    expected = bench.synthetic_batch(s.config, s.model.config)
+    assert set(batch) == set(expected)
+    for k in expected:
+        np.testing.assert_array_equal(np.asarray(batch[k]), expected[k])
+    _, mets = compiled(state, batch)
+    r = bench.run(config, steps=1, warmup=0, num_batches=1)
+    assert float(mets["loss"]) == pytest.approx(r["loss"], rel=1e-6)

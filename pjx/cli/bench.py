@@ -36,8 +36,7 @@ def main(args, overrides) -> int:
         result = bench.pipeline(config, int(args.steps))
     else:
         start_compute(args)
-        tokenizer = bench.load_tokenizer(config)
-        config = config_lib.resolve(bench.prepare_config(config, tokenizer), tokenizer)
+        config, tokenizer = bench.resolve(config)
         if args.compile_only:
             result = bench.compile_only(config, tokenizer=tokenizer)
             print(compile_line(result), flush=True)
