@@ -117,7 +117,11 @@ def dot_product_attention(
             mask = tril if mask is None else jnp.logical_and(mask, tril)
         if mask is not None:
             logits = jnp.where(mask, logits, -0.7 * float(np.finfo(np.float32).max))
-        probs = jax.nn.softmax(logits, axis=-1)
+        # Over rows of a 2-D view: under DP's per-example vmap the logits are rank 5
+        # ([B, 1, H, T, S]) and XLA:CPU's YNNPACK fusions run the softmax backward's
+        # multiply-reduce over rank 4-5 many times slower than over rank 2-3.
+        probs = jax.nn.softmax(logits.reshape(-1, logits.shape[-1]), axis=-1)
+        probs = probs.reshape(logits.shape)
         if dropout:
             keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
             probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)

@@ -118,18 +118,23 @@ class Norm(nn.Module):
     def __call__(self, x):
         cfg = self.config
         D = x.shape[-1]
-        x32 = x.astype(jnp.float32)
+        # Rows of a 2-D view, shaped back at the end: under DP's per-example vmap x is
+        # [B, 1, L, D], and XLA:CPU's YNNPACK fusions run the multiply-reduces of the
+        # norm's backward and of its per-example parameter gradients over rank 4 many
+        # times slower than over rank 2-3 (pjx.nn.backend.attention_implementation).
+        shape = x.shape
+        x32 = x.astype(jnp.float32).reshape(-1, D)
         scale = self.param(
             "scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (D,)
         )
         if cfg.norm_type == "rmsnorm":
             # Zhang & Sennrich 2019; T5 LayerNorm has no mean subtraction and no bias.
             y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) + cfg.norm_eps)
-            return (y * scale).astype(cfg.compute_dtype)
+            return (y * scale).astype(cfg.compute_dtype).reshape(shape)
         bias = self.param(
             "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), (D,)
         )
         mean = jnp.mean(x32, -1, keepdims=True)
         var = jnp.mean(jnp.square(x32 - mean), -1, keepdims=True)
         y = (x32 - mean) * jax.lax.rsqrt(var + cfg.norm_eps)
-        return (y * scale + bias).astype(cfg.compute_dtype)
+        return (y * scale + bias).astype(cfg.compute_dtype).reshape(shape)
