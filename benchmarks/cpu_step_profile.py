@@ -74,7 +74,7 @@ def main(argv=None):
     # A `train:` tokenizer is trained on the config's data, as `pjx train` would.
     config = config_lib.load(args.config, overrides)
     config, tokenizer = bench.resolve(config, train_tokenizer=True)
-    s, compiled, state, device_batch = bench.compiled_step(config, tokenizer=tokenizer)
+    s, compiled, state, (device_batch,), _ = bench.compiled_step(config, tokenizer=tokenizer)
     hlo = instructions(compiled.as_text())
     with sharding.context(s.mesh):
         for _ in range(3):  # warm up outside the trace

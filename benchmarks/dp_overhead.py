@@ -30,8 +30,8 @@ def compiled_step(config_path: str, overrides: list[str]):
     from pjx import config as config_lib
 
     config, tokenizer = bench.resolve(config_lib.load(config_path, overrides))
-    s, compiled, state, device_batch = bench.compiled_step(config, tokenizer=tokenizer)
-    return [compiled, state, device_batch, s.mesh]
+    c = bench.compiled_step(config, tokenizer=tokenizer)
+    return [c.step, c.state, c.batches[0], c.setup.mesh]
 
 
 def main(argv=None):

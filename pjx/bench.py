@@ -13,6 +13,7 @@ import logging
 import math
 import statistics
 import time
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -176,23 +177,14 @@ def run(config, *, tokenizer=None, steps: int = 10, warmup: int = 2, num_batches
     """Times the train step of a resolved `config` (`pjx.config.resolve`, or a plain dict
     with its keys) on synthetic batches; returns the result dict (`pjx bench` prints it as
     JSON). Batches are process-local: `batch_size / process_count` rows per process."""
-    s = train.build(config, tokenizer=tokenizer)
+    c = compiled_step(config, tokenizer=tokenizer, num_batches=num_batches)
+    s, state = c.setup, c.state
     config, mcfg = s.config, s.model.config
-    batches = [synthetic_batch(config, mcfg, seed=i) for i in range(max(num_batches, 1))]
-    state = train.create_state(s, config["seed"])
-    jax.block_until_ready(state)
-
-    t0 = time.perf_counter()
-    compiled = train.compile_step(s, batches[0])
-    compile_s = time.perf_counter() - t0
-
     times = []
     with sharding.context(s.mesh):
-        device_batches = [sharding.global_batch(b, s.batch_sharding) for b in batches]
-        jax.block_until_ready(device_batches)
         for i in range(warmup + steps):
             t = time.perf_counter()
-            state, mets = compiled(state, device_batches[i % len(device_batches)])
+            state, mets = c.step(state, c.batches[i % len(c.batches)])
             jax.block_until_ready((state, mets))
             if i >= warmup:
                 times.append(time.perf_counter() - t)
@@ -214,11 +206,11 @@ def run(config, *, tokenizer=None, steps: int = 10, warmup: int = 2, num_batches
         "step_s": step_s,
         "step_s_min": min(times),
         "step_s_max": max(times),
-        "compile_s": compile_s,
+        "compile_s": c.compile_s,
         "matmul_params": n_matmul,
         "flops_per_token": fpt,
         "model_tflops_per_s": tokens_per_s * fpt / 1e12,
-        **memory(compiled),
+        **memory(c.step),
         **_peak_memory(),
         **info,
         **_versions(),
@@ -297,16 +289,32 @@ def resolve(config, *, train_tokenizer: bool = False):
     return config_lib.resolve(prepare_config(config, tokenizer), tokenizer), tokenizer
 
 
-def compiled_step(config, *, tokenizer=None):
-    """(built run, compiled step, initial state, device batch) of a resolved `config` on
-    its synthetic batch: for scripts that time or profile the step themselves."""
+class CompiledStep(NamedTuple):
+    """A built run's train step compiled ahead of time on synthetic batches."""
+
+    setup: train.Setup
+    step: Any  # the compiled step: (state, device batch) -> (state, metrics)
+    state: train.TrainState  # the initial state
+    batches: list  # device batches (synthetic, seeds 0, 1, ...)
+    compile_s: float  # the compile alone
+
+
+def compiled_step(config, *, tokenizer=None, num_batches: int = 1) -> CompiledStep:
+    """The train step of a resolved `config`, compiled on its synthetic batches, with its
+    initial state: what `run` times, for scripts that time or profile it themselves."""
     s = train.build(config, tokenizer=tokenizer)
-    batch = synthetic_batch(s.config, s.model.config)
-    compiled = train.compile_step(s, batch)
+    batches = [
+        synthetic_batch(s.config, s.model.config, seed=i) for i in range(max(num_batches, 1))
+    ]
     state = train.create_state(s, s.config["seed"])
+    jax.block_until_ready(state)
+    t0 = time.perf_counter()
+    compiled = train.compile_step(s, batches[0])
+    compile_s = time.perf_counter() - t0
     with sharding.context(s.mesh):
-        device_batch = sharding.global_batch(batch, s.batch_sharding)
-    return s, compiled, state, device_batch
+        device_batches = [sharding.global_batch(b, s.batch_sharding) for b in batches]
+    jax.block_until_ready(device_batches)
+    return CompiledStep(s, compiled, state, device_batches, compile_s)
 
 
 def prepare_config(config, tokenizer=None):

@@ -143,7 +143,7 @@ def test_compiled_step_is_the_step_bench_times(tiny_config):
     step `pjx bench` times: same batch, same initial state, so the same loss."""
     config, tokenizer = bench.resolve(config_lib.load(tiny_config + ":gpt2", []))
     assert tokenizer is None and config["model"]["vocab_size"] == 64
-    s, compiled, state, batch = bench.compiled_step(config, tokenizer=tokenizer)
+    s, compiled, state, (batch,), _ = bench.compiled_step(config, tokenizer=tokenizer)
     expected = bench.synthetic_batch(s.config, s.model.config)
     assert set(batch) == set(expected)
     for k in expected:
