@@ -12,7 +12,12 @@ Each run is `pjx train --config configs/glue.py:sst2` (or `:sst2,dp`) from
 `hf:<the package's model folder>` at seq_len 64 (SST-2 sentences are short: 99.5% fit in 48
 MiniLM tokens, 94.5% in 32; --dp-seq-len sets the DP runs' length, --dp-clip their clip
 norm, --set KEY=VALUE any config key of every run), evaluated once at the
-end on the held-out 10% (6,735 sentences) with `pjx eval`. Prints one line per run and,
+end on the held-out 10% (6,735 sentences) with `pjx eval`, and on its unseen part: the
+held-out rows that occur in no training row. SST-2's rows are the parsed phrases of about
+10k sentences, so 89% of the held-out rows are verbatim substrings of training rows
+(`unseen_held_out`): on those a model is scored on phrases it was trained on, which
+rewards memorising exactly what DP-SGD bounds. --eval-only scores the runs' existing
+workdirs again (no training). Prints one line per run and,
 last, one JSON object: per run the trainable and total parameters, the per-device memory of
 parameters and optimizer state (from the run's own report), the
 median train step time and held-out accuracy.
@@ -29,6 +34,7 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TSV = os.path.join(ROOT, "..", "shared", "data", "sst2", "train.tsv")
 HELD_OUT = "tsv:../shared/data/sst2/train.tsv[90%:]"
 
 
@@ -48,27 +54,53 @@ def _pjx(*argv) -> tuple[str, str]:
     return proc.stdout, proc.stderr
 
 
-def run(name, config, workdir, overrides) -> dict:
-    out = "".join(_pjx("train", "--config", config, "--workdir", workdir, *overrides))
-    m = re.search(
-        r"([\d,]+) parameters, ([\d,]+) trained .*params ([\d.]+) MiB, optimizer state "
-        r"([\d.]+) MiB",
-        out,
-    )
-    total, trained, params_mib, opt_mib = m.groups()
+def unseen_held_out(path: str) -> str:
+    """Writes the held-out rows (the TSV's last 10%, sliced as pjx slices `[90%:]`) whose
+    sentence is a substring of no training row to `path` (a TSV with the same header);
+    returns its `tsv:` URI."""
+    from pjx.data.uri import slice_bounds
+
+    with open(TSV, encoding="utf-8") as f:
+        header, *rows = f.read().splitlines()
+    cut = slice_bounds("90%:", len(rows)).start
+    training = "\n".join(r.split("\t")[0].strip() for r in rows[:cut])
+    unseen = [r for r in rows[cut:] if r.split("\t")[0].strip() not in training]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join([header, *unseen]) + "\n")
+    return f"tsv:{path}"
+
+
+def _accuracy(workdir: str, source: str) -> dict:
+    # The JSON is stdout's last line (a DP run's warning about its metrics is on stderr).
+    return json.loads(_pjx("eval", workdir, "--source", source)[0].strip().splitlines()[-1])
+
+
+def run(name, config, workdir, overrides, unseen: str, train: bool = True) -> dict:
+    sizes = [None] * 4
+    if train:
+        out = "".join(_pjx("train", "--config", config, "--workdir", workdir, *overrides))
+        m = re.search(
+            r"([\d,]+) parameters, ([\d,]+) trained .*params ([\d.]+) MiB, optimizer state "
+            r"([\d.]+) MiB",
+            out,
+        )
+        total, trained, params_mib, opt_mib = m.groups()
+        sizes = [int(total.replace(",", "")), int(trained.replace(",", ""))]
+        sizes += [float(params_mib), float(opt_mib)]
     with open(os.path.join(ROOT, workdir, "metrics.jsonl")) as f:
         lines = [json.loads(line) for line in f]
     steps = [r["step_s"] for r in lines if r.get("split") == "train" and "step_s" in r]
-    # The JSON is stdout's last line (a DP run's warning about its metrics is on stderr).
-    score = json.loads(_pjx("eval", workdir, "--source", HELD_OUT)[0].strip().splitlines()[-1])
+    score, unseen_score = _accuracy(workdir, HELD_OUT), _accuracy(workdir, unseen)
     result = {
-        "trainable": int(trained.replace(",", "")),
-        "parameters": int(total.replace(",", "")),
-        "params_mib_per_device": float(params_mib),
-        "optimizer_state_mib_per_device": float(opt_mib),
+        "parameters": sizes[0],
+        "trainable": sizes[1],
+        "params_mib_per_device": sizes[2],
+        "optimizer_state_mib_per_device": sizes[3],
         "step_s_median": statistics.median(steps) if steps else None,
         "held_out_accuracy": score["accuracy"],
         "held_out_examples": score["examples"],
+        "unseen_accuracy": unseen_score["accuracy"],
+        "unseen_examples": unseen_score["examples"],
         "dp_epsilon": lines[-1].get("dp_epsilon"),
     }
     print(name, json.dumps(result), flush=True)
@@ -85,6 +117,7 @@ def main():
     p.add_argument("--only", default="", help="comma-separated run names")
     p.add_argument("--pooling", default="", help="model.pooling of every run (cls | mean)")
     p.add_argument("--dp-clip", type=float, default=0.0, help="dp.l2_norm_clip (0: the recipe)")
+    p.add_argument("--eval-only", action="store_true", help="score existing workdirs again")
     p.add_argument(
         "--set",
         action="append",
@@ -137,10 +170,13 @@ def main():
         "dp_lora_mean_eps8": ("configs/glue.py:sst2,dp,lora", [*dp, "--config.model.pooling=mean"]),
     }
     chosen = [n for n in runs if not args.only or n in args.only.split(",")]
+    os.makedirs(os.path.join(ROOT, args.workdir), exist_ok=True)
+    unseen = unseen_held_out(os.path.join(ROOT, args.workdir, "held_out_unseen.tsv"))
     results = {}
     for name in chosen:
         config, extra = runs[name]
-        results[name] = run(name, config, f"{args.workdir}/{name}", [*common, *extra, *last])
+        workdir, overrides = f"{args.workdir}/{name}", [*common, *extra, *last]
+        results[name] = run(name, config, workdir, overrides, unseen, not args.eval_only)
     print(json.dumps(results))
 
 
