@@ -68,12 +68,12 @@ def main(argv=None):
     xla_cpu.install_if_cpu()
     import jax
 
-    from pjx import bench, sharding
+    from pjx import bench, bench_from_config, sharding
     from pjx import config as config_lib
 
     # A `train:` tokenizer is trained on the config's data, as `pjx train` would.
     config = config_lib.load(args.config, overrides)
-    config, tokenizer = bench.resolve(config, train_tokenizer=True)
+    config, tokenizer = bench_from_config.resolve(config, train_tokenizer=True)
     s, compiled, state, (device_batch,), _ = bench.compiled_step(config, tokenizer=tokenizer)
     hlo = instructions(compiled.as_text())
     with sharding.context(s.mesh):

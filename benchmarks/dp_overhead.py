@@ -26,10 +26,10 @@ DP = ["--config.dp.noise_multiplier=1.0", "--config.dp.l2_norm_clip=1.0"]
 
 def compiled_step(config_path: str, overrides: list[str]):
     """[compiled step, state, device batch, mesh] of `pjx bench`'s synthetic batch."""
-    from pjx import bench
+    from pjx import bench, bench_from_config
     from pjx import config as config_lib
 
-    config, tokenizer = bench.resolve(config_lib.load(config_path, overrides))
+    config, tokenizer = bench_from_config.resolve(config_lib.load(config_path, overrides))
     c = bench.compiled_step(config, tokenizer=tokenizer)
     return [c.step, c.state, c.batches[0], c.setup.mesh]
 

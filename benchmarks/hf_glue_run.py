@@ -43,7 +43,7 @@ def read_sst2(path: str):
 
 
 def split(n: int, fraction: float = 0.9) -> int:
-    """Rows in `[:90%]`: rounded like pjx.data.uri.slice_bounds (and TFDS)."""
+    """Rows in `[:90%]`: rounded like pjx.uri.slice_bounds (and TFDS)."""
     return int(round(fraction * n))
 
 

@@ -58,7 +58,7 @@ def unseen_held_out(path: str) -> str:
     """Writes the held-out rows (the TSV's last 10%, sliced as pjx slices `[90%:]`) whose
     sentence is a substring of no training row to `path` (a TSV with the same header);
     returns its `tsv:` URI."""
-    from pjx.data.uri import slice_bounds
+    from pjx.uri import slice_bounds
 
     with open(TSV, encoding="utf-8") as f:
         header, *rows = f.read().splitlines()

@@ -29,7 +29,7 @@ import numpy as np
 from pjx import inference
 from pjx import run as run_lib
 from pjx import train as train_lib
-from pjx.data import uri as uri_lib
+from pjx import uri as uri_lib
 from pjx.saved import Saved
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,8 @@ import numpy as np
 
 from pjx import config as config_lib
 from pjx import run as run_lib
-from pjx.data import files, uri
+from pjx import uri
+from pjx.data import files
 from pjx.examples import DataError
 from pjx.metrics_log import MetricsLog
 

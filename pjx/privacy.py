@@ -28,7 +28,7 @@ import os
 import secrets
 
 from pjx import accounting, grads
-from pjx.data.uri import same_data
+from pjx.uri import same_data
 
 # `config.dp` and its defaults (pjx.config holds it as a ConfigDict). DP is on when
 # noise_multiplier > 0, or target_epsilon > 0 (sigma is then calibrated before training).

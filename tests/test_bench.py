@@ -1,12 +1,15 @@
 """`pjx bench`: the JSON last line, the FLOP / MFU arithmetic, the peak table, batches."""
 
 import json
+import pathlib
+import subprocess
+import sys
 import textwrap
 
 import numpy as np
 import pytest
 
-from pjx import bench, cli
+from pjx import bench, bench_from_config, cli
 from pjx import config as config_lib
 
 REQUIRED = ("tokens_per_s", "step_s", "compile_s", "params", "device", "backend", "jax")
@@ -116,7 +119,7 @@ def test_synthetic_batch_keys(model, task, keys):
 
     c = config_lib.base_config()
     c.model.name, c.task, c.batch_size, c.data.seq_len = model, task, 4, 16
-    c = bench.prepare_config(c)
+    c = bench_from_config.prepare_config(c)
     mcfg = models.make_config(
         model, "tiny", **{k: v for k, v in c.model.items() if k not in ("name", "size")}
     )
@@ -130,18 +133,18 @@ def test_synthetic_batch_keys(model, task, keys):
 def test_vocab_from_train_spec_and_mlm_defaults():
     c = config_lib.base_config()
     c.data.tokenizer = "train:sentencepiece?vocab_size=512&model_type=unigram"
-    c = bench.prepare_config(c)
+    c = bench_from_config.prepare_config(c)
     assert c.model.vocab_size == 512
     assert c.task_args.mask_id == 4 and tuple(c.task_args.special_ids) == (0, 1, 2, 3)
     c = config_lib.base_config()
     c.data.tokenizer = "wordpiece:/x/vocab.txt"  # a file: its own size, read when loaded
-    assert bench.prepare_config(c).model.get("vocab_size") is None
+    assert bench_from_config.prepare_config(c).model.get("vocab_size") is None
 
 
 def test_compiled_step_is_the_step_bench_times(tiny_config):
     """`bench.compiled_step` (benchmarks/dp_overhead.py, cpu_step_profile.py) hands out the
     step `pjx bench` times: same batch, same initial state, so the same loss."""
-    config, tokenizer = bench.resolve(config_lib.load(tiny_config + ":gpt2", []))
+    config, tokenizer = bench_from_config.resolve(config_lib.load(tiny_config + ":gpt2", []))
     assert tokenizer is None and config["model"]["vocab_size"] == 64
     s, compiled, state, (batch,), _ = bench.compiled_step(config, tokenizer=tokenizer)
     expected = bench.synthetic_batch(s.config, s.model.config)
@@ -151,3 +154,35 @@ def test_compiled_step_is_the_step_bench_times(tiny_config):
     _, mets = compiled(state, batch)
     r = bench.run(config, steps=1, warmup=0, num_batches=1)
     assert float(mets["loss"]) == pytest.approx(r["loss"], rel=1e-6)
+
+
+# What the GPU benchmark host lacks (BENCHMARKS.md, GPU: it has jax, flax, optax, orbax,
+# chex, sentencepiece, torch and transformers).
+NOT_ON_THE_GPU_HOST = ("ml_collections", "grain", "tensorflow", "tensorflow_datasets")
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_gpu_bench_runs_without_ml_collections_grain_or_tensorflow():
+    """benchmarks/gpu_bench.py (what benchmarks/gpu.sh runs) measures a pjx step on a host
+    where importing any of NOT_ON_THE_GPU_HOST fails: pjx.bench's timing core, the train
+    step and the privacy checks it pulls in must not import them at module level."""
+    code = textwrap.dedent(f"""
+        import importlib.abc, runpy, sys
+
+        class NotInstalled(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] in {NOT_ON_THE_GPU_HOST!r}:
+                    raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+
+        sys.meta_path.insert(0, NotInstalled())
+        sys.argv = ["gpu_bench.py", "bert_base", "--tiny", "--attention", "xla",
+                    "--dtype", "float32", "--steps", "1", "--warmup", "0"]
+        runpy.run_path("benchmarks/gpu_bench.py", run_name="__main__")
+    """)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "error" not in r, r
+    assert r["tokens_per_s"] > 0 and r["task"] == "mlm" and r["attention_effective"] == "xla"

@@ -11,8 +11,8 @@ from data_fixtures import ByteTok, lm_config
 
 from pjx import data
 from pjx.data import shards
-from pjx.data.uri import parse_uri
 from pjx.examples import DataError
+from pjx.uri import parse_uri
 
 
 def _read(source, **kw):

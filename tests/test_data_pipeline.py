@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from data_fixtures import ByteTok, lm_config, write_docs
 
-from pjx import bench, data
+from pjx import bench_from_config, data
 from pjx import config as config_lib
 from pjx.data import pipeline
 from pjx.data.sources import DataError
@@ -222,7 +222,7 @@ def test_bench_pipeline_reports_tokens_per_s(corpus):
     config.data.update(
         dict(source=f"text:{corpus}/docs.txt", seq_len=32, cache_dir=str(corpus / "c"))
     )
-    out = bench.pipeline(config, 20, tokenizer=ByteTok())
+    out = bench_from_config.pipeline(config, 20, tokenizer=ByteTok())
     assert out["tokens_per_s"] > 0 and out["seq_len"] == 32 and out["steps"] == 20
     json.dumps(out)
 

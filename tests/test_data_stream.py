@@ -17,7 +17,7 @@ from data_fixtures import ByteTok, lm_config, words
 
 from pjx import data
 from pjx.data import shards, stream
-from pjx.data.uri import parse_uri
+from pjx.uri import parse_uri
 
 TESTS = Path(__file__).resolve().parent
 
@@ -233,7 +233,7 @@ def test_read_texts_of_a_stream_reads_chunk_by_chunk(tmp_path):
 
 
 def test_bench_data_only_in_stream_and_prepared_modes(tmp_path):
-    from pjx import bench
+    from pjx import bench_from_config
     from pjx import config as config_lib
     from pjx.data import prepared
 
@@ -241,13 +241,13 @@ def test_bench_data_only_in_stream_and_prepared_modes(tmp_path):
     config = config_lib.base_config()
     config.task, config.model.name, config.batch_size = "clm", "gpt2", 4
     config.data.update(dict(source=source, seq_len=32, mode="stream", chunk_bytes=300))
-    out = bench.pipeline(config, 20, tokenizer=ByteTok())
+    out = bench_from_config.pipeline(config, 20, tokenizer=ByteTok())
     assert out["mode"] == "stream" and out["tokens_per_s"] > 0 and out["first_batch_s"] > 0
     cfg = data.with_defaults(config.data)
     folder = str(tmp_path / "prep")
     prepared.prepare(cfg, task="clm", task_args={}, tokenizer=ByteTok(), out=folder)
     config.data.update(dict(source=f"prepared:{folder}", mode=""))
-    out = bench.pipeline(config, 20, tokenizer=ByteTok())
+    out = bench_from_config.pipeline(config, 20, tokenizer=ByteTok())
     assert out["mode"] == "prepared" and out["tokens_per_s"] > 0
     json.dumps(out)
 

@@ -28,15 +28,15 @@ def add_arguments(p):
 
 
 def main(args, overrides) -> int:
-    from pjx import bench
+    from pjx import bench, bench_from_config
     from pjx import config as config_lib
 
     config = config_lib.load(args.config, overrides)
     if args.data_only:
-        result = bench.pipeline(config, int(args.steps))
+        result = bench_from_config.pipeline(config, int(args.steps))
     else:
         start_compute(args)
-        config, tokenizer = bench.resolve(config)
+        config, tokenizer = bench_from_config.resolve(config)
         if args.compile_only:
             result = bench.compile_only(config, tokenizer=tokenizer)
             print(compile_line(result), flush=True)

@@ -19,12 +19,12 @@ choice and its reason are logged.
     evals = pjx.data.build(cfg, ..., train=False) # list-like, padded, with `weight`
     texts = pjx.data.read_texts("text:corpus/*.txt")   # raw texts (tokenizer training)
 
-Modules: uri (source URIs, slices), files (text / idx readers), shards (chunks of text /
-jsonl / Parquet files), stream, prepared, tsv (GLUE layouts),
-tfds_source, embedded (the offline corpus and its classification task), sources (one
-`read` over all of them), cache (pre-encoded arrays on disk), encode (source + task ->
-arrays, through the task's own `encode`), pipeline (Grain). How examples become arrays
-and batches is each task's (pjx.tasks).
+Source URIs and slices: pjx.uri. Modules: files (text / idx readers), shards (chunks of
+text / jsonl / Parquet files), stream, prepared, tsv (GLUE layouts), tfds_source, embedded
+(the offline corpus and its classification task), sources (one `read` over all of them),
+cache (pre-encoded arrays on disk), encode (source + task -> arrays, through the task's own
+`encode`), pipeline (Grain). How examples become arrays and batches is each task's
+(pjx.tasks).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ import numpy as np
 
 from pjx import packing
 from pjx.data import encode, pipeline, prepared, shards, sources, stream, tfds_source
-from pjx.data.uri import parse_uri
 from pjx.examples import DataError
+from pjx.uri import parse_uri
 
 __all__ = ["DataError", "build", "choose_mode", "default_config", "num_rows", "parse_uri"]
 __all__ += ["read_texts"]

@@ -26,8 +26,8 @@ import re
 
 import numpy as np
 
-from pjx.data.uri import Uri
 from pjx.examples import DataError, Examples
+from pjx.uri import Uri
 
 CLASSES = ("syntax", "objects")
 

@@ -13,8 +13,8 @@ import zlib
 
 import numpy as np
 
-from pjx.data.uri import Uri
 from pjx.examples import DataError, Examples
+from pjx.uri import Uri
 
 
 def expand(pattern: str) -> list[str]:

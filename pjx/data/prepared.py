@@ -33,8 +33,8 @@ import pjx.data.cache as cache
 import pjx.data.shards as shards
 import pjx.data.stream as stream
 from pjx import tasks
-from pjx.data.uri import parse_uri
 from pjx.examples import DataError
+from pjx.uri import parse_uri
 
 log = logging.getLogger(__name__)
 VERSION = 1

@@ -24,8 +24,8 @@ import struct
 import zlib
 
 import pjx.data.files as files
-from pjx.data.uri import Uri
 from pjx.examples import DataError, Examples
+from pjx.uri import Uri
 
 log = logging.getLogger(__name__)
 KINDS = ("text", "jsonl", "parquet")

@@ -1,5 +1,5 @@
 """One entry point over every source kind: `read(uri, cfg)` -> `Examples`, and the
-fingerprint that keys a source's cache entries. URIs and slices: pjx.data.uri."""
+fingerprint that keys a source's cache entries. URIs and slices: pjx.uri."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pjx.data.files as files
 import pjx.data.shards as shards
 import pjx.data.tfds_source as tfds_source
 import pjx.data.tsv as tsv
-from pjx.data.uri import Uri, parse_uri, slice_bounds
 from pjx.examples import DataError, Examples
+from pjx.uri import Uri, parse_uri, slice_bounds
 
 # Source kind -> reader(uri, cfg, need_labels, num_labels) -> Examples.
 READERS = {

@@ -32,8 +32,8 @@ import numpy as np
 import pjx.data.pipeline as pipeline
 import pjx.data.shards as shards
 from pjx import tasks
-from pjx.data.uri import parse_uri
 from pjx.examples import DataError
+from pjx.uri import parse_uri
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ import os
 import numpy as np
 
 from pjx import images as images_lib
-from pjx.data.uri import Uri, parse_uri
 from pjx.examples import DataError, Examples
+from pjx.uri import Uri, parse_uri
 
 _HOW = (
     "Prepare it where there is internet: `tfds build {name} --data_dir=DIR "

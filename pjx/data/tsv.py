@@ -20,8 +20,8 @@ import os
 import numpy as np
 
 from pjx.data.files import expand, read_text
-from pjx.data.uri import Uri
 from pjx.examples import DataError, Examples
+from pjx.uri import Uri
 
 log = logging.getLogger(__name__)
 

@@ -2,14 +2,14 @@
 
 `config.data.source` is a URI:
 
-    tfds:NAME[:SPLIT]     a prepared TFDS data set (array_record), see tfds_source.py
+    tfds:NAME[:SPLIT]     a prepared TFDS data set (array_record), see data/tfds_source.py
     text:PATH_OR_GLOB     plain or gzip text; documents per `data.text_split`
     jsonl:PATH_OR_GLOB    JSON lines; documents from the `text` field (or data.text_columns)
     parquet:PATH_OR_GLOB  Parquet files (e.g. a Hugging Face datasets folder), read by row group
-    prepared:DIR          rows written by `pjx data prepare` (see prepared.py)
-    tsv:PATH              GLUE-style TSV, see tsv.py
+    prepared:DIR          rows written by `pjx data prepare` (see data/prepared.py)
+    tsv:PATH              GLUE-style TSV, see data/tsv.py
     idx:DIR[:SPLIT]       MNIST-style idx files (gzip or not); SPLIT train (default) | test
-    embedded[:classify]   the corpus that ships with Python, see embedded.py
+    embedded[:classify]   the corpus that ships with Python, see data/embedded.py
 
 Any URI may end with a TFDS-style slice of its examples: `[:90%]`, `[90%:]`, `[10:200]`.
 """
