@@ -14,7 +14,6 @@ config file goes through pjx.bench_from_config first (or times the input pipelin
 
 from __future__ import annotations
 
-import logging
 import math
 import statistics
 import time
@@ -24,8 +23,6 @@ import jax
 import numpy as np
 
 from pjx import distributed, sharding, tasks, train
-
-log = logging.getLogger(__name__)
 
 # Dense bfloat16 peak TFLOP/s per device (vendor data sheets, no sparsity), matched as a
 # substring of `device.device_kind`; the longest match wins ("H100 PCIe" before "H100").
