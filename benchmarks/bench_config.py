@@ -29,6 +29,10 @@ SHAPES = {
 }
 PATCH = 16  # ViT patch side
 TEXT_LABELS = 2  # classes of the text classify rows (bert_mini_cls)
+# The optimizer of every row (get_config here, gpu_bench.make_config); STEPS is only the
+# length of the lr schedule, of which a benchmark times a few steps.
+OPTIMIZER = dict(lr=1e-4, warmup_steps=10, weight_decay=0.01, clip_norm=1.0)
+STEPS = 1000
 # --tiny (gpu_bench.py, hf_reference.py): every code path of a shape in seconds on a CPU.
 TINY = dict(num_layers=2, hidden_size=128, num_heads=2, mlp_dim=512)
 
@@ -56,7 +60,8 @@ def tokens_per_example(arg: str) -> int:
 
 
 def get_config(arg="bert_mini"):
-    from pjx import config as config_lib  # here, so hf_reference.py imports no jax
+    from pjx import bench  # here, so hf_reference.py imports no jax
+    from pjx import config as config_lib
 
     fields = model_fields(arg)
     model, task, *_, seq, batch, _ = SHAPES[arg]
@@ -66,11 +71,9 @@ def get_config(arg="bert_mini"):
     if model != "vit":  # ViT's tokens come from model.image_size / patch_size
         c.data.seq_len = seq
     c.batch_size = batch
-    c.steps = 1000
-    c.optimizer.update(dict(lr=1e-4, warmup_steps=10, weight_decay=0.01, clip_norm=1.0))
-    if task == "mlm":  # [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4, as pjx's BERT tokenizers
-        c.task_args.mask_id = 4
-        c.task_args.pad_id = 0
-        c.task_args.special_ids = (0, 1, 2, 3)
+    c.steps = STEPS
+    c.optimizer.update(OPTIMIZER)
+    if task == "mlm":  # the special ids of pjx's BERT tokenizers
+        c.task_args.update(bench.MLM_DEFAULTS)
     c.progress = False
     return c

@@ -80,15 +80,9 @@ def make_config(
         "task_args": task_args,
         "data": {} if kind == "vit" else {"seq_len": seq},
         "batch_size": int(batch),
-        "steps": 1000,  # the lr schedule's length; bench times --steps of them
+        "steps": bench_config.STEPS,  # the lr schedule's length; bench times --steps
         "seed": 0,
-        "optimizer": {
-            **optim.DEFAULTS,
-            "lr": 1e-4,
-            "warmup_steps": 10,
-            "weight_decay": 0.01,
-            "clip_norm": 1.0,
-        },
+        "optimizer": {**optim.DEFAULTS, **bench_config.OPTIMIZER},
         "mesh": dict(sharding.MESH_DEFAULTS),
     }
 

@@ -34,7 +34,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_config import PATCH, SHAPES, model_fields, tokens_per_example  # noqa: E402
+from bench_config import OPTIMIZER, PATCH, SHAPES, model_fields, tokens_per_example  # noqa: E402
 
 from pjx.host_memory import keep_large_blocks  # noqa: E402  (jax-free)
 
@@ -150,13 +150,17 @@ def run(
     model = build_model(kind, layers, hidden, heads, vocab, attn, dropout, mlp, image=seq)
     model = model.to(device)
     model.train()
-    # AdamW as pjx's defaults: lr 1e-4, betas (0.9, 0.999), eps 1e-8, weight decay 0.01 on
-    # kernels only (HF Trainer's no-decay groups: biases and LayerNorm weights).
+    # AdamW as pjx's runs of these shapes: bench_config.OPTIMIZER's lr and weight decay,
+    # betas (0.9, 0.999), eps 1e-8, decay on kernels only (HF Trainer's no-decay groups:
+    # biases and LayerNorm weights).
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=1e-4,
+        [
+            {"params": decay, "weight_decay": OPTIMIZER["weight_decay"]},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=OPTIMIZER["lr"],
         betas=(0.9, 0.999),
         eps=1e-8,
         **({"fused": True} if cuda else {}),
