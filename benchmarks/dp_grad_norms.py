@@ -15,8 +15,9 @@ Then what one DP-SGD step of the recipe (`--batch` examples, clip `dp.l2_norm_cl
 multiplier `--sigma`) releases, by parameter kind (kernels, biases, norm scales, embedding
 tables, the classifier): the coherent part of the sum of clipped gradients (its squared
 norm less the sum of the examples' own, which is what independent directions would give),
-scaled from the sentences measured to the batch, over the noise's squared norm on the
-kind's coordinates. A kind whose ratio times the steps stays well under 1 takes mostly noise.
+scaled from the pairs of sentences measured to the batch's, over the noise's squared norm
+on the kind's coordinates. A kind whose ratio times the steps stays well under 1 takes
+mostly noise.
 """
 
 from __future__ import annotations
@@ -62,9 +63,8 @@ def main():
 
     grad_fn = jax.jit(jax.vmap(jax.grad(example_loss), in_axes=(None, 0, None)))
     trained = jax.tree.leaves(s.trainable)
-    # group -> per-example squared norms; kind -> {leaf: sum of clipped gradients, "squares":
-    # sum of the clipped gradients' squared norms}
-    groups, kinds = {}, {}
+    groups = {}  # group -> per-example squared norms
+    sums, squares = {}, {}  # kind -> {leaf: sum of clipped gradients}; their squared norms
     data = iter(run.build_data(cfg, tok, train=True))
     for _ in range(args.batches):
         batch = {k: np.asarray(v) for k, v in next(data).items()}
@@ -84,9 +84,10 @@ def main():
             group = "classifier" if "classifier" in name else "lora" if "lora" in name else "other"
             in_batch[group] = in_batch.get(group, 0.0) + sq[name]
             kind = "classifier" if "classifier" in name else name.split("'")[-2]
-            k = kinds.setdefault(kind, {})
-            k[name] = k.get(name, 0.0) + np.tensordot(scale, g, axes=1).astype(np.float64)
-            k["squares"] = k.get("squares", 0.0) + np.sum(scale**2 * sq[name])
+            leaf_sums = sums.setdefault(kind, {})
+            clipped_sum = np.tensordot(scale, g, axes=1).astype(np.float64)
+            leaf_sums[name] = leaf_sums.get(name, 0.0) + clipped_sum
+            squares[kind] = squares.get(kind, 0.0) + np.sum(scale**2 * sq[name])
         for group, norms in in_batch.items():
             groups.setdefault(group, []).append(norms)
     groups = {g: np.concatenate(v) for g, v in groups.items()}
@@ -100,11 +101,12 @@ def main():
     measured = len(groups["total"])
     noise_sq = (args.sigma * clip) ** 2  # per coordinate, on the sum
     print(f"per DP step ({args.batch} examples, clip {clip:g}, sigma {args.sigma:g}):")
-    for kind, k in kinds.items():
-        squares = k.pop("squares")
-        coherent = max(sum(np.sum(v**2) for v in k.values()) - squares, 0.0)
-        coherent *= (args.batch / measured) ** 2
-        dim = sum(v.size for v in k.values())
+    # The coherent part sums over pairs of distinct examples: n (n - 1) of them measured.
+    pairs = args.batch * (args.batch - 1) / (measured * (measured - 1))
+    for kind, leaf_sums in sums.items():
+        coherent = max(sum(np.sum(v**2) for v in leaf_sums.values()) - squares[kind], 0.0)
+        coherent *= pairs
+        dim = sum(v.size for v in leaf_sums.values())
         ratio = coherent / (noise_sq * dim)
         print(f"  {kind}: {dim:,} coordinates, coherent signal / noise {ratio:.3g}")
 
