@@ -2,8 +2,10 @@
 # Every GPU measurement of BENCHMARKS.md in one call (~9 minutes on one H100 / H200), from
 # synthetic batches (no data sets, no network): GPT-2 124M (seq 1024), BERT-base MLM
 # (seq 128) and ViT-B/16 (224x224, 1000 classes), all bf16, each as
-#   pjx cuDNN attention | HF (torch.compile, bf16 autocast, SDPA)      (first pass)
-#   pjx XLA attention   | pjx cuDNN attention + model.remat=full        (second pass)
+#   pjx default attention | HF (torch.compile, bf16 autocast, SDPA)      (first pass)
+#   pjx XLA attention     | pjx default attention + model.remat=full      (second pass)
+# "default" is what a user gets with model.attention_impl unset: cuDNN's flash attention,
+# or XLA's where cuDNN cannot train (ViT's odd 197 positions).
 # Two passes, so that when the time guard cuts the run short it drops the secondary runs.
 # Each run appends its JSON line to $OUT/gpu.jsonl (a failed, timed-out or skipped run
 # appends one with an "error" field and the rest go on); everything goes to $OUT/gpu.log;
@@ -100,12 +102,12 @@ hf() {  # hf SHAPE
 }
 
 for shape in $SHAPES; do
-  pjx "$shape" cudnn none
+  pjx "$shape" default none
   hf "$shape"
 done
 for shape in $SHAPES; do
   pjx "$shape" xla none
-  pjx "$shape" cudnn full
+  pjx "$shape" default full
 done
 
 echo "done in $((SECONDS - START))s; results in $JSONL" | tee -a "$LOG"

@@ -105,8 +105,9 @@ def measure(args) -> dict:
     else:
         r = bench.run(config, steps=args.steps, warmup=args.warmup)
     # What "default" picked (cuDNN on a GPU in bfloat16, XLA elsewhere).
+    L = r["seq_len"]
     r["attention_effective"] = backend.attention_implementation(
-        config["model"]["attention_impl"], args.dtype
+        config["model"]["attention_impl"], args.dtype, training=True, lengths=(L, L)
     )
     return r
 

@@ -224,6 +224,13 @@ def test_attention_implementation_per_backend_and_clear_errors():
         pick("cudnn", jnp.float32, "gpu")
     with pytest.raises(ValueError, match="pick one of"):
         pick("flash", jnp.float32, "cpu")
+    # Odd lengths (ViT: 196 patches + CLS): jax's cuDNN kernel cannot differentiate them.
+    assert pick(None, jnp.bfloat16, "gpu", training=True, lengths=(197, 197)) == "xla"
+    assert pick(None, jnp.bfloat16, "gpu", lengths=(197, 197)) == "xla"
+    assert pick(None, jnp.bfloat16, "gpu", training=True, lengths=(128, 128)) == "cudnn"
+    assert pick("cudnn", jnp.bfloat16, "gpu", lengths=(197, 197)) == "cudnn"  # inference
+    with pytest.raises(ValueError, match="even sequence lengths, not queries 197 x keys 197"):
+        pick("cudnn", jnp.bfloat16, "gpu", training=True, lengths=(197, 197))
 
 
 def test_training_attention_on_cpu_is_the_einsum_form_with_the_fused_gradients():

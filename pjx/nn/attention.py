@@ -101,8 +101,9 @@ def dot_product_attention(
     scale = 1.0 / math.sqrt(K) if scale is None else scale
     dropout = dropout_rate > 0.0 and dropout_rng is not None
     implementation = "einsum" if dropout else implementation
+    T, S = q_BxTxHxK.shape[1], k_BxSxHxK.shape[1]
     implementation = backend.attention_implementation(
-        implementation, q_BxTxHxK.dtype, training=training
+        implementation, q_BxTxHxK.dtype, training=training, lengths=(T, S)
     )
     if implementation == "einsum":
         logits = jnp.einsum(
@@ -112,7 +113,6 @@ def dot_product_attention(
         if bias is not None:
             logits = logits + bias.astype(jnp.float32)
         if causal:
-            T, S = q_BxTxHxK.shape[1], k_BxSxHxK.shape[1]
             tril = make_attention_mask(T, S, causal=True)
             mask = tril if mask is None else jnp.logical_and(mask, tril)
         if mask is not None:
@@ -126,8 +126,14 @@ def dot_product_attention(
             keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
             probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
         return jnp.einsum("BHTS,BSHK->BTHK", probs.astype(v_BxSxHxK.dtype), v_BxSxHxK)
-    if bias is not None and implementation == "cudnn":
-        bias = bias.astype(q_BxTxHxK.dtype)
+    if implementation == "cudnn":
+        # jax's cuDNN kernel takes the mask as a bias of full [T, S] rows (a padding mask
+        # [B, 1, 1, S] would fail "Bias must have same seq length as QKV"); batch and head
+        # axes may stay 1.
+        if bias is not None:
+            bias = jnp.broadcast_to(bias, (*bias.shape[:-2], T, S)).astype(q_BxTxHxK.dtype)
+        if mask is not None:
+            mask = jnp.broadcast_to(mask, (*mask.shape[:-2], T, S))
     return jax.nn.dot_product_attention(
         q_BxTxHxK,
         k_BxSxHxK,

@@ -32,13 +32,23 @@ def check_attention_impl(requested: str | None) -> None:
 
 
 def attention_implementation(
-    requested: str | None, dtype, backend: str | None = None, *, training: bool = False
+    requested: str | None,
+    dtype,
+    backend: str | None = None,
+    *,
+    training: bool = False,
+    lengths: tuple[int, int] | None = None,
 ) -> str:
     """The attention kernel to run: `requested` ("einsum" | "xla" | "cudnn") when it can
     run, else an error saying why. None picks cuDNN's flash attention where it can run (an
-    NVIDIA GPU, bfloat16 / float16 compute); on a CPU the einsum form when `training` (the
-    call is differentiated) and XLA's fused attention otherwise; XLA's fused attention
-    elsewhere.
+    NVIDIA GPU, bfloat16 / float16 compute, even query and key `lengths`); on a CPU the
+    einsum form when `training` (the call is differentiated) and XLA's fused attention
+    otherwise; XLA's fused attention elsewhere.
+
+    Why even lengths: jax's cuDNN kernel refuses to differentiate attention over an odd
+    query or key length (ViT's 197 patches + CLS: "Unsupported sequence length"), and a
+    forward under `deterministic=True` may still be differentiated (attributions), so the
+    automatic pick leaves odd lengths to XLA and only an explicit 'cudnn' in training fails.
 
     Why the CPU splits: `jax.nn.dot_product_attention` computes in a grouped layout with a
     unit group axis ([1, B, N, T, S] for plain multi-head attention), and XLA:CPU's
@@ -56,6 +66,11 @@ def attention_implementation(
         problem = (
             f"cuDNN flash attention takes {' / '.join(CUDNN_DTYPES)} inputs, not "
             f"{jnp.dtype(dtype).name}: set model.dtype=bfloat16"
+        )
+    elif lengths is not None and any(n % 2 for n in lengths) and (training or not requested):
+        problem = (
+            "jax's cuDNN flash attention differentiates only even sequence lengths, not "
+            f"queries {lengths[0]} x keys {lengths[1]}"
         )
     if requested == "cudnn" and problem:
         raise ValueError(
