@@ -104,7 +104,8 @@ def measure(args) -> dict:
         r = bench.compile_only(config)
     else:
         r = bench.run(config, steps=args.steps, warmup=args.warmup)
-    # What "default" picked (cuDNN on a GPU in bfloat16, XLA elsewhere).
+    # What "default" picked for a train step: cuDNN on a GPU in bfloat16 at an even length,
+    # XLA otherwise (ViT-B/16's 197 positions included).
     L = r["seq_len"]
     r["attention_effective"] = backend.attention_implementation(
         config["model"]["attention_impl"], args.dtype, training=True, lengths=(L, L)
