@@ -26,12 +26,13 @@ import shutil
 
 import jax.numpy as jnp
 import numpy as np
-from minilm_sst2 import TSV, _model_dir
+from minilm_sst2 import HELD_OUT, _model_dir
 from safetensors.numpy import load_file, save_file
 
-from pjx import inference, packing
+from pjx import data, inference, tasks
+from pjx.data import sources
+from pjx.examples import Examples
 from pjx.models.bert import mean_pool
-from pjx.uri import slice_bounds
 
 POSITIVE = [
     "good", "great", "excellent", "wonderful", "amazing", "brilliant", "enjoyable",
@@ -48,17 +49,16 @@ SEQ_LEN = 32  # the DP runs' (BENCHMARKS.md)
 
 
 def embed(model, params, tokenizer, texts, batch=256) -> np.ndarray:
-    """Mean token state [N, D] of each text, as pjx's classifier with pooling=mean reads it."""
-    out = []
+    """Mean token state [N, D] of each text, encoded as the classify task encodes it and
+    pooled as pjx's classifier with pooling=mean reads it."""
+    classify, out = tasks.get("classify"), []
     for i in range(0, len(texts), batch):
-        rows = [r[: SEQ_LEN - 2] for r in packing.tokenize(tokenizer, texts[i : i + batch])]
-        ids = np.full((len(rows), SEQ_LEN), tokenizer.pad_id or 0, np.int32)
-        mask = np.zeros_like(ids)
-        for j, r in enumerate(rows):
-            ids[j, : len(r) + 2] = [tokenizer.cls_id, *r, tokenizer.sep_id]
-            mask[j, : len(r) + 2] = 1
-        x = model.apply({"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask))
-        out.append(np.asarray(mean_pool(x["last_hidden_state"], jnp.asarray(mask))))
+        chunk = list(texts[i : i + batch])
+        ex = Examples("phrases", texts=chunk, labels=np.zeros(len(chunk), np.int32))
+        rows = classify.encode(ex, tokenizer, {"seq_len": SEQ_LEN}, {}, 0)
+        mask = jnp.asarray(rows["attention_mask"])
+        x = model.apply({"params": params}, jnp.asarray(rows["input_ids"]), attention_mask=mask)
+        out.append(np.asarray(mean_pool(x["last_hidden_state"], mask)))
     return np.concatenate(out)
 
 
@@ -75,12 +75,9 @@ def main():
     kernel = np.stack([-half, half], axis=1).astype(np.float32)  # [D, 2]
     bias = np.array([half @ mid, -(half @ mid)], np.float32)
 
-    with open(TSV, encoding="utf-8") as f:
-        rows = f.read().splitlines()[1:]
-    held = rows[slice_bounds("90%:", len(rows))]
-    texts, labels = zip(*(r.rsplit("\t", 1) for r in held))
-    logits = embed(model, params, tokenizer, list(texts)) @ kernel + bias
-    accuracy = float(np.mean(logits.argmax(1) == np.asarray(labels, int)))
+    held = sources.read(HELD_OUT, data.with_defaults({"source": HELD_OUT}), need_labels=True)
+    logits = embed(model, params, tokenizer, held.texts) @ kernel + bias
+    accuracy = float(np.mean(logits.argmax(1) == held.labels))
     print(json.dumps({"zero_shot_held_out_accuracy": accuracy, "held_out_examples": len(held)}))
 
     shutil.copytree(src, args.out, dirs_exist_ok=True)
