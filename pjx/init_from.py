@@ -2,8 +2,9 @@
 
 Loads every parameter whose full path and shape match the new model, keeps the
 new model's fresh initialisation for the rest, and reports loaded / new /
-dropped. Only the `params` subtree of the source train state is read, so the
-optimizer (or its absence) in the source does not matter.
+dropped. Only the `params` subtree of the source train state is read (`ema`, the moving
+average, where the run kept one), so the optimizer (or its absence) in the source does not
+matter.
 
 Vocabulary resize policy (`allow_vocab_resize=True`): a an embedding table
 (a path containing "embed", "wte", "shared" or "vocab") whose shape differs in
@@ -78,7 +79,9 @@ def _source_params(source, target_shapes=None) -> tuple[dict, callable, str]:
     meta = ckpt.state_metadata(step)
     if "params" not in meta:
         raise ValueError(f"checkpoint {step} has no 'params' in its state (found {sorted(meta)})")
-    leaves = jax.tree_util.tree_flatten_with_path(meta["params"])[0]
+    # A run that keeps a moving average of its parameters releases that (pjx.train.weights).
+    released = "ema" if meta.get("ema") else "params"
+    leaves = jax.tree_util.tree_flatten_with_path(meta[released])[0]
     keypaths = {ckpt.path_str(p): p for p, _ in leaves}
     # Paths as an unscanned model names them: a scanned run's stacked leaf [n, ...] is
     # n parameters `stack_i/...` here, read whole and sliced.
@@ -93,7 +96,7 @@ def _source_params(source, target_shapes=None) -> tuple[dict, callable, str]:
             origin[unstacked], saved[unstacked] = (path, i), tuple(m.shape[1:])
 
     def load(wanted: dict):  # unstacked path -> sharding (or None: host numpy)
-        # Partial restore of just these leaves of params/: the optimizer state
+        # Partial restore of just these leaves of params/ (ema/): the optimizer state
         # and the other params are never read.
         raw = {}
         for p, sharding in wanted.items():
@@ -101,7 +104,7 @@ def _source_params(source, target_shapes=None) -> tuple[dict, callable, str]:
             raw[path] = sharding if i is None else None
         item, rargs = {}, {}
         for path, sharding in raw.items():
-            node_i, node_r = item.setdefault("params", {}), rargs.setdefault("params", {})
+            node_i, node_r = item.setdefault(released, {}), rargs.setdefault(released, {})
             *parents, last = [ckpt.path_str([k]) for k in keypaths[path]]
             for k in parents:
                 node_i, node_r = node_i.setdefault(k, {}), node_r.setdefault(k, {})
@@ -116,7 +119,7 @@ def _source_params(source, target_shapes=None) -> tuple[dict, callable, str]:
             args=ocp.args.PyTreeRestore(item=item, restore_args=rargs, partial_restore=True),
         )
         flat = {
-            ckpt.path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(out["params"])[0]
+            ckpt.path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(out[released])[0]
         }
         return {
             p: flat[origin[p][0]] if origin[p][1] is None else flat[origin[p][0]][origin[p][1]]

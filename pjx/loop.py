@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 
 from pjx import distributed, privacy, sharding
 from pjx.metrics_log import MetricsLog
-from pjx.train import Setup, TrainState, abstract_batch, evaluate, trim_padding
+from pjx.train import Setup, TrainState, abstract_batch, evaluate, trim_padding, weights
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ def fit(
         nonlocal last
         if eval_data is None:
             return None
-        mets = evaluate(s, state.params, eval_data, seed=c.seed, max_batches=c.eval_steps)
+        mets = evaluate(s, weights(state), eval_data, seed=c.seed, max_batches=c.eval_steps)
         last = metrics.eval(step, mets)
         return mets
 

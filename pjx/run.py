@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from pjx import (
     checkpoint,
@@ -246,7 +247,9 @@ def fresh_state(s: train_lib.Setup, config, secret=None) -> train_lib.TrainState
     params, _ = init_from.init_from(
         config.init_from, state.params, allow_vocab_resize=bool(config.allow_vocab_resize)
     )
-    return state.replace(params=params)
+    # The moving average starts where the parameters do (a copy: the step donates both).
+    ema = None if state.ema is None else jax.tree.map(jnp.copy, params)
+    return state.replace(params=params, ema=ema)
 
 
 # ------------------------------------------------------------------ what a workdir holds

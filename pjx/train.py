@@ -28,6 +28,14 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: jax.Array  # base key; step s uses fold_in(rng, s), so resume is exact
+    # The parameters' moving average (optimizer.ema_decay), None when off: what the run
+    # evaluates and saves as its weights (`weights`).
+    ema: Any = None
+
+
+def weights(state: TrainState):
+    """The parameters a run evaluates and releases: the moving average when it keeps one."""
+    return state.params if state.ema is None else state.ema
 
 
 def train_step(
@@ -42,10 +50,12 @@ def train_step(
     batch_sharding=None,
     dp=None,
     trainable=None,
+    ema_decay=0.0,
 ):
     """One optimizer update from the gradient of one logical batch (pjx.grads: summed over
     `accum_steps` slices; under DP-SGD, `dp` (a `grads.DP`), clipped per example and
-    noised). `trainable` marks the leaves that train."""
+    noised), and of the parameters' moving average when the state keeps one. `trainable`
+    marks the leaves that train."""
     rng = jax.random.fold_in(state.rng, state.step)
     loss, mets, g = grads.gradients(
         functools.partial(loss_fn, model, train=True),  # (params, batch, rng)
@@ -64,7 +74,10 @@ def train_step(
     keep = jax.tree.leaves(trainable) if trainable is not None else [True] * len(leaves)
     norm = optax.tree.norm([x for x, t in zip(leaves, keep) if t])
     out = dict(mets, loss=loss, learning_rate=lr_fn(state.step), grad_norm=norm)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), out
+    ema = state.ema
+    if ema is not None:
+        ema = optim.ema_update(ema, params, state.step + 1, ema_decay, trainable)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), out
 
 
 def eval_step(params, batch, rng, *, model, loss_fn):
@@ -122,11 +135,22 @@ def build(config, *, tokenizer=None, mesh=None, devices=None, dp_mechanism=None)
     def init_params(rng):
         return model.init({"params": rng, "dropout": rng}, **inputs)["params"]
 
+    ema_decay = float(config["optimizer"].get("ema_decay") or 0.0)
+    if not 0.0 <= ema_decay < 1.0:
+        raise ValueError(
+            f"optimizer.ema_decay={ema_decay}: a moving average's decay is in [0, 1) "
+            "(0 = off; 0.99 - 0.9999 are usual)"
+        )
+
     def init_state(rng):
         k_params, k_state = jax.random.split(rng)
         params = nn.meta.unbox(init_params(k_params))
         return TrainState(
-            step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=k_state
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            rng=k_state,
+            ema=params if ema_decay else None,
         )
 
     boxed = jax.eval_shape(init_params, jax.random.PRNGKey(0))
@@ -140,6 +164,7 @@ def build(config, *, tokenizer=None, mesh=None, devices=None, dp_mechanism=None)
         params=param_sh,
         opt_state=sharding.mirror_shardings(abstract.opt_state, abstract.params, param_sh, mesh),
         rng=repl,
+        ema=param_sh if ema_decay else None,
     )
     batch_sh = sharding.batch_sharding(mesh, privacy.batch_rows(config))
     # Which parameters train (static): frozen ones get no gradient, no DP clipping, no
@@ -174,6 +199,7 @@ def build(config, *, tokenizer=None, mesh=None, devices=None, dp_mechanism=None)
         batch_sharding=batch_sh,
         dp=dp,
         trainable=trainable,
+        ema_decay=ema_decay,
     )
     return Setup(
         config=config,
