@@ -4,6 +4,8 @@ layouts of the local data sets (MNIST idx, a GLUE TSV)."""
 from __future__ import annotations
 
 import gzip
+import os
+import signal
 import struct
 from pathlib import Path
 
@@ -77,3 +79,26 @@ def write_sst2(path: Path, n=80, words=6) -> Path:
     rows = [f"{sentence()} \t{i % 2}" for i in range(n)]
     path.write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
     return path
+
+
+class ResumableBatches:
+    """Batch i is `make_batch(i)`; get_state / set_state like pjx.data's iterators. It sends
+    its process SIGTERM when it hands out batch `kill_at` (how a preemption arrives)."""
+
+    def __init__(self, make_batch, kill_at=None):
+        self.make_batch, self.i, self.kill_at = make_batch, 0, kill_at
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.i == self.kill_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        self.i += 1
+        return self.make_batch(self.i - 1)
+
+    def get_state(self):
+        return {"i": self.i}
+
+    def set_state(self, state):
+        self.i = state["i"]

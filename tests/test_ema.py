@@ -2,12 +2,12 @@
 leaves frozen parameters alone, is what a run evaluates and releases, and resumes exactly."""
 
 import os
-import signal
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from data_fixtures import ResumableBatches
 
 from pjx import checkpoint, loop, run, sharding, train
 from pjx import config as config_lib
@@ -42,26 +42,8 @@ def _batch(i):
     }
 
 
-class _Batches:
-    """Batch i from seed i; sends SIGTERM when batch `kill_at` is pulled (a preemption)."""
-
-    def __init__(self, kill_at=-1):
-        self.i, self.kill_at = 0, kill_at
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self.i == self.kill_at:
-            os.kill(os.getpid(), signal.SIGTERM)
-        self.i += 1
-        return _batch(self.i - 1)
-
-    def get_state(self):
-        return {"i": self.i}
-
-    def set_state(self, state):
-        self.i = state["i"]
+def _batches(kill_at=None):
+    return ResumableBatches(_batch, kill_at)
 
 
 def _one_device():
@@ -108,7 +90,7 @@ def test_run_evaluates_and_releases_the_average(tmp_path):
     workdir = str(tmp_path / "run")
     eval_batches = [{**_batch(100 + i), "weight": np.ones((B,), np.float32)} for i in range(2)]
     last = run.train(
-        c, workdir, train_data=_Batches(), eval_data=eval_batches, devices=_one_device()
+        c, workdir, train_data=_batches(), eval_data=eval_batches, devices=_one_device()
     )
     saved = _saved_state(workdir, 4)
     ema, params = _flat(saved["ema"]), _flat(saved["params"])
@@ -131,11 +113,11 @@ def test_run_evaluates_and_releases_the_average(tmp_path):
 def test_preempted_and_resumed_average_equals_uninterrupted(tmp_path):
     c = _config(steps=5, checkpoint_every=2)
     kw = dict(eval_data=None, devices=_one_device())
-    run.train(c, str(tmp_path / "ref"), train_data=_Batches(), **kw)
+    run.train(c, str(tmp_path / "ref"), train_data=_batches(), **kw)
     workdir = str(tmp_path / "run")
     with pytest.raises(loop.Preempted):
-        run.train(c, workdir, train_data=_Batches(kill_at=2), **kw)
-    run.train(c, workdir, train_data=_Batches(), **kw)
+        run.train(c, workdir, train_data=_batches(kill_at=2), **kw)
+    run.train(c, workdir, train_data=_batches(), **kw)
     ref, got = _saved_state(str(tmp_path / "ref"), 5), _saved_state(workdir, 5)
     for key in ("ema", "params"):
         a, b = _flat(ref[key]), _flat(got[key])
@@ -147,10 +129,10 @@ def test_turning_the_average_on_at_resume_is_refused(tmp_path):
     workdir = str(tmp_path / "run")
     kw = dict(eval_data=None, devices=_one_device())
     run.train(
-        _config(steps=2, **{"optimizer.ema_decay": 0.0}), workdir, train_data=_Batches(), **kw
+        _config(steps=2, **{"optimizer.ema_decay": 0.0}), workdir, train_data=_batches(), **kw
     )
     with pytest.raises(checkpoint.CheckpointMismatch, match="ema"):
-        run.train(_config(steps=4), workdir, train_data=_Batches(), **kw)
+        run.train(_config(steps=4), workdir, train_data=_batches(), **kw)
 
 
 @pytest.mark.parametrize("decay", [1.0, -0.1])

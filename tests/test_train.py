@@ -2,13 +2,12 @@
 and a tiny GPT-2 that learns."""
 
 import json
-import os
-import signal
 import time
 
 import jax
 import numpy as np
 import pytest
+from data_fixtures import ResumableBatches
 
 from pjx import config as config_lib
 from pjx import loop, run, train
@@ -167,28 +166,13 @@ def test_tiny_gpt2_overfits_repeated_text(tmp_path):
     assert first > 2.0 and last["loss"] < 0.1, (first, last)
 
 
-class _ResumableBatches:
-    """An LM stream with get_state / set_state, like pjx.data's iterators; it can send
-    itself SIGTERM when it hands out batch `kill_at` (how preemption arrives)."""
+def _lm_batch(i):
+    ids = np.random.RandomState(i).randint(0, VOCAB, (4, L)).astype(np.int32)
+    return {"input_ids": ids, "segment_ids": np.ones_like(ids)}
 
-    def __init__(self, kill_at=None):
-        self.i, self.kill_at = 0, kill_at
 
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self.i == self.kill_at:
-            os.kill(os.getpid(), signal.SIGTERM)
-        ids = np.random.RandomState(self.i).randint(0, VOCAB, (4, L)).astype(np.int32)
-        self.i += 1
-        return {"input_ids": ids, "segment_ids": np.ones_like(ids)}
-
-    def get_state(self):
-        return {"i": self.i}
-
-    def set_state(self, state):
-        self.i = state["i"]
+def _resumable_lm(kill_at=None):
+    return ResumableBatches(_lm_batch, kill_at)
 
 
 @pytest.mark.parametrize("stop_after", [2, 3])
@@ -200,20 +184,20 @@ def test_preempted_and_resumed_equals_uninterrupted(tmp_path, stop_after):
     )
     c.optimizer.accum_steps = 2
     kw = dict(eval_data=_lm_eval(), devices=_one_device())
-    run.train(c, str(tmp_path / "ref"), train_data=_ResumableBatches(), **kw)
+    run.train(c, str(tmp_path / "ref"), train_data=_resumable_lm(), **kw)
     workdir = str(tmp_path / "run")
     # Batch k is pulled when step k+1 starts (batch 0 before the loop): that step completes.
     with pytest.raises(loop.Preempted) as e:
-        run.train(c, workdir, train_data=_ResumableBatches(kill_at=stop_after - 1), **kw)
+        run.train(c, workdir, train_data=_resumable_lm(kill_at=stop_after - 1), **kw)
     assert e.value.step == stop_after
     assert (tmp_path / "run" / "checkpoints" / str(stop_after)).is_dir()
-    run.train(c, workdir, train_data=_ResumableBatches(), **kw)
+    run.train(c, workdir, train_data=_resumable_lm(), **kw)
     strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rs]
     assert strip(_read(tmp_path / "run" / "metrics.jsonl")) == strip(
         _read(tmp_path / "ref" / "metrics.jsonl")
     )
     # A third run finds the run complete and changes nothing.
-    last = run.train(c, workdir, train_data=_ResumableBatches(), **kw)
+    last = run.train(c, workdir, train_data=_resumable_lm(), **kw)
     assert last["step"] == 5 and len(_read(tmp_path / "run" / "metrics.jsonl")) == 8
 
 
