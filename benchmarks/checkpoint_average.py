@@ -1,7 +1,12 @@
 r"""Scores averages of a run's last checkpoints: what averaging its parameters over the end
 of training (`optimizer.ema_decay`, or tail averaging) would have given, from one run kept
-with `--config.checkpoint_every=N --config.keep_checkpoints=K`.
+with `--config.checkpoint_every=N --config.keep_checkpoints=K`, e.g. (BENCHMARKS.md):
 
+  python benchmarks/minilm_zero_shot_head.py runs/minilm_zero_shot
+  python benchmarks/minilm_sst2.py --dp-steps 180 --dp-batch 1024 --dp-seq-len 32 \
+      --pooling mean --only dp_eps8 --set optimizer.lr=2e-3 --set model.dropout_rate=0 \
+      --set model.attention_dropout_rate=0 --set init_from=hf:runs/minilm_zero_shot \
+      --set checkpoint_every=10 --set keep_checkpoints=20 --workdir runs/zs_ckpts
   python benchmarks/checkpoint_average.py runs/zs_ckpts/dp_eps8 \
       --source "tsv:../shared/data/sst2/train.tsv[90%:]" \
       --source tsv:runs/zs_ckpts/held_out_unseen.tsv --last 1 2 4 8 --decay 0.5 0.8
@@ -41,15 +46,14 @@ def main(argv=None):
     ap.add_argument("--metric", default="accuracy")
     args = ap.parse_args(argv)
     folder = Path(args.workdir) / "checkpoints"
-    steps = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
-    steps = [s for s in steps if checkpoint.is_complete(folder / str(s))]
-    if not steps:
+    dirs = checkpoint.complete_step_dirs(folder)
+    if not dirs:
         raise SystemExit(f"{folder} holds no complete checkpoint")
-    newest = str(folder / str(steps[-1]))
-    scorers = {uri: evaluation.Loaded(newest, uri) for uri in args.source}
+    steps = sorted(dirs)
+    scorers = {uri: evaluation.Loaded(str(dirs[steps[-1]]), uri) for uri in args.source}
     like = next(iter(scorers.values())).setup.abstract_state.params
     wanted = steps if args.decay else sorted({s for k in args.last for s in steps[-k:]})
-    params = {s: Saved(str(folder / str(s))).params(merged=False, like=like) for s in wanted}
+    params = {s: Saved(str(dirs[s])).params(merged=False, like=like) for s in wanted}
     averages = [({"steps": steps[-k:]}, [1.0] * len(steps[-k:]), steps[-k:]) for k in args.last]
     for d in args.decay:
         ages = range(len(steps) - 1, -1, -1)

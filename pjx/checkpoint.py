@@ -140,6 +140,11 @@ def _step_dirs(directory: Path) -> dict[int, Path]:
     return {int(p.name): p for p in directory.iterdir() if p.is_dir() and p.name.isdigit()}
 
 
+def complete_step_dirs(directory) -> dict[int, Path]:
+    """step -> step dir of every complete checkpoint directly under `directory`."""
+    return {s: p for s, p in _step_dirs(Path(directory)).items() if is_complete(p)}
+
+
 def incomplete_checkpoints(directory) -> list[Path]:
     """Step dirs that a crash left behind: Orbax tmp dirs and dirs without a commit marker."""
     directory = Path(directory)
@@ -376,7 +381,7 @@ def resolve(source) -> Path:
             raise FileNotFoundError(f"checkpoint {path} is incomplete (no {COMMIT_MARKER})")
         return path
     report_incomplete(path)
-    steps = {s: p for s, p in _step_dirs(path).items() if is_complete(p)}
+    steps = complete_step_dirs(path)
     if not steps:
         raise FileNotFoundError(f"no complete checkpoint found under {source}")
     return steps[max(steps)]
@@ -395,8 +400,7 @@ def read_checkpoint_config(source) -> dict:
 def read_item(directory, name: str) -> tuple[int, dict | None]:
     """(step, JSON item `name`) of the newest complete checkpoint under `directory`;
     (0, None) when there is none, None when that checkpoint has no such item."""
-    directory = Path(directory).absolute()
-    steps = {s: p for s, p in _step_dirs(directory).items() if is_complete(p)}
+    steps = complete_step_dirs(Path(directory).absolute())
     if not steps:
         return 0, None
     step = max(steps)
