@@ -81,19 +81,16 @@ def write_sst2(path: Path, n=80, words=6) -> Path:
     return path
 
 
-class ResumableBatches:
-    """Batch i is `make_batch(i)`; get_state / set_state like pjx.data's iterators. It sends
-    its process SIGTERM when it hands out batch `kill_at` (how a preemption arrives)."""
+class IndexedBatches:
+    """Batch i is `make_batch(i)`, with get_state / set_state like pjx.data's iterators."""
 
-    def __init__(self, make_batch, kill_at=None):
-        self.make_batch, self.i, self.kill_at = make_batch, 0, kill_at
+    def __init__(self, make_batch):
+        self.make_batch, self.i = make_batch, 0
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        if self.i == self.kill_at:
-            os.kill(os.getpid(), signal.SIGTERM)
         self.i += 1
         return self.make_batch(self.i - 1)
 
@@ -102,3 +99,26 @@ class ResumableBatches:
 
     def set_state(self, state):
         self.i = state["i"]
+
+
+class Preempting:
+    """Data iterator `it` that sends its process SIGTERM when it hands out its batch number
+    `kill_at` (counted from 0; how a preemption arrives); its state is `it`'s."""
+
+    def __init__(self, it, kill_at=None):
+        self.it, self.kill_at, self.n = it, kill_at, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.n == self.kill_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        self.n += 1
+        return next(self.it)
+
+    def get_state(self):
+        return self.it.get_state()
+
+    def set_state(self, state):
+        self.it.set_state(state)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_fixtures import ByteTok, lm_config, words
+from data_fixtures import ByteTok, Preempting, lm_config, words
 
 from pjx import data
 from pjx.data import shards, stream
@@ -252,31 +252,6 @@ def test_bench_data_only_in_stream_and_prepared_modes(tmp_path):
     json.dumps(out)
 
 
-class _Preempt:
-    """A data iterator that sends its process SIGTERM when it hands out batch `kill_at`."""
-
-    def __init__(self, it, kill_at=None):
-        self.it, self.kill_at, self.n = it, kill_at, 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self.n == self.kill_at:
-            import os
-            import signal
-
-            os.kill(os.getpid(), signal.SIGTERM)
-        self.n += 1
-        return next(self.it)
-
-    def get_state(self):
-        return self.it.get_state()
-
-    def set_state(self, state):
-        self.it.set_state(state)
-
-
 def test_preempted_stream_run_resumes_with_the_uninterrupted_loss_curve(tmp_path):
     from test_train import TIMING_KEYS, _gpt2_config, _lm_eval, _one_device, _read
 
@@ -291,7 +266,7 @@ def test_preempted_stream_run_resumes_with_the_uninterrupted_loss_curve(tmp_path
         it = data.build(
             c.data, task="clm", model="gpt2", tokenizer=ByteTok(), batch_size=4, seed=0, train=True
         )
-        return _Preempt(it, kill_at)
+        return Preempting(it, kill_at)
 
     kw = dict(eval_data=_lm_eval(), devices=_one_device(), tokenizer=ByteTok())
     run.train(c, str(tmp_path / "ref"), train_data=stream_data(), **kw)

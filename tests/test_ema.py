@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from data_fixtures import ResumableBatches
+from data_fixtures import IndexedBatches, Preempting
 
 from pjx import checkpoint, loop, run, sharding, train
 from pjx import config as config_lib
@@ -43,7 +43,7 @@ def _batch(i):
 
 
 def _batches(kill_at=None):
-    return ResumableBatches(_batch, kill_at)
+    return Preempting(IndexedBatches(_batch), kill_at)
 
 
 def _one_device():

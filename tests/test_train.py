@@ -7,7 +7,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from data_fixtures import ResumableBatches
+from data_fixtures import IndexedBatches, Preempting
 
 from pjx import config as config_lib
 from pjx import loop, run, train
@@ -172,7 +172,7 @@ def _lm_batch(i):
 
 
 def _resumable_lm(kill_at=None):
-    return ResumableBatches(_lm_batch, kill_at)
+    return Preempting(IndexedBatches(_lm_batch), kill_at)
 
 
 @pytest.mark.parametrize("stop_after", [2, 3])
