@@ -50,6 +50,11 @@ class Canaries:
     included: tuple[bool, ...]
     value: float  # the canary's norm: l2_norm_clip for an honest canary
     sampling_rate: float
+    # > 0: "example" canaries. The drawn ones (at most `slots` a step) are a batch of
+    # examples whose loss is value * (their coordinate), per-example clipped by the run's
+    # own clipping (dp.clipping) before they join the sum, so clipping must scale them to
+    # l2_norm_clip. 0: added to the clipped sum as they are.
+    slots: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,7 +208,9 @@ def _private_gradients(loss_fn, params, batch, rng, dp, accum_steps, batch_shard
     else:
         gsum, msum = _scan_sum(one, split((batch, keys), accum_steps, batch_sharding))
     gsum = list(gsum)
-    if dp.canaries is not None:
+    if dp.canaries is not None and dp.canaries.slots:
+        gsum, msum = _add_clipped_canaries(gsum, msum, dp, jax.random.fold_in(rng, 0x43414E))
+    elif dp.canaries is not None:
         gsum = _add_canaries(gsum, dp.canaries, jax.random.fold_in(rng, 0x43414E))
     std = float(dp.l2_norm_clip) * float(dp.noise_multiplier)
     noisy = [
@@ -254,3 +261,40 @@ def _add_canaries(gsum, c: Canaries, key):
     flat = flat.at[jnp.asarray(c.coords)].add(c.value * drawn.astype(jnp.float32))
     gsum[c.leaf] = flat.reshape(g.shape).astype(g.dtype)
     return gsum
+
+
+def _add_clipped_canaries(gsum, msum, dp: DP, key):
+    """The clipped sum with the drawn canaries added as examples (Canaries.slots): each
+    drawn canary is a row whose loss is value * (its coordinate), clipped per example by
+    ghost_clipping.clipped_sum or jax_privacy's clipped_grad, as the run's rows are. The
+    rows see only the canaries' coordinates (a parameter of m entries), so a step costs
+    slots x m, not slots x the leaf. `canaries_dropped` counts draws past `slots`."""
+    c = dp.canaries
+    drawn = jax.random.bernoulli(key, c.sampling_rate, (len(c.coords),)) & jnp.asarray(c.included)
+    (idx,) = jnp.nonzero(drawn, size=c.slots, fill_value=0)
+    count = jnp.sum(drawn)
+    rows = {"canary": idx, "weight": (jnp.arange(c.slots) < count).astype(jnp.float32)}
+    keys = jax.vmap(lambda i: jax.random.key_data(jax.random.fold_in(key, i)))(idx)
+    coords = jnp.asarray(c.coords)
+    g = gsum[c.leaf]
+    at = [g.reshape(-1)[coords].astype(jnp.float32)]  # the canaries' coordinates
+
+    def canary_loss(ps, row, _key):
+        w = row["weight"]
+        return float(c.value) * jnp.sum(w * ps[0][row["canary"]]), {"count": jnp.sum(w)}
+
+    if dp.clipping == "vmap":
+        from jax_privacy import clipping
+
+        fn = clipping.clipped_grad(
+            canary_loss, has_aux=True, l2_clip_norm=float(dp.l2_norm_clip),
+            batch_argnums=(1, 2), keep_batch_dim=True, dtype=jnp.float32,
+        )  # fmt: skip
+        (added,), _ = fn(at, rows, keys)
+    else:
+        (added,), _ = ghost_clipping.clipped_sum(
+            canary_loss, at, [True], rows, keys, float(dp.l2_norm_clip)
+        )
+    flat = g.reshape(-1).astype(jnp.float32).at[coords].add(added)
+    gsum[c.leaf] = flat.reshape(g.shape).astype(g.dtype)
+    return gsum, dict(msum, canaries_dropped=jnp.maximum(count - c.slots, 0))
