@@ -404,10 +404,15 @@ def read_item(directory, name: str) -> tuple[int, dict | None]:
     if not steps:
         return 0, None
     step = max(steps)
-    path = steps[step] / name
+    return step, read_step_item(steps[step], name)
+
+
+def read_step_item(step_dir, name: str) -> dict | None:
+    """JSON item `name` of one checkpoint step dir (None when it has none)."""
+    path = Path(step_dir) / name
     if not path.is_dir():
-        return step, None
-    return step, dict(ocp.handlers.JsonCheckpointHandler().restore(path))
+        return None
+    return dict(ocp.handlers.JsonCheckpointHandler().restore(path))
 
 
 def tokenizer_dir(source) -> Path | None:

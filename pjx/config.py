@@ -380,11 +380,12 @@ def resolve(config, tokenizer=None) -> ml_collections.ConfigDict:
     return c
 
 
-def with_privacy(config, plan) -> ml_collections.ConfigDict:
+def with_privacy(config, plan, data_fingerprint: str = "") -> ml_collections.ConfigDict:
     """`config` with its DP-SGD plan filled into `dp` (pjx.privacy.plan): the noise
     multiplier of the steps this start runs (calibrated when a target epsilon was asked
     for), delta, the sampling rate, the padded batch, N, the planned epsilon and the
-    segments of the whole run, so config.json shows what the run used."""
+    segments of the whole run, so config.json shows what the run used; and what the
+    training data held (`data_fingerprint`), which a replayed step must read again."""
     c = copy.deepcopy(config)
     p = plan.to_dict()
     with c.dp.unlocked():
@@ -392,6 +393,8 @@ def with_privacy(config, plan) -> ml_collections.ConfigDict:
             c.dp[key] = p[key]
         c.dp.num_examples, c.dp.planned_epsilon = p["num_examples"], p["epsilon"]
         c.dp.segments = json.dumps(p["segments"])
+        c.dp.inherited_segments = json.dumps(p["inherited"])
+        c.dp.data_fingerprint = data_fingerprint
     return c
 
 

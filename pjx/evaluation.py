@@ -29,7 +29,7 @@ import numpy as np
 from pjx import inference
 from pjx import run as run_lib
 from pjx import train as train_lib
-from pjx import uri as uri_lib
+from pjx.data import overlap
 from pjx.saved import Saved
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,14 @@ class Loaded:
         self.saved = Saved(source, overrides)
         c = copy.deepcopy(self.saved.config)
         c.eval_data.source = uri  # read with the run's eval settings (preset, columns, ...)
-        if c.dp.get("planned_epsilon") and uri_lib.same_data(uri, c.data.source):
+        shared = 0
+        if c.dp.get("planned_epsilon"):
+            shared = overlap.shared_rows(uri, str(c.data.source), c.data)
+        if shared:
             log.warning(
-                f"{source} was trained with DP-SGD on {c.data.source}: metrics on {uri} come "
-                "from that private data without noise and are not covered by its epsilon"
+                f"{source} was trained with DP-SGD on {c.data.source}: {shared} of the rows "
+                f"of {uri} are that private data, and metrics on them, released without "
+                "noise, are not covered by its epsilon"
             )
         self.config, self.tokenizer, self.source = c, self.saved.tokenizer, str(source)
         self.setup = train_lib.build(c, tokenizer=self.tokenizer, devices=devices)

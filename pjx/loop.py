@@ -221,10 +221,14 @@ def fit(
             compiled_steps[shapes] = compiled
         return compiled_steps[shapes]
 
-    batch = trim_padding(s, batch)
+    private = privacy.enabled(c.dp)
+    # Under DP-SGD every step runs at the configured width: a width cut to the longest
+    # sampled row (and its compile line and step time) would tell which step drew a long
+    # private row.
+    trim = (lambda b: b) if private else (lambda b: trim_padding(s, b))
+    batch = trim(batch)
     step_for(batch)
     metrics.start_clock()
-    private = privacy.enabled(c.dp)
     window, last = _Window("grad_norm" if private else "loss"), {}
 
     waits = {}  # step -> seconds blocked on the input pipeline for its batch
@@ -234,7 +238,9 @@ def fit(
         steps = window.pop(upto)
         if steps:
             line = _train_line(steps, private)
-            line["data_wait_s"] = sum(waits.pop(st, 0.0) for st, _ in steps) / len(steps)
+            wait = sum(waits.pop(st, 0.0) for st, _ in steps) / len(steps)
+            if not private:  # gathering a Poisson batch takes longer the more rows it drew
+                line["data_wait_s"] = wait
             last = metrics.train(steps[-1][0], line, unit, per_step * len(steps))
 
     def run_eval(step) -> dict | None:
@@ -249,7 +255,7 @@ def fit(
         for step in range(start, total):
             if step > start:
                 t = time.perf_counter()
-                batch = trim_padding(s, next(batches))
+                batch = trim(next(batches))
                 waits[step + 1] = time.perf_counter() - t
             compiled = step_for(batch)
             state, mets = compiled(state, sharding.global_batch(batch, s.batch_sharding))

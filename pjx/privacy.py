@@ -28,7 +28,8 @@ import os
 import secrets
 
 from pjx import accounting, grads
-from pjx.uri import same_data
+from pjx.data import overlap, prepared
+from pjx.uri import parse_uri
 
 # `config.dp` and its defaults (pjx.config holds it as a ConfigDict). DP is on when
 # noise_multiplier > 0, or target_epsilon > 0 (sigma is then calibrated before training).
@@ -100,30 +101,57 @@ def check_run(config, task) -> None:
             "person's data and epsilon would not hold. Train privately with "
             "--config.data.pack=none (one row per document, truncated to data.seq_len)."
         )
+    recorded = prepared_pack(str(data.source))
+    if task.packs and recorded not in (None, "none"):
+        raise ValueError(
+            f"{data.source} was prepared with data.pack={recorded!r} (its index.json): its "
+            "rows join several documents, so one row is not one person's data and epsilon "
+            "would not hold. Prepare it again with --config.data.pack=none for DP-SGD."
+        )
     if config.task_args.get("nsp"):
         raise ValueError(
             "task_args.nsp pairs sentences across documents: one document reaches many "
             "rows, so DP-SGD's row-level epsilon would not hold. Train privately without nsp."
         )
     spec = str(data.get("tokenizer") or "")
-    if (
-        spec.startswith("train:")
-        and not config.get("init_from")
-        and not config.dp.get("private_tokenizer")
-    ):
-        raise ValueError(
-            f"data.tokenizer={spec!r} trains a vocabulary on the private training text, "
-            "which DP-SGD does not cover (the vocabulary shows which words occur). Use a "
-            "public tokenizer: --config.init_from=RUN_OR_hf:MODEL (its tokenizer), or "
-            "--config.data.tokenizer=sentencepiece:FILE / wordpiece:FILE; or accept the "
-            "leak with --config.dp.private_tokenizer=true."
-        )
+    if spec.startswith("train:") and not config.get("init_from"):
+        check_vocabulary(config, {"source": str(data.source)})  # init_from's may come instead
     src, ev = str(data.source), str(config.eval_data.get("source") or "")
-    if ev and (ev == src or same_data(ev, src) and "[" not in src + ev):
+    shared = overlap.shared_rows(ev, src, data) if ev else 0
+    if shared:
         raise ValueError(
-            f"eval_data.source={ev!r} is the private training source: its metrics are not "
-            "covered by epsilon. Evaluate on held-out data (e.g. slices [:90%] / [90%:])."
+            f"eval_data.source={ev!r} reads {shared} of the private training rows "
+            f"({src!r}): metrics on them are not covered by epsilon. Evaluate on held-out "
+            "rows (e.g. slices [:90%] / [90%:] of one file)."
         )
+
+
+def check_vocabulary(config, trained_on: dict | None) -> None:
+    """Refuses a private run whose vocabulary was trained on its own training rows
+    (`trained_on`: where the tokenizer says it was trained, pjx.tokenizers), unless
+    dp.private_tokenizer accepts the leak. A tokenizer file pjx did not train carries no
+    record: it is taken as public."""
+    if not trained_on or config.dp.get("private_tokenizer"):
+        return
+    source, data = str(trained_on.get("source") or ""), config.data
+    shared = overlap.shared_rows(source, str(data.source), data) if source else 0
+    if shared:
+        raise ValueError(
+            f"the tokenizer's vocabulary was trained on {source}, which holds {shared} of the "
+            f"private training rows ({data.source}): DP-SGD does not cover the private "
+            "training text's vocabulary (it shows which words occur). Use a public tokenizer: "
+            "--config.init_from=RUN_OR_hf:MODEL (its tokenizer), or "
+            "--config.data.tokenizer=FILE_OR_DIR trained on other data; or accept the leak "
+            "with --config.dp.private_tokenizer=true."
+        )
+
+
+def prepared_pack(source: str) -> str | None:
+    """How a `prepared:DIR` source packed its rows (its index.json); None for other kinds."""
+    u = parse_uri(source)
+    if u.kind != "prepared":
+        return None
+    return str(prepared.load_index(u.path).get("settings", {}).get("pack"))
 
 
 def clipping_method(dp_cfg, model_cfg) -> str:
@@ -153,6 +181,9 @@ class Plan:
     accountant: str
     epsilon: float  # after the last segment
     calibrated: bool  # the last segment's sigma came from dp.target_epsilon
+    # Steps of the `init_from` run that trained on this run's rows: composed into every
+    # epsilon, not counted in this run's steps.
+    inherited: tuple[accounting.Segment, ...] = ()
 
     @property
     def current(self) -> accounting.Segment:
@@ -175,10 +206,13 @@ class Plan:
     def record(self, upto: int) -> dict:
         """What a checkpoint at step `upto` keeps: the ledger `plan` resumes from."""
         segments = [dataclasses.asdict(s) for s in self.ledger(upto)]
-        return {"sampling": self.sampling, "segments": segments}
+        inherited = [dataclasses.asdict(s) for s in self.inherited]
+        return {"sampling": self.sampling, "segments": segments, "inherited": inherited}
 
     def epsilon_at(self, step: int) -> float:
-        return accounting.compose(self.ledger(step), self.delta, self.accountant)
+        return accounting.compose(
+            [*self.inherited, *self.ledger(step)], self.delta, self.accountant
+        )
 
     def to_dict(self) -> dict:
         s = self.current
@@ -195,6 +229,7 @@ class Plan:
             accountant=self.accountant,
             calibrated=self.calibrated,
             segments=[dataclasses.asdict(x) for x in self.segments],
+            inherited=[dataclasses.asdict(x) for x in self.inherited],
         )
 
     def describe(self) -> str:
@@ -204,6 +239,11 @@ class Plan:
         if len(self.segments) > 1:
             ran = sum(x.steps for x in self.segments[:-1])
             resumed = f" (with the {ran} steps that ran: {len(self.segments) - 1} segment(s))"
+        if self.inherited:
+            resumed += (
+                f" (with the {sum(x.steps for x in self.inherited)} private steps of init_from's "
+                "run on these rows)"
+            )
         text = (
             f"DP-SGD: noise multiplier {s.noise_multiplier:.4g} {how} epsilon "
             f"{self.epsilon:.4g} at delta {self.delta:.3g} after {self.steps} steps{resumed} "
@@ -232,11 +272,14 @@ def padded_batch(batch_size: int, num_examples: int, sampling: str, multiple: in
 
 
 def plan(
-    dp_cfg, *, num_examples: int, batch_size: int, steps: int, multiple: int = 1, ledger=None
-) -> Plan:
+    dp_cfg, *, num_examples: int, batch_size: int, steps: int, multiple: int = 1, ledger=None,
+    inherited=(),
+) -> Plan:  # fmt: skip
     """The run's Plan after `ledger` (what its checkpoint recorded, `Plan.record`; None on
     a fresh start): delta, sampling rate, padded batch, sigma for the remaining steps (calibrated
-    so that the whole run meets dp.target_epsilon when given) and the epsilon reached."""
+    so that the whole run meets dp.target_epsilon when given) and the epsilon reached.
+    `inherited`: the segments of an `init_from` run on these rows (a fresh start's; a resume
+    keeps the ones its ledger recorded), composed before this run's."""
     check(dp_cfg)
     N, B = int(num_examples), int(batch_size)
     if B > N:
@@ -252,6 +295,10 @@ def plan(
     clip = float(dp_cfg.l2_norm_clip)
     ledger = ledger or {}
     prior = tuple(accounting.Segment(**s) for s in ledger.get("segments", ()))
+    if "inherited" in ledger:
+        inherited = ledger["inherited"]
+    inherited = tuple(s if isinstance(s, accounting.Segment) else accounting.Segment(**s)
+                      for s in inherited)  # fmt: skip
     _check_resume(prior, N, clip, target > 0)
     if prior and ledger.get("sampling") != sampling:
         raise ValueError(
@@ -264,10 +311,11 @@ def plan(
     make = lambda sigma: accounting.Segment(remaining, float(sigma), B / N, N, padded, clip)
     keep = prior[-1].noise_multiplier if prior else 0.0
     calibrate = target > 0 and remaining
-    if calibrate and keep and _meets(target, delta, _join(prior, make(keep)), accountant):
+    before = (*inherited, *prior)
+    if calibrate and keep and _meets(target, delta, _join(before, make(keep)), accountant):
         sigma = keep  # an unchanged resume runs on with the noise it ran with
     elif calibrate:
-        sigma = accounting.calibrate(target, delta, make, prior, accountant)
+        sigma = accounting.calibrate(target, delta, make, before, accountant)
     else:
         sigma = float(dp_cfg.get("noise_multiplier") or 0) or (
             prior[-1].noise_multiplier if prior else 0.0
@@ -275,7 +323,7 @@ def plan(
     if accountant == "rdp":  # pad until truncated batches fit in half of delta
         while True:
             try:
-                accounting.compose([*prior, make(sigma)], delta, accountant)
+                accounting.compose([*before, make(sigma)], delta, accountant)
                 break
             except accounting.TruncationTooLikely:
                 padded = min(padded + multiple, int(math.ceil(N / multiple)) * multiple)
@@ -285,8 +333,9 @@ def plan(
         delta=delta,
         sampling=sampling,
         accountant=accountant,
-        epsilon=accounting.compose(segments, delta, accountant),
+        epsilon=accounting.compose([*inherited, *segments], delta, accountant),
         calibrated=target > 0,
+        inherited=inherited,
     )
 
 
@@ -308,14 +357,86 @@ def _meets(target, delta, segments, accountant) -> bool:
         return False
 
 
-def check_replay(previous, plan: Plan, start: int, released: int) -> None:
+def inherit(source: str, source_data: str | None, shared: int, ledger: dict | None, data: str):
+    """What a private run started from `init_from` = `source` inherits: (segments, a line
+    saying why). Its steps count when it trained on this run's rows (`shared` of them, from
+    `source_data`): composed when they were private (`ledger`: its checkpoint's), refused
+    when they were not. A model pjx cannot see the data of (no `source_data`: a Hugging Face
+    folder, an adapter) is taken as public."""
+    if source_data is None:
+        return (), (
+            f"DP-SGD: init_from {source} keeps no record of its training data: epsilon covers "
+            f"{data} only if that model never trained on these rows (a public model)"
+        )
+    if not shared:
+        return (), (
+            f"DP-SGD: init_from {source} trained on {source_data}, which shares no rows with "
+            f"{data}: nothing to compose"
+        )
+    if ledger is None:
+        raise ValueError(
+            f"init_from {source} trained without DP-SGD on {source_data}, which holds {shared} "
+            f"of this run's training rows ({data}): those rows are not protected, so no "
+            "epsilon would hold for them. init_from a model trained on other (public) data, "
+            "or on these rows with DP-SGD."
+        )
+    segments = tuple(
+        accounting.Segment(**x) for x in (*ledger.get("inherited", ()), *ledger["segments"])
+    )
+    ran = sum(x.steps for x in segments)
+    return segments, (
+        f"DP-SGD: init_from {source} trained privately on {source_data} ({shared} of this "
+        f"run's rows): its {ran} steps are composed with this run's"
+    )
+
+
+# Settings that do not change what a step computes (how often a run logs, evaluates and
+# saves; where caches live; how the batch is split over devices): a replayed step may
+# differ in them. The dp block is compared as mechanism segments (`check_replay`).
+REPLAY_FREE = {
+    "": ("best_metric", "best_mode", "checkpoint_every", "compare", "dp", "eval_batch_size",
+         "eval_data", "eval_every", "eval_steps", "keep_checkpoints", "log_every", "mesh",
+         "progress", "stages", "wandb", "write_curves"),
+    "data": ("cache", "cache_dir", "data_dir", "num_threads", "prefetch", "worker_count",
+             "workers", "chunk_bytes"),
+}  # fmt: skip
+
+
+def replayed_settings(config: dict) -> dict:
+    """The resolved config's settings a replayed step must share (REPLAY_FREE left out),
+    with the data's fingerprint."""
+    out = {k: v for k, v in config.items() if k not in REPLAY_FREE[""]}
+    out["data"] = {k: v for k, v in (config.get("data") or {}).items()
+                   if k not in REPLAY_FREE["data"]}  # fmt: skip
+    out["data_fingerprint"] = (config.get("dp") or {}).get("data_fingerprint", "")
+    return out
+
+
+def check_replay(
+    previous, plan: Plan, start: int, released: int, *, before: dict | None = None,
+    now: dict | None = None,
+) -> None:  # fmt: skip
     """Steps start+1 .. `released` ran after the checkpoint this start resumes from, and
     their outputs were released (metrics lines): running them again must replay them, with
     the mechanism they ran with (`previous`: the last start's segments), hence the same
-    noise. Another sigma, clip or batch would release them twice, with noise that a
+    noise, and with the same settings and data (`before` / `now`: the last start's resolved
+    config and this one's). Anything else would release them twice, with noise that a
     comparison of the two releases cancels."""
     if released <= start or not previous:
         return
+    if before and now:
+        a, b = replayed_settings(before), replayed_settings(now)
+        if not a["data_fingerprint"]:  # a config.json from before fingerprints were kept
+            b["data_fingerprint"] = ""
+        changed = sorted(_changed(a, b))
+        if changed:
+            raise ValueError(
+                f"steps {start + 1}..{released} ran after the checkpoint at step {start} and "
+                f"were logged; this start would run them again with other settings "
+                f"({', '.join(changed)}) and the same noise, releasing them twice: the "
+                "difference is noise-free. Resume with the settings they ran with "
+                "(WORKDIR/config.json), or use a new --workdir."
+            )
     old = [accounting.Segment(**x) if isinstance(x, dict) else x for x in previous]
     for step in range(start + 1, released + 1):
         a, b = _segment_at(old, step), _segment_at(plan.segments, step)
@@ -327,6 +448,18 @@ def check_replay(previous, plan: Plan, start: int, released: int) -> None:
                 "would run them again with other settings and release them twice. Resume "
                 "with the settings they ran with (WORKDIR/config.json), or use a new --workdir."
             )
+
+
+def _changed(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested dicts."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _changed(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(f"{prefix}{k}")
+    return out
 
 
 def _segment_at(segments, step: int):

@@ -38,8 +38,9 @@ from pjx import (
 )
 from pjx import config as config_lib
 from pjx import train as train_lib
-from pjx.data import cache
+from pjx.data import cache, overlap, prepared, sources
 from pjx.metrics_log import MetricsLog
+from pjx.uri import parse_uri
 
 log = logging.getLogger(__name__)
 
@@ -209,24 +210,54 @@ def resolve_run(
     mesh = sharding.make_mesh(config.mesh, devices)
     if not privacy.enabled(config.dp):
         return Resolved(config, tokenizer, mesh)
+    privacy.check_vocabulary(config, getattr(tokenizer, "trained_on", None))
     planned_at, record = 0, None
     if checkpoints and not fresh:
         planned_at, record = checkpoint.read_item(os.path.join(workdir, "checkpoints"), "privacy")
-    plan = plan_privacy(config, tokenizer, workdir, mesh, record)
+    if planned_at and record is None:
+        raise ValueError(
+            f"{workdir} holds a checkpoint at step {planned_at} with no privacy ledger: the "
+            "steps that ran were not private, and DP-SGD cannot account for them. Train "
+            "privately in a new --workdir (init_from a non-private run on public data only)."
+        )
+    inherited = ()
+    if record is None and config.get("init_from"):
+        inherited, why = inherited_privacy(config)
+        log.info(why)
+    plan = plan_privacy(config, tokenizer, workdir, mesh, record, inherited=inherited)
+    config = config_lib.with_privacy(config, plan, data_fingerprint(config.data))
     if not fresh:
+        before = saved_config(workdir)
         privacy.check_replay(
-            saved_segments(workdir), plan, planned_at,
+            json.loads((before.get("dp") or {}).get("segments") or "[]"), plan, planned_at,
             int(MetricsLog.last_record(workdir).get("step", 0)),
+            before=before, now=json.loads(config_lib.to_json(config)),
         )  # fmt: skip
-    config, secret = config_lib.with_privacy(config, plan), privacy.secret(workdir)
+    secret = privacy.secret(workdir)
     log.info(plan.describe())
     return Resolved(config, tokenizer, mesh, plan, secret, planned_at)
 
 
-def plan_privacy(config, tokenizer, workdir, mesh, ledger=None, num_examples=None):
+def inherited_privacy(config) -> tuple[tuple, str]:
+    """The private steps `config.init_from` ran on this run's rows, and a line saying
+    which case applies (pjx.privacy.inherit)."""
+    source = str(config.init_from)
+    model = saved.Saved(source)
+    source_data = None
+    if model.kind == "pjx":
+        source_data = (model.raw_config.get("data") or {}).get("source")
+    shared = 0
+    if source_data:
+        shared = overlap.shared_rows(str(source_data), str(config.data.source), config.data)
+    ledger = checkpoint.read_step_item(model.path, "privacy") if source_data else None
+    return privacy.inherit(source, source_data, shared, ledger, str(config.data.source))
+
+
+def plan_privacy(config, tokenizer, workdir, mesh, ledger=None, num_examples=None, inherited=()):
     """DP-SGD's plan (a `pjx.privacy.Plan`) for a resolved config after `ledger` (what the
-    checkpoint ran): N from the training table unless given, batches padded to a multiple
-    of the devices the batch is split over (times the micro-batches)."""
+    checkpoint ran) and the `inherited` segments of init_from's run: N from the training
+    table unless given, batches padded to a multiple of the devices the batch is split over
+    (times the micro-batches)."""
     multiple = sharding.batch_devices(mesh) * int(config.optimizer.accum_steps or 1)
     return privacy.plan(
         config.dp,
@@ -235,6 +266,7 @@ def plan_privacy(config, tokenizer, workdir, mesh, ledger=None, num_examples=Non
         steps=config.steps,
         multiple=multiple,
         ledger=ledger,
+        inherited=inherited,
     )
 
 
@@ -278,9 +310,15 @@ def build_tokenizer(config, workdir: str | None = None):
         return tokenizers.load(spec)
     if not spec:
         return None
+    # What it is trained on: refused before training in a private run (pjx.privacy).
+    trained_on = {"source": str(config.data.source)}
+    if privacy.enabled(config.dp):
+        privacy.check_vocabulary(config, trained_on)
     # A generator: the texts are read only if the tokenizer is trained now.
     texts = data.read_texts(config.data.source, config.data)
-    return tokenizers.from_config(spec, workdir=workdir, family=config.model.name, texts=texts)
+    return tokenizers.from_config(
+        spec, workdir=workdir, family=config.model.name, texts=texts, trained_on=trained_on
+    )
 
 
 def _pretrained_tokenizer(source: str, named: bool):
@@ -347,14 +385,24 @@ def count_examples(config, tokenizer, workdir=None) -> int:
     )
 
 
-def saved_segments(workdir) -> list:
-    """The DP-SGD segments WORKDIR/config.json planned at the last start ([] if none)."""
+def saved_config(workdir) -> dict:
+    """The resolved config WORKDIR/config.json saved at the last start ({} if none)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
-        return []
+        return {}
     with open(path) as f:
-        dp = json.load(f).get("dp") or {}
-    return json.loads(dp.get("segments") or "[]")
+        return json.load(f)
+
+
+def data_fingerprint(data_cfg) -> str:
+    """A hash of what the training source holds (its files' paths, sizes and times; a
+    prepared folder's index), so that a replayed DP-SGD step is known to read the same rows."""
+    u = parse_uri(str(data_cfg.source))
+    if u.kind == "prepared":
+        what = [prepared.load_index(u.path)]
+    else:
+        what = sources.fingerprint(u, data_cfg)
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def save_config(config, workdir) -> str:

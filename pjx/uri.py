@@ -62,12 +62,6 @@ def parse_uri(uri: str) -> Uri:
     return Uri(kind, rest, "", sl, raw)
 
 
-def same_data(a: str, b: str) -> bool:
-    """Whether two source URIs read the same examples before their slices."""
-    strip = lambda u: dataclasses.replace(parse_uri(u), slice="", raw="")
-    return strip(a) == strip(b)
-
-
 def slice_bounds(spec: str, n: int, where: str = "") -> slice:
     """TFDS slice syntax over n examples: `a:b` with ints (negative ok) or percents.
 

@@ -42,7 +42,13 @@ def main(args, overrides) -> int:
         tokenizer = run.cached_tokenizer(config)
         config = config_lib.resolve(config, tokenizer)
     mesh = sharding.make_mesh(config.mesh)
-    plan = run.plan_privacy(config, tokenizer, None, mesh, num_examples=args.num_examples)
+    inherited = ()
+    if config.get("init_from"):  # its private steps on these rows count (pjx.privacy.inherit)
+        inherited, why = run.inherited_privacy(config)
+        print(why, flush=True)
+    plan = run.plan_privacy(
+        config, tokenizer, None, mesh, num_examples=args.num_examples, inherited=inherited
+    )
     print(plan.describe(), flush=True)
     result = plan.to_dict()
     if args.max_steps_for:

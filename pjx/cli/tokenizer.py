@@ -26,6 +26,7 @@ def add_arguments(parser):
 def _train(args) -> int:
     from pjx import data
     from pjx.tokenizers import train_sentencepiece
+    from pjx.tokenizers.base import read_meta, write_meta
     from pjx.tokenizers.load import atomic_directory
 
     out = Path(args.out)
@@ -43,6 +44,8 @@ def _train(args) -> int:
             texts(), tmp, vocab_size=args.vocab_size, model_type=args.model,
             family=args.family,
         )  # fmt: skip
+        # Where the vocabulary came from: a private run on these rows refuses it.
+        write_meta(tmp, {**read_meta(tmp), "trained_on": {"source": args.source}})
     print(f"trained on {count[0]} texts from {args.source}: {tok}")
     print(f"wrote {out} (use tokenizer={str(out)!r} in a config)")
     return 0

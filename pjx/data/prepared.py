@@ -140,6 +140,8 @@ def prepare(
         task=task,
         encoding=tasks.get(task).encoding_key(args, seed),
         tokenizer=cache.tokenizer_fingerprint(tokenizer),
+        # Where its vocabulary was trained (None: not by pjx), for DP-SGD's refusal.
+        tokenizer_trained_on=getattr(tokenizer, "trained_on", None),
         settings={
             k: _jsonable(cfg.get(k))
             for k in ("seq_len", "target_len", "text_split", "pack", "text_columns", "chunk_bytes")

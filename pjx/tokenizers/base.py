@@ -64,6 +64,9 @@ class Tokenizer:
     eos_id: int | None
     sentinel_ids: tuple[int, ...]
     special_ids: tuple[int, ...]
+    # Where a vocabulary pjx trained came from ({"source": URI}), kept in its folder: a
+    # private run refuses a vocabulary trained on its own rows (pjx.privacy).
+    trained_on: dict | None = None
 
     def _set_specials(self, vocab_size, ids: dict, sentinel_ids=(), other_special_ids=()):
         self.vocab_size = int(vocab_size)
@@ -100,6 +103,8 @@ class Tokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"kind": self.kind, **self._save_files(directory)}
+        if self.trained_on:
+            meta["trained_on"] = self.trained_on
         write_meta(directory, meta)
         return directory
 

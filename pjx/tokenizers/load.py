@@ -77,6 +77,13 @@ def holds_tokenizer(d) -> bool:
 def load_directory(d) -> Tokenizer:
     """A folder written by `Tokenizer.save`, or a Hugging Face model folder."""
     d = Path(d)
+    tok = _load_directory(d)
+    if (d / META_FILE).is_file():
+        tok.trained_on = read_meta(d).get("trained_on")
+    return tok
+
+
+def _load_directory(d: Path) -> Tokenizer:
     if (d / META_FILE).is_file():
         meta = read_meta(d)
         kind, file = meta["kind"], d / str(meta.get("file", ""))
@@ -148,9 +155,10 @@ def _train_char(texts, out, family, **params):
 TRAINERS = {"sentencepiece": _train_sentencepiece, "char": _train_char}
 
 
-def from_config(spec, *, workdir, family, texts=None) -> Tokenizer | None:
+def from_config(spec, *, workdir, family, texts=None, trained_on=None) -> Tokenizer | None:
     """The run's tokenizer: `load(spec)`, or for `train:` specs the one in WORKDIR/tokenizer/,
-    trained from `texts` (iterable of str, consumed only when training) on the first run.
+    trained from `texts` (iterable of str, consumed only when training) on the first run;
+    `trained_on` (e.g. {"source": URI}) is recorded with it.
 
     None for an empty spec (the caller picks a default).
     """
@@ -169,7 +177,8 @@ def from_config(spec, *, workdir, family, texts=None) -> Tokenizer | None:
     try:
         with atomic_directory(out) as tmp:
             TRAINERS[what](texts, tmp, family, **params)
-            write_meta(tmp, {**read_meta(tmp), "trained_from": recipe})
+            meta = {**read_meta(tmp), "trained_from": recipe}
+            write_meta(tmp, {**meta, "trained_on": trained_on} if trained_on else meta)
     except OSError:
         if not (out / META_FILE).is_file():
             raise
