@@ -24,6 +24,7 @@ import dataclasses
 import difflib
 import importlib.util
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -36,6 +37,7 @@ from pjx.values import parse_bool
 
 # Keys of `data` that `eval_data` does not take: the run has one tokenizer.
 TRAIN_ONLY_DATA_KEYS = ("tokenizer",)
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -329,6 +331,8 @@ def resolve(config, tokenizer=None) -> ml_collections.ConfigDict:
     - `model.vocab_size` from the tokenizer unless set;
     - the heads the task implies (`Task.model_fields`); setting one of them otherwise is an
       error, as is a model family the task does not run on;
+    - unless set, `model.pooling='mean'` for a classifier from a run whose pooler never
+      trained (`pjx.init_from.default_pooling`, said in a log line);
     - `task_args` checked against the task's options, with their defaults filled in.
     """
     c = resolve_data(config)
@@ -371,6 +375,11 @@ def resolve(config, tokenizer=None) -> ml_collections.ConfigDict:
                 f"leave model.{k} unset: the task decides it"
             )
         fields[k] = v
+    if c.get("init_from") and "pooling" not in own:  # a pooler that never trained: the mean
+        pooling, why = init_from.default_pooling(c.init_from, fields)
+        if pooling:
+            fields["pooling"] = pooling
+            log.info(why)
     model_config = models.make_config(family, c.model.size, **fields)
     task.check_model(model_config)
     c.model = ml_collections.ConfigDict(

@@ -259,4 +259,39 @@ def source_model(source) -> tuple[str, dict]:
     return saved["name"], fields
 
 
+# Pretraining tasks that never train BERT's pooler (dense + tanh over [CLS], trained by
+# next-sentence prediction, Devlin et al. 2019): masked LM without NSP (RoBERTa's recipe, Liu
+# et al. 2019, drops NSP and with it the pooler's only signal), ELECTRA's replaced-token
+# detection (per token, Clark et al. 2020) and distillation (per-token losses).
+POOLER_UNTRAINED = {"electra": "ELECTRA (per-token replaced-token detection)",
+                    "distill": "distillation (per-token losses)"}  # fmt: skip
+
+
+def default_pooling(source, fields: dict) -> tuple[str, str]:
+    """(pooling, why) for a classifier fine-tuned from `source` whose config sets no
+    `model.pooling`: ('mean', a line saying why) when the source is a pjx run whose pooler
+    never trained (its saved config: task mlm with task_args.nsp false, electra or distill)
+    and `fields` (the resolved model fields) are a BERT-variant classifier; ('', '')
+    otherwise (a Hugging Face folder keeps its pooler: BERT's was trained by NSP)."""
+    source = str(source)
+    if source.startswith(("hf:", "peft:")) or not int(fields.get("num_labels") or 0):
+        return "", ""
+    if fields.get("variant", "bert") != "bert" or fields.get("pooling") == "mean":
+        return "", ""
+    saved = ckpt.read_checkpoint_config(source)
+    task, args = saved.get("task"), saved.get("task_args") or {}
+    if task == "mlm" and not args.get("nsp"):
+        what = "masked LM without next-sentence prediction (task_args.nsp false)"
+    elif task in POOLER_UNTRAINED:
+        what = POOLER_UNTRAINED[task]
+    else:
+        return "", ""
+    return "mean", (
+        f"model.pooling='mean': init_from {source} trained {what}, so its pooler over [CLS] "
+        "never trained; the classifier reads the mean token state (--config.model.pooling=cls "
+        "reads the pooler)"
+    )
+
+
 __all__ = ["HEAD_FIELDS", "RUNTIME_FIELDS", "InitReport", "init_from", "source_model"]
+__all__ += ["default_pooling"]
