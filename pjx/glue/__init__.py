@@ -14,7 +14,7 @@ unfinished one resumes from its checkpoints. The scores are each run's last eval
 held-out 10% of the task's training file, see configs/glue.py). Written into OUT:
 glue.json (task -> metric -> {mean, std, values}; std is the sample standard deviation,
 0 for one seed), glue.md (a Markdown table stating the step budget) and glue.png (means
-with std error bars).
+with std error bars). The label-efficiency curve (`--labels`) is pjx.glue.curve.
 """
 
 from __future__ import annotations
@@ -44,13 +44,22 @@ METRICS = {
 }
 TASKS = tuple(METRICS)
 # The recipes: configs/glue.py of the repository pjx is installed from.
-DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "glue.py")
+DEFAULT_CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "glue.py")
+
+
+# A SOURCE that is no checkpoint: random init, and the recipe's own tokenizer (configs/glue.py:
+# a SentencePiece vocabulary trained on the run's training text, as the quickstart's
+# baseline stage does).
+SCRATCH = "scratch"
 
 
 def task_config(task: str, source: str, seed: int, overrides=(), config: str = ""):
-    """configs/glue.py:TASK fine-tuning `source` with `seed`, then `overrides`."""
+    """configs/glue.py:TASK fine-tuning `source` (`scratch`: from random init) with
+    `seed`, then `overrides`."""
     spec = f"{config or DEFAULT_CONFIG}:{task}"
-    own = [f"--config.init_from={source}", f"--config.seed={seed}"]
+    own = [f"--config.seed={seed}"]
+    if source != SCRATCH:
+        own.insert(0, f"--config.init_from={source}")
     return config_lib.load(spec, [*own, *overrides])
 
 
@@ -94,29 +103,7 @@ def glue(
 ) -> dict:
     """Fine-tunes `source` on each task (default: every task with data) for seeds 0..N-1;
     writes OUT/glue.json, glue.md, glue.png; returns glue.json's contents."""
-    if seeds < 1:
-        raise ValueError(f"--seeds must be at least 1, got {seeds}")
-    explicit = tasks is not None
-    tasks = list(tasks) if explicit else list(TASKS)
-    unknown = [t for t in tasks if t not in METRICS]
-    if unknown:
-        raise ValueError(f"unknown GLUE task(s) {unknown}: pick from {', '.join(TASKS)}")
-    runnable, absent = [], {}
-    for task in tasks:
-        gone = missing_data(task_config(task, source, 0, overrides, config))
-        if gone:
-            absent[task] = gone
-        else:
-            runnable.append(task)
-    where = "; ".join(f"{t}: {', '.join(p)}" for t, p in absent.items())
-    if not runnable or (explicit and absent):
-        raise FileNotFoundError(
-            f"no GLUE data for {', '.join(absent)} ({where}). configs/glue.py reads "
-            "$PJX_DATA/TASK/train.tsv (PJX_DATA defaults to ../shared/data); set PJX_DATA "
-            "or pass --config.data.source / --config.eval_data.source"
-        )
-    if absent:
-        log.info(f"glue: skipped, no data: {where}")
+    runnable = runnable_tasks(tasks, source, seeds, overrides, config)
     out = Path(out)
     values, budget = {}, {}
     for task in runnable:
@@ -143,6 +130,35 @@ def glue(
     log.info(table(results, source, budget, command))
     log.info(f"glue: wrote {out / 'glue.json'}, {out / 'glue.md'}, {out / 'glue.png'}")
     return results
+
+
+def runnable_tasks(tasks, source: str, seeds: int, overrides=(), config: str = "") -> list:
+    """The tasks asked for (None: every task) that have data; raises ValueError on a bad
+    task or seed count, FileNotFoundError when an asked-for task (or every task) has none."""
+    if seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    explicit = tasks is not None
+    tasks = list(tasks) if explicit else list(TASKS)
+    unknown = [t for t in tasks if t not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown GLUE task(s) {unknown}: pick from {', '.join(TASKS)}")
+    runnable, absent = [], {}
+    for task in tasks:
+        gone = missing_data(task_config(task, source, 0, overrides, config))
+        if gone:
+            absent[task] = gone
+        else:
+            runnable.append(task)
+    where = "; ".join(f"{t}: {', '.join(p)}" for t, p in absent.items())
+    if not runnable or (explicit and absent):
+        raise FileNotFoundError(
+            f"no GLUE data for {', '.join(absent)} ({where}). configs/glue.py reads "
+            "$PJX_DATA/TASK/train.tsv (PJX_DATA defaults to ../shared/data); set PJX_DATA "
+            "or pass --config.data.source / --config.eval_data.source"
+        )
+    if absent:
+        log.info(f"glue: skipped, no data: {where}")
+    return runnable
 
 
 def summarize(values) -> dict:
