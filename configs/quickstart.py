@@ -13,9 +13,11 @@ from the syntax pages or the data-model / built-in-types pages? Stage `scratch`
 SentencePiece vocabulary trained on those labelled sentences, everything else equal. Both
 evaluate on the same 1,758 sentences (Python 3.11), every labelled one not fine-tuned on (eval
 lines in WORKDIR/STAGE/metrics.jsonl: accuracy, precision, recall, F1, MCC; chance 50%),
-and the last line printed states both accuracies and the gap (`config.compare`). The
-unlabelled corpus holds the held-out sentences too, without their labels, as unlabelled
-in-domain text does.
+and the last line printed states both accuracies and the gap (`config.compare`). The line
+before it names WORKDIR/curves.png, the run in one figure (pjx.plot.write_stages): both
+fine-tunings on shared axes (eval accuracy; eval and train loss) beside the pretraining's
+MLM loss. The unlabelled corpus holds the held-out sentences too, without their labels, as
+unlabelled in-domain text does.
 
 Why these settings (measured on 2 CPU cores, BENCHMARKS.md): MLM at BERT's 15% masking,
 lr 1e-3 and dropout 0.1 left the encoder near the unigram stage after 800 steps (masked

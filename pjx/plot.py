@@ -203,3 +203,64 @@ def write_curves(workdir) -> Path | None:
         log.warning(f"{workdir}/{METRICS_FILE}: no curve to draw")
         return None
     return draw(data, Path(workdir) / "curves.png")
+
+
+def write_stages(workdir, stages, compared, metric: str = "accuracy", title: str = "") -> Path:
+    """WORKDIR/curves.png for a staged run that compares stages (`config.compare`): the
+    compared stages on shared axes, their eval `metric` and eval loss (train loss faint
+    behind it), and beside them every other stage's loss (the pretraining the first one
+    started from). `stages`: the stage names in run order; `compared`: ((label, stage), ...)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    workdir = Path(workdir)
+    names = [str(s) for s in stages]
+    shown = [(str(label), str(stage)) for label, stage in compared]
+    others = [s for s in names if s not in {stage for _, stage in shown}]
+    data = _curves({s: read_metrics(workdir / s) for s in names}, None)
+    fig = Figure(figsize=(5.0 * (2 + bool(others)), 4.2), dpi=DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2 + bool(others), squeeze=False)[0]
+    for i, (label, stage) in enumerate(shown):
+        color = f"C{i % 10}"
+        steps, values = data[stage].get(metric, {}).get("eval", ([], []))
+        axes[0].plot(steps, values, color=color, marker="o", label=label)
+        if values:  # the value the comparison line states, at the end of its curve
+            axes[0].annotate(
+                f"{values[-1]:.3f}", (steps[-1], values[-1]), textcoords="offset points",
+                xytext=(6, 0), va="center", color=color, fontsize=9,
+            )  # fmt: skip
+        for split, style in (("train", dict(alpha=0.35, linewidth=1)), ("eval", EVAL_STYLE)):
+            steps, values = data[stage].get("loss", {}).get(split, ([], []))
+            axes[1].plot(steps, values, color=color, label=f"{label} ({split})", **style)
+    axes[0].set_title(f"fine-tuning: eval {metric}")
+    axes[1].set_title("fine-tuning: loss (eval: markers, train: faint)")
+    for i, stage in enumerate(others):
+        color = f"C{(len(shown) + i) % 10}"
+        for split, style in (("train", TRAIN_STYLE), ("eval", EVAL_STYLE)):
+            steps, values = data[stage].get("loss", {}).get(split, ([], []))
+            axes[2].plot(steps, values, color=color, label=f"{stage} ({split})", **style)
+    if others:
+        tasks = [_task(workdir / s) for s in others]
+        axes[2].set_title(
+            ", ".join(f"{s} ({t})" if t else s for s, t in zip(others, tasks)) + ": loss"
+        )
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].margins(x=0.2)  # room for the final values
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    out = workdir / "curves.png"
+    fig.savefig(out, dpi=DPI)
+    return out
+
+
+def _task(stage: Path) -> str:
+    """The task a stage ran (its config.json's), '' when unknown."""
+    try:
+        return str(json.loads((stage / "config.json").read_text()).get("task") or "")
+    except (OSError, ValueError):
+        return ""

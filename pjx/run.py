@@ -67,6 +67,7 @@ def train(
     logs.setup()
     kw = dict(train_data=train_data, eval_data=eval_data, tokenizer=tokenizer)
     last = {}
+    whole = bool(config.get("stages") and config.compare.stages)  # one figure for the run
     for stage_dir, cfg in config_lib.stage_configs(config, workdir, overrides):
         if stage_dir != workdir:
             log.info(f"=== stage {os.path.basename(stage_dir)} -> {stage_dir}")
@@ -94,12 +95,19 @@ def train(
                     eval_data=r.eval_data,
                     checkpointer=r.checkpointer,
                 )
-            if c.write_curves and jax.process_index() == 0:
+            if c.write_curves and not whole and jax.process_index() == 0:
                 out = plot.write_curves(stage_dir)  # WORKDIR/curves.png: loss and eval metrics
                 if out is not None:
                     log.info(f"curves: {out}")
-    if config.get("stages") and config.compare.stages:
-        log.info(compare(workdir, config.compare.stages, config.compare.metric))
+    if whole:
+        line = compare(workdir, config.compare.stages, config.compare.metric)
+        if c.write_curves and jax.process_index() == 0:
+            names = [name for name, _ in config.stages]
+            out = plot.write_stages(
+                workdir, names, config.compare.stages, config.compare.metric, line
+            )
+            log.info(f"curves: {out}")
+        log.info(line)
     return last
 
 
