@@ -1,4 +1,5 @@
-"""Pure losses: cross-entropy (MLM, classification, NSP) and contrastive (InfoNCE, NT-Xent).
+"""Pure losses: cross-entropy (MLM, classification, NSP), ELECTRA's replaced-token detection
+and contrastive (InfoNCE, NT-Xent).
 
 Every loss returns ``(mean_loss, metrics)``. ``metrics`` holds float32 scalar sums and
 counts (``loss_sum``, ``count``, ``correct``, ...) so they add up exactly across
@@ -91,6 +92,37 @@ def classification(logits_BxC, labels_B, weights_B=None, **kw):
     ``weights_B`` is the eval ``weight`` (0 on rows that only pad the last batch).
     """
     return cross_entropy(logits_BxC, labels_B, weights_B, **kw)
+
+
+def replaced_token_detection(logits, labels, mask=None):
+    """ELECTRA's discriminator loss (Clark et al. 2020, eq. 2; google-research/electra
+    ``run_pretraining.py`` ``_get_discriminator_output``): sigmoid cross-entropy of "this
+    token was replaced" at every position, averaged over ``mask`` (the non-padding tokens).
+
+    Args:
+      logits: [...] one logit per token (any float dtype; computed in float32).
+      labels: [...] 1 where the token was replaced, else 0.
+      mask: [...] 0/1 or float weights; None means all ones.
+
+    Returns:
+      (mean_loss, metrics): ``loss_sum``, ``count`` (sum of weights), ``correct`` (the
+      prediction logit > 0 matches the label), ``positives`` (weighted replaced tokens).
+    """
+    x = jnp.asarray(logits).astype(jnp.float32)
+    y = jnp.asarray(labels).astype(jnp.float32)
+    w = jnp.ones(x.shape, jnp.float32) if mask is None else jnp.asarray(mask, jnp.float32)
+    w = jnp.broadcast_to(w, x.shape)
+    # max(x, 0) - x y + log(1 + exp(-|x|)): -y log s(x) - (1 - y) log(1 - s(x)), stable.
+    loss = jnp.maximum(x, 0.0) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x)))
+    loss_sum = jnp.sum(jnp.where(w != 0, loss * w, 0.0))
+    count = jnp.sum(w)
+    metrics = {
+        "loss_sum": loss_sum,
+        "count": count,
+        "correct": jnp.sum(((x > 0) == (y > 0.5)) * w),
+        "positives": jnp.sum(y * w),
+    }
+    return _safe_mean(loss_sum, count), metrics
 
 
 def _l2_normalize(x, eps=1e-12):

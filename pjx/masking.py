@@ -4,6 +4,9 @@
   ``create_pretraining_data.py``).
 - ``span_corrupt``: T5's span corruption (Raffel et al. 2020; google-research/
   text-to-text-transfer-transformer ``t5/data/preprocessors.py``).
+- ``gumbel_sample`` + ``replace_tokens``: ELECTRA's corrupted input (Clark et al. 2020;
+  google-research/electra ``pretrain/pretrain_helpers.py``), tokens sampled from a
+  generator's softmax written over the masked positions.
 
 Shapes are static (they depend only on the input shape and Python arguments), so both
 functions jit once per shape. Each row draws its own randomness from ``key``.
@@ -32,6 +35,8 @@ def mask_tokens(
     special_ids,
     max_predictions=None,
     pad_id=0,
+    mask_fraction=0.8,
+    random_fraction=0.1,
 ):
     """BERT masking: per row pick ``n`` candidate positions, corrupt them 80/10/10.
 
@@ -52,6 +57,9 @@ def mask_tokens(
       max_predictions: P, the static number of prediction slots; default
         ``max(1, round(rate * L))`` (``num_predictions``).
       pad_id: padding id, never masked.
+      mask_fraction, random_fraction: the shares of chosen tokens that become ``mask_id``
+        and a random token (the rest stay themselves); BERT's 0.8 / 0.1, ELECTRA's
+        0.85 / 0.0 (``pretrain_helpers.mask``).
 
     Returns dict:
       input_ids [B,L] int32: corrupted tokens.
@@ -94,8 +102,9 @@ def mask_tokens(
     # BERT: `if rng.random() < 0.8: [MASK] elif rng.random() < 0.5: keep else: random`.
     u = jax.random.uniform(k_action, (B, L))
     rand_tok = jnp.asarray(replacements)[jax.random.randint(k_random, (B, L), 0, replacements.size)]
-    input_ids = jnp.where(chosen & (u < 0.8), mask_id, tokens)
-    input_ids = jnp.where(chosen & (u >= 0.9), rand_tok, input_ids).astype(jnp.int32)
+    input_ids = jnp.where(chosen & (u < mask_fraction), mask_id, tokens)
+    input_ids = jnp.where(chosen & (u >= 1.0 - random_fraction), rand_tok, input_ids)
+    input_ids = input_ids.astype(jnp.int32)
 
     targets = jnp.take_along_axis(tokens, positions, axis=1)
     return {
@@ -106,6 +115,35 @@ def mask_tokens(
         "targets": tokens,
         "weights": chosen.astype(jnp.float32),
     }
+
+
+def gumbel_sample(key, logits, temperature=1.0):
+    """One token per row of ``logits`` [..., V], drawn from softmax(logits / temperature)
+    by the Gumbel-max trick (argmax of logits / T plus Gumbel(0, 1) noise), as ELECTRA's
+    ``sample_from_softmax`` does. The logits pass through ``stop_gradient``: ELECTRA does
+    not backpropagate the discriminator's loss through the sampling (Clark et al. 2020,
+    sec. 2). Returns int32 [...]."""
+    logits = jax.lax.stop_gradient(logits).astype(jnp.float32) / temperature
+    noise = jax.random.gumbel(key, logits.shape, jnp.float32)
+    return jnp.argmax(logits + noise, axis=-1).astype(jnp.int32)
+
+
+def replace_tokens(tokens, positions, replacements, weights):
+    """ELECTRA's corrupted input (``_get_fake_data``): ``tokens`` [B,L] with
+    ``replacements`` [B,P] written at ``positions`` [B,P] where ``weights`` [B,P] > 0
+    (unused slots write nothing).
+
+    Returns dict: ``input_ids`` [B,L] int32, and ``labels`` [B,L] int32, 1 where the token
+    now differs from the original (a sample equal to the original counts as original, as
+    in ELECTRA), so labels are 0 off the masked positions.
+    """
+    tokens = jnp.asarray(tokens).astype(jnp.int32)
+    L = tokens.shape[1]
+    # Unused slots point past the row and are dropped (their position 0 may be a used one).
+    where = jnp.where(jnp.asarray(weights) > 0, positions, L)
+    write = lambda row, p, r: row.at[p].set(r, mode="drop")
+    input_ids = jax.vmap(write)(tokens, where, jnp.asarray(replacements, jnp.int32))
+    return {"input_ids": input_ids, "labels": (input_ids != tokens).astype(jnp.int32)}
 
 
 def _span_counts(L, noise_density, mean_noise_span_length):
