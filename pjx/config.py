@@ -65,6 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.dp = ml_collections.ConfigDict(privacy.DEFAULTS)
     # Low-rank adapters (pjx.lora): off unless rank > 0.
     c.lora = ml_collections.ConfigDict(lora.DEFAULTS)
+    # ELECTRA (task electra): the generator's width as a fraction of the discriminator's,
+    # and the discriminator loss's weight. Read by that task only (`Task.section`).
+    c.electra = ml_collections.ConfigDict(tasks.electra.DEFAULTS)
     # Weights & Biases (pjx.metrics_log, the `wandb` extra): off unless project is set.
     c.wandb = ml_collections.ConfigDict(metrics_log.WANDB_DEFAULTS)
     c.log_every = 50
@@ -322,6 +325,25 @@ def resolve_data(config) -> ml_collections.ConfigDict:
     return c
 
 
+def task_options(c, task) -> dict:
+    """`task_args` plus the task's own config block (`Task.section`, e.g. `electra`); a
+    key given in both with different values is an error."""
+    own = c.task_args.to_dict()
+    if not task.section:
+        return own
+    block = c.get(task.section)
+    if block is None:  # a config built without base_config's block: the task's defaults
+        return own
+    block = block.to_dict()
+    clash = sorted(k for k in set(own) & set(block) if own[k] != block[k])
+    if clash:
+        raise ConfigError(
+            f"task_args {clash} are options of config.{task.section}: set "
+            f"--config.{task.section}.{clash[0]}=... instead"
+        )
+    return {**own, **block}
+
+
 def resolve(config, tokenizer=None) -> ml_collections.ConfigDict:
     """The config a run uses: every derived value filled in, every model field spelled out.
 
@@ -333,7 +355,8 @@ def resolve(config, tokenizer=None) -> ml_collections.ConfigDict:
       error, as is a model family the task does not run on;
     - unless set, `model.pooling='mean'` for a classifier from a run whose pooler never
       trained (`pjx.init_from.default_pooling`, said in a log line);
-    - `task_args` checked against the task's options, with their defaults filled in.
+    - `task_args` checked against the task's options, with their defaults filled in (and
+      the task's own block folded in: `electra`, `task_options`).
     """
     c = resolve_data(config)
     task = tasks.get(c.task)
@@ -344,7 +367,7 @@ def resolve(config, tokenizer=None) -> ml_collections.ConfigDict:
         raise ConfigError(
             f"task {task.name!r} runs on model families {list(task.families)}, not {family!r}"
         )
-    args = task.args(c.task_args.to_dict())
+    args = task.args(task_options(c, task))
 
     own = {k: v for k, v in c.model.items() if k not in ("name", "size")}
     fields = {}

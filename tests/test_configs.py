@@ -39,6 +39,7 @@ SMOKE = [  # the smoke runs the README / docstrings print; FLOWS run the other v
     "vit_cls.py:smoke",
     "glue.py:sst2,smoke",
     "glue.py:sst2,dp,smoke",  # DP-SGD: calibrated noise, Poisson batches, dp_epsilon
+    "electra.py:smoke",  # generator + discriminator in one step
 ]
 # Pretrain, then start a second config from that workdir (init_from). BERT's and ViT's
 # flows are the quickstart and vit_simclr_mnist notebooks, run with the same checks in

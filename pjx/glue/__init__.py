@@ -7,14 +7,15 @@ data for, over several seeds, and tabulate each task's official metric.
     from pjx import glue
     results = glue.glue("runs/bert_mlm", "runs/glue", seeds=3)  # task -> metric -> stats
 
-Each run is configs/glue.py:TASK with `init_from=SOURCE` and `seed=S` (plus the caller's
-overrides), in OUT/TASK/seedS/: an ordinary pjx workdir (`pjx eval`, `pjx plot` read it).
-A run whose last eval line is at its final step is read back, not trained again; an
-unfinished one resumes from its checkpoints. The scores are each run's last eval line (the
-held-out 10% of the task's training file, see configs/glue.py). Written into OUT:
-glue.json (task -> metric -> {mean, std, values}; std is the sample standard deviation,
-0 for one seed), glue.md (a Markdown table stating the step budget) and glue.png (means
-with std error bars). The label-efficiency curve (`--labels`) is pjx.glue.curve.
+Each run is configs/glue.py:TASK with `init_from=SOURCE` (SOURCE `scratch`: none, a fresh
+model) and `seed=S` (plus the caller's overrides), in OUT/TASK/seedS/: an ordinary pjx
+workdir (`pjx eval`, `pjx plot` read it). A run whose last eval line is at its final step
+is read back, not trained again; an unfinished one resumes from its checkpoints. The
+scores are each run's last eval line (the held-out 10% of the task's training file, see
+configs/glue.py). Written into OUT: glue.json (task -> metric -> {mean, std, values}; std
+is the sample standard deviation, 0 for one seed), glue.md (a Markdown table stating the
+step budget) and glue.png (means with std error bars). The label-efficiency curve
+(`--labels`) is pjx.glue.curve.
 """
 
 from __future__ import annotations

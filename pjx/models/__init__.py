@@ -8,12 +8,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from pjx.models import bert, gpt2, t5, vit
+from pjx.models import bert, electra, gpt2, t5, vit
 from pjx.nn.stack import check_remat
 
 MODELS = {"bert": bert, "gpt2": gpt2, "t5": t5, "vit": vit}
 # The layer stacks of every family (`scan_layers`: one stacked child instead of NAME_i).
-STACKS = tuple(p for m in MODELS.values() for p in m.STACKS)
+STACKS = tuple(p for m in MODELS.values() for p in m.STACKS) + electra.STACKS
 
 
 def make_config(name: str, size: str | None = "tiny", **overrides):
@@ -35,8 +35,12 @@ def make_config(name: str, size: str | None = "tiny", **overrides):
 
 
 def create(name: str, size: str = "tiny", **overrides):
-    """The Linen `Model` of family `name`; its config is `model.config`."""
-    return MODELS[name].Model(make_config(name, size, **overrides))
+    """The Linen `Model` of family `name`; its config is `model.config`. A BERT config with
+    a `generator_size` is ELECTRA's generator + discriminator pair (pjx.models.electra)."""
+    config = make_config(name, size, **overrides)
+    if name == "bert" and config.generator_size:
+        return electra.Model(config)
+    return MODELS[name].Model(config)
 
 
 def example_inputs(name: str, config, batch_size: int = 2, seq_len: int | None = None) -> dict:

@@ -65,6 +65,9 @@ class Config:
     mlm_head: bool = True
     nsp_head: bool = False
     num_labels: int = 0  # > 0 adds the sequence-classification head
+    # > 0: ELECTRA's pretraining pair (task electra, pjx.models.electra): this encoder as
+    # the discriminator beside a generator of this fraction of its width, heads and MLP.
+    generator_size: float = 0.0
     # The BERT-family layout: "bert"; "roberta" (Liu et al. 2019: positions start after
     # the padding index, classifier dense + tanh + out_proj on <s>); "distilbert" (Sanh et
     # al. 2019: no token types, no pooler, classifier pre_classifier + ReLU on [CLS]).

@@ -18,7 +18,9 @@ A task is a subclass of `Task` in its own module of this package, listed in
   (`runtime_args`: mask id, sentinel ids, ...).
 
 `config.task_args` are the keyword-only arguments of the task's `loss` (plus the encoding
-options among them, `nsp`); `defaults` gives each one's default.
+options among them, `nsp`); `defaults` gives each one's default. A task may keep some of
+them in a top-level config block of its own (`section`, e.g. `config.electra`), which
+`pjx.config.resolve` folds into the task's arguments.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class Task:
     families: tuple[str, ...] = ()  # model families the task runs on
     unit: str = "tokens"  # what throughput counts: "tokens" | "examples"
     defaults: dict = {}
+    # A top-level config block (config.<section>) holding some of the task's arguments.
+    section: str = ""
     # True when the loss is a sum of independent per-example terms (DP-SGD's privacy unit);
     # False when examples interact (in-batch negatives).
     per_example: bool = True
