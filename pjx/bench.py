@@ -183,7 +183,7 @@ def run(config, *, tokenizer=None, steps: int = 10, warmup: int = 2, num_batches
     with sharding.context(s.mesh):
         for i in range(warmup + steps):
             t = time.perf_counter()
-            state, mets = c.step(state, c.batches[i % len(c.batches)])
+            state, mets = c.step(state, c.batches[i % len(c.batches)], *s.frozen)
             jax.block_until_ready((state, mets))
             if i >= warmup:
                 times.append(time.perf_counter() - t)
@@ -275,7 +275,8 @@ class CompiledStep(NamedTuple):
 def compiled_step(config, *, tokenizer=None, num_batches: int = 1) -> CompiledStep:
     """The train step of a resolved `config`, compiled on its synthetic batches, with its
     initial state: what `run` times, for scripts that time or profile it themselves."""
-    s = train.build(config, tokenizer=tokenizer)
+    # A task's frozen models (distill's teacher) run with random parameters: the same cost.
+    s = train.random_frozen(train.build(config, tokenizer=tokenizer))
     batches = [
         synthetic_batch(s.config, s.model.config, seed=i) for i in range(max(num_batches, 1))
     ]

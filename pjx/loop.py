@@ -211,7 +211,8 @@ def fit(
         if shapes not in compiled_steps:
             t0 = time.perf_counter()
             with sharding.context(s.mesh):  # train.compile_step, inline: shallower tracebacks
-                compiled = s.step_fn.lower(s.abstract_state, abstract_batch(s, batch)).compile()
+                ab = abstract_batch(s, batch)
+                compiled = s.step_fn.lower(s.abstract_state, ab, *s.abstract_frozen).compile()
             mask = batch.get("attention_mask")
             width = f" for width {np.shape(mask)[1]}" if mask is not None else ""
             log.info(
@@ -258,7 +259,7 @@ def fit(
                 batch = trim(next(batches))
                 waits[step + 1] = time.perf_counter() - t
             compiled = step_for(batch)
-            state, mets = compiled(state, sharding.global_batch(batch, s.batch_sharding))
+            state, mets = compiled(state, sharding.global_batch(batch, s.batch_sharding), *s.frozen)
             done = step + 1
             window.add(done, mets)
             # The previous step has finished (or is about to): reading it does not wait

@@ -186,3 +186,70 @@ def nt_xent(z1, z2, *, temperature, weights=None):
     pos_logit = jnp.take_along_axis(logits, positive[:, None], axis=1)[:, 0]
     loss = jax.nn.logsumexp(logits, axis=1) - pos_logit
     return _contrastive_metrics(loss, logits, positive, w2)
+
+
+# --------------------------------------------------------------------- distillation
+def _weighted(loss, mask):
+    """(mean, metrics) of per-position `loss` [...] weighted by `mask` (None: ones)."""
+    w = jnp.ones(loss.shape, jnp.float32) if mask is None else jnp.asarray(mask, jnp.float32)
+    w = jnp.broadcast_to(w, loss.shape)
+    loss_sum = jnp.sum(jnp.where(w != 0, loss * w, 0.0))
+    count = jnp.sum(w)
+    return _safe_mean(loss_sum, count), {"loss_sum": loss_sum, "count": count}
+
+
+def distill_kl(student_logits, teacher_logits, mask=None, *, temperature=1.0):
+    """Knowledge distillation's soft-target loss (Hinton et al. 2015; DistilBERT, Sanh et
+    al. 2019, ``L_ce``): T^2 KL(softmax(t / T) || softmax(s / T)) per position, averaged
+    over ``mask``. The T^2 keeps the gradients' scale independent of T (Hinton et al. sec.
+    2). ``student_logits``, ``teacher_logits``: [..., V]; ``mask`` [...]."""
+    T = temperature
+    log_p = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / T, axis=-1)
+    log_q = jax.nn.log_softmax(student_logits.astype(jnp.float32) / T, axis=-1)
+    kl = jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+    return _weighted(kl * (T * T), mask)
+
+
+def cosine_distance(student, teacher, mask=None):
+    """1 - cos(student, teacher) of each vector [..., D] (DistilBERT's ``L_cos`` on the last
+    hidden states), averaged over ``mask`` [...]."""
+    cos = jnp.sum(_l2_normalize(student) * _l2_normalize(teacher), axis=-1)
+    return _weighted(1.0 - cos, mask)
+
+
+def mean_squared_error(student, teacher, mask=None):
+    """The mean over the last axis of (student - teacher)^2 [..., D], averaged over ``mask``
+    [...] (TinyBERT's embedding-layer loss, Jiao et al. 2020, eq. 9, without a projection:
+    equal widths)."""
+    d = student.astype(jnp.float32) - teacher.astype(jnp.float32)
+    return _weighted(jnp.mean(d * d, axis=-1), mask)
+
+
+def _relations(x_BxLxD, num_heads, mask_BxLxL):
+    """log softmax(X_r X_r^T / sqrt(d_r)) [B,R,L,L] over the allowed keys, X split into
+    `num_heads` relation heads of d_r = D / R."""
+    B, L, D = x_BxLxD.shape
+    d_r = D // num_heads
+    x = x_BxLxD.astype(jnp.float32).reshape(B, L, num_heads, d_r)
+    scores = jnp.einsum("BLRK,BSRK->BRLS", x, x) / jnp.sqrt(float(d_r))
+    scores = jnp.where(mask_BxLxL[:, None], scores, _NEG)
+    return jax.nn.log_softmax(scores, axis=-1)
+
+
+def attention_relations(student_qkv, teacher_qkv, mask_BxLxL, weights_BxL=None, *, num_heads):
+    """MiniLMv2's self-attention relation loss (Wang et al. 2021, eq. 4-5): for each of Q,
+    K and V (``*_qkv``: three [B,L,D] arrays; the widths of student and teacher may differ),
+    split into ``num_heads`` relation heads, the relation softmax(X X^T / sqrt(d_r)) over the
+    keys ``mask_BxLxL`` allows (real tokens of the query's own document); the loss is
+    KL(teacher || student) per query row, averaged over heads, over the query rows
+    ``weights_BxL`` weighs (real tokens) and over Q, K, V.
+
+    Returns (mean_loss, metrics): ``loss_sum`` (of the row KLs averaged over heads and the
+    three relations) and ``count`` (weighted rows)."""
+    mask = jnp.asarray(mask_BxLxL, bool)
+    kl = 0.0
+    for s, t in zip(student_qkv, teacher_qkv, strict=True):
+        log_p, log_q = _relations(t, num_heads, mask), _relations(s, num_heads, mask)
+        row = jnp.sum(jnp.where(mask[:, None], jnp.exp(log_p) * (log_p - log_q), 0.0), axis=-1)
+        kl = kl + jnp.mean(row, axis=1) / len(student_qkv)  # [B,L]
+    return _weighted(kl, weights_BxL)

@@ -41,7 +41,7 @@ def weights(state: TrainState):
 def train_step(
     state: TrainState,
     batch,
-    *,
+    *frozen,
     model,
     loss_fn,
     tx,
@@ -55,10 +55,11 @@ def train_step(
     """One optimizer update from the gradient of one logical batch (pjx.grads: summed over
     `accum_steps` slices; under DP-SGD, `dp` (a `grads.DP`), clipped per example and
     noised), and of the parameters' moving average when the state keeps one. `trainable`
-    marks the leaves that train."""
+    marks the leaves that train. `frozen`: the task's frozen parameters (`Setup.frozen`:
+    distill's teacher), passed to the loss after `rng`."""
     rng = jax.random.fold_in(state.rng, state.step)
     loss, mets, g = grads.gradients(
-        functools.partial(loss_fn, model, train=True),  # (params, batch, rng)
+        lambda p, b, r: loss_fn(model, p, b, r, *frozen, train=True),
         state.params,
         batch,
         rng,
@@ -80,9 +81,9 @@ def train_step(
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), out
 
 
-def eval_step(params, batch, rng, *, model, loss_fn):
+def eval_step(params, batch, rng, *frozen, model, loss_fn):
     """Metric sums of one eval batch (its `weight` masks padding rows)."""
-    _, mets = loss_fn(model, params, batch, rng, train=False)
+    _, mets = loss_fn(model, params, batch, rng, *frozen, train=False)
     return mets
 
 
@@ -102,8 +103,15 @@ class Setup:
     abstract_state: Any  # ShapeDtypeStructs with shardings (restore target)
     batch_sharding: Any
     init: Callable  # rng -> sharded TrainState
-    step_fn: Callable  # jitted train_step(state, batch)
-    eval_fn: Callable  # jitted eval_step(params, batch, rng)
+    step_fn: Callable  # jitted train_step(state, batch, *frozen)
+    eval_fn: Callable  # jitted eval_step(params, batch, rng, *frozen)
+    # The task's frozen models (`Task.frozen_models`: distill's teacher), whose parameters
+    # every step takes as arguments after its own: () for other tasks. `abstract_frozen`:
+    # their ShapeDtypeStructs, sharded like a model's parameters; `frozen`: the arrays,
+    # placed by `with_frozen` (pjx.run loads them).
+    frozen_models: tuple = ()
+    abstract_frozen: tuple = ()
+    frozen: tuple = ()
 
 
 def build(config, *, tokenizer=None, mesh=None, devices=None, dp_mechanism=None) -> Setup:
@@ -167,6 +175,20 @@ def build(config, *, tokenizer=None, mesh=None, devices=None, dp_mechanism=None)
         ema=param_sh if ema_decay else None,
     )
     batch_sh = sharding.batch_sharding(mesh, privacy.batch_rows(config))
+    frozen_models = task.frozen_models(args)
+    frozen_sh, abstract_frozen = [], []
+    for m in frozen_models:
+        m_inputs = models.example_inputs(family, m.config, 1, config["data"].get("seq_len") or None)
+        boxed_m = jax.eval_shape(lambda m=m, i=m_inputs: m.init(jax.random.PRNGKey(0), **i))
+        sh = sharding.param_shardings(boxed_m["params"], mesh)
+        frozen_sh.append(sh)
+        abstract_frozen.append(
+            jax.tree.map(
+                lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                nn.meta.unbox(boxed_m["params"]),
+                sh,
+            )
+        )
     # Which parameters train (static): frozen ones get no gradient, no DP clipping, no
     # optimizer state, and count in no gradient norm.
     trainable = jax.tree.map(lambda _: True, abstract.params)
@@ -216,14 +238,40 @@ def build(config, *, tokenizer=None, mesh=None, devices=None, dp_mechanism=None)
         init=jax.jit(init_state, out_shardings=state_sh),
         step_fn=jax.jit(
             step,
-            in_shardings=(state_sh, batch_sh),
+            in_shardings=(state_sh, batch_sh, *frozen_sh),
             out_shardings=(state_sh, repl),
             donate_argnums=0,
         ),
         eval_fn=jax.jit(
             functools.partial(eval_step, model=model, loss_fn=loss_fn), out_shardings=repl
         ),
+        frozen_models=tuple(frozen_models),
+        abstract_frozen=tuple(abstract_frozen),
     )
+
+
+def with_frozen(s: Setup, trees) -> Setup:
+    """`s` with its frozen models' parameters (`trees`, host or device arrays in the
+    layout of `s.abstract_frozen`) placed on their shardings."""
+    if len(trees) != len(s.abstract_frozen):
+        raise ValueError(f"{len(s.abstract_frozen)} frozen parameter trees, got {len(trees)}")
+    placed = tuple(
+        jax.tree.map(lambda x, a: jax.device_put(x, a.sharding), t, a)
+        for t, a in zip(trees, s.abstract_frozen)
+    )
+    return dataclasses.replace(s, frozen=placed)
+
+
+def random_frozen(s: Setup, seed: int = 0) -> Setup:
+    """`s` with freshly initialised frozen parameters: for timing and tests (`pjx bench`),
+    never for training (pjx.run loads the real ones)."""
+    trees = []
+    for m, a in zip(s.frozen_models, s.abstract_frozen):
+        inputs = models.example_inputs(s.config["model"]["name"], m.config, 1, 8)
+        init = lambda m=m, i=inputs: nn.meta.unbox(m.init(jax.random.PRNGKey(seed), **i)["params"])
+        out_sh = jax.tree.map(lambda x: x.sharding, a)
+        trees.append(jax.jit(init, out_shardings=out_sh)())
+    return dataclasses.replace(s, frozen=tuple(trees))
 
 
 def create_state(s: Setup, seed: int, *, secret: int | None = None) -> TrainState:
@@ -273,7 +321,9 @@ def trim_padding(s: Setup, batch: dict) -> dict:
 def compile_step(s: Setup, batch):
     """AOT-compile the train step for the shapes of this process's share of a batch."""
     with sharding.context(s.mesh):
-        return s.step_fn.lower(s.abstract_state, abstract_batch(s, batch)).compile()
+        return s.step_fn.lower(
+            s.abstract_state, abstract_batch(s, batch), *s.abstract_frozen
+        ).compile()
 
 
 def describe(s: Setup) -> str:
@@ -311,6 +361,7 @@ def metric_sums(s: Setup, params, batches: Iterable, *, seed: int = 0, max_batch
             b.setdefault("weight", np.ones((rows,), np.float32))
             G = getattr(batches, "global_batch_size", rows * jax.process_count())
             sh = sharding.batch_sharding(s.mesh, G)
-            mets = s.eval_fn(params, sharding.global_batch(b, sh), jax.random.fold_in(key, i))
+            gb, k = sharding.global_batch(b, sh), jax.random.fold_in(key, i)
+            mets = s.eval_fn(params, gb, k, *s.frozen)
             total = mets if total is None else jax.tree.map(jnp.add, total, mets)
     return None if total is None else distributed.host_value(total)

@@ -79,13 +79,19 @@ class Config:
     # sentence-transformers checkpoints such as all-MiniLM-L6-v2 embed a sentence: their
     # pooler took no part in that training, and its output barely varies between sentences).
     pooling: str = "cls"
+    # Sow the embedding output and every layer's (q, k, v) into the "intermediates"
+    # collection (`internals` reads them), kept where apply makes it mutable: what task
+    # distill's embedding and attention-relation losses compare. Off: nothing is sown.
+    sow_internals: bool = False
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
     def layer_config(self) -> LayerConfig:
-        return layer_config_of(self, norm_type="layernorm", norm_position="post")
+        return layer_config_of(
+            self, norm_type="layernorm", norm_position="post", sow_qkv=self.sow_internals
+        )
 
 
 def _size(layers, hidden, heads):
@@ -196,11 +202,32 @@ class BertModel(nn.Module):
         x_BxLxD, word_VxD = Embeddings(self.config, name="embeddings")(
             input_ids, token_type_ids, position_ids, inputs_embeds, deterministic
         )
+        if self.config.sow_internals:
+            self.sow("intermediates", "embedding_output", x_BxLxD)
         L = x_BxLxD.shape[1]
         mask = make_attention_mask(L, L, kv_mask=attention_mask, q_segment_ids=segment_ids)
         x_BxLxD = Encoder(self.config, name="encoder")(constrain(x_BxLxD), mask, deterministic)
         pooled = Pooler(self.config, name="pooler")(x_BxLxD) if self.config.pooler else None
         return x_BxLxD, pooled, word_VxD
+
+
+def internals(intermediates, config: Config) -> dict:
+    """What a `sow_internals` model sowed into `intermediates` (its apply's mutable
+    "intermediates"): `embedding_output` [B,L,D] and the last layer's `query`, `key`,
+    `value`, heads concatenated [B,L,D] (a scanned stack sows every layer's along axis 0)."""
+    bert = intermediates["bert"]
+    if config.scan_layers:
+        q, k, v = (t[-1] for t in bert["encoder"]["layer"]["attention"]["self"]["qkv"][0])
+    else:
+        last = bert["encoder"][f"layer_{config.num_layers - 1}"]
+        q, k, v = last["attention"]["self"]["qkv"][0]
+    flat = lambda t: t.reshape(*t.shape[:2], -1)  # [B,L,H,K] -> [B,L,H*K]
+    return {
+        "embedding_output": bert["embedding_output"][0],
+        "query": flat(q),
+        "key": flat(k),
+        "value": flat(v),
+    }
 
 
 class Transform(nn.Module):

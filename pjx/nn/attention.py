@@ -188,6 +188,8 @@ class Attention(nn.Module):
             k = dense(cfg, (H, K), axes, name=self.names[1])(kv_BxSxD)
             v = dense(cfg, (H, K), axes, name=self.names[2])(kv_BxSxD)
         q, k, v = (constrain(t, HEADS_AXES) for t in (q, k, v))
+        if cfg.sow_qkv:  # a no-op unless "intermediates" is mutable
+            self.sow("intermediates", "qkv", (q, k, v))
         if decode_offset is not None:
             k, v = self._update_cache(k, v, decode_offset)
         rate = cfg.attention_dropout_rate

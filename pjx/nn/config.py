@@ -50,6 +50,9 @@ class LayerConfig:
     init_std: float | None = 0.02  # None: fan-in scaled (T5)
     dtype: str = "float32"  # compute dtype
     attention_impl: str | None = None  # None (pick) | one of backend.ATTENTION_IMPLEMENTATIONS
+    # Attention sows its (q, k, v) into the "intermediates" collection, kept only where the
+    # caller's apply makes it mutable (knowledge distillation reads the last layer's).
+    sow_qkv: bool = False
 
     def __post_init__(self):
         if self.activation not in ACTIVATION_LEGEND:

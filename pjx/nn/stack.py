@@ -69,7 +69,8 @@ def repeat(
         return x
     stacked = nn.scan(
         cls,
-        variable_axes={"params": 0, "cache": 0},
+        # Sown values (LayerConfig.sow_qkv) stack like the parameters: one per layer.
+        variable_axes={"params": 0, "cache": 0, "intermediates": 0},
         split_rngs={"params": True, "dropout": True},
         in_axes=(nn.broadcast,) * len(args),
         length=n,

@@ -84,6 +84,12 @@ class Task:
     def check_model(self, model_config) -> None:
         """Raises ValueError when the model cannot serve this task (e.g. no classes)."""
 
+    def frozen_models(self, args: dict) -> tuple:
+        """Models whose parameters the train / eval step takes, frozen, after its usual
+        arguments and the loss after `rng` (distill's teacher): jit arguments sharded like
+        parameters, never trained, optimized or checkpointed (pjx.train.Setup.frozen)."""
+        return ()
+
     # ----------------------------------------------------------------- arguments
     def args(self, task_args: dict | None) -> dict:
         """`defaults` + `config.task_args`; an unknown name is an error listing the valid."""
