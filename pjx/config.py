@@ -32,6 +32,7 @@ from pathlib import Path
 import ml_collections
 
 from pjx import data, hf, init_from, lora, metrics_log, models, optim, privacy, sharding, tasks
+from pjx import teacher as teacher_lib
 from pjx.tokenizers import parse_spec
 from pjx.values import parse_bool
 
@@ -68,6 +69,10 @@ def base_config() -> ml_collections.ConfigDict:
     # ELECTRA (task electra): the generator's width as a fraction of the discriminator's,
     # and the discriminator loss's weight. Read by that task only (`Task.section`).
     c.electra = ml_collections.ConfigDict(tasks.electra.DEFAULTS)
+    # Distillation (task distill): the teacher, the student's init, the terms and their
+    # weights ("logits:5,hidden_cosine:1,mlm:2"), temperature, relation heads. Read by that
+    # task only (`Task.section`) and pjx.teacher.
+    c.distill = ml_collections.ConfigDict(tasks.distill.DEFAULTS)
     # Weights & Biases (pjx.metrics_log, the `wandb` extra): off unless project is set.
     c.wandb = ml_collections.ConfigDict(metrics_log.WANDB_DEFAULTS)
     c.log_every = 50
@@ -262,6 +267,9 @@ def stage_configs(
         c = apply_overrides(c, overrides)
         if isinstance(c.init_from, str) and c.init_from.startswith("stage:"):
             c.init_from = os.path.join(workdir, c.init_from[len("stage:") :])
+        teacher = str((c.get("distill") or {}).get("teacher") or "")
+        if teacher.startswith("stage:"):  # a teacher trained by an earlier stage
+            c.distill.teacher = os.path.join(workdir, teacher[len("stage:") :])
         out.append((os.path.join(workdir, name), c))
     return out
 
@@ -310,6 +318,9 @@ def resolve_data(config) -> ml_collections.ConfigDict:
         raise ConfigError(f"eval_data keys {unknown} are not data keys: {sorted(c.data)}")
     inherited = {k: v for k, v in c.data.items() if k not in TRAIN_ONLY_DATA_KEYS}
     c.eval_data = ml_collections.ConfigDict({**inherited, **own})
+    if c.task == "distill":  # a teacher that cannot serve fails before the workdir exists
+        c.distill.teacher = teacher_lib.local(str(c.distill.teacher or ""))
+        teacher_lib.resolve(c)
     if privacy.enabled(c.dp):
         privacy.check(c.dp)
         privacy.clipping_method(c.dp, c.model)
@@ -367,6 +378,9 @@ def resolve(config, tokenizer=None) -> ml_collections.ConfigDict:
         raise ConfigError(
             f"task {task.name!r} runs on model families {list(task.families)}, not {family!r}"
         )
+    student = {}
+    if task.name == "distill":  # the frozen teacher's architecture; every_other's student
+        c.distill.teacher_model, student = teacher_lib.resolve(c)
     args = task.args(task_options(c, task))
 
     own = {k: v for k, v in c.model.items() if k not in ("name", "size")}
@@ -382,6 +396,7 @@ def resolve(config, tokenizer=None) -> ml_collections.ConfigDict:
             )
         skip = init_from.HEAD_FIELDS + init_from.RUNTIME_FIELDS
         fields = {k: v for k, v in src_fields.items() if k not in skip}
+    fields.update(student)
     fields.update(own)
     if tokenizer is not None and "vocab_size" not in fields:
         fields["vocab_size"] = int(tokenizer.vocab_size)

@@ -239,6 +239,7 @@ RUNTIME_FIELDS = (
     "attention_impl",
     "remat",
     "scan_layers",
+    "sow_internals",
 )  # how to compute, never what was trained
 
 

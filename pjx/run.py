@@ -37,6 +37,7 @@ from pjx import (
     tokenizers,
 )
 from pjx import config as config_lib
+from pjx import teacher as teacher_lib
 from pjx import train as train_lib
 from pjx.data import cache, overlap, prepared, sources
 from pjx.metrics_log import MetricsLog
@@ -167,9 +168,11 @@ def _assemble(config, workdir, *, train_data, eval_data, tokenizer, checkpoints,
     it is assembled again, planning from the restored one."""
     rs = resolve_run(config, workdir, tokenizer=tokenizer, devices=devices, checkpoints=checkpoints)
     config, tokenizer, plan = rs.config, rs.tokenizer, rs.plan
+    s = train_lib.build(config, tokenizer=tokenizer, mesh=rs.mesh)
+    if s.frozen_models:  # distill's teacher: read and checked before anything is written
+        config, s = load_teacher(s, config, workdir)
     save_config(config, workdir)
     log.info(config_lib.describe(config))
-    s = train_lib.build(config, tokenizer=tokenizer, mesh=rs.mesh)
     log.info(train_lib.describe(s))
     if train_data is None:
         train_data = build_data(
@@ -282,6 +285,15 @@ def fresh_state(s: train_lib.Setup, config, secret=None) -> train_lib.TrainState
     """A new state (`pjx.train.create_state`) with `config.init_from`'s matching
     parameters from another run / HF folder."""
     state = train_lib.create_state(s, config.seed, secret=secret)
+    if s.frozen and config.distill.student_init == "every_other":  # DistilBERT's init
+        params, fresh = teacher_lib.every_other(state.params, s.frozen[0], config.model.num_layers)
+        log.info(
+            f"distill: student layers 0..{config.model.num_layers - 1} from teacher layers 0, "
+            f"2, ...; the rest from {config.distill.teacher} where it has them "
+            f"(initialised fresh: {', '.join(fresh) or 'none'})"
+        )
+        ema = None if state.ema is None else jax.tree.map(jnp.copy, params)
+        state = state.replace(params=params, ema=ema)
     if not config.init_from:
         return state
     params, _ = init_from.init_from(
@@ -290,6 +302,26 @@ def fresh_state(s: train_lib.Setup, config, secret=None) -> train_lib.TrainState
     # The moving average starts where the parameters do (a copy: the step donates both).
     ema = None if state.ema is None else jax.tree.map(jnp.copy, params)
     return state.replace(params=params, ema=ema)
+
+
+def load_teacher(s: train_lib.Setup, config, workdir):
+    """Task distill: (`config` with `distill.teacher_hash`, `s` with the teacher's
+    parameters as its frozen step argument). A workdir whose checkpoints trained with a
+    teacher of another hash is refused."""
+    params = saved.Saved(config.distill.teacher).params(like=s.abstract_frozen[0])
+    digest = teacher_lib.param_hash(params)
+    before = (saved_config(workdir).get("distill") or {}).get("teacher_hash")
+    ran = checkpoint.complete_step_dirs(os.path.join(workdir, "checkpoints"))
+    if before and before != digest and ran:
+        raise ValueError(
+            f"distill.teacher={config.distill.teacher}: {workdir} trained with another teacher "
+            f"(distill.teacher_hash {before[:16]}..., this one's {digest[:16]}...); resume "
+            "with the teacher it started with, or start a new --workdir"
+        )
+    config = config.copy_and_resolve_references()
+    config.distill.teacher_hash = digest
+    s = dataclasses.replace(s, config=config)
+    return config, train_lib.with_frozen(s, (params,))
 
 
 # ------------------------------------------------------------------ what a workdir holds
@@ -303,6 +335,11 @@ def build_tokenizer(config, workdir: str | None = None):
     `train:...` spec, which trains on the training texts into WORKDIR/tokenizer on the
     first run and is reloaded from there on resume.
     """
+    if config.get("task") == "distill" and config.distill.teacher:
+        # The student reads text as its teacher does (pjx.teacher refuses another tokenizer).
+        tok = saved.Saved(config.distill.teacher).tokenizer
+        if tok is not None:
+            return tok
     spec = config.data.get("tokenizer", "") or ""
     source = str(config.get("init_from") or "")
     named = bool(spec) and not spec.startswith("train:")

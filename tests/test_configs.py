@@ -40,7 +40,10 @@ SMOKE = [  # the smoke runs the README / docstrings print; FLOWS run the other v
     "glue.py:sst2,smoke",
     "glue.py:sst2,dp,smoke",  # DP-SGD: calibrated noise, Poisson batches, dp_epsilon
     "electra.py:smoke",  # generator + discriminator in one step
+    "distill.py:smoke",  # a tiny teacher (stage teacher), then a student (stage student)
 ]
+# Staged smoke configs: the stage whose workdir the checks read.
+LAST_STAGE = {"distill.py:smoke": "student"}
 # Pretrain, then start a second config from that workdir (init_from). BERT's and ViT's
 # flows are the quickstart and vit_simclr_mnist notebooks, run with the same checks in
 # tests/test_notebooks.py (on generated data where the local data sets are missing).
@@ -109,6 +112,7 @@ def test_smoke_variant_runs_exactly_as_printed(spec, tmp_path, monkeypatch, caps
         pytest.skip(f"needs the local data sets {missing} (PJX_DATA)")
     workdir = tmp_path / "run"
     assert cli.main(["train", "--config", f"configs/{spec}", "--workdir", str(workdir)]) == 0
+    workdir = workdir / LAST_STAGE.get(spec, "")
     lines = [json.loads(x) for x in open(workdir / "metrics.jsonl")]
     evals = [r for r in lines if r["split"] == "eval"]
     assert evals and evals[-1]["step"] == 2 and np.isfinite(evals[-1]["loss"])

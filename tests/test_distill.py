@@ -1,16 +1,25 @@
-"""Distillation: the losses against references; what a BERT sows for them."""
+"""Task distill: the losses against references, the every_other init, a frozen teacher that
+is a step argument (no gradient, no optimizer state, no checkpoint), exact resume, the
+refusals (exit 2 through `pjx train`, nothing written), 8 devices == 1, scanned == unscanned."""
 
 from __future__ import annotations
+
+import json
+import os
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from pjx import losses, models
+from pjx import checkpoint, cli, losses, models, run, saved, teacher, train
+from pjx import config as config_lib
 from pjx.models import bert
+from pjx.tasks import distill
 
 TINY = dict(hidden_size=32, num_heads=2, mlp_dim=64, max_position_embeddings=64)
+FAST = ["--config.progress=false", "--config.write_curves=false"]
 
 
 # ------------------------------------------------------------------------- losses
@@ -81,6 +90,19 @@ def test_attention_relations_match_a_loop_over_examples_heads_and_rows():
     assert float(m["count"]) == count
 
 
+def test_losses_spec_parses_strings_and_mappings_and_names_bad_terms():
+    assert distill.parse_losses("logits:5, hidden_cosine:1,mlm") == (
+        ("logits", 5.0),
+        ("hidden_cosine", 1.0),
+        ("mlm", 1.0),
+    )
+    assert distill.parse_losses({"attention_relations": 2}) == (("attention_relations", 2.0),)
+    with pytest.raises(ValueError, match="distill.losses: unknown term 'logit'"):
+        distill.parse_losses("logit:1")
+    with pytest.raises(ValueError, match="distill.losses"):
+        distill.parse_losses("mlm:x")
+
+
 def test_scanned_and_unscanned_bert_sow_the_same_internals():
     kw = dict(TINY, num_layers=3, vocab_size=40, sow_internals=True)
     flat = models.create("bert", None, **kw)
@@ -97,3 +119,206 @@ def test_scanned_and_unscanned_bert_sow_the_same_internals():
     for k in a:
         np.testing.assert_allclose(a[k], b[k], atol=1e-5)
     assert "intermediates" not in flat.apply({"params": p}, **inputs)  # sown only if asked
+
+
+# ------------------------------------------------------------------------ teacher
+def _teacher_run(workdir, seed=0, layers=4):
+    c = config_lib.base_config()
+    c.model.update(dict(TINY, num_layers=layers, dropout_rate=0.0, attention_dropout_rate=0.0))
+    c.data.source, c.data.seq_len = "embedded[:200]", 16
+    c.data.tokenizer = "byte?specials=bert"
+    c.batch_size, c.steps, c.seed, c.log_every = 4, 1, seed, 1
+    run.train(c, str(workdir), FAST)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("teachers")
+    return _teacher_run(root / "a"), _teacher_run(root / "b", seed=1)
+
+
+def _student(teacher_dir, **kw):
+    c = config_lib.base_config()
+    c.task = "distill"
+    c.model.update(dict(dropout_rate=0.0, attention_dropout_rate=0.0))
+    c.distill.teacher = str(teacher_dir)
+    c.distill.losses = "logits:5,hidden_cosine:1,attention_relations:1,embedding:1,mlm:2"
+    c.data.source, c.data.seq_len = "embedded[:200]", 16
+    c.batch_size, c.steps, c.log_every = 4, 2, 1
+    for k, v in kw.items():
+        config_lib.set_key(c, k, v, parse=False)
+    return c
+
+
+def _cli(config_file, workdir, *extra):
+    return cli.main(["train", "--config", config_file, "--workdir", str(workdir), *FAST, *extra])
+
+
+@pytest.fixture
+def config_file(tmp_path, teachers):
+    path = tmp_path / "distill_cfg.py"
+    here, teacher_dir = os.path.dirname(__file__), str(teachers[0])
+    path.write_text(
+        f"import sys\nsys.path.insert(0, {here!r})\nfrom test_distill import _student\n"
+        f"def get_config(arg=''):\n    return _student({teacher_dir!r})\n"
+    )
+    return str(path)
+
+
+def test_every_other_copies_teacher_layers_and_the_teacher_stays_out_of_the_state(
+    teachers, tmp_path
+):
+    c = _student(teachers[0])
+    with run.start(c, str(tmp_path / "w"), checkpoints=False) as r:
+        s, state = r.setup, r.state
+        assert r.config.model.num_layers == 2  # half the teacher's 4 by default
+        t = saved.Saved(teachers[0]).params(like=s.abstract_frozen[0])
+        sp, tp = state.params["bert"], t["bert"]
+        for i in range(2):
+            jax.tree.map(
+                np.testing.assert_array_equal,
+                sp["encoder"][f"layer_{i}"],
+                tp["encoder"][f"layer_{2 * i}"],
+            )
+        jax.tree.map(np.testing.assert_array_equal, sp["embeddings"], tp["embeddings"])
+        jax.tree.map(np.testing.assert_array_equal, state.params["cls"], t["cls"])
+        # The teacher is a step argument: not in the params, nor the optimizer state.
+        n = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
+        assert n(state.opt_state) < 3 * n(state.params) < 3 * n(t)
+        assert jax.tree.structure(state.params) != jax.tree.structure(t)
+        # No gradient reaches the teacher.
+        batch = next(iter(r.train_data))
+        g = jax.grad(
+            lambda tp_: s.loss_fn(s.model, state.params, batch, jax.random.key(0), tp_, train=True)[
+                0
+            ]  # fmt: skip
+        )(s.frozen[0])
+        assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(g))
+    saved_cfg = json.loads((tmp_path / "w" / "config.json").read_text())
+    assert saved_cfg["distill"]["teacher_hash"] == teacher.param_hash(t)
+
+
+def test_resume_is_exact_and_the_checkpoint_holds_no_teacher(
+    teachers, tmp_path, config_file, capsys
+):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert _cli(config_file, straight) == 0
+    assert _cli(config_file, resumed, "--config.steps=1") == 0
+    assert _cli(config_file, resumed) == 0
+    read = lambda w: saved.Saved(str(w)).params()  # noqa: E731
+    jax.tree.map(np.testing.assert_array_equal, read(straight), read(resumed))
+    meta = checkpoint.state_metadata(checkpoint.resolve(straight / "checkpoints"))
+    student = run.saved_config(straight)["model"]
+    n_params = sum(np.prod(m.shape) for m in jax.tree.leaves(meta["params"]))
+    assert n_params == sum(x.size for x in jax.tree.leaves(read(straight)))
+    assert student["num_layers"] == 2 and "teacher" not in json.dumps(list(meta))
+    # A resume with another teacher: refused, naming the key, before anything is written.
+    before = (resumed / "config.json").read_text()
+    capsys.readouterr()
+    rc = _cli(config_file, resumed, "--config.steps=3", f"--config.distill.teacher={teachers[1]}")
+    assert rc == 2 and "trained with another teacher" in capsys.readouterr().err
+    assert (resumed / "config.json").read_text() == before
+    assert sorted(checkpoint.complete_step_dirs(resumed / "checkpoints")) == [1, 2]
+
+
+def _gpt2_folder(path):
+    from safetensors.numpy import save_file
+
+    path.mkdir()
+    cfg = dict(model_type="gpt2", n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=64)
+    (path / "config.json").write_text(json.dumps(dict(cfg, architectures=["GPT2LMHeadModel"])))
+    save_file({"wte.weight": np.zeros((100, 32), np.float32)}, str(path / "model.safetensors"))
+    return path
+
+
+def test_bad_input_exits_2_naming_the_key_before_the_workdir_exists(
+    teachers, tmp_path, config_file, capsys, minilm_dir
+):
+    cases = [
+        ([f"--config.distill.teacher=hf:{_gpt2_folder(tmp_path / 'gpt2')}"], "distill.teacher"),
+        (["--config.model.hidden_size=64"], "model.hidden_size"),
+        (["--config.model.num_layers=3"], "model.num_layers"),
+        (
+            ["--config.distill.student_init=random", "--config.model.hidden_size=64"],
+            "distill.losses: term 'hidden_cosine'",
+        ),  # fmt: skip
+        ([f"--config.distill.teacher=hf:{minilm_dir}"], "distill.losses: term 'logits'"),
+        (["--config.data.tokenizer=byte"], "data.tokenizer"),
+        (["--config.data.tokenizer=train:sentencepiece?vocab_size=300"], "data.tokenizer"),
+        (
+            [
+                "--config.distill.losses=hidden_cosine:1,attention_relations:1",
+                "--config.distill.relation_heads=3",
+            ],
+            "distill.relation_heads",
+        ),  # fmt: skip
+    ]
+    for i, (extra, key) in enumerate(cases):
+        w = tmp_path / f"w{i}"
+        capsys.readouterr()
+        assert _cli(config_file, w, *extra) == 2, extra
+        assert key in capsys.readouterr().err, (extra, key)
+        assert not w.exists()
+
+
+def test_random_student_across_widths_with_relations_only(teachers, tmp_path):
+    c = _student(
+        teachers[0],
+        **{
+            "distill.student_init": "random",
+            "distill.losses": "attention_relations:1,mlm:1",
+            "model.hidden_size": 16,
+            "model.num_heads": 2,
+            "model.mlp_dim": 32,
+            "model.num_layers": 1,
+            "steps": 1,
+        },
+    )
+    run.train(c, str(tmp_path / "w"), FAST)
+    line = json.loads((tmp_path / "w" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert np.isfinite(line["loss"])
+
+
+# ------------------------------------------------------------------ layouts, devices
+def _setup(c, tokenizer, devices=None):
+    s = train.build(c, tokenizer=tokenizer, devices=devices)
+    t = saved.Saved(c.distill.teacher).params(like=s.abstract_frozen[0])
+    return train.with_frozen(s, (t,))
+
+
+def test_eight_devices_equal_one_and_scanned_equals_unscanned(teachers):
+    from pjx import sharding
+
+    c = config_lib.resolve_data(_student(teachers[0], batch_size=8))
+    tok = run.build_tokenizer(c)
+    c = config_lib.resolve(c, tok)
+    batch = next(iter(run.build_data(c, tok, train=True)))
+    results = {}
+    for name, cfg, devices in [
+        ("one", c, jax.devices()[:1]),
+        ("eight", c, jax.devices()[:8]),
+        ("scan", config_lib.resolve(_student_scanned(teachers[0]), tok), jax.devices()[:1]),
+    ]:
+        s = _setup(cfg, tok, devices)
+        state = run.fresh_state(s, cfg)
+        with sharding.context(s.mesh):
+            gb = sharding.global_batch(batch, s.batch_sharding)
+            state, mets = s.step_fn(state, gb, *s.frozen)
+        results[name] = (float(mets["loss"]), state)
+    assert len(jax.devices()) == 8
+    (l1, s1), (l8, s8) = results["one"], results["eight"]
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)  # noqa: E731
+    close(l8, l1)
+    jax.tree.map(close, s1.params, s8.params)
+    # The scanned student starts from the same teacher layers (stacked): the same step.
+    ls, ss = results["scan"]
+    close(ls, l1)
+    close(ss.params["bert"]["encoder"]["layer"]["output"]["dense"]["kernel"][1],
+          s1.params["bert"]["encoder"]["layer_1"]["output"]["dense"]["kernel"])  # fmt: skip
+
+
+def _student_scanned(teacher_dir):
+    c = _student(teacher_dir, batch_size=8)
+    c.model.scan_layers = True
+    return config_lib.resolve_data(c)

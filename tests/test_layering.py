@@ -43,7 +43,7 @@ LAYERS = [
         "pjx.nnx",
         "pjx.metrics_log",
     ),
-    ("pjx.init_from",),
+    ("pjx.init_from", "pjx.teacher"),
     ("pjx.config", "pjx.saved", "pjx.convert"),
     ("pjx.train", "pjx.loop"),
     (

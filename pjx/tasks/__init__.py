@@ -9,13 +9,15 @@ from pjx.tasks.base import Spec, Task
 from pjx.tasks.classify import Classify
 from pjx.tasks.clm import CLM
 from pjx.tasks.contrastive import Contrastive
+from pjx.tasks.distill import Distill
 from pjx.tasks.electra import Electra
 from pjx.tasks.mlm import MLM
 from pjx.tasks.seq2seq import Seq2Seq
 from pjx.tasks.span import Span
 
 TASKS: dict[str, Task] = {
-    t.name: t for t in (MLM(), CLM(), Span(), Seq2Seq(), Classify(), Contrastive(), Electra())
+    t.name: t
+    for t in (MLM(), CLM(), Span(), Seq2Seq(), Classify(), Contrastive(), Electra(), Distill())
 }
 
 
