@@ -5,6 +5,7 @@ import math
 
 import chex
 import flax.linen as nn
+import float32
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -250,7 +251,7 @@ def test_training_attention_on_cpu_is_the_einsum_form_with_the_fused_gradients()
     want_loss, want_grad = jax.value_and_grad(loss)(params, fused, False)
     got_loss, got_grad = jax.value_and_grad(loss)(params, mod, False)
     np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
-    chex.assert_trees_all_close(got_grad, want_grad, atol=1e-6)
+    float32.assert_trees_close(got_grad, want_grad)
 
     # The programs differ as the policy says: jax's fused kernel adds a unit group axis.
     def program(module):
@@ -277,9 +278,9 @@ def test_causal_flag_equals_an_explicit_causal_mask(impl, dropout):
     kw["implementation"] = impl
     want = dot_product_attention(q, k, v, mask=explicit, **kw)
     got = dot_product_attention(q, k, v, mask=pad, causal=True, **kw)
-    np.testing.assert_allclose(got, want, atol=1e-6)
+    float32.assert_close(got, want)
     fused = dot_product_attention(q, k, v, mask=explicit, implementation="xla")
-    np.testing.assert_allclose(got, fused, atol=1e-6)
+    float32.assert_close(got, fused)
 
 
 def test_one_hot_lookup_gradient_equals_the_scatter_add():

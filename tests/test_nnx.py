@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import chex
 import flax.linen as nn
+import float32
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,7 +45,7 @@ def test_forward_equals_linen_apply(family):
     model, params, inputs = _model_and_params(family)
     m = pjx_nnx.to_nnx(model, params)
     assert isinstance(m, nnx.Module)
-    chex.assert_trees_all_close(m(**inputs), model.apply({"params": params}, **inputs), atol=1e-6)
+    float32.assert_trees_close(m(**inputs), model.apply({"params": params}, **inputs))
     # Every parameter is an nnx.Param carrying its logical axis names.
     for v in jax.tree.leaves(nnx.state(m, nnx.Param), is_leaf=lambda x: isinstance(x, nnx.Param)):
         assert isinstance(v, nnx.Param) and len(v.get_metadata()["out_sharding"]) == v.ndim
@@ -76,7 +77,7 @@ def test_one_optimizer_step_equals_the_optax_step_on_the_linen_pytree():
     loss, want, _ = linen_step(params, tx.init(params))
     chex.assert_trees_all_close(nnx_step(m, opt), loss, atol=1e-6)
     got = pjx_nnx.params_of(m)
-    chex.assert_trees_all_close(got, want, atol=1e-6)
+    float32.assert_trees_close(got, want)
     moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), got, params)
     assert max(jax.tree.leaves(moved)) > 1e-3  # the step really changed the parameters
 
