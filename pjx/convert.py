@@ -63,7 +63,13 @@ def pjx_to_hf(src, dst) -> Path:
             f"{src} is a LoRA run: merge its adapters first (pjx convert merge-lora {src} "
             "MERGED), then export MERGED; or write the adapter alone (pjx convert pjx-to-peft)"
         )
-    out = hf.save(saved.family, saved.fields, saved.params(), dst)
+    fields, params = dict(saved.fields), saved.params()
+    if fields.get("generator_size"):
+        # ELECTRA: what it releases is the discriminator's encoder, a plain BERT (the
+        # generator and the replaced-token head are training machinery, as in the paper).
+        fields.update(generator_size=0.0, mlm_head=False, nsp_head=False, pooler=False)
+        params = {"bert": params["bert"]}
+    out = hf.save(saved.family, fields, params, dst)
     if saved.tokenizer_dir is not None:
         # The step's Orbax commit marker is not a tokenizer file.
         ignore = shutil.ignore_patterns(ckpt.COMMIT_MARKER)

@@ -28,11 +28,25 @@ import numpy as np
 
 from pjx import inference
 from pjx import run as run_lib
+from pjx import teacher as teacher_lib
 from pjx import train as train_lib
 from pjx.data import overlap
 from pjx.saved import Saved
 
 log = logging.getLogger(__name__)
+
+
+def _with_teacher(s: train_lib.Setup, config, source: str) -> train_lib.Setup:
+    """`s` with a distillation run's teacher (distill.teacher), which must be the one it
+    trained with (distill.teacher_hash)."""
+    params = Saved(config.distill.teacher).params(like=s.abstract_frozen[0])
+    trained_with = str(config.distill.get("teacher_hash") or "")
+    if trained_with and teacher_lib.param_hash(params) != trained_with:
+        raise ValueError(
+            f"{source} distilled from {config.distill.teacher}, whose parameters changed since "
+            "(distill.teacher_hash differs): its distillation metrics cannot be recomputed"
+        )
+    return train_lib.with_frozen(s, (params,))
 
 
 class Loaded:
@@ -54,6 +68,8 @@ class Loaded:
             )
         self.config, self.tokenizer, self.source = c, self.saved.tokenizer, str(source)
         self.setup = train_lib.build(c, tokenizer=self.tokenizer, devices=devices)
+        if self.setup.frozen_models:  # distill: the loss compares with its teacher
+            self.setup = _with_teacher(self.setup, c, str(source))
         params = self.saved.params(merged=False, like=self.setup.abstract_state.params)
         self.params = jax.device_put(params, self.setup.state_shardings.params)
         self._data = None

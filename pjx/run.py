@@ -320,6 +320,8 @@ def load_teacher(s: train_lib.Setup, config, workdir):
         )
     config = config.copy_and_resolve_references()
     config.distill.teacher_hash = digest
+    if "teacher_hash" in config.task_args:  # the resolved options repeat the block's
+        config.task_args.teacher_hash = digest
     s = dataclasses.replace(s, config=config)
     return config, train_lib.with_frozen(s, (params,))
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pjx import checkpoint, cli, losses, models, run, saved, teacher, train
+from pjx import checkpoint, cli, evaluation, losses, models, run, saved, teacher, train
 from pjx import config as config_lib
 from pjx.models import bert
 from pjx.tasks import distill
@@ -220,6 +220,10 @@ def test_resume_is_exact_and_the_checkpoint_holds_no_teacher(
     assert rc == 2 and "trained with another teacher" in capsys.readouterr().err
     assert (resumed / "config.json").read_text() == before
     assert sorted(checkpoint.complete_step_dirs(resumed / "checkpoints")) == [1, 2]
+    # `pjx eval` of the student runs its distillation loss against the same teacher.
+    mets = evaluation.evaluate(str(straight), "embedded[200:260]", devices=jax.devices()[:1])
+    last = [json.loads(x) for x in open(straight / "metrics.jsonl")][-1]
+    assert np.isfinite(mets["loss"]) and mets.keys() >= {k for k in last if k.startswith("mlm")}
 
 
 def _gpt2_folder(path):

@@ -12,7 +12,7 @@ import pytest
 from data_fixtures import ByteTok, IndexedBatches, Preempting
 
 from pjx import config as config_lib
-from pjx import init_from, loop, losses, masking, run, sharding, train
+from pjx import convert, init_from, loop, losses, masking, run, sharding, train
 from pjx.metrics_log import TIMING_KEYS
 
 L, B = 16, 8
@@ -255,6 +255,14 @@ def test_init_from_an_electra_run_gives_a_classifier_the_discriminator(
     text = out.out + out.err
     n = int(re.search(r"init_from .*: (\d+) loaded", text).group(1))
     assert n == len(loaded) and re.search(r"dropped\s+generator/", text)
+
+    # Exported to Hugging Face, it is the discriminator's encoder, a plain BERT.
+    out = convert.pjx_to_hf(str(pre), tmp_path / "hf")
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["BertModel"]
+    back, report = init_from.init_from(f"hf:{out}", params, verbose=False)
+    assert {p for p, _ in report.loaded} == loaded
+    for p in loaded:
+        np.testing.assert_array_equal(_paths(back)[p], _paths(trained)[p])
 
 
 def _paths(tree):

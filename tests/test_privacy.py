@@ -340,7 +340,8 @@ def test_dp_run_sharded_equals_one_device_and_resumes_exactly(tmp_path):
     for other in ("mesh", "cut"):
         (tmp_path / other).mkdir()
         shutil.copy(secret, tmp_path / other / privacy.SECRET_FILE)
-    mesh = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}
+    # The runs compared by their train lines skip evaluation (an 8-device eval compile).
+    mesh = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "eval_data.source": ""}
     run.train(_dp_config(**mesh), str(tmp_path / "mesh"))
     a, b = _train_lines(tmp_path / "one"), _train_lines(tmp_path / "mesh")
     np.testing.assert_allclose([r["grad_norm"] for r in a], [r["grad_norm"] for r in b], rtol=1e-5)
@@ -350,7 +351,7 @@ def test_dp_run_sharded_equals_one_device_and_resumes_exactly(tmp_path):
     config = json.loads((tmp_path / "one" / "config.json").read_text())["dp"]
     assert config["padded_batch_size"] > 8 and config["sampling_rate"] == 8 / 200
 
-    one_dev = {"mesh.data": 1, "checkpoint_every": 2}
+    one_dev = {"mesh.data": 1, "checkpoint_every": 2, "eval_data.source": ""}
     run.train(_dp_config(steps=2, **one_dev), str(tmp_path / "cut"), devices=jax.devices()[:1])
     run.train(_dp_config(**one_dev), str(tmp_path / "cut"), devices=jax.devices()[:1])
     assert _train_lines(tmp_path / "cut") == a
