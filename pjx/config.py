@@ -31,7 +31,19 @@ from pathlib import Path
 
 import ml_collections
 
-from pjx import data, hf, init_from, lora, metrics_log, models, optim, privacy, sharding, tasks
+from pjx import (
+    data,
+    hf,
+    init_from,
+    lora,
+    metrics_log,
+    models,
+    optim,
+    privacy,
+    private_data,
+    sharding,
+    tasks,
+)
 from pjx import teacher as teacher_lib
 from pjx.tokenizers import parse_spec
 from pjx.values import parse_bool
@@ -332,7 +344,7 @@ def resolve_data(config) -> ml_collections.ConfigDict:
                 "negatives), so clipping one example's gradient does not bound its influence "
                 "on the update. Train it without dp."
             )
-        privacy.check_run(c, task)
+        private_data.check_run(c, task)
     return c
 
 

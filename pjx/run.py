@@ -32,6 +32,7 @@ from pjx import (
     loop,
     plot,
     privacy,
+    private_data,
     saved,
     sharding,
     tokenizers,
@@ -221,7 +222,7 @@ def resolve_run(
     mesh = sharding.make_mesh(config.mesh, devices)
     if not privacy.enabled(config.dp):
         return Resolved(config, tokenizer, mesh)
-    privacy.check_vocabulary(config, getattr(tokenizer, "trained_on", None))
+    private_data.check_vocabulary(config, getattr(tokenizer, "trained_on", None))
     planned_at, record = 0, None
     if checkpoints and not fresh:
         planned_at, record = checkpoint.read_item(os.path.join(workdir, "checkpoints"), "privacy")
@@ -360,7 +361,7 @@ def build_tokenizer(config, workdir: str | None = None):
     # What it is trained on: refused before training in a private run (pjx.privacy).
     trained_on = {"source": str(config.data.source)}
     if privacy.enabled(config.dp):
-        privacy.check_vocabulary(config, trained_on)
+        private_data.check_vocabulary(config, trained_on)
     # A generator: the texts are read only if the tokenizer is trained now.
     texts = data.read_texts(config.data.source, config.data)
     return tokenizers.from_config(

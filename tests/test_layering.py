@@ -36,6 +36,7 @@ LAYERS = [
         "pjx.optim",
         "pjx.accounting",
         "pjx.privacy",
+        "pjx.private_data",
         "pjx.sharding",
         "pjx.checkpoint",
         "pjx.checkpoint_io",

@@ -307,7 +307,9 @@ def test_packed_prepared_rows_and_a_vocabulary_trained_on_them_are_refused(tmp_p
     text = f"text:{tmp_path}/docs.txt"
 
     def prepare(pack):
-        c = _no_dp(task="mlm", **{"data.source": text, "data.tokenizer": "train:char"})
+        c = _no_dp(
+            task="mlm", **{"data.source": text, "data.tokenizer": "train:char?specials=bert"}
+        )
         c.model.num_labels, c.eval_data.source, c.data.pack = 0, "", pack
         c = config_lib.resolve_data(c)
         out = str(tmp_path / f"prep_{pack}")
