@@ -172,6 +172,7 @@ def _assemble(config, workdir, *, train_data, eval_data, tokenizer, checkpoints,
     s = train_lib.build(config, tokenizer=tokenizer, mesh=rs.mesh)
     if s.frozen_models:  # distill's teacher: read and checked before anything is written
         config, s = load_teacher(s, config, workdir)
+    ran_with = saved_config(workdir)  # the last start's: a re-plan checks replays against it
     save_config(config, workdir)
     log.info(config_lib.describe(config))
     log.info(train_lib.describe(s))
@@ -199,6 +200,9 @@ def _assemble(config, workdir, *, train_data, eval_data, tokenizer, checkpoints,
             state, step = checkpointer.restore(s.abstract_state, train_data)
         if plan is not None and step != rs.planned_at:
             checkpointer.close()
+            if ran_with and jax.process_index() == 0:
+                with open(os.path.join(workdir, "config.json"), "w") as f:
+                    f.write(json.dumps(ran_with, indent=1) + "\n")
             return None
         if state is None:
             state = fresh_state(s, config, rs.secret)
