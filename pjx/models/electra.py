@@ -31,7 +31,7 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
-from pjx.models import bert
+import pjx.models.bert as bert
 from pjx.nn.attention import make_attention_mask
 from pjx.nn.config import constrain
 from pjx.nn.dense import dense

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 import pjx.tasks.base as base
 from pjx import losses as loss_lib
-from pjx import masking, models
+from pjx import models
 from pjx.models import bert
 from pjx.nn.attention import make_attention_mask
 from pjx.tasks.mlm import MLM
@@ -119,16 +119,8 @@ class Distill(MLM):
         terms = dict(parse_losses(losses))
         k_mask, k_drop = jax.random.split(rng)
         ids = batch["input_ids"]
-        m = masking.mask_tokens(
-            k_mask,
-            ids,
-            rate=mask_rate,
-            mask_id=mask_id,
-            vocab_size=vocab_size,
-            special_ids=tuple(special_ids),
-            max_predictions=max_predictions,
-            pad_id=pad_id,
-        )
+        m = self.mask(k_mask, ids, mask_id, vocab_size, special_ids, pad_id, mask_rate,
+                      max_predictions)  # fmt: skip
         inputs = dict(
             attention_mask=batch.get("attention_mask"),
             token_type_ids=batch.get("token_type_ids"),

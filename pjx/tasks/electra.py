@@ -60,18 +60,8 @@ class Electra(MLM):
             position_ids=batch.get("position_ids"),
             segment_ids=batch.get("segment_ids"),
         )
-        m = masking.mask_tokens(
-            k_mask,
-            ids,
-            rate=mask_rate,
-            mask_id=mask_id,
-            vocab_size=vocab_size,
-            special_ids=tuple(special_ids),
-            max_predictions=max_predictions,
-            pad_id=pad_id,
-            mask_fraction=0.85,
-            random_fraction=0.0,
-        )
+        m = self.mask(k_mask, ids, mask_id, vocab_size, special_ids, pad_id, mask_rate,
+                      max_predictions, mask_fraction=0.85, random_fraction=0.0)  # fmt: skip
         w = base.weight(batch, ids.shape[0])
         mlm_logits = base.apply(
             model,

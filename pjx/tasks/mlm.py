@@ -23,6 +23,24 @@ class MLM(base.Task):
     unit = "tokens"
     defaults = dict(mask_rate=0.15, max_predictions=None, nsp=False, label_smoothing=0.0)
 
+    @staticmethod
+    def mask(key, ids, mask_id, vocab_size, special_ids, pad_id, mask_rate, max_predictions,
+             **shares):  # fmt: skip
+        """BERT's masking of `ids` with the task's arguments (pjx.masking.mask_tokens;
+        `shares`: its mask_fraction / random_fraction), for this task and the ones built
+        on it (electra, distill)."""
+        return masking.mask_tokens(
+            key,
+            ids,
+            rate=mask_rate,
+            mask_id=mask_id,
+            vocab_size=vocab_size,
+            special_ids=tuple(special_ids),
+            max_predictions=max_predictions,
+            pad_id=pad_id,
+            **shares,
+        )
+
     def loss(
         self,
         model,
@@ -42,16 +60,8 @@ class MLM(base.Task):
     ):
         k_mask, k_drop = jax.random.split(rng)
         ids = batch["input_ids"]
-        m = masking.mask_tokens(
-            k_mask,
-            ids,
-            rate=mask_rate,
-            mask_id=mask_id,
-            vocab_size=vocab_size,
-            special_ids=tuple(special_ids),
-            max_predictions=max_predictions,
-            pad_id=pad_id,
-        )
+        m = self.mask(k_mask, ids, mask_id, vocab_size, special_ids, pad_id, mask_rate,
+                      max_predictions)  # fmt: skip
         out = base.apply(
             model,
             params,
