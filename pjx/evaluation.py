@@ -28,7 +28,6 @@ import numpy as np
 
 from pjx import inference
 from pjx import run as run_lib
-from pjx import teacher as teacher_lib
 from pjx import train as train_lib
 from pjx.data import overlap
 from pjx.saved import Saved
@@ -39,9 +38,9 @@ log = logging.getLogger(__name__)
 def _with_teacher(s: train_lib.Setup, config, source: str) -> train_lib.Setup:
     """`s` with a distillation run's teacher (distill.teacher), which must be the one it
     trained with (distill.teacher_hash)."""
-    params = Saved(config.distill.teacher).params(like=s.abstract_frozen[0])
+    params, digest = run_lib.read_teacher(s, config)
     trained_with = str(config.distill.get("teacher_hash") or "")
-    if trained_with and teacher_lib.param_hash(params) != trained_with:
+    if trained_with and digest != trained_with:
         raise ValueError(
             f"{source} distilled from {config.distill.teacher}, whose parameters changed since "
             "(distill.teacher_hash differs): its distillation metrics cannot be recomputed"

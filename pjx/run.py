@@ -309,12 +309,17 @@ def fresh_state(s: train_lib.Setup, config, secret=None) -> train_lib.TrainState
     return state.replace(params=params, ema=ema)
 
 
+def read_teacher(s: train_lib.Setup, config):
+    """Task distill: (the teacher's parameters in the layout `s` takes them, their hash)."""
+    params = saved.Saved(config.distill.teacher).params(like=s.abstract_frozen[0])
+    return params, teacher_lib.param_hash(params)
+
+
 def load_teacher(s: train_lib.Setup, config, workdir):
     """Task distill: (`config` with `distill.teacher_hash`, `s` with the teacher's
     parameters as its frozen step argument). A workdir whose checkpoints trained with a
     teacher of another hash is refused."""
-    params = saved.Saved(config.distill.teacher).params(like=s.abstract_frozen[0])
-    digest = teacher_lib.param_hash(params)
+    params, digest = read_teacher(s, config)
     before = (saved_config(workdir).get("distill") or {}).get("teacher_hash")
     ran = checkpoint.complete_step_dirs(os.path.join(workdir, "checkpoints"))
     if before and before != digest and ran:
