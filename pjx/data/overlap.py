@@ -12,10 +12,10 @@ copy of the same rows in another file.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import pjx.data.files as files
+import pjx.data.prepared as prepared
 import pjx.data.sources as sources
 from pjx.data import with_defaults
 from pjx.uri import Uri, parse_uri, slice_bounds
@@ -80,8 +80,6 @@ def shared_rows(a: str, b: str, cfg=None) -> int:
 
 def _prepared_source(folder: str) -> str | None:
     """The source URI a prepared folder was made from (None without an index)."""
-    path = os.path.join(os.path.expanduser(folder), "index.json")
-    if not os.path.isfile(path):
+    if not os.path.isfile(os.path.join(os.path.expanduser(folder), "index.json")):
         return None
-    with open(path) as f:
-        return json.load(f).get("source")
+    return prepared.load_index(folder).get("source")
