@@ -197,6 +197,8 @@ def audit(
         return dict(mech, canaries=made)
 
     s = train_lib.build(config, tokenizer=r.tokenizer, mesh=r.mesh, dp_mechanism=pick)
+    if s.frozen_models:  # distill's teacher: the step takes its parameters, as in training
+        config, s = run_lib.load_teacher(s, config, workdir)
     m = chosen["m"]
     note = (
         f"audit: {m:,} {kind} canaries; a perfect attack could show at most epsilon "
@@ -222,7 +224,7 @@ def audit(
         for step in range(int(config.steps)):
             if step:
                 batch = next(batches)
-            state, mets = step_fn(state, sharding.global_batch(batch, s.batch_sharding))
+            state, mets = step_fn(state, sharding.global_batch(batch, s.batch_sharding), *s.frozen)
             if int(mets.get("canaries_dropped", 0)):
                 raise RuntimeError(f"step {step}: more example canaries drawn than slots")
             # The released gradient at each canary's coordinate, in units of C per batch.

@@ -131,6 +131,18 @@ def test_clipping_switched_off_is_caught_by_example_canaries(tmp_path, monkeypat
     assert r["epsilon_lower_bound"] > r["epsilon"] and r["verdict"] == "violation", r
 
 
+def test_noise_switched_off_is_caught_at_a_claim_of_8(tmp_path):
+    """The headline claim people use (epsilon 8 at delta 1e-6, noise calibrated to it) and no
+    noise at all: the default picks 10^5 canaries (ceiling 8.7 > 8), so the bound can pass
+    the claim, and does. The model is wide enough for that many coordinates (128 x 800)."""
+    _fix_secret(tmp_path)
+    big = {"model.hidden_size": 128, "model.mlp_dim": 800, "dp.noise_multiplier": None}
+    c = _config(**{**STEPS, **big, "dp.target_epsilon": 8.0})
+    r = audit.audit(c, str(tmp_path), devices=jax.devices()[:1], mechanism={"noise_multiplier": 0})
+    assert r["epsilon"] == pytest.approx(8, abs=1e-3) and r["canaries"] == 100_000, r
+    assert r["epsilon_ceiling"] > 8 and r["verdict"] == "violation", r
+
+
 def test_example_canaries_on_the_real_mechanism_stay_below_the_claim(tmp_path):
     r = _audit(tmp_path, canaries=1000, kind="example")
     assert r["epsilon_lower_bound"] <= r["epsilon"] and r["verdict"] == "consistent", r

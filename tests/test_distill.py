@@ -284,6 +284,24 @@ def test_random_student_across_widths_with_relations_only(teachers, tmp_path):
     assert np.isfinite(line["loss"])
 
 
+def test_a_private_student_trains_and_audits_with_its_teacher(teachers, tmp_path):
+    """DP-SGD on the student's data (the teacher trained elsewhere, a public model): the
+    step takes the teacher as in plain distillation, and `pjx audit` runs the same step."""
+    from pjx import audit
+
+    dp = {"dp.noise_multiplier": 1.0, "dp.delta": 1e-5, "data.pack": "none", "steps": 2}
+    run.train(_student(teachers[0], **dp), str(tmp_path / "w"), FAST, devices=jax.devices()[:1])
+    lines = [json.loads(x) for x in open(tmp_path / "w" / "metrics.jsonl")]
+    train_lines = [x for x in lines if x["split"] == "train"]
+    assert [x["step"] for x in train_lines] == [1, 2]  # DP lines: released values only
+    assert all(x["dp_epsilon"] > 0 and "loss" not in x for x in train_lines)
+    r = audit.audit(
+        _student(teachers[0], **dp), str(tmp_path / "a"), canaries=100,
+        devices=jax.devices()[:1],
+    )  # fmt: skip
+    assert r["canaries"] == 100 and r["verdict"] in ("consistent", "inconclusive"), r
+
+
 # ------------------------------------------------------------------ layouts, devices
 def _setup(c, tokenizer, devices=None):
     s = train.build(c, tokenizer=tokenizer, devices=devices)

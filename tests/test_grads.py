@@ -4,6 +4,8 @@ per-example norms are found (ghost clipping or vmap)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -68,8 +70,27 @@ def _vit_classify():
     return model, batch, "classify", {}
 
 
+def _bert_distill():
+    """A student under its frozen teacher (task distill): the teacher's own Dense layers run
+    inside each example's loss and must take no part in the student's per-example norms."""
+    model, batch, _, args = _bert_mlm()
+    teacher = models.create(
+        "bert", "tiny", **dict(SMALL, num_layers=2), max_position_embeddings=L, mlm_head=True,
+        sow_internals=True,
+    )  # fmt: skip
+    inputs = models.example_inputs("bert", teacher.config, 1, L)
+    t_params = nn.meta.unbox(teacher.init(jax.random.key(5), **inputs)["params"])
+    student = models.create(
+        "bert", "tiny", **SMALL, max_position_embeddings=L, mlm_head=True, sow_internals=True
+    )
+    losses = "logits:5,hidden_cosine:1,attention_relations:1,embedding:1,mlm:2"
+    args = dict(args, teacher_model=dataclasses.asdict(teacher.config), losses=losses)
+    return student, batch, "distill", args, (t_params,)
+
+
 FAMILIES = {
     "bert-mlm (tied decoder)": _bert_mlm,
+    "bert-distill (frozen teacher)": _bert_distill,
     "gpt2-clm (tied wte)": _gpt2_clm,
     "t5-seq2seq": _t5_seq2seq,
     "vit-classify": _vit_classify,
@@ -77,10 +98,11 @@ FAMILIES = {
 
 
 def _setup(make):
-    model, batch, task, extra = make()
+    model, batch, task, extra, *frozen = make()
+    frozen = frozen[0] if frozen else ()
     t = tasks.get(task)
     args = t.runtime_args({**t.args({}), **extra}, None, model.config)
-    fn = lambda p, b, r: t.loss(model, p, b, r, train=True, **args)
+    fn = lambda p, b, r: t.loss(model, p, b, r, *frozen, train=True, **args)
     name = type(model).__module__.rsplit(".", 1)[-1]
     inputs = models.example_inputs(name, model.config, 1, L)
     params = nn.meta.unbox(model.init(jax.random.key(0), **inputs)["params"])
