@@ -284,27 +284,31 @@ def _meets(target, delta, segments, accountant) -> bool:
         return False
 
 
-def inherit(source: str, source_data: str | None, shared: int, ledger: dict | None, data: str):
-    """What a private run started from `init_from` = `source` inherits: (segments, a line
-    saying why). Its steps count when it trained on this run's rows (`shared` of them, from
-    `source_data`): composed when they were private (`ledger`: its checkpoint's), refused
-    when they were not. A model pjx cannot see the data of (no `source_data`: a Hugging Face
-    folder, an adapter) is taken as public."""
+def inherit(
+    source: str, source_data: str | None, shared: int, ledger: dict | None, data: str,
+    key: str = "init_from",
+):  # fmt: skip
+    """What a private run inherits from `source`, the run it starts from (`key` init_from)
+    or learns from (distill.teacher): (segments, a line saying why). Its steps count when it
+    trained on this run's rows (`shared` of them, from `source_data`): composed when they
+    were private (`ledger`: its checkpoint's), refused when they were not. A model pjx
+    cannot see the data of (no `source_data`: a Hugging Face folder, an adapter) is taken
+    as public."""
     if source_data is None:
         return (), (
-            f"DP-SGD: init_from {source} keeps no record of its training data: epsilon covers "
+            f"DP-SGD: {key} {source} keeps no record of its training data: epsilon covers "
             f"{data} only if that model never trained on these rows (a public model)"
         )
     if not shared:
         return (), (
-            f"DP-SGD: init_from {source} trained on {source_data}, which shares no rows with "
+            f"DP-SGD: {key} {source} trained on {source_data}, which shares no rows with "
             f"{data}: nothing to compose"
         )
     if ledger is None:
         raise ValueError(
-            f"init_from {source} trained without DP-SGD on {source_data}, which holds {shared} "
+            f"{key}={source} trained without DP-SGD on {source_data}, which holds {shared} "
             f"of this run's training rows ({data}): those rows are not protected, so no "
-            "epsilon would hold for them. init_from a model trained on other (public) data, "
+            f"epsilon would hold for them. Use a {key} trained on other (public) data, "
             "or on these rows with DP-SGD."
         )
     segments = tuple(
@@ -312,7 +316,7 @@ def inherit(source: str, source_data: str | None, shared: int, ledger: dict | No
     )
     ran = sum(x.steps for x in segments)
     return segments, (
-        f"DP-SGD: init_from {source} trained privately on {source_data} ({shared} of this "
+        f"DP-SGD: {key} {source} trained privately on {source_data} ({shared} of this "
         f"run's rows): its {ran} steps are composed with this run's"
     )
 

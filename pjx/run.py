@@ -237,9 +237,10 @@ def resolve_run(
             "privately in a new --workdir (init_from a non-private run on public data only)."
         )
     inherited = ()
-    if record is None and config.get("init_from"):
-        inherited, why = inherited_privacy(config)
-        log.info(why)
+    if record is None:
+        inherited, lines = inherited_privacy(config)
+        for line in lines:
+            log.info(line)
     plan = plan_privacy(config, tokenizer, workdir, mesh, record, inherited=inherited)
     config = config_lib.with_privacy(config, plan, data_fingerprint(config.data))
     if not fresh:
@@ -254,19 +255,30 @@ def resolve_run(
     return Resolved(config, tokenizer, mesh, plan, secret, planned_at)
 
 
-def inherited_privacy(config) -> tuple[tuple, str]:
-    """The private steps `config.init_from` ran on this run's rows, and a line saying
-    which case applies (pjx.privacy.inherit)."""
-    source = str(config.init_from)
-    model = saved.Saved(source)
-    source_data = None
-    if model.kind == "pjx":
-        source_data = (model.raw_config.get("data") or {}).get("source")
-    shared = 0
-    if source_data:
-        shared = overlap.shared_rows(str(source_data), str(config.data.source), config.data)
-    ledger = checkpoint.read_step_item(model.path, "privacy") if source_data else None
-    return privacy.inherit(source, source_data, shared, ledger, str(config.data.source))
+def inherited_privacy(config) -> tuple[tuple, list[str]]:
+    """The private steps that the runs this one learns from ran on its rows (`init_from`,
+    and task distill's teacher, whose outputs on these rows the student trains on), and a
+    line per source saying which case applies (pjx.privacy.inherit)."""
+    sources = {}
+    if config.get("init_from"):
+        sources[str(config.init_from)] = "init_from"
+    if config.get("task") == "distill" and config.distill.teacher:
+        sources.setdefault(teacher_lib.local(str(config.distill.teacher)), "distill.teacher")
+    segments, lines = (), []
+    for source, key in sources.items():
+        model = saved.Saved(source)
+        source_data = None
+        if model.kind == "pjx":
+            source_data = (model.raw_config.get("data") or {}).get("source")
+        shared = 0
+        if source_data:
+            shared = overlap.shared_rows(str(source_data), str(config.data.source), config.data)
+        ledger = checkpoint.read_step_item(model.path, "privacy") if source_data else None
+        found, why = privacy.inherit(
+            source, source_data, shared, ledger, str(config.data.source), key=key
+        )
+        segments, lines = segments + tuple(found), [*lines, why]
+    return segments, lines
 
 
 def plan_privacy(config, tokenizer, workdir, mesh, ledger=None, num_examples=None, inherited=()):

@@ -285,11 +285,17 @@ def test_random_student_across_widths_with_relations_only(teachers, tmp_path):
 
 
 def test_a_private_student_trains_and_audits_with_its_teacher(teachers, tmp_path):
-    """DP-SGD on the student's data (the teacher trained elsewhere, a public model): the
-    step takes the teacher as in plain distillation, and `pjx audit` runs the same step."""
+    """DP-SGD on rows the teacher never saw (it trained on embedded[:200]): the step takes
+    the teacher as in plain distillation, and `pjx audit` runs the same step. On the
+    teacher's own rows it is refused: the teacher trained on them without DP, and the
+    student would learn them from its outputs."""
     from pjx import audit
 
     dp = {"dp.noise_multiplier": 1.0, "dp.delta": 1e-5, "data.pack": "none", "steps": 2}
+    with pytest.raises(ValueError, match="distill.teacher=.*trained without DP-SGD.*holds 200"):
+        run.train(_student(teachers[0], **dp), str(tmp_path / "same"), FAST)
+    assert not (tmp_path / "same" / "checkpoints").exists()
+    dp["data.source"] = "embedded[300:500]"
     run.train(_student(teachers[0], **dp), str(tmp_path / "w"), FAST, devices=jax.devices()[:1])
     lines = [json.loads(x) for x in open(tmp_path / "w" / "metrics.jsonl")]
     train_lines = [x for x in lines if x["split"] == "train"]
