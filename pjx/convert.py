@@ -109,7 +109,8 @@ def _hf_base(source) -> str | None:
     return str(path.resolve()) if path.is_dir() else source[3:]
 
 
-PEFT_TASK = {"bert": "SEQ_CLS", "vit": "SEQ_CLS", "gpt2": "CAUSAL_LM", "t5": "SEQ_2_SEQ_LM"}
+PEFT_TASK = {"bert": "SEQ_CLS", "vit": "SEQ_CLS", "gpt2": "CAUSAL_LM", "t5": "SEQ_2_SEQ_LM",
+             "llama": "CAUSAL_LM"}  # fmt: skip
 
 
 def to_peft(src, dst) -> Path:

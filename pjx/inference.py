@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pjx import distributed, sharding
-from pjx.models import gpt2, t5
+from pjx.models import gpt2, llama, t5
 from pjx.saved import Saved
 
 log = logging.getLogger(__name__)
@@ -38,21 +38,22 @@ def load(source, **model_overrides):
 def generate(
     source, prompt: str, *, max_new_tokens=100, temperature=0.8, top_k=None, seed=0
 ) -> str:
-    """Continues `prompt` with a GPT-2 model saved at `source` (KV-cache sampling; longer
-    than the model's context, the history is cut to a sliding window)."""
+    """Continues `prompt` with a decoder (GPT-2, Llama family) saved at `source` (KV-cache
+    sampling; longer than the model's context, the history is cut to a sliding window)."""
     model, params, tokenizer = load(source)
     sampler = Sampler(model, tokenizer, temperature=temperature, top_k=top_k, where=source)
     return sampler(params, prompt, max_new_tokens, jax.random.key(seed))
 
 
 class Sampler:
-    """prompt -> prompt + sampled continuation, for one GPT-2 model (compiled once per
+    """prompt -> prompt + sampled continuation, for one decoder model (compiled once per
     length, reused across prompts)."""
 
     def __init__(self, model, tokenizer, *, temperature=0.8, top_k=None, where=""):
-        if not isinstance(model, gpt2.Model):
+        if not isinstance(model, (gpt2.Model, llama.Model)):
             raise ValueError(
-                f"{where} holds a {type(model).__module__} model; generation needs gpt2"
+                f"{where} holds a {type(model).__module__} model; generation needs a "
+                "decoder (gpt2, llama)"
             )
         if tokenizer is None:
             raise ValueError(f"{where} has no tokenizer folder to encode the prompt with")

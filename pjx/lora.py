@@ -44,9 +44,11 @@ TARGETS = {
     "gpt2": r"attn/c_attn$",  # GPT-2 fuses q, k, v in one kernel (PEFT targets it whole)
     "t5": r"(SelfAttention|EncDecAttention)/(q|v)$",
     "vit": r"attention/attention/(query|value)$",
+    "llama": r"self_attn/(q_proj|v_proj)$",
 }
 # Heads that are new for a fine-tuning task and so train fully (PEFT's modules_to_save).
-HEADS = {"bert": r"^(pre_)?classifier/", "vit": r"^classifier/", "gpt2": r"$^", "t5": r"$^"}
+HEADS = {"bert": r"^(pre_)?classifier/", "vit": r"^classifier/", "gpt2": r"$^", "t5": r"$^",
+         "llama": r"$^"}  # fmt: skip
 ADAPTER_NAMES = ("lora_a", "lora_b")
 
 

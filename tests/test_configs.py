@@ -49,6 +49,7 @@ LAST_STAGE = {"distill.py:smoke": "student"}
 # tests/test_notebooks.py (on generated data where the local data sets are missing).
 FLOWS = {
     "gpt2": ["gpt2_lm.py:smoke", "gpt2_lm.py:smoke"],  # continued LM training
+    "llama": ["llama_lm.py:smoke", "llama_lm.py:shakespeare_char,smoke"],
     "t5": ["t5_span.py:smoke", "t5_span.py:seq2seq,smoke"],
 }
 IN_NOTEBOOKS = [

@@ -88,8 +88,18 @@ def _bert_distill():
     return student, batch, "distill", args, (t_params,)
 
 
+def _llama_clm():
+    model, batch, task, extra = _gpt2_clm()
+    model = models.create(
+        "llama", "tiny", **dict(SMALL, num_heads=4), num_kv_heads=2, qk_norm=True,
+        qkv_bias=True, max_position_embeddings=L,
+    )  # fmt: skip
+    return model, batch, task, extra
+
+
 FAMILIES = {
     "bert-mlm (tied decoder)": _bert_mlm,
+    "llama-clm (GQA, q/k norms, untied)": _llama_clm,
     "bert-distill (frozen teacher)": _bert_distill,
     "gpt2-clm (tied wte)": _gpt2_clm,
     "t5-seq2seq": _t5_seq2seq,

@@ -24,6 +24,7 @@ FIELDS = {
     "gpt2": dict(SMALL, vocab_size=64, max_position_embeddings=16),
     "t5": dict(SMALL, vocab_size=64, head_dim=16),
     "vit": dict(SMALL, image_size=16, patch_size=8, num_channels=3, num_labels=3),
+    "llama": dict(SMALL, num_kv_heads=1, vocab_size=64, max_position_embeddings=16),
 }
 RANK4 = dict(lora.DEFAULTS, rank=4, alpha=8.0)
 
@@ -81,7 +82,7 @@ def _out(model, params, inputs):
 
 
 # ------------------------------------------------------------------ the adapted model
-@pytest.mark.parametrize("family", ["bert", "gpt2", "t5", "vit"])
+@pytest.mark.parametrize("family", ["bert", "gpt2", "t5", "vit", "llama"])
 def test_fresh_adapters_give_the_base_model_exactly(family):
     model, adapted, params, inputs = _init(family)
     adapters = sorted(p.rsplit("/", 1)[0] for p in flat(params) if p.endswith("/lora_b"))
@@ -93,7 +94,7 @@ def test_fresh_adapters_give_the_base_model_exactly(family):
     np.testing.assert_array_equal(_out(adapted, params, inputs), _out(model, _base(params), inputs))
 
 
-@pytest.mark.parametrize("family", ["bert", "gpt2", "t5"])
+@pytest.mark.parametrize("family", ["bert", "gpt2", "t5", "llama"])
 def test_merged_model_equals_the_adapted_model(family):
     model, adapted, params, inputs = _init(family)
     params = _randomise_adapters(params)
@@ -261,6 +262,12 @@ def _hf_base(tf, family, path):
             intermediate_size=37, max_position_embeddings=16, num_labels=3,
         )  # fmt: skip
         model = tf.BertForSequenceClassification(cfg)
+    elif family == "llama":
+        cfg = tf.LlamaConfig(
+            vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, intermediate_size=40, max_position_embeddings=16,
+        )  # fmt: skip
+        model = tf.LlamaForCausalLM(cfg)
     else:
         cfg = tf.GPT2Config(
             vocab_size=300, n_embd=32, n_layer=2, n_head=4, n_positions=16, bos_token_id=0,
@@ -289,7 +296,7 @@ def _lora_workdir(family, base, dst, cfg):
 
 
 @pytest.mark.hf
-@pytest.mark.parametrize("family", ["bert", "gpt2"])
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
 def test_peft_loads_the_exported_adapter_with_pjx_logits(tf, family, tmp_path):
     import peft
     import torch
@@ -299,7 +306,8 @@ def test_peft_loads_the_exported_adapter_with_pjx_logits(tf, family, tmp_path):
     args = ["convert", "pjx-to-peft", str(tmp_path / "run"), str(tmp_path / "adapter")]
     assert cli.main(args) == 0
     adapter_config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
-    want_targets = ["query", "value"] if family == "bert" else ["c_attn"]
+    want_targets = {"bert": ["query", "value"], "gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}
+    want_targets = want_targets[family]
     assert adapter_config["target_modules"] == want_targets
     assert adapter_config["base_model_name_or_path"] == str(tmp_path / "base")
 
@@ -313,7 +321,7 @@ def test_peft_loads_the_exported_adapter_with_pjx_logits(tf, family, tmp_path):
         want = ref.eval()(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
     batch = {"input_ids": ids, "attention_mask": mask}
     got = np.asarray(_out(model, params, batch))
-    real = mask.astype(bool) if family == "gpt2" else slice(None)  # GPT-2 pads: garbage
+    real = mask.astype(bool) if family != "bert" else slice(None)  # decoders' pads: garbage
     np.testing.assert_allclose(got[real], want.numpy()[real], atol=1e-4, rtol=0)
     without = np.asarray(_out(model.model, _base(params), batch))  # the adapters matter
     assert np.abs(got[real] - without[real]).max() > 1e-3

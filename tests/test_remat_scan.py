@@ -25,8 +25,16 @@ FAMILIES = {
     "gpt2": dict(SMALL, vocab_size=64, max_position_embeddings=16, attention_dropout_rate=0.0),
     "t5": dict(SMALL, num_decoder_layers=2, head_dim=16, vocab_size=64, attention_dropout_rate=0.0),
     "vit": dict(SMALL, image_size=8, patch_size=4, num_channels=1, num_labels=3),
+    "llama": dict(
+        SMALL,
+        num_kv_heads=1,
+        vocab_size=64,
+        max_position_embeddings=16,
+        qk_norm=True,
+        variant="qwen3",
+    ),
 }
-TASK = {"bert": "classify", "gpt2": "clm", "t5": "seq2seq", "vit": "classify"}
+TASK = {"bert": "classify", "gpt2": "clm", "t5": "seq2seq", "vit": "classify", "llama": "clm"}
 
 
 def _setup(family, **fields):
@@ -115,7 +123,7 @@ def test_scanned_stack_equals_the_unscanned_one(family):
         float32.assert_close(unstacked[k], g, rtol=1e-4, scale=scale, err_msg=k)
 
 
-@pytest.mark.parametrize("family", ["bert", "gpt2"])
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
 def test_scanned_model_exports_to_hugging_face_as_unscanned(family, tmp_path):
     heads = {"mlm_head": False} if family == "bert" else {}  # one head: a classifier
     scanned, params = _setup(family, scan_layers=True, **heads)

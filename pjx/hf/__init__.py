@@ -1,4 +1,5 @@
-"""Hugging Face interop: BERT, GPT-2, ViT and T5 v1.1 safetensors checkpoints in and out.
+"""Hugging Face interop: BERT, GPT-2, ViT, T5 v1.1 and Llama-family (Llama, Qwen2 / 2.5 /
+3, Mistral) safetensors checkpoints in and out.
 
     family, fields = pjx.hf.model_config(path)   # config.json -> pjx Config fields
     params = pjx.hf.load_params(path)            # what init_from="hf:PATH" loads
@@ -28,16 +29,19 @@ import numpy as np
 from flax import traverse_util
 
 from pjx import models
-from pjx.hf import bert, distilbert, folder, gpt2, hub, mapping, peft, roberta, t5, vit
+from pjx.hf import bert, distilbert, folder, gpt2, hub, llama, mapping, peft, roberta, t5, vit
 
 log = logging.getLogger(__name__)
 
-FAMILIES = {"bert": bert, "gpt2": gpt2, "vit": vit, "t5": t5}  # family -> its HF table
+FAMILIES = {"bert": bert, "gpt2": gpt2, "vit": vit, "t5": t5, "llama": llama}  # family -> HF table
 # Hugging Face model types that are pjx BERTs of another `variant`, with their tables.
 BERT_VARIANTS = {"roberta": roberta, "distilbert": distilbert}
 _BY_MODEL_TYPE = {m.MODEL_TYPE: name for name, m in FAMILIES.items()}
 _BY_MODEL_TYPE.update({m.MODEL_TYPE: "bert" for m in BERT_VARIANTS.values()})
 _TABLES = {m.MODEL_TYPE: m for m in [*FAMILIES.values(), *BERT_VARIANTS.values()]}
+# Qwen2, Qwen3 and Mistral are the Llama layout with switches (pjx.hf.llama).
+_BY_MODEL_TYPE.update({t: "llama" for t in llama.MODEL_TYPES})
+_TABLES.update({t: llama for t in llama.MODEL_TYPES})
 
 
 def table(family: str, config=None):
@@ -68,7 +72,8 @@ def _open(path):
     if model_type not in _BY_MODEL_TYPE:
         raise ValueError(
             f"{path}: config.json model_type={model_type!r} is not supported; pjx imports "
-            f"{sorted(_BY_MODEL_TYPE)} (BERT, RoBERTa, DistilBERT, GPT-2, ViT, T5 v1.1)."
+            f"{sorted(_BY_MODEL_TYPE)} (BERT, RoBERTa, DistilBERT, GPT-2, ViT, T5 v1.1, Llama, "
+            "Qwen2 / 2.5 / 3, Mistral)."
         )
     family = _BY_MODEL_TYPE[model_type]
     tensors = folder.Tensors(path)

@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from pjx.nn import backend
+from pjx.nn import rope as pjx_rope
 from pjx.nn.config import HEADS_AXES, LayerConfig, constrain
-from pjx.nn.dense import dense
+from pjx.nn.dense import Norm, dense
 
 
 def make_attention_mask(
@@ -25,12 +26,16 @@ def make_attention_mask(
     kv_mask=None,
     q_segment_ids=None,
     kv_segment_ids=None,
+    window: int = 0,
 ):
     """One boolean mask [B|1, 1, T, S] (True = attend) for causal, padding and packed segments.
 
     `kv_mask` [B,S] is a HF `attention_mask` (1 real, 0 pad) over keys; `*_segment_ids` [B,T]/[B,S]
     (1, 2, ... per packed document, 0 on padding) keep attention inside a document. `q_offset`
-    shifts query positions for KV-cache decoding. Returns None when nothing is masked.
+    shifts query positions for KV-cache decoding. `window` > 0 (with `causal`): a sliding
+    window, each query sees itself and the `window` - 1 keys before it (Mistral; key k is
+    seen from query q when q - window < k, as transformers' `sliding_window_overlay`).
+    Returns None when nothing is masked.
     """
     mask = None
 
@@ -40,7 +45,10 @@ def make_attention_mask(
     if causal:
         q_pos = jnp.arange(q_len)[:, None] + q_offset
         k_pos = jnp.arange(kv_len)[None, :]
-        mask = (k_pos <= q_pos)[None, None]
+        seen = k_pos <= q_pos
+        if window:
+            seen = seen & (k_pos > q_pos - window)
+        mask = seen[None, None]
     if kv_mask is not None:
         mask = _and(mask, kv_mask.astype(bool)[:, None, None, :])
     if q_segment_ids is not None:
@@ -105,10 +113,18 @@ def dot_product_attention(
     implementation = backend.attention_implementation(
         implementation, q_BxTxHxK.dtype, training=training, lengths=(T, S)
     )
+    H, G = q_BxTxHxK.shape[2], k_BxSxHxK.shape[2]
+    if H % G:
+        raise ValueError(f"{H} query heads do not share {G} key / value heads evenly")
     if implementation == "einsum":
+        # Grouped-query attention (G key / value heads, H / G query heads each, query head h
+        # reading kv head h // (H / G) as transformers' repeat_kv does) without repeating
+        # the keys and values in memory: the query heads are grouped instead.
+        B = q_BxTxHxK.shape[0]
+        q_grouped = q_BxTxHxK.reshape(B, T, G, H // G, K)
         logits = jnp.einsum(
-            "BTHK,BSHK->BHTS", q_BxTxHxK, k_BxSxHxK, preferred_element_type=jnp.float32
-        )
+            "BTGRK,BSGK->BGRTS", q_grouped, k_BxSxHxK, preferred_element_type=jnp.float32
+        ).reshape(B, H, T, S)
         logits = logits * scale
         if bias is not None:
             logits = logits + bias.astype(jnp.float32)
@@ -125,7 +141,9 @@ def dot_product_attention(
         if dropout:
             keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
             probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
-        return jnp.einsum("BHTS,BSHK->BTHK", probs.astype(v_BxSxHxK.dtype), v_BxSxHxK)
+        probs = probs.astype(v_BxSxHxK.dtype).reshape(B, G, H // G, T, S)
+        ctx = jnp.einsum("BGRTS,BSGK->BTGRK", probs, v_BxSxHxK)
+        return ctx.reshape(B, T, H, v_BxSxHxK.shape[-1])
     if implementation == "cudnn":
         # jax's cuDNN kernel takes the mask as a bias of full [T, S] rows (a padding mask
         # [B, 1, 1, S] would fail "Bias must have same seq length as QKV"); batch and head
@@ -162,6 +180,10 @@ class Attention(nn.Module):
     names: tuple[str, ...] = ("query", "key", "value")
     out_name: str | None = None
     causal: bool = False  # decoder self-attention: the kernel applies the causal mask
+    # Biases of the q / k / v projections and of the output projection (None: the layer
+    # config's `use_bias`); Qwen2 has the first and not the second.
+    qkv_bias: bool | None = None
+    out_bias: bool | None = None
 
     @nn.compact
     def __call__(
@@ -173,9 +195,12 @@ class Attention(nn.Module):
         bias=None,
         deterministic=True,
         decode_offset=None,
+        rope=None,
     ):
+        """`rope`: (cos, sin) [B, T, K] of the queries' positions (pjx.nn.rope.rotation),
+        applied to q and k after their projections (and `qk_norm`), before the cache."""
         cfg = self.config
-        H, K = cfg.num_heads, cfg.head_dim
+        H, K, G = cfg.num_heads, cfg.head_dim, cfg.num_kv_heads or cfg.num_heads
         if len(self.names) == 1:
             if kv_BxSxD is not None:
                 raise ValueError("a fused qkv projection is self-attention only")
@@ -183,10 +208,14 @@ class Attention(nn.Module):
             q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         else:
             kv_BxSxD = x_BxTxD if kv_BxSxD is None else kv_BxSxD
-            axes = ("embed", "heads", "kv")
-            q = dense(cfg, (H, K), axes, name=self.names[0])(x_BxTxD)
-            k = dense(cfg, (H, K), axes, name=self.names[1])(kv_BxSxD)
-            v = dense(cfg, (H, K), axes, name=self.names[2])(kv_BxSxD)
+            axes, kw = ("embed", "heads", "kv"), dict(use_bias=self.qkv_bias)
+            q = dense(cfg, (H, K), axes, name=self.names[0], **kw)(x_BxTxD)
+            k = dense(cfg, (G, K), axes, name=self.names[1], **kw)(kv_BxSxD)
+            v = dense(cfg, (G, K), axes, name=self.names[2], **kw)(kv_BxSxD)
+        if cfg.qk_norm:  # Qwen3: RMSNorm over each head's K dims, before the rotation
+            q, k = Norm(cfg, name="q_norm")(q), Norm(cfg, name="k_norm")(k)
+        if rope is not None:
+            q, k = (pjx_rope.rotate(t, *rope) for t in (q, k))
         q, k, v = (constrain(t, HEADS_AXES) for t in (q, k, v))
         if cfg.sow_qkv:  # a no-op unless "intermediates" is mutable
             self.sow("intermediates", "qkv", (q, k, v))
@@ -212,8 +241,9 @@ class Attention(nn.Module):
         if self.out_name is None:
             return ctx_BxTxHxK
         out = dense(
-            cfg, cfg.hidden_size, ("heads", "kv", "embed"), axis=(-2, -1), name=self.out_name
-        )
+            cfg, cfg.hidden_size, ("heads", "kv", "embed"), axis=(-2, -1), name=self.out_name,
+            use_bias=self.out_bias,
+        )  # fmt: skip
         return out(ctx_BxTxHxK)
 
     def _update_cache(self, k_BxTxHxK, v_BxTxHxK, offset):

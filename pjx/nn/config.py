@@ -17,10 +17,12 @@ ACTIVATIONS = {
     "gelu": functools.partial(nn.gelu, approximate=False),
     "gelu_new": functools.partial(nn.gelu, approximate=True),
     "relu": nn.relu,
+    "silu": nn.silu,
 }
 # Gated variants (Shazeer 2020, "GLU Variants Improve Transformer"; T5.1.1 "gated-gelu"):
 # name -> the activation of the gate.
-GATED = {"gated-gelu": "gelu_new", "gated-relu": "relu"}
+# "gated-silu" is SwiGLU (Llama, Qwen, Mistral).
+GATED = {"gated-gelu": "gelu_new", "gated-relu": "relu", "gated-silu": "silu"}
 ACTIVATION_LEGEND = (*ACTIVATIONS, *GATED)
 
 # Activation constraints: between blocks the batch is split over data / fsdp and the width
@@ -53,6 +55,8 @@ class LayerConfig:
     # Attention sows its (q, k, v) into the "intermediates" collection, kept only where the
     # caller's apply makes it mutable (knowledge distillation reads the last layer's).
     sow_qkv: bool = False
+    num_kv_heads: int = 0  # grouped-query attention's key / value heads; 0: num_heads
+    qk_norm: bool = False  # RMSNorm of each query and key head (Qwen3)
 
     def __post_init__(self):
         if self.activation not in ACTIVATION_LEGEND:

@@ -16,7 +16,7 @@ from pjx import losses, packing
 class CLM(base.Task):
     name = "clm"
     packs = "optional"
-    families = ("gpt2",)
+    families = ("gpt2", "llama")
     unit = "tokens"
     defaults = dict(label_smoothing=0.0, z_loss=0.0)
 

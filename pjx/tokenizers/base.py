@@ -24,6 +24,8 @@ FAMILY_SPECIALS = {
     ),
     "gpt2": (("eos", "<|endoftext|>"),),
     "t5": (("pad", "<pad>"), ("eos", "</s>"), ("unk", "<unk>")),
+    # Llama 2's SentencePiece: <unk> 0, <s> 1, </s> 2, no padding piece.
+    "llama": (("unk", "<unk>"), ("bos", "<s>"), ("eos", "</s>")),
 }
 # T5 appends 100 sentinels <extra_id_0..99> at the top of the vocabulary, <extra_id_0> with
 # the highest id (Raffel et al. 2020, sec. 3.1.4; the released vocabularies).

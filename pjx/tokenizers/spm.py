@@ -104,6 +104,11 @@ _FAMILY_OPTIONS = {
         normalization_rule_name="identity", remove_extra_whitespaces=False, byte_fallback=True,
         allow_whitespace_only_pieces=True, split_digits=True,
     ),
+    "llama": dict(
+        unk_id=0, unk_piece="<unk>", bos_id=1, bos_piece="<s>", eos_id=2, eos_piece="</s>",
+        pad_id=-1, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        byte_fallback=True, allow_whitespace_only_pieces=True, split_digits=True,
+    ),
     "t5": dict(
         pad_id=0, pad_piece="<pad>", eos_id=1, eos_piece="</s>", unk_id=2, unk_piece="<unk>",
         bos_id=-1,
