@@ -249,3 +249,16 @@ def test_a_qwen_hub_id_loads_and_fine_tunes_from_the_cache(tf, tmp_path, monkeyp
     saved = json.loads((work / "config.json").read_text())
     assert saved["model"]["name"] == "llama" and saved["model"]["variant"] == "qwen2"
     assert saved["model"]["vocab_size"] == BASE["vocab_size"]
+
+
+def test_gqa_sharded_over_data_fsdp_tensor_equals_one_device():
+    """Tensor parallelism splits the 2 key / value heads like the 4 query heads."""
+    from test_sharding import _losses
+
+    model = dict(name="llama", num_heads=4, num_kv_heads=2, qk_norm=True)
+    one = _losses(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1], **model)[0]
+    eight, state, _ = _losses(dict(data=2, fsdp=2, tensor=2), jax.devices(), **model)
+    np.testing.assert_allclose(eight, one, rtol=1e-5)
+    assert np.all(np.diff(one) != 0)  # it trains
+    k = state.params["model"]["layers_0"]["self_attn"]["k_proj"]["kernel"]  # [D, G, K]
+    assert tuple(k.sharding.spec)[:2] == ("fsdp", "tensor")

@@ -25,7 +25,7 @@ COMMANDS = {
     "convert": ("convert", "convert Hugging Face <-> pjx checkpoints"),
     "eval": ("eval", "score a trained model on a data source; last line is JSON"),
     "predict": ("predict", "write a trained model's predictions, one JSON line per example"),
-    "generate": ("generate", "sample text from a trained GPT-2 workdir"),
+    "generate": ("generate", "sample text from a trained decoder (GPT-2, Llama family) workdir"),
     "plot": ("plot", "overlay the train / eval curves of runs into an image"),
     "explain": ("explain", "token attributions of a BERT classifier (integrated gradients)"),
     "glue": ("glue", "fine-tune a checkpoint on the GLUE tasks over seeds: table, JSON, chart"),
