@@ -1,4 +1,4 @@
-"""`pjx generate WORKDIR --prompt TEXT`: sample from a trained GPT-2."""
+"""`pjx generate WORKDIR --prompt TEXT`: sample from a trained decoder (GPT-2, Llama family)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pjx.cli.common import no_overrides, start_compute
 
 
 def add_arguments(parser):
-    parser.add_argument("source", help="a pjx workdir / checkpoint holding a GPT-2 model")
+    parser.add_argument("source", help="a pjx workdir / checkpoint holding a GPT-2 or Llama-family model")
     parser.add_argument("--prompt", default="", help="text to continue")
     parser.add_argument("--max-new-tokens", type=int, default=200)
     parser.add_argument("--temperature", type=float, default=0.8)
