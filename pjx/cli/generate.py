@@ -6,7 +6,7 @@ from pjx.cli.common import no_overrides, start_compute
 
 
 def add_arguments(parser):
-    parser.add_argument("source", help="a pjx workdir / checkpoint holding a GPT-2 or Llama-family model")
+    parser.add_argument("source", help="a pjx workdir or checkpoint of a decoder")
     parser.add_argument("--prompt", default="", help="text to continue")
     parser.add_argument("--max-new-tokens", type=int, default=200)
     parser.add_argument("--temperature", type=float, default=0.8)
