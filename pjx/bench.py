@@ -22,73 +22,21 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from pjx import distributed, sharding, tasks, train
-
-# Dense bfloat16 peak TFLOP/s per device (vendor data sheets, no sparsity), matched as a
-# substring of `device.device_kind`; the longest match wins ("H100 PCIe" before "H100").
-PEAK_TFLOPS = {
-    "H100 PCIe": 756.0,
-    "H100 NVL": 835.0,
-    "H100": 989.4,  # SXM
-    "H200": 989.4,
-    "GH200": 989.4,
-    "B200": 2250.0,
-    "A100": 312.0,
-    "L40S": 362.0,
-    "TPU v4": 275.0,
-    "TPU v5 lite": 197.0,  # v5e
-    "TPU v5e": 197.0,
-    "TPU v5p": 459.0,
-    "TPU v5": 459.0,  # jax reports v5p as "TPU v5"
-    "TPU v6 lite": 918.0,  # v6e (Trillium)
-    "TPU v6e": 918.0,
-}
+from pjx import distributed, flops, sharding, tasks, train
+from pjx.flops import (  # noqa: F401  (pjx.bench's names since before pjx.flops)
+    PEAK_TFLOPS,
+    flops_per_token,
+    matmul_params,
+    mfu,
+    peak_tflops,
+    tokens_per_example,
+)
 
 # BERT-family special ids of pjx's trained tokenizers ([PAD]=0 [UNK] [CLS] [SEP] [MASK]);
 # used for synthetic MLM batches when the config names no tokenizer ids.
 MLM_DEFAULTS = dict(mask_id=4, pad_id=0, special_ids=(0, 1, 2, 3))
 # Synthetic ids start here so they never collide with the special ids above.
 FIRST_ID = 5
-
-
-# ---------------------------------------------------------------------------------- flops
-def flops_per_token(n_params: int, num_layers: int, seq_len: int, hidden: int) -> float:
-    """Training FLOPs per token: 6N + 12 * layers * seq_len * hidden.
-
-    6N: forward (2N) + backward (4N) matmul FLOPs of N parameters (Kaplan et al. 2020,
-    sec. 2.1). 12 * layers * L * D: the attention scores q k^T and the weighted sum
-    p v, 2 * 2 * L * D each per token and layer forward, times 3 for forward + backward
-    (PaLM, Chowdhery et al. 2022, appendix B; nanoGPT `estimate_mfu`). Counted for the full
-    L x L matrix, causal or not, as PaLM does (XLA computes the masked half too).
-    """
-    return 6.0 * n_params + 12.0 * num_layers * seq_len * hidden
-
-
-def matmul_params(params) -> int:
-    """Parameters that take part in matmuls: all but the position / token-type tables,
-    which are only looked up (nanoGPT's `non_embedding` count; tied word embeddings stay,
-    they are the output projection)."""
-    n = 0
-    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
-        keys = jax.tree_util.keystr(path, simple=True, separator="/")
-        if any(t in keys for t in ("position_embeddings", "wpe/", "token_type_embeddings")):
-            continue
-        n += math.prod(x.shape)
-    return n
-
-
-def peak_tflops(device_kind: str) -> tuple[float | None, str]:
-    """(dense bf16 peak TFLOP/s per device, the table key used) or (None, '')."""
-    hits = [k for k in PEAK_TFLOPS if k.lower() in device_kind.lower()]
-    if not hits:
-        return None, ""
-    key = max(hits, key=len)
-    return PEAK_TFLOPS[key], key
-
-
-def mfu(tokens_per_s: float, flops_per_tok: float, peak_tflops_per_device: float, devices: int):
-    """Model FLOPs utilisation: achieved model FLOP/s over the devices' summed peak."""
-    return tokens_per_s * flops_per_tok / (peak_tflops_per_device * 1e12 * devices)
 
 
 # ------------------------------------------------------------------------ synthetic data
@@ -115,14 +63,6 @@ def _fill(rng, spec: tasks.Spec, vocab: int) -> np.ndarray:
     if spec.fill == "pixels":
         return rng.standard_normal(shape).astype(dtype)
     return np.full(shape, 1 if spec.fill == "ones" else 0, dtype)
-
-
-def tokens_per_example(config, model_config) -> int:
-    """Sequence positions one example puts through the model (ViT: patches (+ [CLS]))."""
-    if config["model"]["name"] == "vit":
-        n = model_config.max_position_embeddings
-        return 2 * n if config["task"] == "contrastive" else n
-    return int(config["data"]["seq_len"])
 
 
 def _device_info() -> dict:
@@ -196,8 +136,8 @@ def run(config, *, tokenizer=None, steps: int = 10, warmup: int = 2, num_batches
     seq = tokens_per_example(config, mcfg)
     tokens_per_s = B * seq / step_s
     n_matmul = matmul_params(s.abstract_state.params)
-    layers = int(getattr(mcfg, "num_layers", 0)) + int(getattr(mcfg, "num_decoder_layers", 0))
-    fpt = flops_per_token(n_matmul, layers, seq, int(mcfg.hidden_size))
+    # The train lines' count (pjx.flops): LoRA's frozen weights form no weight gradient.
+    fpt = flops.step_flops(config, mcfg, s.abstract_state.params, s.trainable) / (B * seq)
     info = _device_info()
     out = {
         "tokens_per_s": tokens_per_s,

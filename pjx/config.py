@@ -43,6 +43,7 @@ from pjx import (
     private_data,
     sharding,
     tasks,
+    watchdog,
 )
 from pjx import teacher as teacher_lib
 from pjx.tokenizers import parse_spec
@@ -87,6 +88,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.distill = ml_collections.ConfigDict(tasks.distill.DEFAULTS)
     # Weights & Biases (pjx.metrics_log, the `wandb` extra): off unless project is set.
     c.wandb = ml_collections.ConfigDict(metrics_log.WANDB_DEFAULTS)
+    # The stall watchdog (pjx.watchdog): seconds without progress before the run stops with
+    # its stacks kept; None = automatic (generous, follows the step time), 0 = off.
+    c.watchdog = ml_collections.ConfigDict(dict(stall_s=None))
+    # A jax.profiler trace of steps start_step+1 .. start_step+steps into WORKDIR/profile/
+    # (TensorBoard / Perfetto); steps 0 = none.
+    c.profile = ml_collections.ConfigDict(dict(start_step=0, steps=0))
     c.log_every = 50
     c.eval_every = 0  # 0 = only at the end
     c.eval_steps = 0  # 0 = the whole eval set
@@ -316,12 +323,31 @@ def _check_counts(c) -> None:
             raise ConfigError(f"{key}={v!r}: must be an integer >= {low} ({what})")
 
 
+def _check_telemetry(c) -> None:
+    try:
+        watchdog.check(c.watchdog.stall_s)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    p = c.profile
+    for key in ("start_step", "steps"):
+        v = p.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ConfigError(f"profile.{key}={v!r}: must be an integer >= 0")
+    if p.steps and p.start_step + p.steps > c.steps:
+        raise ConfigError(
+            f"profile.start_step={p.start_step} + profile.steps={p.steps} runs past "
+            f"steps={c.steps}: trace a window inside the run (e.g. "
+            f"--config.profile.start_step={max(c.steps - p.steps, 0)})"
+        )
+
+
 def resolve_data(config) -> ml_collections.ConfigDict:
     """`config` with its references resolved and `eval_data` spelled out in full (data's
     keys, then eval_data's own). Needs no tokenizer: what the tokenizer is built from.
     An `init_from` of `hf:` / `peft:` + a Hub id becomes its local snapshot folder."""
     c = config.copy_and_resolve_references()
     _check_counts(c)
+    _check_telemetry(c)
     if c.get("init_from"):
         c.init_from = hf.folder.local_source(c.init_from)
     own = c.eval_data.to_dict()

@@ -22,6 +22,7 @@ import jax._src.distributed  # the coordination client (Heartbeat): jax has no p
 import numpy as np
 from jax.experimental import multihost_utils
 
+from pjx import watchdog
 from pjx.nn import backend
 
 ENV = ("PJX_COORDINATOR", "PJX_NUM_PROCESSES", "PJX_PROCESS_ID")
@@ -199,6 +200,9 @@ def exit_lost(processes, why: str, code: int = 3):
 def fail(error: BaseException):
     """A multi-process run's failure: a collective that broke because a peer died names
     that peer; any other error is reported as it is. Exits without the shutdown barrier."""
+    stalled = watchdog.announced_stall(_heartbeat.client if _heartbeat is not None else None)
+    if stalled:  # the peer stopped itself on a stall (pjx.watchdog): say so, as it did
+        watchdog.stop_for_peer(stalled)
     lost = _heartbeat.lost() if _heartbeat is not None else []
     if lost:
         exit_lost(lost, f"{type(error).__name__}: {str(error).splitlines()[0][:300]}")

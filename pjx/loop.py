@@ -20,9 +20,10 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from pjx import distributed, privacy, sharding
+from pjx import distributed, privacy, sharding, telemetry
 from pjx.metrics_log import MetricsLog
 from pjx.train import Setup, TrainState, abstract_batch, evaluate, trim_padding, weights
+from pjx.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +201,12 @@ def fit(
     """
     c = s.config
     total, log_every, eval_every = int(c.steps), int(c.log_every), int(c.eval_every)
+    workdir = os.path.dirname(metrics.path)
+    phases, throughput = telemetry.Phases(), telemetry.Throughput(s)
+    profile = _Profile(c.get("profile") or {}, workdir)
     batches = iter(train_data)
-    batch = next(batches)
+    with phases.phase("data_wait"):
+        batch = next(batches)
     # Throughput counts the configured row length, whatever width a batch is trimmed to.
     per_step, unit = _units(batch, s.task.unit, privacy.batch_rows(c)), s.task.unit
     compiled_steps = {}  # batch shapes -> the train step compiled for them
@@ -210,7 +215,7 @@ def fit(
         shapes = tuple(sorted((k, np.shape(v)) for k, v in batch.items()))
         if shapes not in compiled_steps:
             t0 = time.perf_counter()
-            with sharding.context(s.mesh):  # train.compile_step, inline: shallower tracebacks
+            with phases.phase("compile"), sharding.context(s.mesh):  # train.compile_step
                 ab = abstract_batch(s, batch)
                 compiled = s.step_fn.lower(s.abstract_state, ab, *s.abstract_frozen).compile()
             mask = batch.get("attention_mask")
@@ -233,34 +238,65 @@ def fit(
     window, last = _Window("grad_norm" if private else "loss"), {}
 
     waits = {}  # step -> seconds blocked on the input pipeline for its batch
+    warned_at = -(10**9)
 
     def log_train(upto):
-        nonlocal last
-        steps = window.pop(upto)
+        nonlocal last, warned_at
+        # Reading the metrics waits for the device, and for every process (host_value).
+        with phases.phase("step"), phases.waiting_on_peers():
+            steps = window.pop(upto)
         if steps:
             line = _train_line(steps, private)
             wait = sum(waits.pop(st, 0.0) for st, _ in steps) / len(steps)
             if not private:  # gathering a Poisson batch takes longer the more rows it drew
                 line["data_wait_s"] = wait
-            last = metrics.train(steps[-1][0], line, unit, per_step * len(steps))
+            last = metrics.train(
+                steps[-1][0], line, unit, per_step * len(steps), rates=throughput.fields
+            )
+            memory = throughput.memory_line()
+            if memory:
+                log.info(memory)
+            note = _data_note(private, wait, last, c)
+            if note and upto - warned_at >= 20 * log_every:  # at most every 20 lines
+                warned_at = upto
+                log.warning(note)
 
     def run_eval(step) -> dict | None:
         nonlocal last
         if eval_data is None:
             return None
-        mets = evaluate(s, weights(state), eval_data, seed=c.seed, max_batches=c.eval_steps)
+        with phases.phase("eval"):
+            mets = evaluate(s, weights(state), eval_data, seed=c.seed, max_batches=c.eval_steps)
         last = metrics.eval(step, mets)
         return mets
 
-    with sharding.context(s.mesh), PreemptionGuard() as guard:
+    def save(step, force, eval_mets):
+        with phases.phase("checkpoint"):
+            checkpointer.save(step, state, train_data, force=force, metrics=eval_mets)
+
+    stall_s = (c.get("watchdog") or {}).get("stall_s")
+    with (
+        sharding.context(s.mesh),
+        Watchdog(phases, workdir, stall_s),
+        PreemptionGuard() as guard,
+        _Summary(phases, workdir),
+    ):
         for step in range(start, total):
             if step > start:
                 t = time.perf_counter()
-                batch = trim(next(batches))
+                with phases.phase("data_wait"):
+                    batch = trim(next(batches))
+                    _test_stall("data_wait", step + 1)
                 waits[step + 1] = time.perf_counter() - t
             compiled = step_for(batch)
-            state, mets = compiled(state, sharding.global_batch(batch, s.batch_sharding), *s.frozen)
+            profile.before(step + 1)
+            with phases.phase("step"):
+                gb = sharding.global_batch(batch, s.batch_sharding)
+                state, mets = compiled(state, gb, *s.frozen)
+                _test_stall("step", step + 1)
             done = step + 1
+            phases.progress(done)
+            profile.after(done, state)
             window.add(done, mets)
             # The previous step has finished (or is about to): reading it does not wait
             # for the step just dispatched.
@@ -270,20 +306,73 @@ def fit(
                 break
             is_eval = bool(eval_every) and done % eval_every == 0
             stop = guard.should_stop(done)
-            save = checkpointer is not None and (stop or checkpointer.due(done))
-            if not (is_eval or save or stop):
+            save_now = checkpointer is not None and (stop or checkpointer.due(done))
+            if not (is_eval or save_now or stop):
                 continue
             if done % log_every == 0 or stop:
                 log_train(done)  # this step's line before its eval line
-            window.read(done)  # never evaluate or save past an unseen NaN
+            with phases.waiting_on_peers():
+                window.read(done)  # never evaluate or save past an unseen NaN
             eval_mets = run_eval(done) if is_eval else None
-            if save:
-                checkpointer.save(done, state, train_data, force=stop, metrics=eval_mets)
+            if save_now:
+                save(done, stop, eval_mets)
             if stop:
                 where = checkpointer.directory if checkpointer else "(checkpoints disabled)"
                 raise Preempted(done, where)
         log_train(total)
         eval_mets = run_eval(total)
         if checkpointer is not None:
-            checkpointer.save(total, state, train_data, force=True, metrics=eval_mets)
+            save(total, True, eval_mets)
     return last
+
+
+def _data_note(private: bool, wait: float, line: dict, c) -> str | None:
+    if private or "step_s" not in line:
+        return None
+    return telemetry.data_wait_warning(wait, line["step_s"], c.data.get("mode") or "")
+
+
+class _Summary:
+    """Writes the time summary (pjx.telemetry) however the loop ends: done, SIGTERM."""
+
+    def __init__(self, phases, workdir):
+        self.phases, self.workdir = phases, workdir
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None or issubclass(exc_type, Preempted):
+            self.phases.write(self.workdir, ended="preempted" if exc_type else "done")
+        return False
+
+
+class _Profile:
+    """A jax.profiler trace of steps start_step+1 .. start_step+steps (config.profile) into
+    WORKDIR/profile/; nothing at all when steps is 0."""
+
+    def __init__(self, cfg, workdir):
+        self.first = int(cfg.get("start_step") or 0) + 1
+        self.last = self.first + int(cfg.get("steps") or 0) - 1
+        self.dir = os.path.join(workdir, "profile")
+        self.on = self.last >= self.first
+
+    def before(self, step):
+        if self.on and step == self.first:
+            jax.profiler.start_trace(self.dir)
+            log.info(f"profile: tracing steps {self.first}..{self.last} into {self.dir}")
+
+    def after(self, step, state):
+        if self.on and step == self.last:
+            jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+            log.info(f"profile: written to {self.dir} (tensorboard --logdir {self.dir})")
+
+
+def _test_stall(phase: str, step: int):
+    """Tests only: PJX_TEST_STALL=PHASE:STEP blocks the main thread at that step (while
+    the watchdog's thread runs), as a hung read or a stuck collective would."""
+    want = os.environ.get("PJX_TEST_STALL")
+    if want and want == f"{phase}:{step}":
+        while True:
+            time.sleep(1)

@@ -21,7 +21,8 @@ import time
 import jax
 
 # Wall-clock fields of metrics.jsonl: they differ between identical runs.
-TIMING_KEYS = ("tokens_per_s", "examples_per_s", "step_s", "data_wait_s", "elapsed_s", "eta_s")
+TIMING_KEYS = ("tokens_per_s", "examples_per_s", "step_s", "data_wait_s", "elapsed_s", "eta_s",
+               "model_tflops_per_s", "mfu")  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +156,9 @@ class MetricsLog:
         if self.wandb is not None:
             self.wandb.log({"step": record["step"], **scalars})
 
-    def train(self, step, line, unit, units) -> dict:
-        """A train line for the steps since the last one (`units`: tokens / examples)."""
+    def train(self, step, line, unit, units, rates=None) -> dict:
+        """A train line for the steps since the last one (`units`: tokens / examples;
+        `rates(steps, seconds)`: more speed fields, e.g. pjx.telemetry.Throughput's)."""
         now = time.perf_counter()
         dt = max(now - self.t_last, 1e-9)
         n = step - self.last_step
@@ -169,6 +171,7 @@ class MetricsLog:
             **line,
             **self.annotate(step),
             f"{unit}_per_s": units / dt,
+            **(rates(n, dt) if rates is not None else {}),
             "step_s": dt / max(n, 1),
             "elapsed_s": now - self.t_start,
             "eta_s": eta,

@@ -327,7 +327,7 @@ def inherit(
 REPLAY_FREE = {
     "": ("best_metric", "best_mode", "checkpoint_every", "compare", "dp", "eval_batch_size",
          "eval_data", "eval_every", "eval_steps", "keep_checkpoints", "log_every", "mesh",
-         "progress", "stages", "wandb", "write_curves"),
+         "profile", "progress", "stages", "wandb", "watchdog", "write_curves"),
     "data": ("cache", "cache_dir", "data_dir", "num_threads", "prefetch", "worker_count",
              "workers", "chunk_bytes"),
 }  # fmt: skip

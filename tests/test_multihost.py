@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 from data_fixtures import write_sst2
 
+from pjx.metrics_log import TIMING_KEYS
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = f"{ROOT}/configs/gpt2_lm.py:smoke"
 MESH = ["--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
@@ -80,11 +82,8 @@ def _lines(workdir, split=None):
     return [r for r in lines if split is None or r["split"] == split]
 
 
-TIMING = ("tokens_per_s", "examples_per_s", "step_s", "data_wait_s", "elapsed_s", "eta_s")
-
-
 def _strip(lines):
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in lines]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in lines]
 
 
 STEPS = 16
