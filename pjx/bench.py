@@ -112,21 +112,35 @@ def compile_only(config, *, tokenizer=None) -> dict:
     }
 
 
-def run(config, *, tokenizer=None, steps: int = 10, warmup: int = 2, num_batches: int = 2) -> dict:
+def run(
+    config,
+    *,
+    tokenizer=None,
+    steps: int = 10,
+    warmup: int = 2,
+    num_batches: int = 2,
+    profile_dir: str | None = None,
+) -> dict:
     """Times the train step of a resolved `config` (`pjx.config.resolve`, or a plain dict
     with its keys) on synthetic batches; returns the result dict (`pjx bench` prints it as
-    JSON). Batches are process-local: `batch_size / process_count` rows per process."""
+    JSON). Batches are process-local: `batch_size / process_count` rows per process.
+    `profile_dir`: a jax.profiler trace of the timed steps (not the warm-up) goes there."""
     c = compiled_step(config, tokenizer=tokenizer, num_batches=num_batches)
     s, state = c.setup, c.state
     config, mcfg = s.config, s.model.config
     times = []
     with sharding.context(s.mesh):
         for i in range(warmup + steps):
+            if profile_dir and i == warmup:
+                jax.profiler.start_trace(profile_dir)
             t = time.perf_counter()
-            state, mets = c.step(state, c.batches[i % len(c.batches)], *s.frozen)
-            jax.block_until_ready((state, mets))
+            with jax.profiler.StepTraceAnnotation("train", step_num=i - warmup + 1):
+                state, mets = c.step(state, c.batches[i % len(c.batches)], *s.frozen)
+                jax.block_until_ready((state, mets))
             if i >= warmup:
                 times.append(time.perf_counter() - t)
+        if profile_dir:
+            jax.profiler.stop_trace()
     loss = float(distributed.host_value(mets["loss"]))
     if not math.isfinite(loss):
         raise RuntimeError(f"pjx bench: loss is {loss} after {warmup + steps} steps")
@@ -158,6 +172,7 @@ def run(config, *, tokenizer=None, steps: int = 10, warmup: int = 2, num_batches
         "steps": steps,
         "warmup": warmup,
         "loss": loss,
+        **({"profile_dir": profile_dir} if profile_dir else {}),
     }
     peak, key = peak_tflops(info["device_kind"])
     if peak is not None and info["backend"] != "cpu":

@@ -8,6 +8,7 @@ the run around the loop (tokenizer, data, checkpoints, stages) is pjx.run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -290,7 +291,7 @@ def fit(
                 waits[step + 1] = time.perf_counter() - t
             compiled = step_for(batch)
             profile.before(step + 1)
-            with phases.phase("step"):
+            with phases.phase("step"), profile.annotate(step + 1):
                 gb = sharding.global_batch(batch, s.batch_sharding)
                 state, mets = compiled(state, gb, *s.frozen)
                 _test_stall("step", step + 1)
@@ -361,6 +362,12 @@ class _Profile:
         if self.on and step == self.first:
             jax.profiler.start_trace(self.dir)
             log.info(f"profile: tracing steps {self.first}..{self.last} into {self.dir}")
+
+    def annotate(self, step):
+        """Names the step in the trace (TensorBoard's step view); a no-op when off."""
+        if self.on and self.first <= step <= self.last:
+            return jax.profiler.StepTraceAnnotation("train", step_num=step)
+        return contextlib.nullcontext()
 
     def after(self, step, state):
         if self.on and step == self.last:

@@ -182,7 +182,9 @@ class MetricsLog:
                 f"step {step}/{self.total} | "
                 + (f"loss {line['loss']:.4f} | " if "loss" in line else "")
                 + f"lr "
-                f"{line['learning_rate']:.2e} | {units / dt:,.0f} {unit}/s | ETA {_hms(eta)}"
+                f"{line['learning_rate']:.2e} | {units / dt:,.0f} {unit}/s | "
+                + (f"MFU {record['mfu']:.1%} | " if "mfu" in record else "")
+                + f"ETA {_hms(eta)}"
             )
         return record
 

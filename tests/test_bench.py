@@ -56,6 +56,17 @@ def test_cli_bench_prints_json_last_line(tiny_config, capsys):
     assert np.isfinite(r["loss"])
 
 
+def test_cli_bench_profile_traces_the_timed_steps(tiny_config, tmp_path, capsys):
+    out = tmp_path / "prof"
+    argv = ["bench", "--config", tiny_config + ":gpt2", "--steps", "2", "--warmup", "1",
+            "--profile", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    _, r = _last_json(capsys)
+    assert r["profile_dir"] == str(out)
+    traces = list(out.rglob("*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0
+
+
 def test_cli_bench_overrides_reach_the_model(tiny_config, capsys):
     argv = ["bench", "--config", tiny_config + ":gpt2", "--steps", "1", "--warmup", "0"]
     assert cli.main(argv + ["--config.model.num_layers=2", "--config.batch_size=16"]) == 0

@@ -160,3 +160,23 @@ def test_a_profile_window_writes_a_trace_and_the_summary(tmp_path, capsys):
     line = [json.loads(x) for x in open(w / "metrics.jsonl")][0]
     assert line["model_tflops_per_s"] > 0 and "mfu" not in line  # no known peak on a CPU
     assert os.path.isfile(w / telemetry.SUMMARY_FILE)
+
+
+def test_mfu_reaches_the_json_and_the_human_train_line(tmp_path, capsys):
+    """Where the device's peak is known (a GPU / TPU kind in pjx.flops.PEAK_TFLOPS), the
+    train line carries mfu = model FLOP/s / (peak x devices), in metrics.jsonl and shown."""
+    from pjx.metrics_log import MetricsLog
+
+    t = telemetry.Throughput.__new__(telemetry.Throughput)
+    t.step_flops, t.devices = 2.0e12, 2
+    t.peak, _ = flops.peak_tflops("NVIDIA H100 80GB HBM3")
+    fields = t.fields(steps=10, seconds=1.0)  # 20 TFLOP/s over 2 devices
+    assert fields["model_tflops_per_s"] == pytest.approx(20.0)
+    assert fields["mfu"] == pytest.approx(20.0 / (2 * t.peak))
+    with MetricsLog(tmp_path, total_steps=10) as log:
+        record = log.train(10, {"loss": 1.0, "learning_rate": 1e-3}, "tokens", 100, t.fields)
+    # Over the line's own 10 steps (its clock): one step's FLOPs / step_s / both peaks.
+    want = t.step_flops / record["step_s"] / (2 * t.peak * 1e12)
+    assert record["mfu"] == pytest.approx(want, rel=1e-6)
+    assert f"| MFU {record['mfu']:.1%} |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "metrics.jsonl").read_text())["mfu"] == record["mfu"]

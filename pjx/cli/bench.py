@@ -1,9 +1,11 @@
-"""`pjx bench --config FILE[:ARG] [--steps N] [--compile-only | --data-only]`.
+"""`pjx bench --config FILE[:ARG] [--steps N] [--profile DIR] [--compile-only | --data-only]`.
 
 The last line is one JSON object: timed train steps (`tokens_per_s`, `step_s`,
 `compile_s`, on GPU / TPU `mfu`), or with `--compile-only` XLA's memory estimates and the
 compile time (`temp_bytes`, `argument_bytes`, `compile_s`) without running a step, or with
-`--data-only` the input pipeline's throughput. The config is readied for synthetic
+`--data-only` the input pipeline's throughput. `--profile DIR` writes a jax.profiler trace of
+the timed steps into DIR (`tensorboard --logdir DIR`, Profile tab; or the `.xplane.pb` /
+`.trace.json.gz` under DIR/plugins/profile/ in Perfetto). The config is readied for synthetic
 batches first: its first stage, the vocabulary size of a `train:` tokenizer spec, BERT's
 special ids for MLM.
 """
@@ -19,6 +21,7 @@ def add_arguments(p):
     add_config_argument(p)
     p.add_argument("--steps", type=int, default=10, help="timed steps after compilation")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
+    p.add_argument("--profile", metavar="DIR", help="a jax.profiler trace of the timed steps")
     what = p.add_mutually_exclusive_group()
     what.add_argument(
         "--compile-only", action="store_true", help="compile only: memory estimates, compile time"
@@ -41,7 +44,13 @@ def main(args, overrides) -> int:
             result = bench.compile_only(config, tokenizer=tokenizer)
             print(compile_line(result), flush=True)
         else:
-            result = bench.run(config, tokenizer=tokenizer, steps=args.steps, warmup=args.warmup)
+            result = bench.run(
+                config,
+                tokenizer=tokenizer,
+                steps=args.steps,
+                warmup=args.warmup,
+                profile_dir=args.profile,
+            )
             print(bench.human_line(result), flush=True)
     print(json.dumps(result), flush=True)
     return 0
