@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -228,3 +229,67 @@ def test_prepared_rows_are_the_streamed_rows(corpus):
     n = len(rows)
     streamed = np.concatenate([next(it)["input_ids"] for _ in range(-(-n // 8))])[:n]
     np.testing.assert_array_equal(streamed, rows[np.arange(n)]["input_ids"])
+
+
+def _cli(*argv):
+    return subprocess.run([sys.executable, "-m", "pjx.cli", *argv], capture_output=True, text=True)
+
+
+def test_a_prepare_killed_part_way_resumes_to_the_same_bytes(tmp_path):
+    """SIGKILL while the shards are written; the same command again skips the shards that
+    were finished and writes the others: the folder equals an uninterrupted prepare's."""
+    lines = [json.dumps({"text": f"document {i} " + "word " * (i % 23)}) for i in range(3000)]
+    (tmp_path / "a.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "cfg.py").write_text(CONFIG.format(src=tmp_path / "a.jsonl"))
+    args = ["data", "prepare", "--config", str(tmp_path / "cfg.py"), "--workers", "1",
+            "--config.data.chunk_bytes=600"]  # fmt: skip
+    r = _cli(*args, "--out", str(tmp_path / "whole"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    out, tmp = tmp_path / "killed", tmp_path / "killed.tmp"
+    p = subprocess.Popen([sys.executable, "-m", "pjx.cli", *args, "--out", str(out)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while len(list(tmp.glob("*.done.json"))) < 3 and p.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    p.kill()
+    p.wait()
+    n_shards = len(prepared.load_index(tmp_path / "whole")["shards"])
+    finished = len(list(tmp.glob("*.done.json")))
+    assert not out.exists() and 3 <= finished < n_shards, (finished, n_shards)
+    r = _cli(*args, "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"resuming {tmp}: {finished} of {n_shards} shards already written" in r.stdout
+    assert _digest(out) == _digest(tmp_path / "whole") and not tmp.exists()
+    assert _cli("data", "verify", str(out)).returncode == 0
+
+
+def test_damaged_shards_are_named_never_read(corpus):
+    out = _prepare(corpus, "prep", 1, chunk_bytes=700)
+    index = prepared.load_index(out)
+    first, second = (os.path.join(out, s["file"]) for s in index["shards"][:2])
+    assert all(len(s["sha256"]) == 64 and s["bytes"] > 0 for s in index["shards"])
+    r = _cli("data", "verify", out)
+    assert r.returncode == 0 and "every checksum matches" in r.stdout, r.stderr
+    # A changed byte, same size: verify names the shard; reading it fails (riegeli's hashes).
+    raw = bytearray(open(second, "rb").read())
+    raw[len(raw) // 2] ^= 0xFF
+    open(second, "wb").write(bytes(raw))
+    r = _cli("data", "verify", out)
+    assert r.returncode == 1 and "rows-00001" in r.stderr and "SHA-256 differs" in r.stderr
+    table = prepared.Table(out)
+    at = np.arange(table.starts[1], table.starts[2])
+    with pytest.raises(Exception):  # noqa: B017 - any error, never rows of garbage
+        table[at]
+    # A truncated shard: refused when the folder is opened, naming it and the way out.
+    with open(first, "r+b") as f:
+        f.truncate(index["shards"][0]["bytes"] // 2)
+    with pytest.raises(data.DataError, match=r"rows-00000.*truncated or changed.*verify"):
+        prepared.Table(out)[np.arange(2)]
+    r = _cli("data", "verify", out)
+    assert r.returncode == 1 and "2 of" in r.stderr and "prepare the data again" in r.stderr
+
+
+def test_verify_on_a_folder_that_is_not_prepared_data_exits_2(tmp_path):
+    r = _cli("data", "verify", str(tmp_path))
+    assert r.returncode == 2 and f"{tmp_path}: no index.json" in r.stderr

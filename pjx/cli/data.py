@@ -8,7 +8,11 @@ rest of the line is Beam's pipeline options, e.g. `--runner DirectRunner
 --direct_running_mode=multi_processing --direct_num_workers=8`, or DataflowRunner with
 its --project, --region, --temp_location); the output is the same bytes either way.
 Train on it with `--config.data.source=prepared:DIR --config.data.tokenizer=DIR/tokenizer`.
-The last line is one JSON object (rows, shards, seconds, tokens_per_s, cpu_s).
+The last line is one JSON object (rows, shards, seconds, tokens_per_s, cpu_s). Killed
+part-way, the same command finishes the shards that are missing (the same bytes).
+
+`pjx data verify DIR` checks every shard's size and SHA-256 against DIR/index.json: exit 0
+when all match, 1 naming those that do not, 2 when DIR is not prepared data.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import sys
 import tempfile
 import time
 
@@ -40,9 +45,32 @@ def add_arguments(p):
         help="last: prepare on Apache Beam with runner NAME (DirectRunner, DataflowRunner, "
         "...) and these pipeline options; needs apache-beam (pip install 'pjx[beam]')",
     )
+    check = sub.add_parser("verify", help="check every shard of prepared data (size, SHA-256)")
+    check.add_argument("folder", help="a folder written by pjx data prepare")
+
+
+def verify(folder: str) -> int:
+    """0: every shard matches index.json; 1: the shards that do not, named."""
+    from pjx.data import prepared
+
+    problems = prepared.verify(folder)
+    index = prepared.load_index(folder)
+    if problems:
+        for p in problems:
+            print(f"{folder}: {p}", file=sys.stderr)
+        print(
+            f"{folder}: {len(problems)} of {len(index['shards'])} shards do not match index.json; "
+            "prepare the data again (pjx data prepare --config ... --out NEW_FOLDER)",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{folder}: {len(index['shards'])} shards, {index['rows']} rows: every checksum matches")
+    return 0
 
 
 def main(args, overrides) -> int:
+    if args.action == "verify":
+        return verify(args.folder)
     from pjx import config as config_lib
     from pjx import data, run
     from pjx.data import prepared

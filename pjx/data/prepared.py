@@ -11,7 +11,13 @@ the rows, in chunk order, to
     DIR/tokenizer/                         the tokenizer (train with data.tokenizer=it)
 
 Each shard (a run of consecutive chunks) is encoded and written by one worker, and the
-shards are named in chunk order, so N workers write the same bytes as one. Records are
+shards are named in chunk order, so N workers write the same bytes as one. The work goes
+into DIR.tmp/, each shard written under a temporary name and renamed once complete, with
+its rows and SHA-256 beside it: a prepare that was killed, run again with the same
+settings, skips the shards it finished and ends with the same bytes as one that was not.
+index.json records every shard's size and SHA-256: a shard of the wrong size is refused
+when a run opens the folder (riegeli's own chunk hashes catch a changed byte on read), and
+`pjx data verify DIR` checks every checksum. Records are
 stored uncompressed in groups of one, for random access: the `prepared:DIR` source reads
 rows through the same `BatchIndex` as the cached mode (global shuffle per epoch, exact
 resume, N known for DP's Poisson sampling). A source that fits in one chunk gives exactly
@@ -20,6 +26,7 @@ the cached mode's rows.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -43,6 +50,7 @@ WRITE_OPTIONS = "group_size:1,uncompressed"
 
 _STATE: dict = {}
 MAX_SHARDS = 1024
+PLAN_FILE = "plan.json"  # in DIR.tmp/ while preparing: what the shards there were made for
 
 
 def _init(common):
@@ -52,12 +60,14 @@ def _init(common):
 
 
 def _write_shard(job) -> dict:
-    """Encodes one shard's chunks and writes them (in a pool worker): (rows, columns, skipped)."""
+    """Encodes one shard's chunks and writes them (in a pool worker); returns and records
+    beside the shard (`_done_path`) its rows, columns, skipped rows, bytes and SHA-256."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
     shard, items, path = job
     task, args, tokenizer, cfg, seed = _STATE["common"]
     rows, columns, skipped, writer = 0, None, 0, None
+    partial = path + ".partial"  # renamed once closed: a killed writer leaves no shard
     try:
         for cid, chunk in items:
             table = stream.encode_chunk(chunk, cid, task, args, tokenizer, cfg, seed)
@@ -69,7 +79,7 @@ def _write_shard(job) -> dict:
                 columns = {
                     k: dict(dtype=str(v.dtype), shape=list(v.shape[1:])) for k, v in table.items()
                 }
-                writer = ArrayRecordWriter(path, WRITE_OPTIONS)
+                writer = ArrayRecordWriter(partial, WRITE_OPTIONS)
             rec = np.empty(n, record_dtype(columns))
             for k in columns:
                 rec[k] = table[k]
@@ -81,7 +91,31 @@ def _write_shard(job) -> dict:
     finally:
         if writer is not None:
             writer.close()
-    return dict(shard=shard, rows=rows, columns=columns, skipped=skipped)
+    done = dict(shard=shard, rows=rows, columns=columns, skipped=skipped)
+    if rows:
+        done.update(bytes=os.path.getsize(partial), sha256=file_sha256(partial))
+        os.replace(partial, path)
+    _write_json(_done_path(path), done)
+    return done
+
+
+def _done_path(shard_path: str) -> str:
+    return shard_path + ".done.json"
+
+
+def _write_json(path: str, obj) -> None:
+    """Whole or not at all (a temporary file renamed over `path`)."""
+    with open(path + ".partial", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".partial", path)
+
+
+def file_sha256(path: str, block: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def prepare(
@@ -105,9 +139,29 @@ def prepare(
         raise FileExistsError(f"{out} already holds prepared data; remove it or pick another --out")
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise FileExistsError(f"{out} exists and is not an empty folder; pick another --out")
+    settings = {
+        k: _jsonable(cfg.get(k))
+        for k in ("seq_len", "target_len", "text_split", "pack", "text_columns", "chunk_bytes")
+    }
+    # What the shards depend on: an unfinished DIR.tmp/ with the same plan is resumed.
+    plan = dict(
+        version=VERSION,
+        source=uri.raw,
+        # The files, their sizes and the cut points (the chunks), as one hash.
+        chunk_plan=hashlib.sha256(json.dumps(chunks, default=str).encode()).hexdigest(),
+        task=task,
+        encoding=tasks.get(task).encoding_key(args, seed),
+        tokenizer=cache.tokenizer_fingerprint(tokenizer),
+        settings=settings,
+        chunks=len(chunks),
+        chunks_per_shard=per,
+    )
+    plan = json.loads(json.dumps(plan, default=str))
     tmp = out.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    if _read_json(os.path.join(tmp, PLAN_FILE)) != plan:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        _write_json(os.path.join(tmp, PLAN_FILE), plan)
     t0 = time.perf_counter()
     common = (task, args, tokenizer, cfg_dict, int(seed))
     items = list(enumerate(chunks))
@@ -115,15 +169,23 @@ def prepare(
         (j, items[i : i + per], os.path.join(tmp, f"part-{j:05d}.array_record"))
         for j, i in enumerate(range(0, len(items), per))
     ]
-    if runner:
-        done = _beam_shards(jobs, common, list(runner), tmp)
+    finished = {j[0]: _read_json(_done_path(j[2])) for j in jobs}
+    finished = {k: v for k, v in finished.items() if v is not None}
+    todo = [j for j in jobs if j[0] not in finished]
+    if finished:
+        log.info(f"data: resuming {tmp}: {len(finished)} of {len(jobs)} shards already written")
+    if not todo:
+        written = []
+    elif runner:
+        written = _beam_shards(todo, common, list(runner), tmp)
     elif int(workers) > 1:
         ctx = multiprocessing.get_context(os.environ.get("PJX_DATA_START") or _start_method())
-        with ctx.Pool(min(int(workers), len(jobs)), _init, (common,)) as pool:
-            done = pool.map(_write_shard, jobs, chunksize=1)
+        with ctx.Pool(min(int(workers), len(todo)), _init, (common,)) as pool:
+            written = pool.map(_write_shard, todo, chunksize=1)
     else:
         _init(common)
-        done = [_write_shard(job) for job in jobs]
+        written = [_write_shard(job) for job in todo]
+    done = sorted([*finished.values(), *written], key=lambda d: d["shard"])
     kept = [d for d in done if d["rows"]]
     if not kept:
         raise DataError(f"{uri.raw}: no rows to prepare (every document is empty)")
@@ -133,29 +195,30 @@ def prepare(
     final = [f"rows-{i:05d}-of-{len(kept):05d}.array_record" for i in range(len(kept))]
     for d, name in zip(kept, final):
         os.rename(os.path.join(tmp, f"part-{d['shard']:05d}.array_record"), os.path.join(tmp, name))
-    shard_rows = [d["rows"] for d in kept]
+    for job in jobs:
+        os.remove(_done_path(job[2]))
+    os.remove(os.path.join(tmp, PLAN_FILE))
     index = dict(
         version=VERSION,
         source=uri.raw,
         task=task,
-        encoding=tasks.get(task).encoding_key(args, seed),
-        tokenizer=cache.tokenizer_fingerprint(tokenizer),
+        encoding=plan["encoding"],
+        tokenizer=plan["tokenizer"],
         # Where its vocabulary was trained (None: not by pjx), for DP-SGD's refusal.
         tokenizer_trained_on=getattr(tokenizer, "trained_on", None),
-        settings={
-            k: _jsonable(cfg.get(k))
-            for k in ("seq_len", "target_len", "text_split", "pack", "text_columns", "chunk_bytes")
-        },
+        settings=settings,
         columns=columns,
-        shards=[dict(file=f, rows=r) for f, r in zip(final, shard_rows)],
-        rows=int(sum(shard_rows)),
+        shards=[
+            dict(file=f, rows=d["rows"], bytes=d["bytes"], sha256=d["sha256"])
+            for f, d in zip(final, kept)
+        ],
+        rows=int(sum(d["rows"] for d in kept)),
         chunks=len(chunks),
         skipped=skipped,
     )
     if tokenizer is not None and hasattr(tokenizer, "save"):  # what training reads it with
         tokenizer.save(os.path.join(tmp, "tokenizer"))
-    with open(os.path.join(tmp, "index.json"), "w") as f:
-        json.dump(index, f, indent=1)
+    _write_json(os.path.join(tmp, "index.json"), index)
     if os.path.isdir(out):
         os.rmdir(out)  # empty (checked above)
     os.rename(tmp, out)
@@ -242,6 +305,15 @@ def tokenizer_dir(source: str) -> str | None:
     return folder if uri.kind == "prepared" and os.path.isdir(folder) else None
 
 
+def _read_json(path: str):
+    """The JSON object in `path`, or None when absent or not whole."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def load_index(folder: str) -> dict:
     path = os.path.join(os.path.expanduser(folder), "index.json")
     if not os.path.isfile(path):
@@ -274,6 +346,14 @@ class Table:
         readers = []
         for s in self.index["shards"]:
             path = os.path.join(self.folder, s["file"])
+            size = os.path.getsize(path) if os.path.isfile(path) else None
+            if "bytes" in s and size != s["bytes"]:
+                found = "missing" if size is None else f"{size:,} bytes"
+                raise DataError(
+                    f"{path}: {found}, index.json records {s['bytes']:,}: the shard was "
+                    f"truncated or changed after it was prepared; `pjx data verify "
+                    f"{self.folder}` checks every shard, then prepare the data again"
+                )
             try:
                 readers.append(ArrayRecordReader(path, "readahead_buffer_size:0"))
             except Exception as e:  # noqa: BLE001
@@ -317,3 +397,26 @@ def check(table: Table, *, task, tokenizer, cfg) -> None:
             f"{where} was tokenized by another tokenizer than data.tokenizer; use the same "
             "one (a trained one: its folder) or prepare again"
         )
+
+
+def verify(folder: str) -> list[str]:
+    """Every shard of a prepared folder against index.json's sizes and SHA-256s: the
+    problems found (empty: all match). A folder without index.json is a DataError."""
+    folder = os.path.expanduser(folder)
+    index = load_index(folder)
+    problems = []
+    for s in index["shards"]:
+        path = os.path.join(folder, s["file"])
+        if not os.path.isfile(path):
+            problems.append(f"{s['file']}: missing")
+        elif "sha256" not in s:
+            problems.append(
+                f"{s['file']}: no checksum in index.json (prepared before pjx kept them)"
+            )
+        elif os.path.getsize(path) != s["bytes"]:
+            problems.append(
+                f"{s['file']}: {os.path.getsize(path):,} bytes, index.json records {s['bytes']:,}"
+            )
+        elif file_sha256(path) != s["sha256"]:
+            problems.append(f"{s['file']}: its SHA-256 differs from index.json's (changed bytes)")
+    return problems
