@@ -186,12 +186,14 @@ def exit_lost(processes, why: str, code: int = 3):
     naming the lost processes."""
     names = ", ".join(str(p) for p in processes) or "unknown"
     n = jax.process_count()
+    stacks = watchdog.keep_stacks(f"process {names} of {n} is lost ({why})")
     os.write(
         2,
         (
             f"\npjx: process {names} of {n} is lost ({why}); process {jax.process_index()} "
-            "stops too. Restart the same command on every host to resume from the last "
-            "checkpoint.\n"
+            "stops too"
+            + (f" (its stacks: {stacks})" if stacks else "")
+            + ". Restart the same command on every host to resume from the last checkpoint.\n"
         ).encode(),
     )
     os._exit(code)

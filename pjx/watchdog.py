@@ -206,14 +206,14 @@ class Watchdog:
         logging.shutdown()
         os._exit(EXIT_CODE)
 
-    def _dump_stacks(self, me, phase, step, idle) -> str:
+    def _dump_stacks(self, me, phase, step, idle, why="") -> str:
         folder = os.path.join(self.workdir or ".", STALL_DIR)
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"process_{me}.txt")
         with open(path, "w") as f:
             f.write(
                 f"process {me} of {jax.process_count()}: {PHASE_WORDS.get(phase, phase)}, "
-                f"last step {step}, no progress for {idle:.1f}s\n\n"
+                f"last step {step}, no progress for {idle:.1f}s{why and '; ' + why}\n\n"
             )
             f.flush()
             faulthandler.dump_traceback(file=f, all_threads=True)
@@ -232,6 +232,18 @@ def stop_for_peer(announced: str):
     sys.stderr.write(f"\npjx: {announced}; process {jax.process_index()} stops too\n")
     sys.stderr.flush()
     os._exit(EXIT_CODE)
+
+
+def keep_stacks(why: str) -> str | None:
+    """Writes this process's stacks as a stall would (the loop's watchdog, while it runs)
+    before the process ends for another reason (a lost peer); the file's path, or None."""
+    if _active is None or not _active.enabled:
+        return None
+    phase, _, step, idle = _active.phases.state()
+    try:
+        return _active._dump_stacks(jax.process_index(), phase, step, idle, why=why)
+    except OSError:  # an unwritable workdir must not hide why the run ends
+        return None
 
 
 def announced_stall(client) -> str | None:

@@ -4,8 +4,10 @@ refusals of bad settings."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -59,6 +61,54 @@ def test_a_blocked_main_thread_ends_the_run_with_code_4_and_its_stacks(tmp_path)
     print(f"stopped {time.monotonic() - t0:.0f}s after the start, window 3s")
 
 
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_text()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for t in os.listdir(f"/proc/{pid}/task"):
+        out += [int(c) for c in Path(f"/proc/{pid}/task/{t}/children").read_text().split()]
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the worker through /proc")
+def test_a_frozen_data_worker_is_noticed(tmp_path):
+    """SIGSTOP on the run's Grain worker process (data.workers=1): once the prefetched
+    batches are used up the main thread waits for data, and the watchdog ends the run."""
+    run, log = tmp_path / "run", tmp_path / "log.txt"
+    cmd = [sys.executable, "-m", "pjx.cli", "train", "--config", CONFIG, "--workdir", str(run),
+           *FAST, "--config.steps=100000", "--config.watchdog.stall_s=5",
+           "--config.data.workers=1", "--config.checkpoint_every=1000000"]  # fmt: skip
+    # Output to a file: the frozen worker holds a pipe's write end open after the run exits.
+    with open(log, "w") as f:
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(1), cwd=ROOT)
+    frozen = []
+    try:
+        deadline = time.monotonic() + 120
+        while "step 10/" not in log.read_text():
+            assert p.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+        frozen = [
+            c for c in _children(p.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()
+        ]
+        assert frozen, "no worker process"
+        for c in frozen:
+            os.kill(c, signal.SIGSTOP)
+        t = time.monotonic()
+        assert p.wait(timeout=120) == watchdog.EXIT_CODE, log.read_text()[-2000:]
+        assert time.monotonic() - t < 60
+    finally:
+        p.kill()
+        for c in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(c, signal.SIGKILL)
+    out = log.read_text()
+    assert "process 0 of 1 is stalled, waiting for data" in out, out[-2000:]
+    stacks = (run / "stall" / "process_0.txt").read_text()
+    assert "grain" in stacks and "pjx/loop.py" in stacks  # the main thread, in the reader
+
+
 def test_a_long_first_compile_is_not_a_stall(tmp_path):
     """A 0.5 s window, far below the first compile (and the evaluation): the run ends."""
     (p,) = _train(tmp_path / "run", "--config.steps=3", "--config.watchdog.stall_s=0.5")
@@ -79,6 +129,31 @@ def test_a_stalled_peer_is_named_by_the_other_process(tmp_path):
     for i in (0, 1):
         assert (tmp_path / "run" / "stall" / f"process_{i}.txt").read_text().count("Thread")
     assert "_test_stall" in (tmp_path / "run" / "stall" / "process_1.txt").read_text()
+
+
+@pytest.mark.multihost
+def test_a_frozen_peer_is_named_lost_and_the_survivor_keeps_its_stacks(tmp_path):
+    """SIGSTOP on process 1 (no thread of it runs, as under a starved cgroup): process 0,
+    waiting for it in a collective, is not the stalled one; the heartbeats name process 1
+    lost, and process 0 exits with code 3 (no C++ abort), its stacks kept."""
+    procs = _train(tmp_path / "run", "--config.steps=100000", processes=2)
+    try:
+        deadline = time.monotonic() + 120
+        for line in procs[0].stdout:
+            if line.startswith("step 3/") or time.monotonic() > deadline:
+                break
+        os.kill(procs[1].pid, signal.SIGSTOP)
+        t = time.monotonic()
+        out = procs[0].communicate(timeout=120)[0]
+        took = time.monotonic() - t
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[0].returncode == 3 and took < 60, (took, out[-2000:])
+    assert "pjx: process 1 of 2 is lost" in out and "Abort" not in out, out[-2000:]
+    stacks = (tmp_path / "run" / "stall" / "process_0.txt").read_text()
+    assert "process 1 of 2 is lost" in stacks.splitlines()[0] and "Thread" in stacks
+    print(f"survivor exited {took:.1f}s after the freeze")
 
 
 # ------------------------------------------------------------------ in process
