@@ -451,7 +451,9 @@ def resolve(config, tokenizer=None) -> ml_collections.ConfigDict:
                 f"leave model.{k} unset: the task decides it"
             )
         fields[k] = v
-    if c.get("init_from") and "pooling" not in own:  # a pooler that never trained: the mean
+    # A BERT pooler that never trained: the mean (ModernBERT has no pooler; its `head` trains
+    # with the MLM loss, and its classifier reads [CLS] through it).
+    if c.get("init_from") and "pooling" not in own and family == "bert":
         pooling, why = init_from.default_pooling(c.init_from, fields)
         if pooling:
             fields["pooling"] = pooling

@@ -110,7 +110,7 @@ def _hf_base(source) -> str | None:
 
 
 PEFT_TASK = {"bert": "SEQ_CLS", "vit": "SEQ_CLS", "gpt2": "CAUSAL_LM", "t5": "SEQ_2_SEQ_LM",
-             "llama": "CAUSAL_LM"}  # fmt: skip
+             "llama": "CAUSAL_LM", "modernbert": "SEQ_CLS"}  # fmt: skip
 
 
 def to_peft(src, dst) -> Path:

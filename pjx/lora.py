@@ -45,10 +45,11 @@ TARGETS = {
     "t5": r"(SelfAttention|EncDecAttention)/(q|v)$",
     "vit": r"attention/attention/(query|value)$",
     "llama": r"self_attn/(q_proj|v_proj)$",
+    "modernbert": r"attn/Wqkv$",  # fused q, k, v (as GPT-2's c_attn)
 }
 # Heads that are new for a fine-tuning task and so train fully (PEFT's modules_to_save).
 HEADS = {"bert": r"^(pre_)?classifier/", "vit": r"^classifier/", "gpt2": r"$^", "t5": r"$^",
-         "llama": r"$^"}  # fmt: skip
+         "llama": r"$^", "modernbert": r"^classifier/"}  # fmt: skip
 ADAPTER_NAMES = ("lora_a", "lora_b")
 
 

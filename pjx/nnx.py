@@ -23,7 +23,8 @@ from pjx import models
 
 
 def family_of(model) -> str:
-    """The pjx family name ("bert", "gpt2", "t5", "vit", "llama") of a pjx Linen model."""
+    """The pjx family name ("bert", "gpt2", "t5", "vit", "llama", "modernbert") of a pjx
+    Linen model."""
     for name, module in models.MODELS.items():
         if isinstance(model, module.Model):
             return name

@@ -88,6 +88,24 @@ def _bert_distill():
     return student, batch, "distill", args, (t_params,)
 
 
+def _modernbert_classify():
+    """ModernBERT with two layers (global, then local), fused Wqkv, GLU, no biases."""
+    model = models.create(
+        "modernbert", "tiny", **dict(SMALL, num_layers=2), max_position_embeddings=L,
+        local_attention=4, mlm_head=False, num_labels=3,
+    )  # fmt: skip
+    ids = np.random.default_rng(0).integers(5, 60, (B, L))
+    mask = np.ones((B, L), np.int32)
+    mask[1, -4:] = 0
+    batch = {
+        "input_ids": ids.astype(np.int32),
+        "attention_mask": mask,
+        "label": np.asarray([0, 2, 1, 1], np.int32),
+        "weight": np.asarray([1, 1, 1, 0], np.float32),
+    }
+    return model, batch, "classify", {}
+
+
 def _llama_clm():
     model, batch, task, extra = _gpt2_clm()
     model = models.create(
@@ -100,6 +118,7 @@ def _llama_clm():
 FAMILIES = {
     "bert-mlm (tied decoder)": _bert_mlm,
     "llama-clm (GQA, q/k norms, untied)": _llama_clm,
+    "modernbert-classify (fused qkv, GLU, windows)": _modernbert_classify,
     "bert-distill (frozen teacher)": _bert_distill,
     "gpt2-clm (tied wte)": _gpt2_clm,
     "t5-seq2seq": _t5_seq2seq,

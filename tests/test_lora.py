@@ -25,6 +25,8 @@ FIELDS = {
     "t5": dict(SMALL, vocab_size=64, head_dim=16),
     "vit": dict(SMALL, image_size=16, patch_size=8, num_channels=3, num_labels=3),
     "llama": dict(SMALL, num_kv_heads=1, vocab_size=64, max_position_embeddings=16),
+    "modernbert": dict(SMALL, vocab_size=64, max_position_embeddings=16, num_labels=3,
+                       mlm_head=False, local_attention=4),
 }
 RANK4 = dict(lora.DEFAULTS, rank=4, alpha=8.0)
 
@@ -82,7 +84,7 @@ def _out(model, params, inputs):
 
 
 # ------------------------------------------------------------------ the adapted model
-@pytest.mark.parametrize("family", ["bert", "gpt2", "t5", "vit", "llama"])
+@pytest.mark.parametrize("family", ["bert", "gpt2", "t5", "vit", "llama", "modernbert"])
 def test_fresh_adapters_give_the_base_model_exactly(family):
     model, adapted, params, inputs = _init(family)
     adapters = sorted(p.rsplit("/", 1)[0] for p in flat(params) if p.endswith("/lora_b"))
@@ -90,11 +92,11 @@ def test_fresh_adapters_give_the_base_model_exactly(family):
     pattern = lora.TARGETS[family]
     assert all(__import__("re").search(pattern, m) for m in adapters)
     want = 2 * 2 if family != "t5" else 2 * (2 + 4)  # layers x (q, v) per attention
-    assert len(adapters) == (2 if family == "gpt2" else want)
+    assert len(adapters) == (2 if family in ("gpt2", "modernbert") else want)  # fused q, k, v
     np.testing.assert_array_equal(_out(adapted, params, inputs), _out(model, _base(params), inputs))
 
 
-@pytest.mark.parametrize("family", ["bert", "gpt2", "t5", "llama"])
+@pytest.mark.parametrize("family", ["bert", "gpt2", "t5", "llama", "modernbert"])
 def test_merged_model_equals_the_adapted_model(family):
     model, adapted, params, inputs = _init(family)
     params = _randomise_adapters(params)

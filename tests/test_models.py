@@ -44,7 +44,7 @@ def test_create_and_unknown_override():
     assert model.config.vocab_size == V and model.config.num_layers == 2
     with pytest.raises(ValueError, match="valid fields"):
         models.make_config("bert", "tiny", hidden=3)
-    assert set(models.MODELS) == {"bert", "gpt2", "t5", "vit", "llama"}
+    assert set(models.MODELS) == {"bert", "gpt2", "t5", "vit", "llama", "modernbert"}
 
 
 def test_logical_axis_names_on_every_param():
@@ -65,6 +65,7 @@ def test_logical_axis_names_on_every_param():
     for name, kw in [
         ("bert", dict(nsp_head=True, num_labels=3)), ("t5", {}), ("gpt2", {}),
         ("llama", dict(qkv_bias=True, out_bias=True, mlp_bias=True, qk_norm=True)),
+        ("modernbert", dict(num_labels=2, norm_bias=True, attention_bias=True, mlp_bias=True)),
     ]:  # fmt: skip
         config = models.make_config(name, "tiny", vocab_size=V, **kw)
         boxed = jax.eval_shape(
@@ -328,7 +329,7 @@ def test_vit_mnist_shapes(patch, pooling):
 
 
 def test_example_inputs_init_every_family():
-    for name in ("bert", "gpt2", "t5", "vit", "llama"):
+    for name in ("bert", "gpt2", "t5", "vit", "llama", "modernbert"):
         config = models.make_config(name, "tiny")
         inputs = models.example_inputs(name, config, seq_len=8)
         out = jax.eval_shape(

@@ -29,11 +29,26 @@ import numpy as np
 from flax import traverse_util
 
 from pjx import models
-from pjx.hf import bert, distilbert, folder, gpt2, hub, llama, mapping, peft, roberta, t5, vit
+from pjx.hf import (
+    bert,
+    distilbert,
+    folder,
+    gpt2,
+    hub,
+    llama,
+    mapping,
+    modernbert,
+    peft,
+    roberta,
+    t5,
+    vit,
+)  # fmt: skip
 
 log = logging.getLogger(__name__)
 
-FAMILIES = {"bert": bert, "gpt2": gpt2, "vit": vit, "t5": t5, "llama": llama}  # family -> HF table
+# family -> HF table
+FAMILIES = {"bert": bert, "gpt2": gpt2, "vit": vit, "t5": t5, "llama": llama,
+            "modernbert": modernbert}  # fmt: skip
 # Hugging Face model types that are pjx BERTs of another `variant`, with their tables.
 BERT_VARIANTS = {"roberta": roberta, "distilbert": distilbert}
 _BY_MODEL_TYPE = {m.MODEL_TYPE: name for name, m in FAMILIES.items()}
@@ -72,8 +87,8 @@ def _open(path):
     if model_type not in _BY_MODEL_TYPE:
         raise ValueError(
             f"{path}: config.json model_type={model_type!r} is not supported; pjx imports "
-            f"{sorted(_BY_MODEL_TYPE)} (BERT, RoBERTa, DistilBERT, GPT-2, ViT, T5 v1.1, Llama, "
-            "Qwen2 / 2.5 / 3, Mistral)."
+            f"{sorted(_BY_MODEL_TYPE)} (BERT, RoBERTa, DistilBERT, ModernBERT, GPT-2, ViT, T5 "
+            "v1.1, Llama, Qwen2 / 2.5 / 3, Mistral)."
         )
     family = _BY_MODEL_TYPE[model_type]
     tensors = folder.Tensors(path)

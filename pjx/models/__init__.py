@@ -8,10 +8,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from pjx.models import bert, electra, gpt2, llama, t5, vit
+from pjx.models import bert, electra, gpt2, llama, modernbert, t5, vit
 from pjx.nn.stack import check_remat
 
-MODELS = {"bert": bert, "gpt2": gpt2, "t5": t5, "vit": vit, "llama": llama}
+MODELS = {"bert": bert, "gpt2": gpt2, "t5": t5, "vit": vit, "llama": llama,
+          "modernbert": modernbert}  # fmt: skip
 # The layer stacks of every family (`scan_layers`: one stacked child instead of NAME_i).
 STACKS = tuple(p for m in MODELS.values() for p in m.STACKS) + electra.STACKS
 

@@ -57,6 +57,7 @@ class LayerConfig:
     sow_qkv: bool = False
     num_kv_heads: int = 0  # grouped-query attention's key / value heads; 0: num_heads
     qk_norm: bool = False  # RMSNorm of each query and key head (Qwen3)
+    norm_bias: bool = True  # LayerNorm's bias (ModernBERT has none)
 
     def __post_init__(self):
         if self.activation not in ACTIVATION_LEGEND:

@@ -131,10 +131,11 @@ class Norm(nn.Module):
             # Zhang & Sennrich 2019; T5 LayerNorm has no mean subtraction and no bias.
             y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) + cfg.norm_eps)
             return (y * scale).astype(cfg.compute_dtype).reshape(shape)
-        bias = self.param(
-            "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), (D,)
-        )
         mean = jnp.mean(x32, -1, keepdims=True)
         var = jnp.mean(jnp.square(x32 - mean), -1, keepdims=True)
-        y = (x32 - mean) * jax.lax.rsqrt(var + cfg.norm_eps)
-        return (y * scale + bias).astype(cfg.compute_dtype).reshape(shape)
+        y = (x32 - mean) * jax.lax.rsqrt(var + cfg.norm_eps) * scale
+        if cfg.norm_bias:
+            y = y + self.param(
+                "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), (D,)
+            )
+        return y.astype(cfg.compute_dtype).reshape(shape)

@@ -19,7 +19,7 @@ from pjx.examples import DataError
 
 class Classify(base.Task):
     name = "classify"
-    families = ("bert", "vit")
+    families = ("bert", "modernbert", "vit")
     unit = "examples"
     defaults = dict(label_smoothing=0.0)
 
@@ -54,7 +54,8 @@ class Classify(base.Task):
         return out
 
     def model_fields(self, family, args) -> dict:
-        return {"mlm_head": False, "nsp_head": False} if family == "bert" else {}
+        return {"bert": {"mlm_head": False, "nsp_head": False},
+                "modernbert": {"mlm_head": False}}.get(family, {})  # fmt: skip
 
     def check_model(self, model_config) -> None:
         if getattr(model_config, "num_labels", 0) <= 0:

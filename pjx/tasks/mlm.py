@@ -19,7 +19,7 @@ from pjx import losses, masking, packing
 class MLM(base.Task):
     name = "mlm"
     packs = "optional"
-    families = ("bert",)
+    families = ("bert", "modernbert")
     unit = "tokens"
     defaults = dict(mask_rate=0.15, max_predictions=None, nsp=False, label_smoothing=0.0)
 
@@ -99,6 +99,10 @@ class MLM(base.Task):
         return out
 
     def model_fields(self, family, args) -> dict:
+        if family != "bert":  # ModernBERT: masked LM only (it was trained without NSP)
+            if args["nsp"]:
+                raise ValueError(f"task_args.nsp=true: a {family} model has no NSP head")
+            return {"mlm_head": True}
         return {"mlm_head": True, "nsp_head": bool(args["nsp"])}
 
     def runtime_args(self, args, tokenizer, model_config) -> dict:

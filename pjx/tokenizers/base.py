@@ -22,6 +22,13 @@ FAMILY_SPECIALS = {
         ("sep", "[SEP]"),
         ("mask", "[MASK]"),
     ),
+    "modernbert": (
+        ("pad", "[PAD]"),
+        ("unk", "[UNK]"),
+        ("cls", "[CLS]"),
+        ("sep", "[SEP]"),
+        ("mask", "[MASK]"),
+    ),
     "gpt2": (("eos", "<|endoftext|>"),),
     "t5": (("pad", "<pad>"), ("eos", "</s>"), ("unk", "<unk>")),
     # Llama 2's SentencePiece: <unk> 0, <s> 1, </s> 2, no padding piece.

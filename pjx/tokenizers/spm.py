@@ -116,6 +116,9 @@ _FAMILY_OPTIONS = {
 }  # fmt: skip
 
 
+_SAME_OPTIONS = {"modernbert": "bert"}  # BERT's specials and normalisation
+
+
 def _sentences(texts_or_files) -> Iterator[str]:
     """Lines of the texts (or of the files), blank lines skipped, very long lines chunked."""
     if isinstance(texts_or_files, (str, bytes)):
@@ -199,7 +202,7 @@ def train_sentencepiece(
     if model_type not in ("unigram", "bpe"):
         raise ValueError(f"model_type must be 'unigram' or 'bpe', got {model_type!r}")
     n_sentinels = NUM_SENTINELS.get(family, 0)
-    options = dict(_FAMILY_OPTIONS[family])
+    options = dict(_FAMILY_OPTIONS[_SAME_OPTIONS.get(family, family)])
     if byte_fallback is not None:
         options["byte_fallback"] = bool(byte_fallback)
     count = [0]
