@@ -25,8 +25,14 @@ FIELDS = {
     "t5": dict(SMALL, vocab_size=64, head_dim=16),
     "vit": dict(SMALL, image_size=16, patch_size=8, num_channels=3, num_labels=3),
     "llama": dict(SMALL, num_kv_heads=1, vocab_size=64, max_position_embeddings=16),
-    "modernbert": dict(SMALL, vocab_size=64, max_position_embeddings=16, num_labels=3,
-                       mlm_head=False, local_attention=4),
+    "modernbert": dict(
+        SMALL,
+        vocab_size=64,
+        max_position_embeddings=16,
+        num_labels=3,
+        mlm_head=False,
+        local_attention=4,
+    ),
 }
 RANK4 = dict(lora.DEFAULTS, rank=4, alpha=8.0)
 
