@@ -1,8 +1,15 @@
 """TrainState, the pure train / eval steps, and what a config builds (`Setup`).
 
 `train_step` is one module-level pure function, jitted once with the state's and the
-batch's shardings and the state donated. The loop that runs it is pjx.loop; a whole run
-(tokenizer, data, checkpoints, stages) is pjx.run.
+batch's shardings and the state donated. Without DP-SGD, accumulation or frozen leaves it
+is the plain step (pjx.grads adds those around the same `value_and_grad`):
+
+    (loss, mets), g = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
+    updates, opt_state = tx.update(g, opt_state, params)
+    params = optax.apply_updates(params, updates)
+
+The loop that runs it is pjx.loop; a whole run (tokenizer, data, checkpoints, stages) is
+pjx.run.
 """
 
 from __future__ import annotations
