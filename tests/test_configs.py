@@ -50,8 +50,11 @@ LAST_STAGE = {"distill.py:smoke": "student"}
 FLOWS = {
     "gpt2": ["gpt2_lm.py:smoke", "gpt2_lm.py:smoke"],  # continued LM training
     "llama": ["llama_lm.py:smoke", "llama_lm.py:shakespeare_char,smoke"],
+    "modernbert": ["modernbert_mlm.py:smoke", "glue.py:sst2,smoke"],  # MLM, then a classifier
     "t5": ["t5_span.py:smoke", "t5_span.py:seq2seq,smoke"],
 }
+# Flags the fine-tuning configs of a flow need (glue.py builds a BERT unless told).
+FLOW_FLAGS = {"modernbert": ["--config.model.name=modernbert"]}
 IN_NOTEBOOKS = [
     "quickstart.py:smoke",  # two stages in one config
     "vit_simclr.py:smoke",
@@ -139,7 +142,7 @@ def test_pretrain_then_finetune_with_init_from(family, tmp_path, capsys):
     for i, spec in enumerate(then):
         capsys.readouterr()
         run = tmp_path / f"finetune{i}"
-        _train(spec, run, tmp_path, f"--config.init_from={pre}")
+        _train(spec, run, tmp_path, f"--config.init_from={pre}", *FLOW_FLAGS.get(family, []))
         report = capsys.readouterr().out
         loaded = int(re.search(r"init_from .*: (\d+) loaded", report).group(1))
         assert loaded > 0 and " 0 resized" in report

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -134,3 +135,58 @@ def test_refusals_name_the_key(tf, tmp_path):
     (tmp_path / "hf" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="every\n?.*n-th layer"):
         hf.load(tmp_path / "hf")
+
+
+def test_export_round_trip_is_bit_exact(tf, tmp_path):
+    _hf_model(tf, "ModernBertForSequenceClassification", tmp_path / "hf", **SWITCHES["biases"])
+    model, params = hf.load(tmp_path / "hf")
+    hf.save("modernbert", model.config, params, tmp_path / "out")
+    model2, params2 = hf.load(tmp_path / "out")
+    assert model2.config == model.config
+    jax.tree.map(np.testing.assert_array_equal, params2, params)
+
+
+def _word_tokenizer(path, vocab_size):
+    """A tokenizer.json (word level) with BERT's special spellings, as ModernBERT's has."""
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers import models as tok_models
+
+    from pjx.data import embedded
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    for text in embedded.documents():
+        for w in text.split():
+            if w not in words and len(words) < vocab_size:
+                words.append(w)
+    tok = Tokenizer(tok_models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(path))
+
+
+def test_a_modernbert_hub_id_fine_tunes_from_the_cache(tf, tmp_path, monkeypatch):
+    """`--config.init_from=hf:answerdotai/ModernBERT-base` with the files in Hugging Face's
+    cache (a snapshot the test builds from a random model), offline."""
+    from test_hf_hub import MAIN, add_snapshot
+
+    constants = pytest.importorskip("huggingface_hub.constants")
+    repo, src = "answerdotai/ModernBERT-base", tmp_path / "src"
+    _hf_model(tf, "ModernBertForMaskedLM", src, vocab_size=300)
+    _word_tokenizer(src / "tokenizer.json", 300)
+    files = {p.name: p for p in src.iterdir() if p.suffix in (".json", ".safetensors")}
+    cache = tmp_path / "hub"
+    add_snapshot(cache, repo, MAIN, files, ref="main")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    _, params = hf.load(repo)
+    _, want = hf.load(src)
+    jax.tree.map(np.testing.assert_array_equal, params, want)
+    work = tmp_path / "run"
+    argv = ["train", "--config", f"{ROOT}/configs/glue.py:sst2,smoke", "--workdir", str(work),
+            f"--config.init_from=hf:{repo}", "--config.model.name=modernbert",
+            "--config.write_curves=false", "--config.progress=false"]  # fmt: skip
+    assert cli.main(argv) == 0
+    saved = json.loads((work / "config.json").read_text())
+    assert saved["model"]["name"] == "modernbert" and saved["model"]["vocab_size"] == 300
+    assert saved["model"]["num_labels"] == 2 and saved["model"]["local_attention"] == 8
