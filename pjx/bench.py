@@ -97,14 +97,18 @@ def memory(compiled) -> dict:
 
 
 def compile_only(config, *, tokenizer=None) -> dict:
-    """Compiles the train step of a resolved `config` without running it: compile time and
-    XLA's memory estimates (`temp_bytes`, `argument_bytes`, ...), plus the shapes."""
+    """Compiles the train step of a resolved `config` without running it: compile time,
+    XLA's memory estimates (`temp_bytes`, `argument_bytes`, ...), the model FLOPs of one
+    step (pjx.flops, as the train lines count them), plus the shapes."""
     s = train.build(config, tokenizer=tokenizer)
     batch = synthetic_batch(s.config, s.model.config)
     t0 = time.perf_counter()
     compiled = train.compile_step(s, batch)
+    step_flops = flops.step_flops(s.config, s.model.config, s.abstract_state.params, s.trainable)
     return {
         "compile_s": time.perf_counter() - t0,
+        "step_tflops": step_flops / 1e12,
+        "matmul_params": matmul_params(s.abstract_state.params),
         **memory(compiled),
         **_describe(s),
         **_device_info(),

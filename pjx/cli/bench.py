@@ -62,5 +62,6 @@ def compile_line(r: dict) -> str:
         f"pjx bench --compile-only {r['model']} {r['task']} B={r['batch_size']} "
         f"L={r['seq_len']} {r['dtype']} remat={r['remat']} scan={r['scan_layers']}: compile "
         f"{r['compile_s']:.1f}s | temp {mib('temp_bytes'):,.0f} MiB | arguments "
-        f"{mib('argument_bytes'):,.0f} MiB (per device)"
+        f"{mib('argument_bytes'):,.0f} MiB (per device) | {r['step_tflops']:.2f} model TFLOP "
+        "a step"
     )
