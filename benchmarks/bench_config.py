@@ -17,6 +17,9 @@ SHAPES = {
     # CPU comparison (BENCHMARKS.md): BERT mini MLM and a GPT-2 of the same width.
     "bert_mini": ("bert", "mlm", 4, 256, 4, 128, 32, 8192),
     "gpt2_mini": ("gpt2", "clm", 4, 256, 4, 256, 16, 8192),
+    # The Llama block at the same shape: 4 query / 2 key-value heads, SwiGLU of LLAMA_MLP,
+    # tied embeddings (pjx's llama `mini` preset); against LlamaForCausalLM.
+    "llama_mini": ("llama", "clm", 4, 256, 4, 256, 16, 8192),
     # DP-SGD on CPU (benchmarks/compare_dp.py, with Opacus): BERT mini sequence
     # classification, pooled [CLS] -> TEXT_LABELS classes.
     "bert_mini_cls": ("bert", "classify", 4, 256, 4, 128, 32, 8192),
@@ -28,6 +31,7 @@ SHAPES = {
     "vit_b16": ("vit", "classify", 12, 768, 12, 224, 256, 1000),
 }
 PATCH = 16  # ViT patch side
+LLAMA_MLP = {256: 688}  # SwiGLU width per hidden size: about 8/3 x, a multiple of 16
 TEXT_LABELS = 2  # classes of the text classify rows (bert_mini_cls)
 # The optimizer of every row (get_config here, gpu_bench.make_config); STEPS is only the
 # length of the lr schedule, of which a benchmark times a few steps.
@@ -43,6 +47,8 @@ def model_fields(arg: str, tiny: bool = False) -> dict:
         raise ValueError(f"unknown benchmark shape {arg!r}; choose from {sorted(SHAPES)}")
     model, task, layers, hidden, heads, seq, _, vocab = SHAPES[arg]
     f = dict(num_layers=layers, hidden_size=hidden, num_heads=heads, mlp_dim=4 * hidden)
+    if model == "llama":
+        f.update(mlp_dim=LLAMA_MLP[hidden], num_kv_heads=heads // 2, tie_word_embeddings=True)
     if model == "vit":
         f.update(image_size=seq, patch_size=PATCH, num_channels=3, num_labels=vocab)
     else:

@@ -1,9 +1,10 @@
 """Hugging Face transformers (PyTorch, eager) reference for `pjx bench`.
 
 Times train steps (forward + backward + global-norm clipping + AdamW) of
-`BertForMaskedLM` / `GPT2LMHeadModel` / `ViTForImageClassification` built from configs in
-this script (nothing is downloaded), on the shapes of benchmarks/bench_config.py, and
-prints, as its last line, one JSON object with the fields `pjx bench` prints.
+`BertForMaskedLM` / `GPT2LMHeadModel` / `LlamaForCausalLM` / `ViTForImageClassification`
+built from configs in this script (nothing is downloaded), on the shapes of
+benchmarks/bench_config.py, and prints, as its last line, one JSON object with the fields
+`pjx bench` prints.
 
   python benchmarks/hf_reference.py bert_mini --threads 2
   python benchmarks/hf_reference.py gpt2_small --device cuda --bf16 --compile --dropout 0
@@ -44,6 +45,19 @@ def build_model(kind, layers, hidden, heads, vocab, attn, dropout=0.1, mlp=None,
     import transformers as tf
 
     mlp = mlp or 4 * hidden
+    if kind == "llama":  # bench_config.model_fields: GQA with half the heads, tied, no dropout
+        cfg = tf.LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            intermediate_size=mlp,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=heads // 2,
+            max_position_embeddings=1024,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=True,
+        )
+        return tf.LlamaForCausalLM._from_config(cfg, attn_implementation=attn)
     if kind == "vit":
         cfg = tf.ViTConfig(
             image_size=image,
@@ -99,7 +113,7 @@ def make_batch(torch, kind: str, batch: int, seq: int, vocab: int, seed: int):
         }
     ids = torch.randint(5, vocab, (batch, seq), generator=g)
     mask = torch.ones_like(ids)
-    if kind == "gpt2":
+    if kind in ("gpt2", "llama"):
         return {"input_ids": ids, "attention_mask": mask, "labels": ids.clone()}
     # DataCollatorForLanguageModeling: 15% of tokens, 80% [MASK], 10% random, 10% kept.
     labels = ids.clone()
