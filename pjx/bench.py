@@ -187,12 +187,18 @@ def run(
 
 
 def _describe(s) -> dict:
-    """What was measured: model, task, shapes, precision, attention, remat / scan."""
+    """What was measured: model, task, shapes, what trains (LoRA, DP-SGD), precision,
+    attention, remat / scan."""
     c, m = s.config, s.model.config
+    leaves = jax.tree.leaves(s.abstract_state.params)
+    trains = jax.tree.leaves(s.trainable) if s.trainable is not None else [True] * len(leaves)
     return {
         "model": f"{c['model']['name']}/{c['model']['size']}",
         "task": c["task"],
-        "params": sum(math.prod(x.shape) for x in jax.tree.leaves(s.abstract_state.params)),
+        "params": sum(math.prod(x.shape) for x in leaves),
+        "trained_params": sum(math.prod(x.shape) for x, t in zip(leaves, trains) if t),
+        "lora_rank": int((c.get("lora") or {}).get("rank") or 0),
+        "dp_noise_multiplier": float((c.get("dp") or {}).get("noise_multiplier") or 0.0),
         "batch_size": int(c["batch_size"]),
         "seq_len": tokens_per_example(c, m),
         "dtype": str(getattr(m, "dtype", "float32")),
