@@ -270,6 +270,14 @@ def _hf_base(tf, family, path):
             intermediate_size=37, max_position_embeddings=16, num_labels=3,
         )  # fmt: skip
         model = tf.BertForSequenceClassification(cfg)
+    elif family == "modernbert":
+        cfg = tf.ModernBertConfig(
+            vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=40, max_position_embeddings=16, local_attention=4, num_labels=3,
+            pad_token_id=0, bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3,
+        )  # fmt: skip
+        cfg._attn_implementation = "eager"
+        model = tf.ModernBertForSequenceClassification(cfg)
     elif family == "llama":
         cfg = tf.LlamaConfig(
             vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -304,7 +312,7 @@ def _lora_workdir(family, base, dst, cfg):
 
 
 @pytest.mark.hf
-@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama", "modernbert"])
 def test_peft_loads_the_exported_adapter_with_pjx_logits(tf, family, tmp_path):
     import peft
     import torch
@@ -314,7 +322,8 @@ def test_peft_loads_the_exported_adapter_with_pjx_logits(tf, family, tmp_path):
     args = ["convert", "pjx-to-peft", str(tmp_path / "run"), str(tmp_path / "adapter")]
     assert cli.main(args) == 0
     adapter_config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
-    want_targets = {"bert": ["query", "value"], "gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}
+    want_targets = {"bert": ["query", "value"], "gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"],
+                    "modernbert": ["Wqkv"]}  # fmt: skip
     want_targets = want_targets[family]
     assert adapter_config["target_modules"] == want_targets
     assert adapter_config["base_model_name_or_path"] == str(tmp_path / "base")
@@ -329,7 +338,8 @@ def test_peft_loads_the_exported_adapter_with_pjx_logits(tf, family, tmp_path):
         want = ref.eval()(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
     batch = {"input_ids": ids, "attention_mask": mask}
     got = np.asarray(_out(model, params, batch))
-    real = mask.astype(bool) if family != "bert" else slice(None)  # decoders' pads: garbage
+    # Decoders' logits at padding are garbage; a classifier has one row per example.
+    real = mask.astype(bool) if family in ("gpt2", "llama") else slice(None)
     np.testing.assert_allclose(got[real], want.numpy()[real], atol=1e-4, rtol=0)
     without = np.asarray(_out(model.model, _base(params), batch))  # the adapters matter
     assert np.abs(got[real] - without[real]).max() > 1e-3
