@@ -272,7 +272,7 @@ def curve_chart(results: dict, path, title: str = "") -> Path:
     from matplotlib.figure import Figure
 
     tasks = list(dict.fromkeys(t for by_task in results.values() for t in by_task))
-    fig = Figure(figsize=(4.2 * len(tasks) + 0.6, 3.8), dpi=100)
+    fig = Figure(figsize=(4.2 * len(tasks) + 0.6, 3.8 + 0.15 * len(results)), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(tasks), squeeze=False)[0]
     for ax, task in zip(axes, tasks):
@@ -281,7 +281,8 @@ def curve_chart(results: dict, path, title: str = "") -> Path:
             if not by_n:
                 continue
             x, y, err = zip(*((n, s["mean"], s["std"]) for n, s in by_n))
-            ax.errorbar(x, y, yerr=err, color=f"C{i % 10}", marker="o", capsize=4, label=source)
+            ax.errorbar(x, y, yerr=err, color=f"C{i % 10}", marker="o", capsize=4,
+                        label=legend_label(source))  # fmt: skip
         ax.set_xscale("log")
         sizes = sorted({int(n) for by_task in results.values() for n in by_task.get(task, {})})
         ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
@@ -290,8 +291,27 @@ def curve_chart(results: dict, path, title: str = "") -> Path:
         ax.set_ylabel(METRICS[task][0])
         ax.set_title(task)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+    # One legend for every panel, under them: long source names never cover a curve.
+    handles, labels = axes[0].get_legend_handles_labels()
+    ncol = min(len(labels), 2 if max(map(len, labels), default=0) <= 30 else 1)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    rows = -(-len(labels) // max(ncol, 1))
+    fig.tight_layout(rect=(0, 0.07 * rows + 0.02, 1, 1))
     fig.savefig(path)
     return Path(path)
+
+
+def legend_label(source: str) -> str:
+    """A source as a legend names it: a local folder by its last part (two when the last
+    says nothing, e.g. .../all-MiniLM-L6-v2/model); anything else (`scratch`, a Hub id)
+    as it is."""
+    kind, _, rest = (
+        source.partition(":") if source.startswith(("hf:", "peft:")) else ("", "", source)
+    )
+    path = Path(rest)
+    if source == SCRATCH or not path.exists():
+        return source
+    parts = path.resolve().parts
+    name = "/".join(parts[-2:]) if parts[-1] in ("model", "checkpoints", "run") else parts[-1]
+    return f"{kind}:{name}" if kind else name
