@@ -44,21 +44,26 @@ def add_snapshot(cache: Path, repo: str, commit: str, files: dict, ref: str | No
     return snap
 
 
+def use_offline_cache(monkeypatch, cache: Path):
+    """Points huggingface_hub at `cache`, offline. It reads its environment once, at import:
+    the module constants are what snapshot_download consults; the environment is for the
+    subprocesses."""
+    constants = pytest.importorskip("huggingface_hub.constants")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch, minilm_dir):
     """An offline Hub cache holding all-MiniLM-L6-v2 at two commits: main and tag v1."""
-    constants = pytest.importorskip("huggingface_hub.constants")
     src = minilm_dir
     cache = tmp_path / "hub"
     files = {n: src / n for n in FILES if (src / n).exists()}
     add_snapshot(cache, REPO, MAIN, files, ref="main")
     add_snapshot(cache, REPO, PINNED, files, ref="v1")
-    # huggingface_hub reads its environment once, at import: the module constants are what
-    # snapshot_download consults; the environment is for the subprocesses.
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    use_offline_cache(monkeypatch, cache)
     monkeypatch.chdir(tmp_path)  # no local folder shadows the id
     return cache
 

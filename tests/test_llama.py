@@ -218,22 +218,18 @@ def _word_tokenizer(path, vocab_size):
 
 @pytest.mark.hf
 def test_a_qwen_hub_id_loads_and_fine_tunes_from_the_cache(tf, tmp_path, monkeypatch):
-    from test_hf_hub import MAIN, add_snapshot
+    from test_hf_hub import MAIN, add_snapshot, use_offline_cache
 
     from pjx import cli
     from pjx.hf import folder
 
-    constants = pytest.importorskip("huggingface_hub.constants")
     src = tmp_path / "qwen"
     _hf_model(tf, "qwen2", dict(num_key_value_heads=2, tie_word_embeddings=True), src)
     _word_tokenizer(src / "tokenizer.json", BASE["vocab_size"])
     files = {p.name: p for p in src.iterdir() if p.suffix == ".json" or p.suffix == ".safetensors"}
     cache = tmp_path / "hub"
     add_snapshot(cache, QWEN, MAIN, files, ref="main")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    use_offline_cache(monkeypatch, cache)
 
     model, params = hf.load(QWEN)
     _, want = hf.load(src)

@@ -166,19 +166,15 @@ def _word_tokenizer(path, vocab_size):
 def test_a_modernbert_hub_id_fine_tunes_from_the_cache(tf, tmp_path, monkeypatch):
     """`--config.init_from=hf:answerdotai/ModernBERT-base` with the files in Hugging Face's
     cache (a snapshot the test builds from a random model), offline."""
-    from test_hf_hub import MAIN, add_snapshot
+    from test_hf_hub import MAIN, add_snapshot, use_offline_cache
 
-    constants = pytest.importorskip("huggingface_hub.constants")
     repo, src = "answerdotai/ModernBERT-base", tmp_path / "src"
     _hf_model(tf, "ModernBertForMaskedLM", src, vocab_size=300)
     _word_tokenizer(src / "tokenizer.json", 300)
     files = {p.name: p for p in src.iterdir() if p.suffix in (".json", ".safetensors")}
     cache = tmp_path / "hub"
     add_snapshot(cache, repo, MAIN, files, ref="main")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    use_offline_cache(monkeypatch, cache)
     _, params = hf.load(repo)
     _, want = hf.load(src)
     jax.tree.map(np.testing.assert_array_equal, params, want)
