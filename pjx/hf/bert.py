@@ -8,6 +8,8 @@ classification, `num_labels` = its rows).
 
 from __future__ import annotations
 
+from pjx.hf.mapping import label_maps
+
 MODEL_TYPE = "bert"
 PREFIX = "bert."  # a bare BertModel (e.g. sentence-transformers) saves without it
 RENAMES = ((r"/layer_(\d+)(?=/)", r"/layer/\1"),)
@@ -105,6 +107,5 @@ def config_to_hf(c) -> dict:
         tie_word_embeddings=True,
     )
     if c.num_labels > 0:
-        out["id2label"] = {str(i): f"LABEL_{i}" for i in range(c.num_labels)}
-        out["label2id"] = {f"LABEL_{i}": i for i in range(c.num_labels)}
+        out.update(label_maps(c.num_labels))
     return out

@@ -9,6 +9,7 @@ names (`q_lin`, `sa_layer_norm`, `ffn.lin1`, ...). Heads: `vocab_transform` /
 from __future__ import annotations
 
 import pjx.hf.bert as bert
+from pjx.hf.mapping import label_maps
 
 MODEL_TYPE = "distilbert"
 PREFIX = "distilbert."
@@ -78,6 +79,5 @@ def config_to_hf(c) -> dict:
         pad_token_id=0, seq_classif_dropout=c.dropout_rate,
     )  # fmt: skip
     if c.num_labels > 0:
-        out["id2label"] = {str(i): f"LABEL_{i}" for i in range(c.num_labels)}
-        out["label2id"] = {f"LABEL_{i}": i for i in range(c.num_labels)}
+        out.update(label_maps(c.num_labels))
     return out

@@ -145,3 +145,11 @@ def to_hf(family, flat_params: dict[str, np.ndarray]):
             continue
         out[hf_key(family, path)] = transform(family, path).to_hf(np.asarray(x, np.float32))
     return out, skipped
+
+
+def label_maps(num_labels: int) -> dict:
+    """config.json's `id2label` / `label2id` of a classifier (transformers' default names)."""
+    return {
+        "id2label": {str(i): f"LABEL_{i}" for i in range(num_labels)},
+        "label2id": {f"LABEL_{i}": i for i in range(num_labels)},
+    }

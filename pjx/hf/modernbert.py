@@ -10,6 +10,7 @@ Hub's `global_attn_every_n_layers` + `global_rope_theta` / `local_rope_theta`.
 from __future__ import annotations
 
 from pjx.hf.bert import classifier_labels
+from pjx.hf.mapping import label_maps
 
 MODEL_TYPE = "modernbert"
 PREFIX = "model."  # a bare ModernBertModel saves its keys without it
@@ -145,6 +146,5 @@ def config_to_hf(c) -> dict:
         sep_token_id=3,
     )
     if c.num_labels > 0:
-        out["id2label"] = {str(i): f"LABEL_{i}" for i in range(c.num_labels)}
-        out["label2id"] = {f"LABEL_{i}": i for i in range(c.num_labels)}
+        out.update(label_maps(c.num_labels))
     return out

@@ -7,6 +7,8 @@ HF takes pixels NCHW and stores the patch conv as [D,C,p,p]; pjx is NHWC with [p
 
 from __future__ import annotations
 
+from pjx.hf.mapping import label_maps
+
 MODEL_TYPE = "vit"
 PREFIX = "vit."
 RENAMES = ((r"/layer_(\d+)(?=/)", r"/layer/\1"),)
@@ -98,6 +100,5 @@ def config_to_hf(c) -> dict:
         qkv_bias=True,
     )
     if c.num_labels > 0:
-        out["id2label"] = {str(i): f"LABEL_{i}" for i in range(c.num_labels)}
-        out["label2id"] = {f"LABEL_{i}": i for i in range(c.num_labels)}
+        out.update(label_maps(c.num_labels))
     return out
