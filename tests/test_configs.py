@@ -40,6 +40,7 @@ SMOKE = [  # the smoke runs the README / docstrings print; FLOWS run the other v
     "glue.py:sst2,smoke",
     "glue.py:sst2,dp,smoke",  # DP-SGD: calibrated noise, Poisson batches, dp_epsilon
     "electra.py:smoke",  # generator + discriminator in one step
+    "modernbert_mlm.py:smoke",  # a classifier from it: tests/test_modernbert.py
     "distill.py:smoke",  # a tiny teacher (stage teacher), then a student (stage student)
 ]
 # Staged smoke configs: the stage whose workdir the checks read.
@@ -50,11 +51,8 @@ LAST_STAGE = {"distill.py:smoke": "student"}
 FLOWS = {
     "gpt2": ["gpt2_lm.py:smoke", "gpt2_lm.py:smoke"],  # continued LM training
     "llama": ["llama_lm.py:smoke", "llama_lm.py:shakespeare_char,smoke"],
-    "modernbert": ["modernbert_mlm.py:smoke", "glue.py:sst2,smoke"],  # MLM, then a classifier
     "t5": ["t5_span.py:smoke", "t5_span.py:seq2seq,smoke"],
 }
-# Flags the fine-tuning configs of a flow need (glue.py builds a BERT unless told).
-FLOW_FLAGS = {"modernbert": ["--config.model.name=modernbert"]}
 IN_NOTEBOOKS = [
     "quickstart.py:smoke",  # two stages in one config
     "vit_simclr.py:smoke",
@@ -142,7 +140,7 @@ def test_pretrain_then_finetune_with_init_from(family, tmp_path, capsys):
     for i, spec in enumerate(then):
         capsys.readouterr()
         run = tmp_path / f"finetune{i}"
-        _train(spec, run, tmp_path, f"--config.init_from={pre}", *FLOW_FLAGS.get(family, []))
+        _train(spec, run, tmp_path, f"--config.init_from={pre}")
         report = capsys.readouterr().out
         loaded = int(re.search(r"init_from .*: (\d+) loaded", report).group(1))
         assert loaded > 0 and " 0 resized" in report

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from data_fixtures import write_sst2
 
 from pjx import cli, hf, models, tasks
 
@@ -62,6 +63,12 @@ def _batch(seed=0):
     return ids, mask
 
 
+def _sst2(tmp_path) -> list[str]:
+    """configs/glue.py's SST-2 smoke rows, from a file the test writes (no local data set)."""
+    src = f"tsv:{write_sst2(tmp_path / 'sst2.tsv')}"
+    return [f"--config.data.source={src}[:64]", f"--config.eval_data.source={src}[64:80]"]
+
+
 def _hf_logits(m, ids, mask):
     import torch
 
@@ -95,15 +102,15 @@ def test_logits_equal_transformers_and_the_export_loads_back(tf, tmp_path, switc
 
 def test_mlm_trains_and_a_classifier_fine_tunes_from_it(tmp_path, capsys):
     mlm = tmp_path / "mlm"
-    argv = ["train", "--config", f"{ROOT}/configs/bert_mlm.py:smoke", "--workdir", str(mlm),
-            "--config.model.name=modernbert", "--config.write_curves=false"]  # fmt: skip
+    argv = ["train", "--config", f"{ROOT}/configs/modernbert_mlm.py:smoke", "--workdir", str(mlm),
+            "--config.write_curves=false"]  # fmt: skip
     assert cli.main(argv) == 0
     saved = json.loads((mlm / "config.json").read_text())
     assert saved["model"]["name"] == "modernbert" and saved["model"]["mlm_head"]
     cls = tmp_path / "cls"
     argv = ["train", "--config", f"{ROOT}/configs/glue.py:sst2,smoke", "--workdir", str(cls),
             f"--config.init_from={mlm}", "--config.model.name=modernbert",
-            "--config.write_curves=false"]  # fmt: skip
+            "--config.write_curves=false", *_sst2(tmp_path)]  # fmt: skip
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     # The encoder, its norms and the MLM `head` load; the classifier is new, the decoder
@@ -117,7 +124,7 @@ def test_classifier_fine_tunes_from_a_hugging_face_folder(tf, tmp_path, capsys):
     argv = ["train", "--config", f"{ROOT}/configs/glue.py:sst2,smoke", "--workdir",
             str(tmp_path / "run"), f"--config.init_from=hf:{tmp_path / 'hf'}",
             "--config.model.name=modernbert", "--config.data.tokenizer=byte?specials=bert",
-            "--config.write_curves=false"]  # fmt: skip
+            "--config.write_curves=false", *_sst2(tmp_path)]  # fmt: skip
     assert cli.main(argv) == 0
     lines = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
     assert np.isfinite(lines[-1]["loss"])
@@ -181,7 +188,7 @@ def test_a_modernbert_hub_id_fine_tunes_from_the_cache(tf, tmp_path, monkeypatch
     work = tmp_path / "run"
     argv = ["train", "--config", f"{ROOT}/configs/glue.py:sst2,smoke", "--workdir", str(work),
             f"--config.init_from=hf:{repo}", "--config.model.name=modernbert",
-            "--config.write_curves=false", "--config.progress=false"]  # fmt: skip
+            "--config.write_curves=false", "--config.progress=false", *_sst2(tmp_path)]  # fmt: skip
     assert cli.main(argv) == 0
     saved = json.loads((work / "config.json").read_text())
     assert saved["model"]["name"] == "modernbert" and saved["model"]["vocab_size"] == 300
