@@ -376,8 +376,12 @@ def test_tasks_that_couple_examples_refuse_dp(capsys, tmp_path):
     assert not never.exists()
 
 
-def test_pjx_privacy_prints_the_budget_as_json(capsys):
+def test_pjx_privacy_prints_the_budget_as_json(capsys, tmp_path):
+    from data_fixtures import write_sst2
+
+    src = f"tsv:{write_sst2(tmp_path / 'sst2.tsv')}"  # read for its checks, not counted
     argv = ["privacy", "--config", f"{CONFIGS}/glue.py:sst2", "--num-examples", "6000"]
+    argv += [f"--config.data.source={src}[:90%]", f"--config.eval_data.source={src}[90%:]"]
     argv += ["--config.steps=300", "--config.dp.target_epsilon=2"]
     argv += ["--config.data.tokenizer=byte?specials=bert"]  # public: nothing learned from data
     assert cli.main([*argv, "--max-steps-for", "2"]) == 0
