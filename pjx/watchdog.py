@@ -107,28 +107,36 @@ class Watchdog:
             # peer did, this process's stacks kept, before the error unwinds further.
             announced = announced_stall(self._client)
             if announced:
-                phase, _, step, idle = self.phases.state()
-                self._stop_run(phase, step, idle, announced=announced)
+                self._stop_for_peer(announced)
         return False
 
     # ---------------------------------------------------------------- the thread
     def _watch(self):
         while not self._stop.wait(self.poll_s):
-            phase, in_phase, step, idle = self.phases.state()
-            self._note_step(step)
-            self._publish(phase, step, idle)
-            announced = self._peer_stalled()
-            if announced:
-                self._stop_run(phase, step, idle, announced=announced)
-            if phase == "compile":
-                continue
-            # Waiting in a call that needs every process is a peer's stall, not this one's:
-            # that peer's watchdog announces it (a peer that died, the heartbeat names).
-            if self._client is not None and self.phases.waiting:
-                continue
-            limit = self.window() * (SLOW_PHASE_FACTOR if phase in ("eval", "checkpoint") else 1)
-            if idle > limit:
-                self._stop_run(phase, step, idle)
+            self.check()
+
+    def check(self):
+        """One look at the loop (the thread's, every `poll_s`): ends the process on its
+        own stall or on a peer's announced one."""
+        phase, _, step, idle = self.phases.state()
+        self._note_step(step)
+        self._publish(phase, step, idle)
+        announced = announced_stall(self._client)
+        if announced:
+            self._stop_run(phase, step, idle, announced=announced)
+        if phase == "compile":
+            return
+        # Waiting in a call that needs every process is a peer's stall, not this one's:
+        # that peer's watchdog announces it (a peer that died, the heartbeat names).
+        if self._client is not None and self.phases.waiting:
+            return
+        limit = self.window() * (SLOW_PHASE_FACTOR if phase in ("eval", "checkpoint") else 1)
+        if idle > limit:
+            self._stop_run(phase, step, idle)
+
+    def _stop_for_peer(self, announced: str):
+        phase, _, step, idle = self.phases.state()
+        self._stop_run(phase, step, idle, announced=announced)
 
     def _note_step(self, step: int):
         last_step, last_t = self._last
@@ -149,9 +157,6 @@ class Watchdog:
             self._client.key_value_set(f"{_KEY}/{jax.process_index()}", state, allow_overwrite=True)
         except Exception:  # noqa: BLE001 - a dead service: the heartbeats end the run
             pass
-
-    def _peer_stalled(self) -> str | None:
-        return announced_stall(self._client)
 
     def _peers(self) -> dict[int, dict]:
         out = {}
@@ -227,8 +232,7 @@ def stop_for_peer(announced: str):
     """Ends this process (code 4) because a peer announced a stall: with the loop's
     watchdog, as its own stop (stacks kept); else with the announcement alone."""
     if _active is not None:
-        phase, _, step, idle = _active.phases.state()
-        _active._stop_run(phase, step, idle, announced=announced)
+        _active._stop_for_peer(announced)
     sys.stderr.write(f"\npjx: {announced}; process {jax.process_index()} stops too\n")
     sys.stderr.flush()
     os._exit(EXIT_CODE)
