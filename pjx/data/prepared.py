@@ -156,36 +156,15 @@ def prepare(
         chunks=len(chunks),
         chunks_per_shard=per,
     )
-    plan = json.loads(json.dumps(plan, default=str))
-    tmp = out.rstrip("/") + ".tmp"
-    if _read_json(os.path.join(tmp, PLAN_FILE)) != plan:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        _write_json(os.path.join(tmp, PLAN_FILE), plan)
+    tmp = _work_folder(out, json.loads(json.dumps(plan, default=str)))
     t0 = time.perf_counter()
-    common = (task, args, tokenizer, cfg_dict, int(seed))
     items = list(enumerate(chunks))
     jobs = [
         (j, items[i : i + per], os.path.join(tmp, f"part-{j:05d}.array_record"))
         for j, i in enumerate(range(0, len(items), per))
     ]
-    finished = {j[0]: _read_json(_done_path(j[2])) for j in jobs}
-    finished = {k: v for k, v in finished.items() if v is not None}
-    todo = [j for j in jobs if j[0] not in finished]
-    if finished:
-        log.info(f"data: resuming {tmp}: {len(finished)} of {len(jobs)} shards already written")
-    if not todo:
-        written = []
-    elif runner:
-        written = _beam_shards(todo, common, list(runner), tmp)
-    elif int(workers) > 1:
-        ctx = multiprocessing.get_context(os.environ.get("PJX_DATA_START") or _start_method())
-        with ctx.Pool(min(int(workers), len(todo)), _init, (common,)) as pool:
-            written = pool.map(_write_shard, todo, chunksize=1)
-    else:
-        _init(common)
-        written = [_write_shard(job) for job in todo]
-    done = sorted([*finished.values(), *written], key=lambda d: d["shard"])
+    common = (task, args, tokenizer, cfg_dict, int(seed))
+    done = _write_shards(jobs, common, workers, runner, tmp)
     kept = [d for d in done if d["rows"]]
     if not kept:
         raise DataError(f"{uri.raw}: no rows to prepare (every document is empty)")
@@ -229,6 +208,38 @@ def prepare(
     if skipped:
         log.warning(f"data: skipped {skipped} bad rows (data.bad_rows=skip)")
     return index
+
+
+def _work_folder(out: str, plan: dict) -> str:
+    """OUT.tmp/, kept when it was begun for this `plan` (a resume), else made empty."""
+    tmp = out.rstrip("/") + ".tmp"
+    if _read_json(os.path.join(tmp, PLAN_FILE)) != plan:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        _write_json(os.path.join(tmp, PLAN_FILE), plan)
+    return tmp
+
+
+def _write_shards(jobs, common, workers, runner, tmp: str) -> list[dict]:
+    """Every job's record (`_write_shard`), in shard order: those an earlier, killed
+    prepare finished are read back, the others written on Beam, a pool or here."""
+    finished = {j[0]: _read_json(_done_path(j[2])) for j in jobs}
+    finished = {k: v for k, v in finished.items() if v is not None}
+    todo = [j for j in jobs if j[0] not in finished]
+    if finished:
+        log.info(f"data: resuming {tmp}: {len(finished)} of {len(jobs)} shards already written")
+    if not todo:
+        written = []
+    elif runner:
+        written = _beam_shards(todo, common, list(runner), tmp)
+    elif int(workers) > 1:
+        ctx = multiprocessing.get_context(os.environ.get("PJX_DATA_START") or _start_method())
+        with ctx.Pool(min(int(workers), len(todo)), _init, (common,)) as pool:
+            written = pool.map(_write_shard, todo, chunksize=1)
+    else:
+        _init(common)
+        written = [_write_shard(job) for job in todo]
+    return sorted([*finished.values(), *written], key=lambda d: d["shard"])
 
 
 def _beam_shard(job, common) -> dict:
