@@ -199,19 +199,20 @@ def test_bad_checkpoints_are_refused_naming_what_was_found(tf, tmp_path):
 QWEN = "Qwen/Qwen2.5-0.5B"
 
 
-def _word_tokenizer(path, vocab_size):
-    """A tokenizer.json (the `tokenizers` package's word-level model) over the first words
-    of the embedded corpus: what a Hub snapshot ships beside its weights."""
+def word_tokenizer(path, vocab_size, specials=("<unk>", "<s>", "</s>"), unk="<unk>"):
+    """A tokenizer.json (the `tokenizers` package's word-level model) over `specials` (ids
+    0, 1, ...) and the first words of the embedded corpus: what a Hub snapshot ships beside
+    its weights."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     from pjx.data import embedded
 
-    words = ["<unk>", "<s>", "</s>"]
+    words = list(specials)
     for text in embedded.documents():
         for w in text.split():
             if w not in words and len(words) < vocab_size:
                 words.append(w)
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=unk))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.save(str(path))
 
@@ -225,7 +226,7 @@ def test_a_qwen_hub_id_loads_and_fine_tunes_from_the_cache(tf, tmp_path, monkeyp
 
     src = tmp_path / "qwen"
     _hf_model(tf, "qwen2", dict(num_key_value_heads=2, tie_word_embeddings=True), src)
-    _word_tokenizer(src / "tokenizer.json", BASE["vocab_size"])
+    word_tokenizer(src / "tokenizer.json", BASE["vocab_size"])
     files = {p.name: p for p in src.iterdir() if p.suffix == ".json" or p.suffix == ".safetensors"}
     cache = tmp_path / "hub"
     add_snapshot(cache, QWEN, MAIN, files, ref="main")

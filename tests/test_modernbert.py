@@ -153,31 +153,17 @@ def test_export_round_trip_is_bit_exact(tf, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, params2, params)
 
 
-def _word_tokenizer(path, vocab_size):
-    """A tokenizer.json (word level) with BERT's special spellings, as ModernBERT's has."""
-    from tokenizers import Tokenizer, pre_tokenizers
-    from tokenizers import models as tok_models
-
-    from pjx.data import embedded
-
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    for text in embedded.documents():
-        for w in text.split():
-            if w not in words and len(words) < vocab_size:
-                words.append(w)
-    tok = Tokenizer(tok_models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.save(str(path))
-
-
 def test_a_modernbert_hub_id_fine_tunes_from_the_cache(tf, tmp_path, monkeypatch):
     """`--config.init_from=hf:answerdotai/ModernBERT-base` with the files in Hugging Face's
     cache (a snapshot the test builds from a random model), offline."""
     from test_hf_hub import MAIN, add_snapshot, use_offline_cache
+    from test_llama import word_tokenizer
 
     repo, src = "answerdotai/ModernBERT-base", tmp_path / "src"
     _hf_model(tf, "ModernBertForMaskedLM", src, vocab_size=300)
-    _word_tokenizer(src / "tokenizer.json", 300)
+    # BERT's special spellings first, as ModernBERT's tokenizer has them.
+    specials = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+    word_tokenizer(src / "tokenizer.json", 300, specials, unk="[UNK]")
     files = {p.name: p for p in src.iterdir() if p.suffix in (".json", ".safetensors")}
     cache = tmp_path / "hub"
     add_snapshot(cache, repo, MAIN, files, ref="main")
