@@ -24,9 +24,8 @@ import tempfile
 from pathlib import Path
 
 import jax
-import numpy as np
 
-from pjx import inference
+from pjx import inference, tasks
 from pjx import run as run_lib
 from pjx import train as train_lib
 from pjx.data import overlap
@@ -50,7 +49,9 @@ def _with_teacher(s: train_lib.Setup, config, source: str) -> train_lib.Setup:
 
 class Loaded:
     """A saved model ready to score on data source `uri`: its resolved config reading `uri`
-    as the eval split, tokenizer, train.Setup and sharded params."""
+    as the eval split, tokenizer, train.Setup and sharded params; and what a task's
+    `report` / `predictions` run the model with (`label_names`, `probabilities`,
+    `continuations`, `generated`)."""
 
     def __init__(self, source, uri: str, overrides=(), devices=None):
         self.saved = Saved(source, overrides)
@@ -92,50 +93,60 @@ class Loaded:
             model = model.model  # the model inside lora.adapted's wrapper
         return model, self.saved.merge(params)
 
+    # What a task's `report` / `predictions` (pjx.tasks.base) run the model with.
+    def label_names(self) -> list[str]:
+        return self.saved.label_names(self.config.eval_data.source)
+
+    def probabilities(self):
+        """Class probabilities [C] per example, in input order."""
+        s = self.setup
+        return inference.probabilities(s.model, s.task, self.params, self.batches(), s.mesh)
+
+    def continuations(self, max_new_tokens: int):
+        """(text, text + sampled continuation) per text of the source, in input order (a
+        decoder: pjx.inference.Sampler)."""
+        model, params = self.plain()
+        sampler = inference.Sampler(model, self.tokenizer, where=self.source)
+        texts = [str(t) for t in self.saved.examples(self.config.eval_data.source).texts]
+        rng = jax.random.key(int(self.config.seed))
+        for i, text in enumerate(inference.progress(texts, len(texts), "predict")):
+            yield text, sampler(params, text, max_new_tokens, jax.random.fold_in(rng, i))
+
+    def generated(self):
+        """(generated ids, target ids, input ids) per example, in input order: T5 greedy
+        decoding up to the target length, cut at the first EOS."""
+        model, params = self.plain()
+        T = int(self.config.eval_data.get("target_len") or self.config.eval_data.seq_len)
+        return inference.greedy_seq2seq(model, params, self.batches(), self.tokenizer, T)
+
 
 def evaluate(source, uri: str, overrides=(), devices=None) -> dict:
-    """The task's metrics of `source` on data source `uri` (classification also the
-    confusion matrix, rows = true labels), with `examples`: how many were scored."""
+    """The task's metrics of `source` on data source `uri` and what its `Task.report` adds
+    (classification the confusion matrix, rows = true labels; seq2seq exact match), with
+    `examples` or `tokens`: how many were scored."""
     run = Loaded(source, uri, overrides, devices)
-    s = run.setup
-    sums = train_lib.metric_sums(s, run.params, run.batches())
+    task = run.setup.task
+    sums = train_lib.metric_sums(run.setup, run.params, run.batches())
     if sums is None:
         raise ValueError(f"{uri} holds no example to evaluate")
-    out = {"source": uri, "task": run.config.task, **s.task.finalize(sums)}
-    if "confusion" in sums:
-        confusion = np.asarray(sums["confusion"]).round().astype(int)
-        out["confusion_matrix"] = confusion.tolist()
-        out["labels"] = run.saved.label_names(uri)
-        out["examples"] = int(confusion.sum())
-    elif "count" in sums:
-        out["tokens" if run.config.task != "classify" else "examples"] = int(sums["count"])
-    if run.config.task == "seq2seq":  # greedy generation, compared token for token
-        pairs = list(_generated(run))
-        out["exact_match"] = float(np.mean([g == w for g, w, _ in pairs])) if pairs else 0.0
-        out["examples"] = len(pairs)
-    return out
+    return {"source": uri, "task": run.config.task, **task.finalize(sums), **task.report(sums, run)}
 
 
 def predict(source, uri: str, out, overrides=(), devices=None, *, max_new_tokens=50) -> int:
-    """Writes one JSON line per example of `uri` to `out`, in input order: classifiers
-    the label and class probabilities; GPT-2 models the text's sampled continuation.
-    Returns the number of lines."""
+    """Writes one JSON line per example of `uri` to `out`, in input order (`Task.predictions`:
+    classifiers the label and class probabilities; language models the text's sampled
+    continuation; seq2seq the greedy generation). Returns the number of lines."""
     run = Loaded(source, uri, overrides, devices)
-    task = run.config.task
+    lines = run.setup.task.predictions(run, max_new_tokens=max_new_tokens)
+    if lines is None:
+        default = tasks.Task.predictions  # the tasks that override it write lines
+        able = sorted(n for n, t in tasks.TASKS.items() if type(t).predictions is not default)
+        raise ValueError(
+            f"pjx predict handles {', '.join(able[:-1])} and {able[-1]} runs, "
+            f"not {run.config.task!r}"
+        )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if task == "classify":
-        lines = _classify(run)
-    elif task == "clm":
-        lines = _continue(run, uri, max_new_tokens)
-    elif task == "seq2seq":
-        tok = run.tokenizer
-        lines = (
-            {"text": tok.decode(g), "target": tok.decode(w), "input": tok.decode(x)}
-            for g, w, x in _generated(run)
-        )
-    else:
-        raise ValueError(f"pjx predict handles classify, clm and seq2seq runs, not {task!r}")
     n = 0
     tmp = out.with_name(out.name + ".partial")  # a cut run never leaves a short file
     with open(tmp, "w") as f:
@@ -144,33 +155,3 @@ def predict(source, uri: str, out, overrides=(), devices=None, *, max_new_tokens
             n += 1
     tmp.replace(out)
     return n
-
-
-def _classify(run: Loaded):
-    names = run.saved.label_names(run.config.eval_data.source)
-    s = run.setup
-    for probs in inference.probabilities(s.model, s.task, run.params, run.batches(), s.mesh):
-        label = int(np.argmax(probs))
-        yield {
-            "label": names[label],
-            "label_id": label,
-            "probabilities": {n: float(p) for n, p in zip(names, probs)},
-        }
-
-
-def _continue(run: Loaded, uri: str, max_new_tokens: int):
-    model, params = run.plain()
-    sampler = inference.Sampler(model, run.tokenizer, where=run.source)
-    texts = [str(t) for t in run.saved.examples(uri).texts]
-    rng = jax.random.key(int(run.config.seed))
-    for i, text in enumerate(inference.progress(texts, len(texts), "predict")):
-        full = sampler(params, text, max_new_tokens, jax.random.fold_in(rng, i))
-        yield {"prompt": text, "text": full}
-
-
-def _generated(run: Loaded):
-    """(generated ids, target ids, input ids) per example, in input order: T5 greedy
-    decoding up to the target length, cut at the first EOS."""
-    model, params = run.plain()
-    T = int(run.config.eval_data.get("target_len") or run.config.eval_data.seq_len)
-    return inference.greedy_seq2seq(model, params, run.batches(), run.tokenizer, T)

@@ -76,6 +76,22 @@ class Task:
     def finalize(self, metrics) -> dict:
         raise NotImplementedError
 
+    # ----------------------------------------------------------------- outputs
+    # `scored` is the saved model on a data source (pjx.evaluation.Loaded): the task says
+    # what to report, `scored` runs the model: `tokenizer`, `label_names()`,
+    # `probabilities()` (class probabilities [C] per example), `continuations(n)` ((text,
+    # text + n sampled tokens) per text), `generated()` ((generated, target, input) ids
+    # per example, greedy) -- each per example of the source, in input order.
+    def report(self, sums, scored) -> dict:
+        """What `pjx eval` reports besides `finalize`'s metrics of the summed metrics `sums`:
+        by default how many positions counted (`tokens`)."""
+        return {"tokens": int(sums["count"])} if "count" in sums else {}
+
+    def predictions(self, scored, *, max_new_tokens: int):
+        """`pjx predict`'s lines: one JSON-able dict per example, in input order (an
+        iterator); None when the task writes none."""
+        return None
+
     # ----------------------------------------------------------------- model
     def model_fields(self, family: str, args: dict) -> dict:
         """Model `Config` fields this task fixes (its heads), given its arguments."""

@@ -53,6 +53,26 @@ class Classify(base.Task):
         out.update({k: float(v) for k, v in report.items() if np.ndim(v) == 0})
         return out
 
+    def report(self, sums, scored) -> dict:
+        """The confusion matrix (rows = true labels), the class names and the examples."""
+        confusion = np.asarray(sums["confusion"]).round().astype(int)
+        return {
+            "confusion_matrix": confusion.tolist(),
+            "labels": scored.label_names(),
+            "examples": int(confusion.sum()),
+        }
+
+    def predictions(self, scored, *, max_new_tokens):
+        """Per example its label (name and id) and the class probabilities."""
+        names = scored.label_names()
+        for probs in scored.probabilities():
+            label = int(np.argmax(probs))
+            yield {
+                "label": names[label],
+                "label_id": label,
+                "probabilities": {n: float(p) for n, p in zip(names, probs)},
+            }
+
     def model_fields(self, family, args) -> dict:
         return {"bert": {"mlm_head": False, "nsp_head": False},
                 "modernbert": {"mlm_head": False}}.get(family, {})  # fmt: skip

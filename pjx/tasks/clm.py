@@ -51,6 +51,11 @@ class CLM(base.Task):
     def finalize(self, m) -> dict:
         return base.lm_finalize(m)
 
+    def predictions(self, scored, *, max_new_tokens):
+        """Per text of the source, the text and its sampled continuation."""
+        for prompt, text in scored.continuations(max_new_tokens):
+            yield {"prompt": prompt, "text": text}
+
     def encode(self, ex, tokenizer, data_cfg, args, seed):
         base.require_text(ex, self.name)
         docs = packing.tokenize(tokenizer, packing.documents(ex, data_cfg.get("pack") == "stream"))

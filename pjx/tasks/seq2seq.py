@@ -87,6 +87,20 @@ class Seq2Seq(base.Task):
     def finalize(self, m) -> dict:
         return base.lm_finalize(m)
 
+    def report(self, sums, scored) -> dict:
+        """Also `exact_match`: the share of examples whose greedy generation is the target,
+        token for token."""
+        pairs = list(scored.generated())
+        exact = float(np.mean([g == w for g, w, _ in pairs])) if pairs else 0.0
+        return {**super().report(sums, scored), "exact_match": exact, "examples": len(pairs)}
+
+    def predictions(self, scored, *, max_new_tokens):
+        """Per example the greedy generation, the target and the input, decoded (generation
+        runs to the target length, `max_new_tokens` aside)."""
+        tok = scored.tokenizer
+        for g, w, x in scored.generated():
+            yield {"text": tok.decode(g), "target": tok.decode(w), "input": tok.decode(x)}
+
     def needs_labels(self, data_cfg) -> bool:
         return not data_cfg.get("target_column")  # labels become the targets
 
