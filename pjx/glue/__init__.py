@@ -33,6 +33,7 @@ from pjx import uri
 from pjx.data import files
 from pjx.examples import DataError
 from pjx.metrics_log import MetricsLog
+from pjx.saved import Saved
 
 log = logging.getLogger(__name__)
 
@@ -170,9 +171,9 @@ def summarize(values) -> dict:
 
 
 def _budget(workdir) -> str:
-    """What a finished run trained with, from the config it saved (a table built by a later
-    call reports the runs as they ran, whatever that call's overrides)."""
-    c = json.loads((Path(workdir) / "config.json").read_text())
+    """What a finished run trained with, from the config its checkpoint saved (a table built
+    by a later call reports the runs as they ran, whatever that call's overrides)."""
+    c = Saved(workdir).raw_config  # the JSON config alone: no model, no parameters
     shape = [c["steps"], c["batch_size"], c["data"].get("seq_len") or 0]
     return " x ".join(str(int(n)) for n in shape) + f", lr {float(c['optimizer']['lr']):g}"
 
