@@ -73,8 +73,8 @@ def main(argv=None):
 
     # A `train:` tokenizer is trained on the config's data, as `pjx train` would.
     config = config_lib.load(args.config, overrides)
-    config, tokenizer = bench_from_config.resolve(config, train_tokenizer=True)
-    s, compiled, state, (device_batch,), _ = bench.compiled_step(config, tokenizer=tokenizer)
+    plan, tokenizer = bench_from_config.resolve(config, train_tokenizer=True)
+    s, compiled, state, (device_batch,), _ = bench.compiled_step(plan, tokenizer=tokenizer)
     hlo = instructions(compiled.as_text())
     with sharding.context(s.mesh):
         for _ in range(3):  # warm up outside the trace

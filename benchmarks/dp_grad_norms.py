@@ -29,6 +29,7 @@ import numpy as np
 from minilm_sst2 import _model_dir
 
 from pjx import config as config_lib
+from pjx import plan as plan_lib
 from pjx import run
 from pjx import train as train_lib
 from pjx.saved import Saved
@@ -52,7 +53,8 @@ def main():
     clip = float(cfg.dp.l2_norm_clip)
     tok = run.build_tokenizer(cfg)
     cfg = config_lib.resolve(cfg, tokenizer=tok)
-    s = train_lib.build(cfg, tokenizer=tok)
+    plan = plan_lib.from_config(cfg)
+    s = train_lib.build(plan, tokenizer=tok)
     params = run.fresh_state(s, cfg).params
     if args.params:
         params = Saved(args.params).params(merged=False, like=params)
@@ -65,7 +67,7 @@ def main():
     trained = jax.tree.leaves(s.trainable)
     groups = {}  # group -> per-example squared norms
     sums, squares = {}, {}  # kind -> {leaf: sum of clipped gradients}; their squared norms
-    data = iter(run.build_data(cfg, tok, train=True))
+    data = iter(run.build_data(plan, tok, train=True))
     for _ in range(args.batches):
         batch = {k: np.asarray(v) for k, v in next(data).items()}
         leaves = jax.tree_util.tree_flatten_with_path(

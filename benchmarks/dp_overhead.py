@@ -29,8 +29,8 @@ def compiled_step(config_path: str, overrides: list[str]):
     from pjx import bench, bench_from_config
     from pjx import config as config_lib
 
-    config, tokenizer = bench_from_config.resolve(config_lib.load(config_path, overrides))
-    c = bench.compiled_step(config, tokenizer=tokenizer)
+    plan, tokenizer = bench_from_config.resolve(config_lib.load(config_path, overrides))
+    c = bench.compiled_step(plan, tokenizer=tokenizer)
     return [c.step, c.state, c.batches[0], c.setup.mesh]
 
 

@@ -89,6 +89,7 @@ def make_config(
 
 def measure(args) -> dict:
     from pjx import bench
+    from pjx import plan as plan_lib
     from pjx.nn import backend
 
     config = make_config(
@@ -100,10 +101,11 @@ def measure(args) -> dict:
         scan=args.scan,
         tiny=args.tiny,
     )
+    plan = plan_lib.from_config(config)  # the same reading of the keys as `pjx train`'s
     if args.compile_only:
-        r = bench.compile_only(config)
+        r = bench.compile_only(plan)
     else:
-        r = bench.run(config, steps=args.steps, warmup=args.warmup)
+        r = bench.run(plan, steps=args.steps, warmup=args.warmup)
     # What "default" picked for a train step: cuDNN on a GPU in bfloat16 at an even length,
     # XLA otherwise (ViT-B/16's 197 positions included).
     L = r["seq_len"]

@@ -42,8 +42,8 @@ def main():
     book_s = per_call(bookkeeping, 100_000)
     wake_s = per_call(lambda i: dog.check(), 20_000)  # a fresh step: no stall to find
     config = config_lib.load(os.path.join(os.path.dirname(__file__), "bench_config.py:bert_mini"))
-    config, tokenizer = bench_from_config.resolve(config)
-    step_s = bench.run(config, tokenizer=tokenizer, steps=5, warmup=1)["step_s"]
+    plan, tokenizer = bench_from_config.resolve(config)
+    step_s = bench.run(plan, tokenizer=tokenizer, steps=5, warmup=1)["step_s"]
     wakes_per_step = step_s / dog.poll_s
     overhead = (book_s + wakes_per_step * wake_s) / step_s
     print(json.dumps(dict(bookkeeping_us=book_s * 1e6, wake_us=wake_s * 1e6,

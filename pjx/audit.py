@@ -175,7 +175,7 @@ def audit(
         )
     os.makedirs(workdir, exist_ok=True)
     r = run_lib.resolve_run(config, workdir, devices=devices, checkpoints=False, fresh=True)
-    config, plan, secret = r.config, r.plan, r.secret
+    config, plan, secret = r.config, r.privacy, r.secret
     C, B = float(config.dp.l2_norm_clip), int(config.batch_size)
     q = float(plan.current.sampling_rate)
     chosen = {}
@@ -196,58 +196,23 @@ def audit(
         chosen.update(included=np.asarray(made.included))
         return dict(mech, canaries=made)
 
-    s = train_lib.build(config, tokenizer=r.tokenizer, mesh=r.mesh, dp_mechanism=pick)
+    s = train_lib.build(r.plan, tokenizer=r.tokenizer, mesh=r.mesh, dp_mechanism=pick)
     if s.frozen_models:  # distill's teacher: the step takes its parameters, as in training
         config, s = run_lib.load_teacher(s, config, workdir)
     m = chosen["m"]
-    note = (
-        f"audit: {m:,} {kind} canaries; a perfect attack could show at most epsilon "
-        f"{chosen['ceiling']:.3g} (delta {plan.delta:.3g}, {100 * (1 - significance):.0f}% "
-        f"confidence) against the claimed {plan.epsilon:.4g}"
-    )
-    print(note, flush=True)
-    if chosen["ceiling"] <= plan.epsilon:
-        log.warning(
-            f"audit: {m:,} canaries cannot refute epsilon {plan.epsilon:.4g}: the verdict "
-            "will be inconclusive whatever the run does (more canaries raise the ceiling, "
-            "up to about 1 / (20 delta))"
-        )
-    data = run_lib.build_data(
-        config, r.tokenizer, train=True, workdir=workdir, mesh=s.mesh, seed=secret
-    )
-    state = run_lib.fresh_state(s, config, secret)
-    batches = iter(data)
-    batch = next(batches)
-    step_fn = train_lib.compile_step(s, batch)
-    xs = []
-    with sharding.context(s.mesh):
-        for step in range(int(config.steps)):
-            if step:
-                batch = next(batches)
-            state, mets = step_fn(state, sharding.global_batch(batch, s.batch_sharding), *s.frozen)
-            if int(mets.get("canaries_dropped", 0)):
-                raise RuntimeError(f"step {step}: more example canaries drawn than slots")
-            # The released gradient at each canary's coordinate, in units of C per batch.
-            xs.append(np.asarray(jax.device_get(mets["canary_scores"]), np.float32) * B / C)
-    x_TxM = np.stack(xs)
+    _announce(m, kind, chosen["ceiling"], plan, significance)
+    x_TxM = _released_scores(s, config, r.tokenizer, workdir, secret) * B / C
     noise = measured_noise(x_TxM[0])
     scores = score(x_TxM, q, noise)
     included = np.asarray(chosen["included"])
     auditor = auditing.CanaryScoreAuditor(scores[included], scores[~included])
     bound = float(auditor.epsilon_one_run(significance=significance, delta=plan.delta))
     top = ceiling(m, plan.delta, significance, n_in=int(included.sum()))
-    verdict = (
-        "inconclusive"
-        if top <= plan.epsilon
-        else "violation"
-        if bound > plan.epsilon
-        else "consistent"
-    )
     return dict(
         epsilon=plan.epsilon,
         epsilon_lower_bound=bound,
         epsilon_ceiling=top,
-        verdict=verdict,
+        verdict=verdict(bound, top, plan.epsilon),
         canaries=m,
         canary_kind=kind,
         confidence=1 - significance,
@@ -258,3 +223,49 @@ def audit(
         sampling_rate=q,
         auroc=float(auditor.attack_auroc()),
     )
+
+
+def _released_scores(s: train_lib.Setup, config, tokenizer, workdir, secret) -> np.ndarray:
+    """Trains the canaried run from scratch; [steps, canaries]: the released (noised,
+    summed) gradient at each canary's coordinate, step by step."""
+    data = run_lib.build_data(
+        s.plan, tokenizer, train=True, workdir=workdir, mesh=s.mesh, seed=secret
+    )
+    state = run_lib.fresh_state(s, config, secret)
+    batches = iter(data)
+    batch = next(batches)
+    step_fn = train_lib.compile_step(s, batch)
+    xs = []
+    with sharding.context(s.mesh):
+        for step in range(s.plan.loop.steps):
+            if step:
+                batch = next(batches)
+            state, mets = step_fn(state, sharding.global_batch(batch, s.batch_sharding), *s.frozen)
+            if int(mets.get("canaries_dropped", 0)):
+                raise RuntimeError(f"step {step}: more example canaries drawn than slots")
+            xs.append(np.asarray(jax.device_get(mets["canary_scores"]), np.float32))
+    return np.stack(xs)
+
+
+def _announce(m: int, kind: str, top: float, plan, significance: float) -> None:
+    """Says what the canaries can show at most, and warns when that cannot refute the claim."""
+    print(
+        f"audit: {m:,} {kind} canaries; a perfect attack could show at most epsilon "
+        f"{top:.3g} (delta {plan.delta:.3g}, {100 * (1 - significance):.0f}% "
+        f"confidence) against the claimed {plan.epsilon:.4g}",
+        flush=True,
+    )
+    if top <= plan.epsilon:
+        log.warning(
+            f"audit: {m:,} canaries cannot refute epsilon {plan.epsilon:.4g}: the verdict "
+            "will be inconclusive whatever the run does (more canaries raise the ceiling, "
+            "up to about 1 / (20 delta))"
+        )
+
+
+def verdict(bound: float, top: float, claimed: float) -> str:
+    """inconclusive: the canaries could not show `claimed` (their ceiling `top` is below
+    it); violation: the lower bound exceeds the claim; else consistent."""
+    if top <= claimed:
+        return "inconclusive"
+    return "violation" if bound > claimed else "consistent"

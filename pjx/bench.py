@@ -6,10 +6,11 @@ ahead of time (`compile_s`), run `warmup` times, then `steps` times with a devic
 after each one; `step_s` is the median. On accelerators whose peak is in `PEAK_TFLOPS`,
 `mfu` = model FLOP/s / (peak * devices), with the FLOP count of `flops_per_token`.
 
-It reads a resolved config by key, so a plain dict drives it too, and it imports neither
-ml_collections, grain nor tensorflow: benchmarks/gpu_bench.py runs it on an accelerator host
-that has only jax, flax, optax and orbax (tests/test_bench.py checks that). A loaded
-config file goes through pjx.bench_from_config first (or times the input pipeline there).
+It reads a run's plan (pjx.plan; a plain dict with a resolved config's keys makes one
+too), and it imports neither ml_collections, grain nor tensorflow: benchmarks/gpu_bench.py
+runs it on an accelerator host that has only jax, flax, optax and orbax (tests/test_bench.py
+checks that). A loaded config file goes through pjx.bench_from_config first (or times the
+input pipeline there).
 """
 
 from __future__ import annotations
@@ -40,13 +41,13 @@ FIRST_ID = 5
 
 
 # ------------------------------------------------------------------------ synthetic data
-def synthetic_batch(config, model_config, seed: int = 0) -> dict:
+def synthetic_batch(plan, model_config, seed: int = 0) -> dict:
     """A process-local NumPy batch (batch_size / process_count rows) shaped like the
-    task's (`Task.batch_spec`), filled with random ids / labels / pixels."""
-    task = tasks.get(config["task"])
-    rows = int(config["batch_size"]) // jax.process_count()
-    args = task.args(dict(config["task_args"]))
-    spec = task.batch_spec(rows, config["data"], model_config, args)
+    task's (`Task.batch_spec`) in a run's plan, filled with random ids / labels / pixels."""
+    task = tasks.get(plan.task)
+    rows = plan.batch.expected_rows // jax.process_count()
+    args = task.args(dict(plan.task_args))
+    spec = task.batch_spec(rows, plan.data, model_config, args)
     rng = np.random.RandomState(seed)
     vocab = int(getattr(model_config, "vocab_size", 0))
     return {k: _fill(rng, s, vocab) for k, s in spec.items()}
@@ -96,15 +97,15 @@ def memory(compiled) -> dict:
     return {f"{n}_bytes": int(getattr(m, f"{n}_size_in_bytes", 0)) for n in names if m}
 
 
-def compile_only(config, *, tokenizer=None) -> dict:
-    """Compiles the train step of a resolved `config` without running it: compile time,
-    XLA's memory estimates (`temp_bytes`, `argument_bytes`, ...), the model FLOPs of one
-    step (pjx.flops, as the train lines count them), plus the shapes."""
-    s = train.build(config, tokenizer=tokenizer)
-    batch = synthetic_batch(s.config, s.model.config)
+def compile_only(plan, *, tokenizer=None) -> dict:
+    """Compiles the train step of a run's plan (pjx.plan) without running it: compile
+    time, XLA's memory estimates (`temp_bytes`, `argument_bytes`, ...), the model FLOPs of
+    one step (pjx.flops, as the train lines count them), plus the shapes."""
+    s = train.build(plan, tokenizer=tokenizer)
+    batch = synthetic_batch(s.plan, s.model.config)
     t0 = time.perf_counter()
     compiled = train.compile_step(s, batch)
-    step_flops = flops.step_flops(s.config, s.model.config, s.abstract_state.params, s.trainable)
+    step_flops = flops.step_flops(s.plan, s.model.config, s.abstract_state.params, s.trainable)
     return {
         "compile_s": time.perf_counter() - t0,
         "step_tflops": step_flops / 1e12,
@@ -117,7 +118,7 @@ def compile_only(config, *, tokenizer=None) -> dict:
 
 
 def run(
-    config,
+    plan,
     *,
     tokenizer=None,
     steps: int = 10,
@@ -125,13 +126,13 @@ def run(
     num_batches: int = 2,
     profile_dir: str | None = None,
 ) -> dict:
-    """Times the train step of a resolved `config` (`pjx.config.resolve`, or a plain dict
-    with its keys) on synthetic batches; returns the result dict (`pjx bench` prints it as
-    JSON). Batches are process-local: `batch_size / process_count` rows per process.
-    `profile_dir`: a jax.profiler trace of the timed steps (not the warm-up) goes there."""
-    c = compiled_step(config, tokenizer=tokenizer, num_batches=num_batches)
+    """Times the train step of a run's plan (pjx.plan) on synthetic batches; returns the
+    result dict (`pjx bench` prints it as JSON). Batches are process-local: `batch_size /
+    process_count` rows per process. `profile_dir`: a jax.profiler trace of the timed
+    steps (not the warm-up) goes there."""
+    c = compiled_step(plan, tokenizer=tokenizer, num_batches=num_batches)
     s, state = c.setup, c.state
-    config, mcfg = s.config, s.model.config
+    mcfg = s.model.config
     times = []
     with sharding.context(s.mesh):
         for i in range(warmup + steps):
@@ -150,12 +151,12 @@ def run(
         raise RuntimeError(f"pjx bench: loss is {loss} after {warmup + steps} steps")
 
     step_s = statistics.median(times)
-    B = int(config["batch_size"])
-    seq = tokens_per_example(config, mcfg)
+    B = plan.batch.expected_rows
+    seq = tokens_per_example(plan, mcfg)
     tokens_per_s = B * seq / step_s
     n_matmul = matmul_params(s.abstract_state.params)
     # The train lines' count (pjx.flops): LoRA's frozen weights form no weight gradient.
-    fpt = flops.step_flops(config, mcfg, s.abstract_state.params, s.trainable) / (B * seq)
+    fpt = flops.step_flops(plan, mcfg, s.abstract_state.params, s.trainable) / (B * seq)
     info = _device_info()
     out = {
         "tokens_per_s": tokens_per_s,
@@ -189,18 +190,18 @@ def run(
 def _describe(s) -> dict:
     """What was measured: model, task, shapes, what trains (LoRA, DP-SGD), precision,
     attention, remat / scan."""
-    c, m = s.config, s.model.config
+    p, m = s.plan, s.model.config
     leaves = jax.tree.leaves(s.abstract_state.params)
     trains = jax.tree.leaves(s.trainable) if s.trainable is not None else [True] * len(leaves)
     return {
-        "model": f"{c['model']['name']}/{c['model']['size']}",
-        "task": c["task"],
+        "model": f"{p.model.family}/{p.model.size}",
+        "task": p.task,
         "params": sum(math.prod(x.shape) for x in leaves),
         "trained_params": sum(math.prod(x.shape) for x, t in zip(leaves, trains) if t),
-        "lora_rank": int((c.get("lora") or {}).get("rank") or 0),
-        "dp_noise_multiplier": float((c.get("dp") or {}).get("noise_multiplier") or 0.0),
-        "batch_size": int(c["batch_size"]),
-        "seq_len": tokens_per_example(c, m),
+        "lora_rank": int(p.trainable.lora["rank"]) if p.trainable.lora else 0,
+        "dp_noise_multiplier": p.dp.noise_multiplier if p.dp else 0.0,
+        "batch_size": p.batch.expected_rows,
+        "seq_len": tokens_per_example(p, m),
         "dtype": str(getattr(m, "dtype", "float32")),
         "attention_impl": getattr(m, "attention_impl", None) or "default",
         "remat": getattr(m, "remat", "none"),
@@ -237,15 +238,13 @@ class CompiledStep(NamedTuple):
     compile_s: float  # the compile alone
 
 
-def compiled_step(config, *, tokenizer=None, num_batches: int = 1) -> CompiledStep:
-    """The train step of a resolved `config`, compiled on its synthetic batches, with its
-    initial state: what `run` times, for scripts that time or profile it themselves."""
+def compiled_step(plan, *, tokenizer=None, num_batches: int = 1) -> CompiledStep:
+    """The train step of a run's plan (pjx.plan), compiled on its synthetic batches, with
+    its initial state: what `run` times, for scripts that time or profile it themselves."""
     # A task's frozen models (distill's teacher) run with random parameters: the same cost.
-    s = train.random_frozen(train.build(config, tokenizer=tokenizer))
-    batches = [
-        synthetic_batch(s.config, s.model.config, seed=i) for i in range(max(num_batches, 1))
-    ]
-    state = train.create_state(s, s.config["seed"])
+    s = train.random_frozen(train.build(plan, tokenizer=tokenizer))
+    batches = [synthetic_batch(plan, s.model.config, seed=i) for i in range(max(num_batches, 1))]
+    state = train.create_state(s, plan.loop.seed)
     jax.block_until_ready(state)
     t0 = time.perf_counter()
     compiled = train.compile_step(s, batches[0])

@@ -14,6 +14,7 @@ import numpy as np
 
 from pjx import config as config_lib
 from pjx import data, tokenizers
+from pjx import plan as plan_lib
 from pjx import run as run_lib
 from pjx.bench import MLM_DEFAULTS
 from pjx.tokenizers import parse_spec
@@ -35,16 +36,17 @@ def load_tokenizer(config):
 
 
 def resolve(config, *, train_tokenizer: bool = False):
-    """(resolved bench-ready config, tokenizer or None) of a loaded `config`: what `pjx
-    bench` times. `train_tokenizer`: a `train:` tokenizer spec is trained on the config's
-    data (once, into the data cache) as `pjx train` would, so the vocabulary is the run's;
-    otherwise such a spec only sets the vocabulary size."""
+    """(plan, tokenizer or None) of a loaded `config`: what `pjx bench` times (the
+    pjx.plan of its resolved bench-ready copy). `train_tokenizer`: a `train:` tokenizer
+    spec is trained on the config's data (once, into the data cache) as `pjx train` would,
+    so the vocabulary is the run's; otherwise such a spec only sets the vocabulary size."""
     spec = str(config.data.get("tokenizer", "") or "")
     if train_tokenizer and spec.startswith("train:"):
         tokenizer = run_lib.cached_tokenizer(config)
     else:
         tokenizer = load_tokenizer(config)
-    return config_lib.resolve(prepare_config(config, tokenizer), tokenizer), tokenizer
+    resolved = config_lib.resolve(prepare_config(config, tokenizer), tokenizer)
+    return plan_lib.from_config(resolved), tokenizer
 
 
 def prepare_config(config, tokenizer=None):
@@ -74,15 +76,17 @@ def pipeline(config, steps: int = 200, tokenizer=None) -> dict:
     t0 = time.perf_counter()
     tok = tokenizer if tokenizer is not None else run_lib.cached_tokenizer(config, cfg)
     it = data.build(
-        cfg,
-        task=config.task,
-        task_args=config.task_args.to_dict(),
-        model=config.model.name,
+        data.Spec(
+            cfg,
+            task=config.task,
+            task_args=config.task_args.to_dict(),
+            model=config.model.name,
+            seed=int(config.seed),
+            num_labels=int(config.model.get("num_labels", 0) or 0),
+        ),
         tokenizer=tok,
         batch_size=int(config.batch_size),
-        seed=int(config.seed),
         train=True,
-        num_labels=int(config.model.get("num_labels", 0) or 0),
     )
     t1 = time.perf_counter()
     first = next(it)

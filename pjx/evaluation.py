@@ -26,6 +26,7 @@ from pathlib import Path
 import jax
 
 from pjx import inference, tasks
+from pjx import plan as plan_lib
 from pjx import run as run_lib
 from pjx import train as train_lib
 from pjx.data import overlap
@@ -67,7 +68,8 @@ class Loaded:
                 "noise, are not covered by its epsilon"
             )
         self.config, self.tokenizer, self.source = c, self.saved.tokenizer, str(source)
-        self.setup = train_lib.build(c, tokenizer=self.tokenizer, devices=devices)
+        plan = plan_lib.from_config(c)
+        self.setup = train_lib.build(plan, tokenizer=self.tokenizer, devices=devices)
         if self.setup.frozen_models:  # distill: the loss compares with its teacher
             self.setup = _with_teacher(self.setup, c, str(source))
         params = self.saved.params(merged=False, like=self.setup.abstract_state.params)
@@ -80,7 +82,7 @@ class Loaded:
         if self._data is None:
             self._cache = tempfile.TemporaryDirectory(prefix="pjx_eval_")
             self._data = run_lib.build_data(
-                self.config, self.tokenizer, train=False, workdir=self._cache.name,
+                self.setup.plan, self.tokenizer, train=False, workdir=self._cache.name,
                 mesh=self.setup.mesh,
             )  # fmt: skip
         return self._data

@@ -73,19 +73,20 @@ def mfu(tokens_per_s: float, flops_per_tok: float, peak_tflops_per_device: float
     return tokens_per_s * flops_per_tok / (peak_tflops_per_device * 1e12 * devices)
 
 
-def tokens_per_example(config, model_config) -> int:
-    """Sequence positions one example puts through the model (ViT: patches (+ [CLS]))."""
-    if config["model"]["name"] == "vit":
+def tokens_per_example(plan, model_config) -> int:
+    """Sequence positions one example of a run (a pjx.plan.Plan) puts through the model
+    (ViT: patches (+ [CLS]))."""
+    if plan.model.family == "vit":
         n = model_config.max_position_embeddings
-        return 2 * n if config["task"] == "contrastive" else n
-    return int(config["data"]["seq_len"])
+        return 2 * n if plan.task == "contrastive" else n
+    return int(plan.seq_len)
 
 
-def step_flops(config, model_config, abstract_params, trainable=None) -> float:
-    """Model FLOPs of one train step of a resolved config: per token 6N for the matmul
+def step_flops(plan, model_config, abstract_params, trainable=None) -> float:
+    """Model FLOPs of one train step of a run's plan: per token 6N for the matmul
     parameters that train, 4N for those that are frozen, plus the attention term; times
     the tokens (ViT: patches) of `batch_size` examples."""
-    seq = tokens_per_example(config, model_config)
+    seq = tokens_per_example(plan, model_config)
     layers = int(getattr(model_config, "num_layers", 0))
     layers += int(getattr(model_config, "num_decoder_layers", 0))
     n_all = matmul_params(abstract_params)
@@ -94,4 +95,4 @@ def step_flops(config, model_config, abstract_params, trainable=None) -> float:
         frozen = jax.tree.map(lambda x, t: x if not t else None, abstract_params, trainable)
         n_frozen = matmul_params(frozen)
     per_token = flops_per_token(n_all, layers, seq, int(model_config.hidden_size))
-    return (per_token - 2.0 * n_frozen) * seq * int(config["batch_size"])
+    return (per_token - 2.0 * n_frozen) * seq * plan.batch.expected_rows

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from pjx import distributed, privacy, sharding, telemetry
+from pjx import distributed, sharding, telemetry
 from pjx.metrics_log import MetricsLog
 from pjx.train import Setup, TrainState, abstract_batch, evaluate, trim_padding, weights
 from pjx.watchdog import Watchdog
@@ -193,30 +193,61 @@ def fit(
     eval_data: Iterable | None = None,
     checkpointer=None,
 ) -> dict:
-    """Steps `start`+1 .. `config.steps`; returns the last metrics line written.
+    """Steps `start`+1 .. `plan.loop.steps`; returns the last metrics line written.
 
     Logs every `log_every` steps, evaluates every `eval_every` steps and at the end, saves
     when `checkpointer.due(step)` and at the end. Raises `Preempted` after saving on
     SIGTERM / SIGINT, `NonFiniteLossError` at the first NaN / Inf loss (before anything is
     evaluated or saved past it).
     """
-    c = s.config
-    total, log_every, eval_every = int(c.steps), int(c.log_every), int(c.eval_every)
-    workdir = os.path.dirname(metrics.path)
-    phases, throughput = telemetry.Phases(), telemetry.Throughput(s)
-    profile = _Profile(c.get("profile") or {}, workdir)
-    batches = iter(train_data)
-    with phases.phase("data_wait"):
-        batch = next(batches)
-    # Throughput counts the configured row length, whatever width a batch is trimmed to.
-    per_step, unit = _units(batch, s.task.unit, privacy.batch_rows(c)), s.task.unit
-    compiled_steps = {}  # batch shapes -> the train step compiled for them
+    run = _Fit(s, state, train_data, metrics, eval_data, checkpointer)
+    with (
+        sharding.context(s.mesh),
+        Watchdog(run.phases, run.workdir, s.plan.loop.stall_s),
+        PreemptionGuard() as guard,
+        _Summary(run.phases, run.workdir),
+    ):
+        run.steps(start, guard)
+    return run.last
 
-    def step_for(batch):
+
+class _Fit:
+    """One `fit`: the state it advances and what it logs, evaluates and saves on the way."""
+
+    def __init__(self, s: Setup, state, train_data, metrics, eval_data, checkpointer):
+        self.s, self.state, self.loop = s, state, s.plan.loop
+        self.train_data, self.metrics = train_data, metrics
+        self.eval_data, self.checkpointer = eval_data, checkpointer
+        self.workdir = os.path.dirname(metrics.path)
+        self.phases, self.throughput = telemetry.Phases(), telemetry.Throughput(s)
+        self.profile = _Profile(self.loop, self.workdir)
+        self.private = s.plan.private
+        self.window = _Window("grad_norm" if self.private else "loss")
+        self.last: dict = {}
+        self.compiled = {}  # batch shapes -> the train step compiled for them
+        self.waits = {}  # step -> seconds blocked on the input pipeline for its batch
+        self.warned_at = -(10**9)
+        self.batches = iter(train_data)
+        with self.phases.phase("data_wait"):
+            batch = next(self.batches)
+        # Throughput counts the configured row length, whatever width a batch is trimmed to.
+        self.unit = s.task.unit
+        self.per_step = _units(batch, self.unit, s.plan.batch.rows)
+        self.first = self.trim(batch)
+        self.step_for(self.first)
+        metrics.start_clock()
+
+    def trim(self, batch):
+        # Under DP-SGD every step runs at the configured width: a width cut to the longest
+        # sampled row (and its compile line and step time) would tell which step drew a
+        # long private row.
+        return batch if self.private else trim_padding(self.s, batch)
+
+    def step_for(self, batch):
         shapes = tuple(sorted((k, np.shape(v)) for k, v in batch.items()))
-        if shapes not in compiled_steps:
-            t0 = time.perf_counter()
-            with phases.phase("compile"), sharding.context(s.mesh):  # train.compile_step
+        if shapes not in self.compiled:
+            s, t0 = self.s, time.perf_counter()
+            with self.phases.phase("compile"), sharding.context(s.mesh):  # train.compile_step
                 ab = abstract_batch(s, batch)
                 compiled = s.step_fn.lower(s.abstract_state, ab, *s.abstract_frozen).compile()
             mask = batch.get("attention_mask")
@@ -225,112 +256,102 @@ def fit(
                 f"compiled train step{width} in {time.perf_counter() - t0:.1f}s; "
                 f"{sharding.memory_report(compiled)}"
             )
-            compiled_steps[shapes] = compiled
-        return compiled_steps[shapes]
+            self.compiled[shapes] = compiled
+        return self.compiled[shapes]
 
-    private = privacy.enabled(c.dp)
-    # Under DP-SGD every step runs at the configured width: a width cut to the longest
-    # sampled row (and its compile line and step time) would tell which step drew a long
-    # private row.
-    trim = (lambda b: b) if private else (lambda b: trim_padding(s, b))
-    batch = trim(batch)
-    step_for(batch)
-    metrics.start_clock()
-    window, last = _Window("grad_norm" if private else "loss"), {}
-
-    waits = {}  # step -> seconds blocked on the input pipeline for its batch
-    warned_at = -(10**9)
-
-    def log_train(upto):
-        nonlocal last, warned_at
-        # Reading the metrics waits for the device, and for every process (host_value).
-        with phases.phase("step"), phases.waiting_on_peers():
-            steps = window.pop(upto)
-        if steps:
-            line = _train_line(steps, private)
-            wait = sum(waits.pop(st, 0.0) for st, _ in steps) / len(steps)
-            if not private:  # gathering a Poisson batch takes longer the more rows it drew
-                line["data_wait_s"] = wait
-            last = metrics.train(
-                steps[-1][0], line, unit, per_step * len(steps), rates=throughput.fields
-            )
-            memory = throughput.memory_line()
-            if memory:
-                log.info(memory)
-            note = _data_note(private, wait, last, c)
-            if note and upto - warned_at >= 20 * log_every:  # at most every 20 lines
-                warned_at = upto
-                log.warning(note)
-
-    def run_eval(step) -> dict | None:
-        nonlocal last
-        if eval_data is None:
-            return None
-        with phases.phase("eval"):
-            mets = evaluate(s, weights(state), eval_data, seed=c.seed, max_batches=c.eval_steps)
-        last = metrics.eval(step, mets)
-        return mets
-
-    def save(step, force, eval_mets):
-        with phases.phase("checkpoint"):
-            checkpointer.save(step, state, train_data, force=force, metrics=eval_mets)
-
-    stall_s = (c.get("watchdog") or {}).get("stall_s")
-    with (
-        sharding.context(s.mesh),
-        Watchdog(phases, workdir, stall_s),
-        PreemptionGuard() as guard,
-        _Summary(phases, workdir),
-    ):
+    def steps(self, start: int, guard):
+        total, s, batch = self.loop.steps, self.s, self.first
         for step in range(start, total):
             if step > start:
                 t = time.perf_counter()
-                with phases.phase("data_wait"):
-                    batch = trim(next(batches))
+                with self.phases.phase("data_wait"):
+                    batch = self.trim(next(self.batches))
                     _test_stall("data_wait", step + 1)
-                waits[step + 1] = time.perf_counter() - t
-            compiled = step_for(batch)
-            profile.before(step + 1)
-            with phases.phase("step"), profile.annotate(step + 1):
+                self.waits[step + 1] = time.perf_counter() - t
+            compiled = self.step_for(batch)
+            self.profile.before(step + 1)
+            with self.phases.phase("step"), self.profile.annotate(step + 1):
                 gb = sharding.global_batch(batch, s.batch_sharding)
-                state, mets = compiled(state, gb, *s.frozen)
+                self.state, mets = compiled(self.state, gb, *s.frozen)
                 _test_stall("step", step + 1)
             done = step + 1
-            phases.progress(done)
-            profile.after(done, state)
-            window.add(done, mets)
+            self.phases.progress(done)
+            self.profile.after(done, self.state)
+            self.window.add(done, mets)
             # The previous step has finished (or is about to): reading it does not wait
             # for the step just dispatched.
-            if done - 1 > start and (done - 1) % log_every == 0:
-                log_train(done - 1)
+            if done - 1 > start and (done - 1) % self.loop.log_every == 0:
+                self.log_train(done - 1)
             if done == total:
                 break
-            is_eval = bool(eval_every) and done % eval_every == 0
-            stop = guard.should_stop(done)
-            save_now = checkpointer is not None and (stop or checkpointer.due(done))
-            if not (is_eval or save_now or stop):
-                continue
-            if done % log_every == 0 or stop:
-                log_train(done)  # this step's line before its eval line
-            with phases.waiting_on_peers():
-                window.read(done)  # never evaluate or save past an unseen NaN
-            eval_mets = run_eval(done) if is_eval else None
-            if save_now:
-                save(done, stop, eval_mets)
-            if stop:
-                where = checkpointer.directory if checkpointer else "(checkpoints disabled)"
-                raise Preempted(done, where)
-        log_train(total)
-        eval_mets = run_eval(total)
-        if checkpointer is not None:
-            save(total, True, eval_mets)
-    return last
+            self.between_steps(done, guard)
+        self.log_train(total)
+        eval_mets = self.run_eval(total)
+        if self.checkpointer is not None:
+            self.save(total, True, eval_mets)
 
+    def between_steps(self, done: int, guard):
+        """Evaluates, saves and stops after step `done` when it is time to."""
+        every = self.loop.eval_every
+        is_eval = bool(every) and done % every == 0
+        stop = guard.should_stop(done)
+        save_now = self.checkpointer is not None and (stop or self.checkpointer.due(done))
+        if not (is_eval or save_now or stop):
+            return
+        if done % self.loop.log_every == 0 or stop:
+            self.log_train(done)  # this step's line before its eval line
+        with self.phases.waiting_on_peers():
+            self.window.read(done)  # never evaluate or save past an unseen NaN
+        eval_mets = self.run_eval(done) if is_eval else None
+        if save_now:
+            self.save(done, stop, eval_mets)
+        if stop:
+            where = self.checkpointer.directory if self.checkpointer else "(checkpoints disabled)"
+            raise Preempted(done, where)
 
-def _data_note(private: bool, wait: float, line: dict, c) -> str | None:
-    if private or "step_s" not in line:
-        return None
-    return telemetry.data_wait_warning(wait, line["step_s"], c.data.get("mode") or "")
+    def log_train(self, upto: int):
+        # Reading the metrics waits for the device, and for every process (host_value).
+        with self.phases.phase("step"), self.phases.waiting_on_peers():
+            steps = self.window.pop(upto)
+        if not steps:
+            return
+        line = _train_line(steps, self.private)
+        wait = sum(self.waits.pop(st, 0.0) for st, _ in steps) / len(steps)
+        if not self.private:  # gathering a Poisson batch takes longer the more rows it drew
+            line["data_wait_s"] = wait
+        self.last = self.metrics.train(
+            steps[-1][0], line, self.unit, self.per_step * len(steps),
+            rates=self.throughput.fields,
+        )  # fmt: skip
+        memory = self.throughput.memory_line()
+        if memory:
+            log.info(memory)
+        note = self.data_note(wait, self.last)
+        if note and upto - self.warned_at >= 20 * self.loop.log_every:  # at most every 20 lines
+            self.warned_at = upto
+            log.warning(note)
+
+    def data_note(self, wait: float, line: dict) -> str | None:
+        if self.private or "step_s" not in line:
+            return None
+        return telemetry.data_wait_warning(wait, line["step_s"], self.loop.data_mode)
+
+    def run_eval(self, step) -> dict | None:
+        if self.eval_data is None:
+            return None
+        with self.phases.phase("eval"):
+            mets = evaluate(
+                self.s, weights(self.state), self.eval_data, seed=self.loop.seed,
+                max_batches=self.loop.eval_steps,
+            )  # fmt: skip
+        self.last = self.metrics.eval(step, mets)
+        return mets
+
+    def save(self, step, force, eval_mets):
+        with self.phases.phase("checkpoint"):
+            self.checkpointer.save(
+                step, self.state, self.train_data, force=force, metrics=eval_mets
+            )
 
 
 class _Summary:
@@ -352,9 +373,9 @@ class _Profile:
     """A jax.profiler trace of steps start_step+1 .. start_step+steps (config.profile) into
     WORKDIR/profile/; nothing at all when steps is 0."""
 
-    def __init__(self, cfg, workdir):
-        self.first = int(cfg.get("start_step") or 0) + 1
-        self.last = self.first + int(cfg.get("steps") or 0) - 1
+    def __init__(self, loop, workdir):
+        self.first = loop.profile_start + 1
+        self.last = self.first + loop.profile_steps - 1
         self.dir = os.path.join(workdir, "profile")
         self.on = self.last >= self.first
 

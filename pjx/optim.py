@@ -56,14 +56,21 @@ DEFAULTS = dict(
 )
 
 
+def with_defaults(opt_cfg) -> dict:
+    """`config.optimizer` (a mapping with some of DEFAULTS' keys) with the others filled."""
+    given = opt_cfg.to_dict() if hasattr(opt_cfg, "to_dict") else dict(opt_cfg)
+    return {**DEFAULTS, **given}
+
+
 def schedule(opt_cfg, total_steps: int) -> Callable[[Any], Any]:
     """Linear warm-up from 0 to `lr`, then cosine / linear / constant decay to the end lr."""
+    opt_cfg = with_defaults(opt_cfg)
     lr = float(opt_cfg["lr"])
     warmup = int(opt_cfg["warmup_steps"])
-    total = int(opt_cfg.get("decay_steps", 0) or total_steps)
-    frac = opt_cfg.get("end_lr_fraction", None)
-    end = lr * float(frac) if frac is not None else float(opt_cfg.get("end_lr", 0.0))
-    kind = opt_cfg.get("schedule", "cosine")
+    total = int(opt_cfg["decay_steps"] or total_steps)  # 0 = the run's steps
+    frac = opt_cfg["end_lr_fraction"]
+    end = lr * float(frac) if frac is not None else float(opt_cfg["end_lr"])
+    kind = opt_cfg["schedule"]
     if kind not in SCHEDULES:
         raise ValueError(f"optimizer.schedule={kind!r}; expected one of {SCHEDULES}")
     decay = max(total - warmup, 1)
@@ -130,8 +137,9 @@ def make(
     regex) or by `frozen(params) -> bool pytree` (LoRA's base weights) get no update; with
     `optimizer.head_lr`, leaves matching `optimizer.head_pattern` (or `heads`, the
     family's) step at that peak lr instead of `lr`. The lr schedule returned is `lr`'s."""
-    tx, lr_fn = _make_trainable(opt_cfg, total_steps, opt_cfg.get("head_pattern") or heads)
-    pattern = opt_cfg.get("freeze", "") or ""
+    opt_cfg = with_defaults(opt_cfg)
+    tx, lr_fn = _make_trainable(opt_cfg, total_steps, opt_cfg["head_pattern"] or heads)
+    pattern = opt_cfg["freeze"]
     if not pattern and frozen is None:
         return tx, lr_fn
 
@@ -150,9 +158,9 @@ def make(
 
 def _make_trainable(opt_cfg, total_steps: int, heads: str):
     lr_fn = schedule(opt_cfg, total_steps)
-    mu_dtype = jnp.dtype(opt_cfg.get("mu_dtype", "float32") or "float32")
+    mu_dtype = jnp.dtype(opt_cfg["mu_dtype"])
     parts = []
-    if opt_cfg.get("clip_norm", 0.0):
+    if opt_cfg["clip_norm"]:
         parts.append(optax.clip_by_global_norm(float(opt_cfg["clip_norm"])))
     parts.append(
         optax.adamw(
@@ -165,7 +173,7 @@ def _make_trainable(opt_cfg, total_steps: int, heads: str):
             mask=decay_mask,
         )
     )
-    head_lr, lr = float(opt_cfg.get("head_lr") or 0.0), float(opt_cfg["lr"])
+    head_lr, lr = float(opt_cfg["head_lr"]), float(opt_cfg["lr"])
     if head_lr and head_lr != lr:
         if not heads:
             raise ValueError(

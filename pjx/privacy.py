@@ -479,10 +479,3 @@ def secret(workdir: str) -> int:
         words = np.asarray(multihost_utils.broadcast_one_to_all(words))
         value = sum(int(w) << (32 * i) for i, w in enumerate(words))
     return value
-
-
-def secret_key_data(seed: int):
-    """A threefry key (two uint32 words) from the secret seed, for TrainState.rng."""
-    import numpy as np
-
-    return np.array([seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF], np.uint32)

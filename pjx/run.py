@@ -38,6 +38,7 @@ from pjx import (
     tokenizers,
 )
 from pjx import config as config_lib
+from pjx import plan as plan_lib
 from pjx import teacher as teacher_lib
 from pjx import train as train_lib
 from pjx.data import cache, overlap, prepared, sources
@@ -116,14 +117,19 @@ def train(
 # ---------------------------------------------------------------------------- assembly
 @dataclasses.dataclass(frozen=True)
 class Resolved:
-    """A config resolved for a run in its workdir, with its DP-SGD plan filled in."""
+    """A run resolved in its workdir: its plan (pjx.plan, whose `config` is the resolved
+    config with the DP-SGD plan filled in), tokenizer and mesh."""
 
-    config: Any
+    plan: plan_lib.Plan
     tokenizer: Any
     mesh: jax.sharding.Mesh
-    plan: privacy.Plan | None = None  # None: no DP-SGD
+    privacy: privacy.Plan | None = None  # DP-SGD's accounting; None: no DP-SGD
     secret: int | None = None  # DP-SGD's secret seed (pjx.privacy.secret)
-    planned_at: int = 0  # the checkpoint step the plan starts from
+    planned_at: int = 0  # the checkpoint step the privacy plan starts from
+
+    @property
+    def config(self):
+        return self.plan.config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,8 +174,8 @@ def _assemble(config, workdir, *, train_data, eval_data, tokenizer, checkpoints,
     checkpoint than the one it planned from (the newest was damaged and is now set aside):
     it is assembled again, planning from the restored one."""
     rs = resolve_run(config, workdir, tokenizer=tokenizer, devices=devices, checkpoints=checkpoints)
-    config, tokenizer, plan = rs.config, rs.tokenizer, rs.plan
-    s = train_lib.build(config, tokenizer=tokenizer, mesh=rs.mesh)
+    config, tokenizer, plan = rs.config, rs.tokenizer, rs.privacy
+    s = train_lib.build(rs.plan, tokenizer=tokenizer, mesh=rs.mesh)
     if s.frozen_models:  # distill's teacher: read and checked before anything is written
         config, s = load_teacher(s, config, workdir)
     ran_with = saved_config(workdir)  # the last start's: a re-plan checks replays against it
@@ -178,10 +184,10 @@ def _assemble(config, workdir, *, train_data, eval_data, tokenizer, checkpoints,
     log.info(train_lib.describe(s))
     if train_data is None:
         train_data = build_data(
-            config, tokenizer, train=True, workdir=workdir, mesh=s.mesh, seed=rs.secret
+            s.plan, tokenizer, train=True, workdir=workdir, mesh=s.mesh, seed=rs.secret
         )
     if eval_data is None and config.eval_data.source:
-        eval_data = build_data(config, tokenizer, train=False, workdir=workdir, mesh=s.mesh)
+        eval_data = build_data(s.plan, tokenizer, train=False, workdir=workdir, mesh=s.mesh)
     checkpointer = None
     if checkpoints:
         checkpointer = checkpoint.Checkpointer(
@@ -225,7 +231,7 @@ def resolve_run(
     config = config_lib.resolve(config, tokenizer)
     mesh = sharding.make_mesh(config.mesh, devices)
     if not privacy.enabled(config.dp):
-        return Resolved(config, tokenizer, mesh)
+        return Resolved(plan_lib.from_config(config), tokenizer, mesh)
     private_data.check_vocabulary(config, getattr(tokenizer, "trained_on", None))
     planned_at, record = 0, None
     if checkpoints and not fresh:
@@ -252,7 +258,7 @@ def resolve_run(
         )  # fmt: skip
     secret = privacy.secret(workdir)
     log.info(plan.describe())
-    return Resolved(config, tokenizer, mesh, plan, secret, planned_at)
+    return Resolved(plan_lib.from_config(config), tokenizer, mesh, plan, secret, planned_at)
 
 
 def inherited_privacy(config) -> tuple[tuple, list[str]]:
@@ -344,7 +350,7 @@ def load_teacher(s: train_lib.Setup, config, workdir):
     config.distill.teacher_hash = digest
     if "teacher_hash" in config.task_args:  # the resolved options repeat the block's
         config.task_args.teacher_hash = digest
-    s = dataclasses.replace(s, config=config)
+    s = dataclasses.replace(s, plan=plan_lib.from_config(config))
     return config, train_lib.with_frozen(s, (params,))
 
 
@@ -412,45 +418,46 @@ def cached_tokenizer(config, data_cfg=None):
     return build_tokenizer(config, os.path.join(cache.root(data_cfg), f"bench-tokenizer-{key}"))
 
 
-def build_data(config, tokenizer, *, train: bool, workdir=None, mesh=None, seed=None):
-    """Train: an infinite iterator with get_state/set_state; eval: a re-iterable.
-    `config` is resolved (pjx.config.resolve); with `mesh`, this process produces the rows
-    its devices hold of every global batch (else its equal share). `seed` replaces
-    config.seed for the order and sampling of rows (DP-SGD's secret seed)."""
-    cfg = config.data if train else config.eval_data
-    bs = privacy.batch_rows(config) if train else (config.eval_batch_size or config.batch_size)
-    dp = config.dp
-    poisson = dp.get("sampling_rate") if privacy.enabled(dp) and dp.sampling == "poisson" else None
+def build_data(plan: plan_lib.Plan, tokenizer, *, train: bool, workdir=None, mesh=None, seed=None):
+    """Train: an infinite iterator with get_state/set_state; eval: a re-iterable. With
+    `mesh`, this process produces the rows its devices hold of every global batch (else
+    its equal share). `seed` replaces the run's seed for the order and sampling of rows
+    (DP-SGD's secret seed)."""
+    bs = plan.batch.rows if train else plan.batch.eval_rows
     rows = None if mesh is None else sharding.process_rows(sharding.batch_sharding(mesh, bs), bs)
     return data.build(
-        cfg,
-        task=config.task,
-        task_args=config.task_args.to_dict(),
-        model=config.model.name,
+        data.Spec(
+            plan.data if train else plan.eval_data,
+            task=plan.task,
+            task_args=plan.task_args,
+            model=plan.model.family,
+            seed=plan.loop.seed if seed is None else seed,
+            num_labels=plan.num_labels,
+        ),
         tokenizer=tokenizer,
         batch_size=bs,
-        seed=config.seed if seed is None else seed,
         train=train,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         rows=rows,
         workdir=workdir,
-        num_labels=int(config.model.get("num_labels", 0) or 0),
-        poisson_rate=poisson,
+        poisson_rate=plan.batch.poisson_rate,
     )
 
 
 def count_examples(config, tokenizer, workdir=None) -> int:
     """Rows of the run's training data (cached table or prepared index): DP's N."""
     return data.num_rows(
-        config.data,
-        task=config.task,
-        task_args=config.task_args.to_dict(),
-        model=config.model.name,
+        data.Spec(
+            config.data,
+            task=config.task,
+            task_args=config.task_args.to_dict(),
+            model=config.model.name,
+            seed=config.seed,
+            num_labels=int(config.model.get("num_labels", 0) or 0),
+        ),
         tokenizer=tokenizer,
-        seed=config.seed,
         workdir=workdir,
-        num_labels=int(config.model.get("num_labels", 0) or 0),
     )
 
 

@@ -117,8 +117,10 @@ class Throughput:
     """model TFLOP/s and MFU of a train line, from one step's model FLOPs (pjx.flops)."""
 
     def __init__(self, setup):
-        c, mcfg = setup.config, setup.model.config
-        self.step_flops = flops.step_flops(c, mcfg, setup.abstract_state.params, setup.trainable)
+        mcfg = setup.model.config
+        self.step_flops = flops.step_flops(
+            setup.plan, mcfg, setup.abstract_state.params, setup.trainable
+        )
         kind = jax.devices()[0].device_kind
         peak, _ = flops.peak_tflops(kind)
         self.peak = peak if jax.default_backend() != "cpu" else None

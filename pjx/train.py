@@ -1,4 +1,4 @@
-"""TrainState, the pure train / eval steps, and what a config builds (`Setup`).
+"""TrainState, the pure train / eval steps, and what a run's plan builds (`Setup`).
 
 `train_step` is one module-level pure function, jitted once with the state's and the
 batch's shardings and the state donated. Without DP-SGD, accumulation or frozen leaves it
@@ -8,7 +8,8 @@ is the plain step (pjx.grads adds those around the same `value_and_grad`):
     updates, opt_state = tx.update(g, opt_state, params)
     params = optax.apply_updates(params, updates)
 
-The loop that runs it is pjx.loop; a whole run (tokenizer, data, checkpoints, stages) is
+`build(plan)` reads a pjx.plan.Plan (the run resolved once), never the config. The loop
+that runs the step is pjx.loop; a whole run (tokenizer, data, checkpoints, stages) is
 pjx.run.
 """
 
@@ -26,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pjx import distributed, grads, lora, models, optim, privacy, sharding, tasks
+from pjx import distributed, grads, lora, models, optim, sharding, tasks
+from pjx.plan import Plan
 
 
 @flax.struct.dataclass
@@ -97,10 +99,10 @@ def eval_step(params, batch, rng, *frozen, model, loss_fn):
 # ----------------------------------------------------------------------------- setup
 @dataclasses.dataclass(frozen=True)
 class Setup:
-    """Everything built from a resolved config: model, task, optimizer, mesh, shardings,
-    and the jitted functions."""
+    """Everything built from a run's plan: model, task, optimizer, mesh, shardings, and
+    the jitted functions."""
 
-    config: Any
+    plan: Plan
     model: nn.Module
     task: tasks.Task
     loss_fn: Callable  # the task's loss with its runtime arguments bound
@@ -121,126 +123,54 @@ class Setup:
     frozen: tuple = ()
 
 
-def build(config, *, tokenizer=None, mesh=None, devices=None, dp_mechanism=None) -> Setup:
-    """The model, task, optimizer and jitted steps of a resolved config (`pjx.config.resolve`;
-    any mapping with its keys will do: read by key, so plain dicts work without
-    ml_collections, as on a bare accelerator host). `dp_mechanism`: fields of the DP-SGD
-    step's `grads.DP` to replace, or a function of (abstract params, trainable mask) that
-    returns them (pjx.audit's canaries)."""
-    model_cfg, family = config["model"], config["model"]["name"]
-    fields = {k: v for k, v in model_cfg.items() if k not in ("name", "size")}
-    lora_cfg = config.get("lora") or {}
-    model = lora.adapted(models.create(family, model_cfg["size"], **fields), lora_cfg, family)
-    task = tasks.get(config["task"])
-    args = task.args(dict(config["task_args"]))
+def build(plan: Plan, *, tokenizer=None, mesh=None, devices=None, dp_mechanism=None) -> Setup:
+    """The model, task, optimizer and jitted steps of a run's plan (pjx.plan).
+    `dp_mechanism`: fields of the DP-SGD step's `grads.DP` to replace, or a function of
+    (abstract params, trainable mask) that returns them (pjx.audit's canaries)."""
+    family = plan.model.family
+    model = lora.adapted(
+        models.create(family, plan.model.size, **plan.model.fields), plan.trainable.lora, family
+    )
+    task = tasks.get(plan.task)
+    args = task.args(dict(plan.task_args))
     loss_fn = functools.partial(task.loss, **task.runtime_args(args, tokenizer, model.config))
-    frozen_by_lora = None
-    if lora.enabled(lora_cfg):  # only the adapters and the task's heads train
-        frozen_by_lora = lambda p: jax.tree.map(
-            lambda t: not t, lora.trainable(p, lora_cfg, family)
-        )
     tx, lr_fn = optim.make(
-        config["optimizer"], config["steps"], frozen=frozen_by_lora, heads=lora.HEADS[family]
+        plan.optimizer, plan.loop.steps, frozen=_lora_frozen(plan), heads=plan.trainable.heads
     )
-    mesh = mesh or sharding.make_mesh(config["mesh"], devices)
-    inputs = models.example_inputs(
-        model_cfg["name"], model.config, 1, config["data"].get("seq_len") or None
-    )
-
-    def init_params(rng):
-        return model.init({"params": rng, "dropout": rng}, **inputs)["params"]
-
-    ema_decay = float(config["optimizer"].get("ema_decay") or 0.0)
-    if not 0.0 <= ema_decay < 1.0:
-        raise ValueError(
-            f"optimizer.ema_decay={ema_decay}: a moving average's decay is in [0, 1) "
-            "(0 = off; 0.99 - 0.9999 are usual)"
-        )
-
-    def init_state(rng):
-        k_params, k_state = jax.random.split(rng)
-        params = nn.meta.unbox(init_params(k_params))
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state=tx.init(params),
-            rng=k_state,
-            ema=params if ema_decay else None,
-        )
-
+    mesh = mesh or sharding.make_mesh(plan.mesh, devices)
+    init_params, init_state = _initializers(plan, model, tx)
     boxed = jax.eval_shape(init_params, jax.random.PRNGKey(0))
-    if lora.enabled(lora_cfg):
-        lora.check(boxed, lora_cfg, family)
+    if plan.trainable.lora:
+        lora.check(boxed, plan.trainable.lora, family)
     abstract = jax.eval_shape(init_state, jax.random.PRNGKey(0))
-    param_sh = sharding.param_shardings(boxed, mesh)
+    state_sh = _state_shardings(boxed, abstract, mesh, plan.ema_decay)
     repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    state_sh = TrainState(
-        step=repl,
-        params=param_sh,
-        opt_state=sharding.mirror_shardings(abstract.opt_state, abstract.params, param_sh, mesh),
-        rng=repl,
-        ema=param_sh if ema_decay else None,
-    )
-    batch_sh = sharding.batch_sharding(mesh, privacy.batch_rows(config))
+    batch_sh = sharding.batch_sharding(mesh, plan.batch.rows)
     frozen_models = task.frozen_models(args)
-    frozen_sh, abstract_frozen = [], []
-    for m in frozen_models:
-        m_inputs = models.example_inputs(family, m.config, 1, config["data"].get("seq_len") or None)
-        boxed_m = jax.eval_shape(lambda m=m, i=m_inputs: m.init(jax.random.PRNGKey(0), **i))
-        sh = sharding.param_shardings(boxed_m["params"], mesh)
-        frozen_sh.append(sh)
-        abstract_frozen.append(
-            jax.tree.map(
-                lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                nn.meta.unbox(boxed_m["params"]),
-                sh,
-            )
-        )
-    # Which parameters train (static): frozen ones get no gradient, no DP clipping, no
-    # optimizer state, and count in no gradient norm.
-    trainable = jax.tree.map(lambda _: True, abstract.params)
-    pattern = config["optimizer"].get("freeze", "") or ""
-    if pattern:
-        trainable = jax.tree.map(lambda f: not f, optim.frozen_mask(abstract.params, pattern))
-    if frozen_by_lora is not None:
-        trainable = jax.tree.map(
-            lambda t, f: t and not f, trainable, frozen_by_lora(abstract.params)
-        )
-    dp_cfg, dp = config.get("dp") or {}, None
-    if privacy.enabled(dp_cfg):  # planned by pjx.run: the noise of the steps this start runs
-        dp = grads.DP(
-            l2_norm_clip=float(dp_cfg["l2_norm_clip"]),
-            noise_multiplier=float(dp_cfg["noise_multiplier"]),
-            expected_batch_size=int(config["batch_size"]),
-            microbatch_size=int(dp_cfg.get("microbatch_size") or 0),
-            clipping=privacy.clipping_method(dp_cfg, config["model"]),
-        )
-        if callable(dp_mechanism):
-            dp_mechanism = dp_mechanism(abstract.params, trainable)
-        dp = dataclasses.replace(dp, **(dp_mechanism or {}))
+    abstract_frozen = tuple(_abstract_params(m, family, plan.seq_len, mesh) for m in frozen_models)
+    frozen_sh = [jax.tree.map(lambda a: a.sharding, a) for a in abstract_frozen]
+    trainable = trainable_mask(plan, abstract.params)
     step = functools.partial(
         train_step,
         model=model,
         loss_fn=loss_fn,
         tx=tx,
         lr_fn=lr_fn,
-        accum_steps=int(config["optimizer"].get("accum_steps", 1) or 1),
+        accum_steps=plan.batch.accum_steps,
         batch_sharding=batch_sh,
-        dp=dp,
+        dp=_dp(plan, abstract.params, trainable, dp_mechanism),
         trainable=trainable,
-        ema_decay=ema_decay,
+        ema_decay=plan.ema_decay,
     )
     return Setup(
-        config=config,
+        plan=plan,
         model=model,
         task=task,
         loss_fn=loss_fn,
         trainable=trainable,
         mesh=mesh,
         state_shardings=state_sh,
-        abstract_state=jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh
-        ),
+        abstract_state=_with_shardings(abstract, state_sh),
         batch_sharding=batch_sh,
         init=jax.jit(init_state, out_shardings=state_sh),
         step_fn=jax.jit(
@@ -253,8 +183,85 @@ def build(config, *, tokenizer=None, mesh=None, devices=None, dp_mechanism=None)
             functools.partial(eval_step, model=model, loss_fn=loss_fn), out_shardings=repl
         ),
         frozen_models=tuple(frozen_models),
-        abstract_frozen=tuple(abstract_frozen),
+        abstract_frozen=abstract_frozen,
     )
+
+
+def _lora_frozen(plan: Plan):
+    """LoRA: params -> bool pytree, True for the base weights (only the adapters and the
+    task's heads train); None without LoRA."""
+    if not plan.trainable.lora:
+        return None
+    cfg, family = plan.trainable.lora, plan.model.family
+    return lambda p: jax.tree.map(lambda t: not t, lora.trainable(p, cfg, family))
+
+
+def trainable_mask(plan: Plan, params):
+    """Which parameters train (static): frozen ones get no gradient, no DP clipping, no
+    optimizer state, and count in no gradient norm."""
+    trainable = jax.tree.map(lambda _: True, params)
+    if plan.trainable.freeze:
+        frozen = optim.frozen_mask(params, plan.trainable.freeze)
+        trainable = jax.tree.map(lambda f: not f, frozen)
+    by_lora = _lora_frozen(plan)
+    if by_lora is not None:
+        trainable = jax.tree.map(lambda t, f: t and not f, trainable, by_lora(params))
+    return trainable
+
+
+def _initializers(plan: Plan, model, tx):
+    """(rng -> boxed params, rng -> TrainState) of the model."""
+    inputs = models.example_inputs(plan.model.family, model.config, 1, plan.seq_len)
+
+    def init_params(rng):
+        return model.init({"params": rng, "dropout": rng}, **inputs)["params"]
+
+    def init_state(rng):
+        k_params, k_state = jax.random.split(rng)
+        params = nn.meta.unbox(init_params(k_params))
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            rng=k_state,
+            ema=params if plan.ema_decay else None,
+        )
+
+    return init_params, init_state
+
+
+def _state_shardings(boxed, abstract, mesh, ema_decay) -> TrainState:
+    param_sh = sharding.param_shardings(boxed, mesh)
+    repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return TrainState(
+        step=repl,
+        params=param_sh,
+        opt_state=sharding.mirror_shardings(abstract.opt_state, abstract.params, param_sh, mesh),
+        rng=repl,
+        ema=param_sh if ema_decay else None,
+    )
+
+
+def _with_shardings(tree, shardings):
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings
+    )
+
+
+def _abstract_params(model, family: str, seq_len, mesh):
+    """A frozen model's parameters as ShapeDtypeStructs, sharded as a model's are."""
+    inputs = models.example_inputs(family, model.config, 1, seq_len)
+    boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), **inputs))["params"]
+    return _with_shardings(nn.meta.unbox(boxed), sharding.param_shardings(boxed, mesh))
+
+
+def _dp(plan: Plan, params, trainable, replace):
+    """The plan's DP-SGD mechanism with `replace`'s fields (pjx.audit), None without."""
+    if plan.dp is None:
+        return None
+    if callable(replace):
+        replace = replace(params, trainable)
+    return dataclasses.replace(plan.dp, **(replace or {}))
 
 
 def with_frozen(s: Setup, trees) -> Setup:
@@ -274,7 +281,7 @@ def random_frozen(s: Setup, seed: int = 0) -> Setup:
     never for training (pjx.run loads the real ones)."""
     trees = []
     for m, a in zip(s.frozen_models, s.abstract_frozen):
-        inputs = models.example_inputs(s.config["model"]["name"], m.config, 1, 8)
+        inputs = models.example_inputs(s.plan.model.family, m.config, 1, 8)
         init = lambda m=m, i=inputs: nn.meta.unbox(m.init(jax.random.PRNGKey(seed), **i)["params"])
         out_sh = jax.tree.map(lambda x: x.sharding, a)
         trees.append(jax.jit(init, out_shardings=out_sh)())
@@ -287,15 +294,20 @@ def create_state(s: Setup, seed: int, *, secret: int | None = None) -> TrainStat
     # The out_shardings place every parameter; no activation constraint is needed here.
     state = s.init(jax.random.PRNGKey(seed))
     if secret is not None:
-        key = jax.device_put(privacy.secret_key_data(secret), s.state_shardings.rng)
+        key = jax.device_put(_key_data(secret), s.state_shardings.rng)
         state = state.replace(rng=key)
     return state
+
+
+def _key_data(seed: int):
+    """A threefry key (two uint32 words) from the low 64 bits of a secret seed."""
+    return np.array([seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF], np.uint32)
 
 
 def abstract_batch(s: Setup, batch):
     """The global batch (padded under DP-SGD) whose share of this process is `batch`, as
     ShapeDtypeStructs with the batch sharding: what the train step compiles for."""
-    G = privacy.batch_rows(s.config)
+    G = s.plan.batch.rows
     return jax.tree.map(
         lambda x: jax.ShapeDtypeStruct((G, *x.shape[1:]), x.dtype, sharding=s.batch_sharding),
         batch,
@@ -312,7 +324,7 @@ def trim_padding(s: Setup, batch: dict) -> dict:
     process must feed the same shape, so the width is the largest over processes. Dropout
     draws its masks per shape: with dropout on, a trimmed run is as random as a padded one,
     not the same draw."""
-    multiple, keys = int(s.config.data.get("length_bucket", 0)), s.task.padded_keys
+    multiple, keys = s.plan.loop.length_bucket, s.task.padded_keys
     if not multiple or not keys or "attention_mask" not in batch:
         return batch
     mask = np.asarray(batch["attention_mask"])
@@ -338,8 +350,8 @@ def describe(s: Setup) -> str:
     pb = sharding.per_device_bytes(s.abstract_state.params, s.state_shardings.params)
     ob = sharding.per_device_bytes(s.abstract_state.opt_state, s.state_shardings.opt_state)
     return (
-        f"{sharding.describe(s.mesh)}\nmodel {s.config['model']['name']}/"
-        f"{s.config['model']['size']}: {params:,} parameters, {trained:,} trained "
+        f"{sharding.describe(s.mesh)}\nmodel {s.plan.model.family}/"
+        f"{s.plan.model.size}: {params:,} parameters, {trained:,} trained "
         f"({100 * trained / max(params, 1):.2f}%); per device: params {pb / 2**20:.2f} MiB, "
         f"optimizer state {ob / 2**20:.2f} MiB"
     )

@@ -11,6 +11,7 @@ import pytest
 
 from pjx import bench, bench_from_config, cli
 from pjx import config as config_lib
+from pjx import plan as plan_lib
 
 REQUIRED = ("tokens_per_s", "step_s", "compile_s", "params", "device", "backend", "jax")
 
@@ -134,7 +135,7 @@ def test_synthetic_batch_keys(model, task, keys):
     mcfg = models.make_config(
         model, "tiny", **{k: v for k, v in c.model.items() if k not in ("name", "size")}
     )
-    b = bench.synthetic_batch(c, mcfg)
+    b = bench.synthetic_batch(plan_lib.from_config(c), mcfg)
     assert keys <= set(b)
     assert all(len(v) == 4 for v in b.values())
     if "input_ids" in b:  # ids avoid the special ids and stay in the vocabulary
@@ -155,15 +156,15 @@ def test_vocab_from_train_spec_and_mlm_defaults():
 def test_compiled_step_is_the_step_bench_times(tiny_config):
     """`bench.compiled_step` (benchmarks/dp_overhead.py, cpu_step_profile.py) hands out the
     step `pjx bench` times: same batch, same initial state, so the same loss."""
-    config, tokenizer = bench_from_config.resolve(config_lib.load(tiny_config + ":gpt2", []))
-    assert tokenizer is None and config["model"]["vocab_size"] == 64
-    s, compiled, state, (batch,), _ = bench.compiled_step(config, tokenizer=tokenizer)
-    expected = bench.synthetic_batch(s.config, s.model.config)
+    plan, tokenizer = bench_from_config.resolve(config_lib.load(tiny_config + ":gpt2", []))
+    assert tokenizer is None and plan.model.fields["vocab_size"] == 64
+    s, compiled, state, (batch,), _ = bench.compiled_step(plan, tokenizer=tokenizer)
+    expected = bench.synthetic_batch(s.plan, s.model.config)
     assert set(batch) == set(expected)
     for k in expected:
         np.testing.assert_array_equal(np.asarray(batch[k]), expected[k])
     _, mets = compiled(state, batch)
-    r = bench.run(config, steps=1, warmup=0, num_batches=1)
+    r = bench.run(plan, steps=1, warmup=0, num_batches=1)
     assert float(mets["loss"]) == pytest.approx(r["loss"], rel=1e-6)
 
 

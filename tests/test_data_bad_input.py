@@ -29,7 +29,10 @@ def _read(source, **kw):
 def _stream(source, **kw):
     cfg = lm_config(source=source, seq_len=32, mode="stream", shuffle_buffer=4, **kw)
     return data.build(
-        cfg, task="clm", model="gpt2", tokenizer=ByteTok(), batch_size=2, seed=0, train=True
+        data.Spec(cfg, task="clm", model="gpt2", seed=0),
+        tokenizer=ByteTok(),
+        batch_size=2,
+        train=True,
     )
 
 

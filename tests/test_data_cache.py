@@ -37,7 +37,10 @@ def _build(tmp_path, tok=None, **kw):
     kw = {"seq_len": 32, **kw}
     cfg = lm_config(source=f"text:{tmp_path}/docs.txt", cache_dir=str(tmp_path / "cache"), **kw)
     return data.build(
-        cfg, task="mlm", model="bert", tokenizer=tok or ByteTok(), batch_size=4, train=True
+        data.Spec(cfg, task="mlm", model="bert"),
+        tokenizer=tok or ByteTok(),
+        batch_size=4,
+        train=True,
     )
 
 
@@ -91,9 +94,7 @@ def test_cache_root_order(tmp_path):
     assert cache.root(cfg, "/w") == "/c"
     cfg = lm_config(cache=False, source="embedded:classify", seq_len=16)
     evals = data.build(
-        cfg,
-        task="classify",
-        model="bert",
+        data.Spec(cfg, task="classify", model="bert"),
         tokenizer=ByteTok(),
         batch_size=64,
         train=False,

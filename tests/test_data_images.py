@@ -92,27 +92,33 @@ def idx_dir(tmp_path):
 
 def test_image_classify_and_contrastive_pipelines(idx_dir):
     cfg = lm_config(source=f"idx:{idx_dir}", image_size=8, flip=False)
-    b = next(data.build(cfg, task="classify", model="vit", batch_size=8, seed=0, train=True))
+    b = next(
+        data.build(data.Spec(cfg, task="classify", model="vit", seed=0), batch_size=8, train=True)
+    )
     assert set(b) == {"pixel_values", "label"}
     assert b["pixel_values"].shape == (8, 8, 8, 1) and b["pixel_values"].dtype == np.float32
     assert -1.0 <= b["pixel_values"].min() and b["pixel_values"].max() <= 1.0  # mean/std 0.5
-    it = data.build(cfg, task="contrastive", model="vit", batch_size=8, seed=0, train=True)
+    it = data.build(
+        data.Spec(cfg, task="contrastive", model="vit", seed=0), batch_size=8, train=True
+    )
     c = next(it)
     assert set(c) == {"view_a", "view_b"} and c["view_a"].shape == (8, 8, 8, 1)
     assert not np.allclose(c["view_a"], c["view_b"])
     state = it.get_state()
     nxt = next(it)
-    again = data.build(cfg, task="contrastive", model="vit", batch_size=8, seed=0, train=True)
+    again = data.build(
+        data.Spec(cfg, task="contrastive", model="vit", seed=0), batch_size=8, train=True
+    )
     again.set_state(state)
     np.testing.assert_array_equal(next(again)["view_a"], nxt["view_a"])  # augmentations resume
-    evals = data.build(cfg, task="contrastive", model="vit", batch_size=16, train=False)
+    evals = data.build(data.Spec(cfg, task="contrastive", model="vit"), batch_size=16, train=False)
     assert [float(e["weight"].sum()) for e in evals] == [16, 16, 8]
 
 
 @pytest.mark.skipif(not MNIST.exists(), reason="needs ../shared/data/mnist_tsuga")
 def test_mnist_eval_slice():
     cfg = lm_config(source=f"idx:{MNIST}[59000:]")
-    evals = data.build(cfg, task="classify", model="vit", batch_size=256, train=False)
+    evals = data.build(data.Spec(cfg, task="classify", model="vit"), batch_size=256, train=False)
     total = sum(float(b["weight"].sum()) for b in evals)
     assert total == 1000 and len(evals) == 4
     assert evals[0]["pixel_values"].shape == (256, 28, 28, 1)

@@ -28,12 +28,9 @@ def _build(tmp_path, task="mlm", model="bert", train=True, batch_size=4, seed=0,
         source=f"text:{tmp_path}/docs.txt", seq_len=32, cache_dir=str(tmp_path / "cache"), **kw
     )
     return data.build(
-        cfg,
-        task=task,
-        model=model,
+        data.Spec(cfg, task=task, model=model, seed=seed),
         tokenizer=ByteTok(),
         batch_size=batch_size,
-        seed=seed,
         train=train,
         **{k: v for k, v in kw.items() if k.startswith("process")},
     )
@@ -77,13 +74,9 @@ def test_mlm_with_nsp(corpus):
     cfg = lm_config(source=f"text:{corpus}/docs.txt", seq_len=32, cache_dir=str(corpus / "cache"))
     b = next(
         data.build(
-            cfg,
-            task="mlm",
-            task_args={"nsp": True},
-            model="bert",
+            data.Spec(cfg, task="mlm", task_args={"nsp": True}, model="bert", seed=0),
             tokenizer=ByteTok(),
             batch_size=8,
-            seed=0,
             train=True,
         )
     )
@@ -103,20 +96,22 @@ def test_text_classification_and_seq2seq_keys(tmp_path):
     )
     b = next(
         data.build(
-            cfg,
-            task="classify",
-            model="bert",
+            data.Spec(cfg, task="classify", model="bert", num_labels=3),
             tokenizer=ByteTok(),
             batch_size=4,
             train=True,
-            num_labels=3,
         )
     )
     assert set(b) == {"input_ids", "attention_mask", "token_type_ids", "label"}
     assert b["label"].shape == (4,) and b["input_ids"].shape == (4, 16)
     cfg.update(dict(text_columns=("a",), target_column="b", target_len=8))
     b = next(
-        data.build(cfg, task="seq2seq", model="t5", tokenizer=ByteTok(), batch_size=4, train=True)
+        data.build(
+            data.Spec(cfg, task="seq2seq", model="t5"),
+            tokenizer=ByteTok(),
+            batch_size=4,
+            train=True,
+        )
     )
     assert set(b) == {"input_ids", "attention_mask", "labels", "decoder_attention_mask"}
     assert b["labels"].shape == (4, 8)
@@ -130,7 +125,7 @@ def test_bad_setting_names_the_choices(corpus):
 def test_text_task_without_tokenizer_says_so(corpus):
     cfg = lm_config(source=f"text:{corpus}/docs.txt", cache_dir=str(corpus / "c"))
     with pytest.raises(DataError, match="needs a tokenizer: set data.tokenizer"):
-        data.build(cfg, task="mlm", model="bert", batch_size=4, train=True)
+        data.build(data.Spec(cfg, task="mlm", model="bert"), batch_size=4, train=True)
 
 
 # ------------------------------------------------------------------------------ eval
@@ -144,9 +139,7 @@ def test_eval_covers_each_example_once(tmp_path, process_count):
     lengths = set()
     for pi in range(process_count):
         evals = data.build(
-            cfg,
-            task="classify",
-            model="bert",
+            data.Spec(cfg, task="classify", model="bert"),
             tokenizer=ByteTok(),
             batch_size=8,
             train=False,
@@ -230,6 +223,8 @@ def test_bench_pipeline_reports_tokens_per_s(corpus):
 def test_embedded_corpus_builds(tmp_path):
     cfg = lm_config(source="embedded", seq_len=64, cache_dir=str(tmp_path))
     b = next(
-        data.build(cfg, task="mlm", model="bert", tokenizer=ByteTok(), batch_size=8, train=True)
+        data.build(
+            data.Spec(cfg, task="mlm", model="bert"), tokenizer=ByteTok(), batch_size=8, train=True
+        )
     )
     assert b["input_ids"].shape == (8, 64)

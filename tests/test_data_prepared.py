@@ -79,7 +79,10 @@ def test_workers_write_the_same_bytes_as_one_process(corpus):
 def _build(cfg_source, tmp_path, seed=0, train=True, **kw):
     cfg = lm_config(source=cfg_source, seq_len=32, cache_dir=str(tmp_path / "cache"), **kw)
     return data.build(
-        cfg, task="mlm", model="bert", tokenizer=ByteTok(), batch_size=8, seed=seed, train=train
+        data.Spec(cfg, task="mlm", model="bert", seed=seed),
+        tokenizer=ByteTok(),
+        batch_size=8,
+        train=train,
     )
 
 
@@ -115,16 +118,13 @@ def test_prepared_resume_and_known_size(corpus):
     again.set_state(state)
     for x in want:
         np.testing.assert_array_equal(next(again)["input_ids"], x["input_ids"])
-    n = data.num_rows(lm_config(source=f"prepared:{out}"), task="mlm", model="bert")
+    n = data.num_rows(data.Spec(lm_config(source=f"prepared:{out}"), task="mlm", model="bert"))
     assert n == prepared.load_index(out)["rows"]
     cfg = lm_config(source=f"prepared:{out}", seq_len=32)
     poisson = data.build(
-        cfg,
-        task="mlm",
-        model="bert",
+        data.Spec(cfg, task="mlm", model="bert", seed=0),
         tokenizer=ByteTok(),
         batch_size=8,
-        seed=0,
         train=True,
         poisson_rate=0.05,
     )
@@ -135,18 +135,14 @@ def test_prepared_checks_the_run(corpus):
     out = _prepare(corpus, "prep", 1)
     with pytest.raises(data.DataError, match="seq_len"):
         data.build(
-            lm_config(source=f"prepared:{out}", seq_len=64),
-            task="mlm",
-            model="bert",
+            data.Spec(lm_config(source=f"prepared:{out}", seq_len=64), task="mlm", model="bert"),
             tokenizer=ByteTok(),
             batch_size=8,
             train=True,
         )
     with pytest.raises(data.DataError, match="task mlm"):
         data.build(
-            lm_config(source=f"prepared:{out}", seq_len=32),
-            task="clm",
-            model="gpt2",
+            data.Spec(lm_config(source=f"prepared:{out}", seq_len=32), task="clm", model="gpt2"),
             tokenizer=ByteTok(),
             batch_size=8,
             train=True,
@@ -225,7 +221,9 @@ def test_prepared_rows_are_the_streamed_rows(corpus):
     rows = prepared.Table(out)
     cfg = lm_config(source=f"text:{corpus}/docs*.txt", seq_len=32, chunk_bytes=700)
     cfg.update(dict(mode="stream", shuffle=False, shuffle_buffer=8))
-    it = data.build(cfg, task="mlm", model="bert", tokenizer=ByteTok(), batch_size=8, train=True)
+    it = data.build(
+        data.Spec(cfg, task="mlm", model="bert"), tokenizer=ByteTok(), batch_size=8, train=True
+    )
     n = len(rows)
     streamed = np.concatenate([next(it)["input_ids"] for _ in range(-(-n // 8))])[:n]
     np.testing.assert_array_equal(streamed, rows[np.arange(n)]["input_ids"])

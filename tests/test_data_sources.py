@@ -249,7 +249,7 @@ def test_tfds_not_prepared_offline_fails_at_once(tmp_path):
     cfg = lm_config(source="tfds:mnist", data_dir=str(tmp_path))
     t0 = time.perf_counter()
     with pytest.raises(DataError) as e:
-        data.build(cfg, task="classify", model="vit", batch_size=4, train=True)
+        data.build(data.Spec(cfg, task="classify", model="vit"), batch_size=4, train=True)
     assert time.perf_counter() - t0 < 30
     msg = str(e.value)
     assert "'mnist' is not prepared" in msg and str(tmp_path) in msg
@@ -289,6 +289,9 @@ def test_tfds_array_record_through_the_pipeline(tmp_path):
 
     cfg.seq_len = 24
     evals = data.build(
-        cfg, task="classify", model="bert", tokenizer=ByteTok(), batch_size=4, train=False
+        data.Spec(cfg, task="classify", model="bert"),
+        tokenizer=ByteTok(),
+        batch_size=4,
+        train=False,
     )
     assert sum(float(b["weight"].sum()) for b in evals) == 10

@@ -48,12 +48,9 @@ def _stream(source, tmp_path, task="clm", batch=4, seed=0, pi=0, pc=1, **kw):
     cfg = lm_config(source=source, seq_len=32, cache_dir=str(tmp_path / "cache"), mode="stream")
     cfg.update(dict(chunk_bytes=300, shuffle_buffer=16, num_threads=1, prefetch=2) | kw)
     return data.build(
-        cfg,
-        task=task,
-        model={"clm": "gpt2", "mlm": "bert"}[task],
+        data.Spec(cfg, task=task, model={"clm": "gpt2", "mlm": "bert"}[task], seed=seed),
         tokenizer=ByteTok(),
         batch_size=batch * pc,
-        seed=seed,
         train=True,
         process_index=pi,
         process_count=pc,
@@ -195,8 +192,8 @@ from data_fixtures import ByteTok, lm_config
 from pjx import data
 cfg = lm_config(source={source!r}, seq_len=128, mode="stream", chunk_bytes=1 << 18,
                 shuffle_buffer=512, num_threads=1, prefetch=2)
-it = data.build(cfg, task="clm", model="gpt2", tokenizer=ByteTok(), batch_size=32, seed=0,
-                train=True)
+it = data.build(data.Spec(cfg, task="clm", model="gpt2", seed=0), tokenizer=ByteTok(),
+                batch_size=32, train=True)
 for _ in range({batches}):
     next(it)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
@@ -264,7 +261,10 @@ def test_preempted_stream_run_resumes_with_the_uninterrupted_loss_curve(tmp_path
 
     def stream_data(kill_at=None):
         it = data.build(
-            c.data, task="clm", model="gpt2", tokenizer=ByteTok(), batch_size=4, seed=0, train=True
+            data.Spec(c.data, task="clm", model="gpt2", seed=0),
+            tokenizer=ByteTok(),
+            batch_size=4,
+            train=True,
         )
         return Preempting(it, kill_at)
 

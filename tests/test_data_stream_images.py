@@ -46,7 +46,9 @@ def _build(tmp_path, mode, train=True, name="pjx_tiny_images", **kw):
     cfg = lm_config(source=f"tfds:{name}", data_dir=str(tmp_path), mode=mode, **kw)
     cfg.cache_dir = str(tmp_path / "cache")
     return data.build(
-        cfg, task="classify", model="vit", batch_size=4, seed=1, train=train, num_labels=3
+        data.Spec(cfg, task="classify", model="vit", seed=1, num_labels=3),
+        batch_size=4,
+        train=train,
     )
 
 
@@ -69,9 +71,11 @@ def test_streamed_images_give_the_cached_batches(tmp_path):
     assert evals.info["mode"] == "stream"
     assert sum(float(e["weight"].sum()) for e in evals) == 30
     n = data.num_rows(
-        lm_config(source="tfds:pjx_tiny_images", data_dir=str(tmp_path), mode="stream"),
-        task="classify",
-        model="vit",
+        data.Spec(
+            lm_config(source="tfds:pjx_tiny_images", data_dir=str(tmp_path), mode="stream"),
+            task="classify",
+            model="vit",
+        )
     )
     assert n == 30
 

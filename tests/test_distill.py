@@ -15,6 +15,7 @@ import pytest
 
 from pjx import checkpoint, cli, evaluation, losses, models, run, saved, teacher, train
 from pjx import config as config_lib
+from pjx import plan as plan_lib
 from pjx.models import bert
 from pjx.tasks import distill
 
@@ -310,7 +311,7 @@ def test_a_private_student_trains_and_audits_with_its_teacher(teachers, tmp_path
 
 # ------------------------------------------------------------------ layouts, devices
 def _setup(c, tokenizer, devices=None):
-    s = train.build(c, tokenizer=tokenizer, devices=devices)
+    s = train.build(plan_lib.from_config(c), tokenizer=tokenizer, devices=devices)
     t = saved.Saved(c.distill.teacher).params(like=s.abstract_frozen[0])
     return train.with_frozen(s, (t,))
 
@@ -321,7 +322,7 @@ def test_eight_devices_equal_one_and_scanned_equals_unscanned(teachers):
     c = config_lib.resolve_data(_student(teachers[0], batch_size=8))
     tok = run.build_tokenizer(c)
     c = config_lib.resolve(c, tok)
-    batch = next(iter(run.build_data(c, tok, train=True)))
+    batch = next(iter(run.build_data(plan_lib.from_config(c), tok, train=True)))
     results = {}
     for name, cfg, devices in [
         ("one", c, jax.devices()[:1]),

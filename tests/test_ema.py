@@ -12,6 +12,7 @@ from data_fixtures import IndexedBatches, Preempting
 
 from pjx import checkpoint, loop, run, sharding, train
 from pjx import config as config_lib
+from pjx import plan as plan_lib
 from pjx.saved import Saved
 
 VOCAB, L, B = 32, 8, 4
@@ -65,7 +66,10 @@ def _flat(tree):
 
 
 def test_moving_average_follows_its_formula_and_skips_frozen_leaves():
-    s = train.build(_config(**{"optimizer.freeze": "^bert/embeddings"}), devices=_one_device())
+    s = train.build(
+        plan_lib.from_config(_config(**{"optimizer.freeze": "^bert/embeddings"})),
+        devices=_one_device(),
+    )
     state = train.create_state(s, 0)
     initial = _flat(jax.device_get(state.params))
     want = dict(initial)
@@ -102,7 +106,7 @@ def test_run_evaluates_and_releases_the_average(tmp_path):
         np.testing.assert_array_equal(released[k], ema[k], err_msg=k)
     assert any(not np.allclose(ema[k], params[k]) for k in ema)
     # The run's own eval line scored the average.
-    s = train.build(config_lib.resolve(c), devices=_one_device())
+    s = train.build(plan_lib.from_config(config_lib.resolve(c)), devices=_one_device())
     as_tree = lambda tree: jax.device_put(tree, s.state_shardings.params)  # noqa: E731
     on_ema = train.evaluate(s, as_tree(saved["ema"]), eval_batches)
     on_params = train.evaluate(s, as_tree(saved["params"]), eval_batches)
@@ -139,4 +143,6 @@ def test_turning_the_average_on_at_resume_is_refused(tmp_path):
 @pytest.mark.parametrize("decay", [1.0, -0.1])
 def test_a_decay_outside_0_1_is_refused(decay):
     with pytest.raises(ValueError, match=r"optimizer.ema_decay=.*\[0, 1\)"):
-        train.build(_config(**{"optimizer.ema_decay": decay}), devices=_one_device())
+        train.build(
+            plan_lib.from_config(_config(**{"optimizer.ema_decay": decay})), devices=_one_device()
+        )

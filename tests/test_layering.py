@@ -47,7 +47,7 @@ LAYERS = [
         "pjx.nnx",
         "pjx.metrics_log",
     ),
-    ("pjx.init_from", "pjx.teacher"),
+    ("pjx.init_from", "pjx.teacher", "pjx.plan"),
     ("pjx.config", "pjx.saved", "pjx.convert"),
     ("pjx.train", "pjx.loop"),
     (
@@ -186,3 +186,21 @@ def test_no_import_cycle():
     for m in sorted(graph):
         if m not in state:
             visit(m, [])
+
+
+# What runs a resolved plan. They read fields of a pjx.plan.Plan: neither the run config
+# (its keys, its defaults) nor the private-training host side (the plan holds the DP-SGD
+# mechanism the step runs, and the batch it reads).
+PLAN_READERS = ("pjx.train", "pjx.loop", "pjx.bench", "pjx.telemetry", "pjx.flops")
+
+
+@pytest.mark.parametrize("module", PLAN_READERS)
+def test_the_engine_reads_the_plan_not_the_config(module):
+    targets = {t for t, _ in imports(module)}
+    assert not targets & {"pjx.config", "pjx.privacy"}, (
+        f"{module} imports {sorted(targets & {'pjx.config', 'pjx.privacy'})}: read what the "
+        "run resolved from pjx.plan.Plan's fields"
+    )
+    source = MODULES[module].read_text()
+    for read in ("config[", "config.get(", "s.config", "c.get("):
+        assert read not in source, f"{module} reads the run config ({read!r}): use the plan"

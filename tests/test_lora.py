@@ -14,6 +14,7 @@ from flax import traverse_util
 from pjx import checkpoint as ckpt
 from pjx import cli, convert, hf, inference, lora, models, run, train
 from pjx import config as config_lib
+from pjx import plan as plan_lib
 from pjx.init_from import init_from
 from pjx.metrics_log import TIMING_KEYS
 from pjx.saved import Saved
@@ -136,7 +137,7 @@ def test_all_linear_targets_and_a_target_that_matches_nothing():
     assert not any("pooler" in m or "classifier" in m for m in adapted)
     c = _config(**{"lora.targets": "nonexistent"})
     with pytest.raises(ValueError, match="matches no Dense layer"):
-        train.build(config_lib.resolve(c), devices=jax.devices()[:1])
+        train.build(plan_lib.from_config(config_lib.resolve(c)), devices=jax.devices()[:1])
 
 
 # ------------------------------------------------------------------ training
@@ -171,7 +172,7 @@ def _saved(workdir) -> dict:
 def test_only_adapters_and_heads_train_and_frozen_weights_have_no_state(tmp_path):
     c = _config()
     run.train(c, str(tmp_path / "run"), devices=jax.devices()[:1])
-    s = train.build(_saved(tmp_path / "run"), devices=jax.devices()[:1])
+    s = train.build(plan_lib.from_config(_saved(tmp_path / "run")), devices=jax.devices()[:1])
     before = flat(train.create_state(s, 0).params)
     after = flat(Saved(tmp_path / "run").params(merged=False))
     changed = {p for p in before if not np.array_equal(before[p], np.asarray(after[p]))}
@@ -221,7 +222,7 @@ def test_lora_sharded_equals_single_device_and_composes_with_dp_and_scan(tmp_pat
     # DP-LoRA (Yu et al. 2021): clipping and noise touch only the adapters; with scan.
     dp = _config(**{"dp.noise_multiplier": 1.0, "model.scan_layers": True, "steps": 2})
     run.train(dp, str(tmp_path / "dp"), devices=jax.devices()[:1])
-    s = train.build(_saved(tmp_path / "dp"), devices=jax.devices()[:1])
+    s = train.build(plan_lib.from_config(_saved(tmp_path / "dp")), devices=jax.devices()[:1])
     before = flat(train.create_state(s, 0).params)
     after = flat(Saved(tmp_path / "dp").params(merged=False))
     for p in before:
@@ -382,7 +383,7 @@ def test_a_peft_adapter_trains_on_in_pjx(tf, tmp_path):
     c.data.seq_len = 16
     resolved = config_lib.resolve(c)
     assert (resolved.lora.rank, resolved.lora.alpha) == (2, 6.0)
-    s = train.build(resolved, devices=jax.devices()[:1])
+    s = train.build(plan_lib.from_config(resolved), devices=jax.devices()[:1])
     state = run.fresh_state(s, resolved)
     adapted = {p.rsplit("/", 1)[0] for p in flat(state.params) if p.endswith("/lora_a")}
     assert len(adapted) == 2 * 4 + 1  # per layer key and three "dense"; the pooler's dense

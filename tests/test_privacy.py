@@ -32,6 +32,7 @@ from pjx import (
     train,
 )
 from pjx import config as config_lib
+from pjx import plan as plan_lib
 from pjx.data import pipeline
 from pjx.metrics_log import TIMING_KEYS
 
@@ -405,7 +406,7 @@ def test_dp_train_step_sharded_matches_unsharded_setup():
         c = config_lib.with_privacy(
             c, privacy.plan(c.dp, num_examples=200, batch_size=8, steps=4, multiple=4)
         )
-        s = train.build(c, mesh=sharding.make_mesh(c.mesh, devices))
+        s = train.build(plan_lib.from_config(c), mesh=sharding.make_mesh(c.mesh, devices))
         state = train.create_state(s, 0)
         model, batch, _ = _bert()
         rows = c.dp.padded_batch_size

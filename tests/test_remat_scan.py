@@ -17,6 +17,7 @@ from flax import traverse_util
 
 from pjx import config as config_lib
 from pjx import hf, models, run, tasks
+from pjx import plan as plan_lib
 from pjx.init_from import init_from
 
 SMALL = dict(num_layers=2, hidden_size=32, num_heads=2, mlp_dim=64, dropout_rate=0.0)
@@ -49,7 +50,7 @@ def _batch(family, model):
     c.model.name, c.task, c.batch_size, c.data.seq_len = family, TASK[family], 2, 8
     from pjx import bench  # the synthetic batch of the task's spec
 
-    return bench.synthetic_batch(c, model.config, seed=1)
+    return bench.synthetic_batch(plan_lib.from_config(c), model.config, seed=1)
 
 
 def _grads(family, model, params, batch):

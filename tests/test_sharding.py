@@ -9,6 +9,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from pjx import config as config_lib
+from pjx import plan as plan_lib
 from pjx import sharding, train
 
 
@@ -67,7 +68,7 @@ def _batches(n=5, B=8, L=16):
 def _losses(mesh, devices, **model):
     c = _config(mesh)
     c.model.update(model)
-    s = train.build(c, devices=devices)
+    s = train.build(plan_lib.from_config(c), devices=devices)
     state = train.create_state(s, seed=0)
     out = []
     with sharding.context(s.mesh):
@@ -116,7 +117,7 @@ def _compiled_hlo(mesh, **model):
     F=128) on `mesh`."""
     c = _config(mesh)
     c.model.update(dict(num_layers=3, num_heads=4, mlp_dim=128, **model))
-    s = train.build(c, devices=jax.devices())
+    s = train.build(plan_lib.from_config(c), devices=jax.devices())
     batch = next(_batches(1))
     batch["position_ids"] = np.broadcast_to(np.arange(16, dtype=np.int32), (8, 16)).copy()
     return train.compile_step(s, batch).as_text(), s

@@ -15,6 +15,7 @@ from data_fixtures import ByteTok, lm_config, write_docs, write_idx
 
 from pjx import bench, data, losses, models, packing, run, tasks
 from pjx import config as config_lib
+from pjx import plan as plan_lib
 from pjx.tasks import base
 
 B, L = 4, 16
@@ -65,14 +66,12 @@ def test_pipeline_and_synthetic_batches_match_the_spec(tmp_path, task, family, k
     mcfg = models.make_config(family, "tiny", **fields, **t.model_fields(family, t.args(args)))
     spec = t.batch_spec(B, cfg, mcfg, t.args(args))
     it = data.build(
-        cfg,
-        task=task,
-        task_args=args,
-        model=family,
+        data.Spec(
+            cfg, task=task, task_args=args, model=family, num_labels=getattr(mcfg, "num_labels", 0)
+        ),
         tokenizer=ByteTok(),
         batch_size=B,
         train=True,
-        num_labels=getattr(mcfg, "num_labels", 0),
     )
     batch = next(it)
     got = {k: (v.shape, str(v.dtype)) for k, v in batch.items()}
@@ -80,7 +79,7 @@ def test_pipeline_and_synthetic_batches_match_the_spec(tmp_path, task, family, k
     c = config_lib.base_config()
     c.model.name, c.task, c.batch_size, c.data = family, task, B, cfg
     c.task_args = ml_collections.ConfigDict(args)
-    synthetic = bench.synthetic_batch(c, mcfg)
+    synthetic = bench.synthetic_batch(plan_lib.from_config(c), mcfg)
     assert {k: (v.shape, str(v.dtype)) for k, v in synthetic.items()} == got
 
 

@@ -11,6 +11,7 @@ from data_fixtures import IndexedBatches, Preempting
 
 from pjx import config as config_lib
 from pjx import loop, run, train
+from pjx import plan as plan_lib
 from pjx.metrics_log import TIMING_KEYS
 
 VOCAB, L = 32, 16
@@ -98,7 +99,7 @@ def test_metrics_jsonl_and_determinism(tmp_path):
 def test_eval_padding_invariance():
     """Garbage in weight-0 rows changes nothing; a batch split differently gives the same."""
     c = _gpt2_config()
-    s = train.build(c, devices=_one_device())
+    s = train.build(plan_lib.from_config(c), devices=_one_device())
     state = train.create_state(s, 0)
     m1 = train.evaluate(s, state.params, _lm_eval(6, 4))
     m2 = train.evaluate(s, state.params, _lm_eval(6, 2))
@@ -225,7 +226,10 @@ def _sentence_batches(seed=0, B=4, n=None):
 
 
 def test_trim_padding_keeps_every_used_column():
-    s = train.build(_bert_classify_config(**{"data.length_bucket": 4}), devices=_one_device())
+    s = train.build(
+        plan_lib.from_config(_bert_classify_config(**{"data.length_bucket": 4})),
+        devices=_one_device(),
+    )
     widths = []
     for b in _sentence_batches(n=6):
         t = train.trim_padding(s, b)
@@ -236,7 +240,10 @@ def test_trim_padding_keeps_every_used_column():
         assert t["attention_mask"].sum() == b["attention_mask"].sum()  # no real token cut
         np.testing.assert_array_equal(t["label"], b["label"])
     assert widths == [4, 12, 8, 16, 4, 12]
-    off = train.build(_bert_classify_config(**{"data.length_bucket": 0}), devices=_one_device())
+    off = train.build(
+        plan_lib.from_config(_bert_classify_config(**{"data.length_bucket": 0})),
+        devices=_one_device(),
+    )
     assert train.trim_padding(off, b) is b
 
 

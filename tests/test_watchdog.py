@@ -18,6 +18,8 @@ import pytest
 from test_multihost import CONFIG, ROOT, _env, _port
 
 from pjx import cli, flops, lora, models, telemetry, watchdog
+from pjx import config as config_lib
+from pjx import plan as plan_lib
 
 FAST = ["--config.write_curves=false", "--config.log_every=1"]
 
@@ -192,7 +194,9 @@ def test_data_wait_warning_names_the_mode_and_the_knob():
 
 
 def test_model_flops_count_frozen_weights_without_their_weight_gradient():
-    c = {"model": {"name": "gpt2"}, "task": "clm", "data": {"seq_len": 16}, "batch_size": 4}
+    c = config_lib.base_config()
+    c.model.name, c.task, c.data.seq_len, c.batch_size = "gpt2", "clm", 16, 4
+    c = plan_lib.from_config(c)
     mc = models.make_config("gpt2", "tiny", vocab_size=64, num_layers=1, hidden_size=32,
                             mlp_dim=64, max_position_embeddings=16)  # fmt: skip
     model = models.create("gpt2", "tiny", **{f: getattr(mc, f) for f in

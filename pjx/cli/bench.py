@@ -39,13 +39,13 @@ def main(args, overrides) -> int:
         result = bench_from_config.pipeline(config, int(args.steps))
     else:
         start_compute(args)
-        config, tokenizer = bench_from_config.resolve(config)
+        plan, tokenizer = bench_from_config.resolve(config)
         if args.compile_only:
-            result = bench.compile_only(config, tokenizer=tokenizer)
+            result = bench.compile_only(plan, tokenizer=tokenizer)
             print(compile_line(result), flush=True)
         else:
             result = bench.run(
-                config,
+                plan,
                 tokenizer=tokenizer,
                 steps=args.steps,
                 warmup=args.warmup,

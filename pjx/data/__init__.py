@@ -14,9 +14,9 @@ Parquet files above `data.stream_above` bytes (without a slice), cached otherwis
 choice and its reason are logged.
 
     cfg = pjx.data.default_config()               # config.data / config.eval_data
-    it = pjx.data.build(cfg, task="mlm", model="bert", tokenizer=tok, batch_size=32,
-                        seed=0, train=True)       # endless, get_state / set_state
-    evals = pjx.data.build(cfg, ..., train=False) # list-like, padded, with `weight`
+    spec = pjx.data.Spec(cfg, task="mlm", model="bert", seed=0)
+    it = pjx.data.build(spec, tokenizer=tok, batch_size=32, train=True)  # endless, resumable
+    evals = pjx.data.build(spec, tokenizer=tok, batch_size=32, train=False)  # padded, `weight`
     texts = pjx.data.read_texts("text:corpus/*.txt")   # raw texts (tokenizer training)
 
 Source URIs and slices: pjx.uri. Modules: files (text / idx readers), shards (chunks of
@@ -29,8 +29,10 @@ cache (pre-encoded arrays on disk), encode (source + task -> arrays, through the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -40,7 +42,7 @@ from pjx.data import encode, pipeline, prepared, shards, sources, stream, tfds_s
 from pjx.examples import DataError
 from pjx.uri import parse_uri
 
-__all__ = ["DataError", "build", "choose_mode", "default_config", "num_rows", "parse_uri"]
+__all__ = ["DataError", "Spec", "build", "choose_mode", "default_config", "num_rows", "parse_uri"]
 __all__ += ["read_texts"]
 log = logging.getLogger(__name__)
 
@@ -148,31 +150,48 @@ def choose_mode(cfg) -> tuple[str, str]:
     return "cached", f"{size / 2**20:,.1f} MiB of files <= data.stream_above"
 
 
-def num_rows(
-    cfg, *, task, task_args=None, model, tokenizer=None, seed=0, workdir=None, num_labels=0
-) -> int:
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """What a run reads and how its task turns it into rows: the source's settings
+    (`config.data` / `config.eval_data`), the task and its options, the model family, its
+    classes (names the classes of sources whose labels are bare integers) and the seed of
+    the row order (and of what the encoding draws). Every reader of a source takes one."""
+
+    cfg: Any
+    task: str
+    model: str
+    task_args: dict | None = None
+    num_labels: int = 0
+    seed: int = 0
+
+    def table(self, tokenizer=None, workdir: str | None = None):
+        """The encoded table of a cached source (pjx.data.encode)."""
+        return encode.table(
+            self.cfg,
+            task=self.task,
+            task_args=self.task_args,
+            model=self.model,
+            tokenizer=tokenizer,
+            seed=self.seed,
+            workdir=workdir,
+            num_labels=self.num_labels,
+        )
+
+
+def num_rows(spec: Spec, *, tokenizer=None, workdir=None) -> int:
     """Training rows of a source (DP's N): the cached table's or the prepared index's."""
-    cfg = with_defaults(cfg)
+    cfg = with_defaults(spec.cfg)
     mode, _ = choose_mode(cfg)
     if mode == "prepared":
         return len(prepared.Table(parse_uri(cfg.source).path))
     if mode == "stream" and parse_uri(cfg.source).kind == "tfds":
-        return len(tfds_source.ImageTable(cfg.source, cfg, num_labels))
+        return len(tfds_source.ImageTable(cfg.source, cfg, spec.num_labels))
     if mode == "stream":
         raise DataError(
             f"{cfg.source}: a stream has no known size; DP-SGD needs N: prepare the corpus "
             "(`pjx data prepare`) and train on prepared:DIR"
         )
-    arrays = encode.table(
-        cfg,
-        task=task,
-        task_args=task_args,
-        model=model,
-        tokenizer=tokenizer,
-        seed=seed,
-        workdir=workdir,
-        num_labels=num_labels,
-    )
+    arrays = dataclasses.replace(spec, cfg=cfg).table(tokenizer, workdir)
     return len(next(iter(arrays.values())))
 
 
@@ -219,20 +238,15 @@ def _stream_texts(uri: str, cfg) -> Iterator[str]:
 
 
 def build(
-    cfg,
+    spec: Spec,
     *,
-    task: str,
-    task_args=None,
-    model: str,
     tokenizer=None,
     batch_size: int,
-    seed: int = 0,
     train: bool,
     process_index: int = 0,
     process_count: int = 1,
     rows=None,
     workdir: str | None = None,
-    num_labels: int = 0,
     poisson_rate: float | None = None,
 ):
     """train=True: endless `TrainIterator` of process-local batches (get_state /
@@ -240,13 +254,12 @@ def build(
 
     `batch_size` is global. Each process produces `rows` (positions in every global batch:
     its shard, `pjx.sharding.process_rows`), by default the process_index-th of
-    process_count equal blocks, as jax lays a batch over processes. `task_args`
-    are the task's options (`config.task_args`; e.g. `nsp`), `num_labels` the model's
-    classes (names the classes of sources whose labels are bare integers). With
-    `poisson_rate` q (DP-SGD), training batch i holds each row with probability q, padded
-    to batch_size rows that carry `weight` 0.
+    process_count equal blocks, as jax lays a batch over processes. With `poisson_rate` q
+    (DP-SGD), training batch i holds each row with probability q, padded to batch_size
+    rows that carry `weight` 0.
     """
-    cfg = with_defaults(cfg)
+    cfg = with_defaults(spec.cfg)
+    task, seed = spec.task, spec.seed
     if rows is None:
         if batch_size % process_count:
             raise DataError(
@@ -262,11 +275,12 @@ def build(
     else:  # evaluation (data.mode is inherited from config.data)
         mode, why = "cached", "evaluation reads its source whole"
     log.info(f"data: {cfg.source}: {mode} mode ({why})")
+    batches = lambda arrays, n, mode: _batches(
+        arrays, n, cfg, mode, task, batch_size, rows, train, seed, poisson_rate
+    )
     if mode == "stream" and kind == "tfds":  # random access: batches by index, as cached
-        table = tfds_source.ImageTable(cfg.source, cfg, num_labels)
-        return _batches(
-            table, len(table), cfg, "stream", task, batch_size, rows, train, seed, poisson_rate
-        )
+        table = tfds_source.ImageTable(cfg.source, cfg, spec.num_labels)
+        return batches(table, len(table), "stream")
     if mode == "stream":
         if poisson_rate is not None:
             raise DataError(
@@ -276,7 +290,7 @@ def build(
         return stream.build(
             cfg,
             task=task,
-            task_args=task_args,
+            task_args=spec.task_args,
             tokenizer=tokenizer,
             batch_rows=len(rows),
             seed=seed,
@@ -286,21 +300,9 @@ def build(
     if mode == "prepared":
         arrays = prepared.Table(parse_uri(cfg.source).path)
         prepared.check(arrays, task=task, tokenizer=tokenizer, cfg=cfg)
-        return _batches(
-            arrays, len(arrays), cfg, "prepared", task, batch_size, rows, train, seed, poisson_rate
-        )
-    arrays = encode.table(
-        cfg,
-        task=task,
-        task_args=task_args,
-        model=model,
-        tokenizer=tokenizer,
-        seed=seed,
-        workdir=workdir,
-        num_labels=num_labels,
-    )
-    n = len(next(iter(arrays.values())))
-    return _batches(arrays, n, cfg, "cached", task, batch_size, rows, train, seed, poisson_rate)
+        return batches(arrays, len(arrays), "prepared")
+    arrays = dataclasses.replace(spec, cfg=cfg).table(tokenizer, workdir)
+    return batches(arrays, len(next(iter(arrays.values()))), "cached")
 
 
 def _batches(arrays, n, cfg, mode, task, batch_size, rows, train, seed, poisson_rate):
