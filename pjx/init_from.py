@@ -141,6 +141,47 @@ def _sharding(x):
     return s if isinstance(s, jax.sharding.Sharding) else None
 
 
+def _check_resizable(mismatched, allow_vocab_resize: bool, where: str) -> None:
+    """Refuses shape mismatches unless they are one vocabulary change that
+    `allow_vocab_resize` allows: an embedding table's (old, new) size, and every other
+    mismatched parameter (output projection, bias) differing by the same pair in one axis."""
+    diffs = [
+        [(a, b) for a, b in zip(s, t) if a != b] if len(s) == len(t) else None
+        for _, s, t in mismatched
+    ]
+    vocab = {
+        d[0] for (p, _, _), d in zip(mismatched, diffs) if d and len(d) == 1 and _is_embedding(p)
+    }
+    resizable = (
+        allow_vocab_resize
+        and len(vocab) == 1
+        and all(d is not None and len(d) == 1 and d[0] in vocab for d in diffs)
+    )
+    if resizable:
+        return
+    lines = "\n".join(f"  {p}: checkpoint {s} vs model {t}" for p, s, t in mismatched)
+    hint = (
+        "set allow_vocab_resize to copy the overlapping vocabulary rows"
+        if not allow_vocab_resize
+        else "allow_vocab_resize only covers a vocabulary change: an embedding table and "
+        "parameters that differ from it in one axis by the same (old, new) size"
+    )
+    raise ValueError(
+        f"init_from {where}: parameter shapes differ between the checkpoint and the model:\n"
+        f"{lines}\nFix the model config to match, or {hint}."
+    )
+
+
+def _overlap_copied(src: np.ndarray, fresh):
+    """`fresh` (a new init of another size in one axis) with the rows both share from `src`."""
+    axis = next(i for i, (a, b) in enumerate(zip(src.shape, fresh.shape)) if a != b)
+    n = min(src.shape[axis], fresh.shape[axis])
+    host = np.array(fresh)  # fresh init for the new rows
+    idx = tuple(slice(0, n) if i == axis else slice(None) for i in range(src.ndim))
+    host[idx] = src[idx]
+    return host
+
+
 def init_from(source, target_params, *, allow_vocab_resize: bool = False, verbose: bool = True):
     """(params, InitReport): `target_params` (freshly initialised, concrete) with every
     parameter whose path and shape match `source` replaced by the source's values.
@@ -168,35 +209,7 @@ def init_from(source, target_params, *, allow_vocab_resize: bool = False, verbos
     report.dropped = [(p, s) for p, s in saved.items() if p not in target]
 
     if mismatched:
-        diffs = [
-            [(a, b) for a, b in zip(s, t) if a != b] if len(s) == len(t) else None
-            for _, s, t in mismatched
-        ]
-        # The (old, new) vocabulary size comes from an embedding table; every other
-        # resized parameter (output projection, bias) must change by the same pair.
-        vocab = {
-            d[0]
-            for (p, _, _), d in zip(mismatched, diffs)
-            if d and len(d) == 1 and _is_embedding(p)
-        }
-        resizable = (
-            allow_vocab_resize
-            and len(vocab) == 1
-            and all(d is not None and len(d) == 1 and d[0] in vocab for d in diffs)
-        )
-        if not resizable:
-            lines = "\n".join(f"  {p}: checkpoint {s} vs model {t}" for p, s, t in mismatched)
-            hint = (
-                "set allow_vocab_resize to copy the overlapping vocabulary rows"
-                if not allow_vocab_resize
-                else "allow_vocab_resize only covers a vocabulary change: an embedding table and "
-                "parameters that differ from it in one axis by the same (old, new) size"
-            )
-            raise ValueError(
-                f"init_from {where}: parameter shapes differ between the checkpoint "
-                "and the model:\n"
-                f"{lines}\nFix the model config to match, or {hint}."
-            )
+        _check_resizable(mismatched, allow_vocab_resize, where)
         resize = {p: None for p, _, _ in mismatched}
         report.resized = mismatched
 
@@ -206,13 +219,7 @@ def init_from(source, target_params, *, allow_vocab_resize: bool = False, verbos
         if p in exact:
             new[p] = values[p]
         elif p in resize:
-            src = np.asarray(values[p])
-            axis = next(i for i, (a, b) in enumerate(zip(src.shape, x.shape)) if a != b)
-            n = min(src.shape[axis], x.shape[axis])
-            host = np.array(x)  # fresh init for the new rows
-            idx = tuple(slice(0, n) if i == axis else slice(None) for i in range(src.ndim))
-            host[idx] = src[idx]
-            new[p] = host
+            new[p] = _overlap_copied(np.asarray(values[p]), x)
         else:
             new[p] = x
     if scanned:

@@ -85,19 +85,7 @@ def mask_tokens(
     n_cand = candidate.sum(axis=1)
     n = jnp.maximum(1, jnp.round(rate * n_cand).astype(jnp.int32))
     n = jnp.minimum(jnp.minimum(n, n_cand), P)  # [B]
-
-    # Uniform subset of size n: the n largest of i.i.d. uniform scores over candidates
-    # (non-candidates score -1 so they are never among the top n <= n_candidates).
-    scores = jnp.where(candidate, jax.random.uniform(k_choose, (B, L)), -1.0)
-    _, top_BxP = jax.lax.top_k(scores, P)
-    used_BxP = jnp.arange(P)[None, :] < n[:, None]
-    # Ascending positions (as BERT sorts masked_lms), unused slots last and then 0.
-    positions = jnp.sort(jnp.where(used_BxP, top_BxP, L), axis=1)
-    used_BxP = positions < L
-    positions = jnp.where(used_BxP, positions, 0).astype(jnp.int32)
-
-    chosen = jnp.zeros((B, L), bool)
-    chosen = jax.vmap(lambda c, p, u: c.at[p].max(u))(chosen, positions, used_BxP)
+    positions, used_BxP, chosen = _choose(k_choose, candidate, n, P)
 
     # BERT: `if rng.random() < 0.8: [MASK] elif rng.random() < 0.5: keep else: random`.
     u = jax.random.uniform(k_action, (B, L))
@@ -115,6 +103,24 @@ def mask_tokens(
         "targets": tokens,
         "weights": chosen.astype(jnp.float32),
     }
+
+
+def _choose(key, candidate, n, P: int):
+    """A uniform subset of n[b] candidate positions per row: ([B,P] positions ascending,
+    0 in unused slots; [B,P] used; [B,L] chosen)."""
+    B, L = candidate.shape
+    # The n largest of i.i.d. uniform scores over candidates (non-candidates score -1 so
+    # they are never among the top n <= n_candidates).
+    scores = jnp.where(candidate, jax.random.uniform(key, (B, L)), -1.0)
+    _, top_BxP = jax.lax.top_k(scores, P)
+    used_BxP = jnp.arange(P)[None, :] < n[:, None]
+    # Ascending positions (as BERT sorts masked_lms), unused slots last and then 0.
+    positions = jnp.sort(jnp.where(used_BxP, top_BxP, L), axis=1)
+    used_BxP = positions < L
+    positions = jnp.where(used_BxP, positions, 0).astype(jnp.int32)
+    chosen = jnp.zeros((B, L), bool)
+    chosen = jax.vmap(lambda c, p, u: c.at[p].max(u))(chosen, positions, used_BxP)
+    return positions, used_BxP, chosen
 
 
 def gumbel_sample(key, logits, temperature=1.0):

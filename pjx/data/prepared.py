@@ -168,33 +168,8 @@ def prepare(
     kept = [d for d in done if d["rows"]]
     if not kept:
         raise DataError(f"{uri.raw}: no rows to prepare (every document is empty)")
-    columns = kept[0]["columns"]
-    skipped = sum(d["skipped"] for d in done)
-    # Final names carry the shard count (rows-SSSSS-of-NNNNN), as TFDS / ArrayRecord sets do.
-    final = [f"rows-{i:05d}-of-{len(kept):05d}.array_record" for i in range(len(kept))]
-    for d, name in zip(kept, final):
-        os.rename(os.path.join(tmp, f"part-{d['shard']:05d}.array_record"), os.path.join(tmp, name))
-    for job in jobs:
-        os.remove(_done_path(job[2]))
-    os.remove(os.path.join(tmp, PLAN_FILE))
-    index = dict(
-        version=VERSION,
-        source=uri.raw,
-        task=task,
-        encoding=plan["encoding"],
-        tokenizer=plan["tokenizer"],
-        # Where its vocabulary was trained (None: not by pjx), for DP-SGD's refusal.
-        tokenizer_trained_on=getattr(tokenizer, "trained_on", None),
-        settings=settings,
-        columns=columns,
-        shards=[
-            dict(file=f, rows=d["rows"], bytes=d["bytes"], sha256=d["sha256"])
-            for f, d in zip(final, kept)
-        ],
-        rows=int(sum(d["rows"] for d in kept)),
-        chunks=len(chunks),
-        skipped=skipped,
-    )
+    final = _final_names(tmp, kept, jobs)
+    index = _index(uri, plan, tokenizer, settings, kept, final, done)
     if tokenizer is not None and hasattr(tokenizer, "save"):  # what training reads it with
         tokenizer.save(os.path.join(tmp, "tokenizer"))
     _write_json(os.path.join(tmp, "index.json"), index)
@@ -205,9 +180,43 @@ def prepare(
         f"data: prepared {uri.raw} into {out}: {index['rows']} rows in {len(final)} shards "
         f"({len(chunks)} chunks, {int(workers)} workers, {time.perf_counter() - t0:.1f}s)"
     )
-    if skipped:
-        log.warning(f"data: skipped {skipped} bad rows (data.bad_rows=skip)")
+    if index["skipped"]:
+        log.warning(f"data: skipped {index['skipped']} bad rows (data.bad_rows=skip)")
     return index
+
+
+def _final_names(tmp: str, kept: list, jobs: list) -> list[str]:
+    """Renames the written shards to rows-SSSSS-of-NNNNN (the shard count in the name, as
+    TFDS / ArrayRecord sets have it) and drops the resume markers; returns the names."""
+    final = [f"rows-{i:05d}-of-{len(kept):05d}.array_record" for i in range(len(kept))]
+    for d, name in zip(kept, final):
+        os.rename(os.path.join(tmp, f"part-{d['shard']:05d}.array_record"), os.path.join(tmp, name))
+    for job in jobs:
+        os.remove(_done_path(job[2]))
+    os.remove(os.path.join(tmp, PLAN_FILE))
+    return final
+
+
+def _index(uri, plan: dict, tokenizer, settings: dict, kept: list, final: list, done: list):
+    """index.json: what the shards hold and how they were made, each shard's digest."""
+    return dict(
+        version=VERSION,
+        source=uri.raw,
+        task=plan["task"],
+        encoding=plan["encoding"],
+        tokenizer=plan["tokenizer"],
+        # Where its vocabulary was trained (None: not by pjx), for DP-SGD's refusal.
+        tokenizer_trained_on=getattr(tokenizer, "trained_on", None),
+        settings=settings,
+        columns=kept[0]["columns"],
+        shards=[
+            dict(file=f, rows=d["rows"], bytes=d["bytes"], sha256=d["sha256"])
+            for f, d in zip(final, kept)
+        ],
+        rows=int(sum(d["rows"] for d in kept)),
+        chunks=plan["chunks"],
+        skipped=sum(d["skipped"] for d in done),
+    )
 
 
 def _work_folder(out: str, plan: dict) -> str:

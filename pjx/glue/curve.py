@@ -122,6 +122,42 @@ def on_rows(cfg, path: Path, ex):
     return c
 
 
+def checked_rows(task: str, sizes, overrides, config):
+    """Task's training rows, after checking that every size of the curve fits them."""
+    base = config_lib.resolve_data(task_config(task, SCRATCH, 0, overrides, config))
+    ex, batch = training_rows(base), int(base.batch_size)
+    for n in sizes:
+        if n > len(ex):
+            raise ValueError(
+                f"--labels {n}: task {task} has {len(ex)} training rows ({base.data.source})"
+                f"; pick sizes up to {len(ex)} for {task}, or leave it out with --tasks"
+            )
+        if n < batch:
+            raise ValueError(
+                f"--labels {n}: fewer rows than one batch of task {task} ({batch}); pick "
+                f"sizes of at least {batch} or lower --config.batch_size"
+            )
+    return ex
+
+
+def summarize_curve(values: dict) -> dict:
+    """source -> task -> N -> seed -> score, as curve.json holds it (mean, std, values)."""
+    return {
+        source: {
+            task: {
+                str(n): {
+                    "metric": METRICS[task][0],
+                    **summarize(list(per.values())),
+                    "per_seed": {str(s): v for s, v in per.items()},
+                }
+                for n, per in by_n.items()
+            }
+            for task, by_n in by_task.items()
+        }
+        for source, by_task in values.items()
+    }
+
+
 def run(
     sources_,
     out,
@@ -146,22 +182,7 @@ def run(
     if not srcs:
         raise ValueError("pjx glue: give at least one SOURCE")
     runnable = runnable_tasks(tasks, srcs[0], seeds, overrides, config)
-    rows = {}
-    for task in runnable:
-        base = config_lib.resolve_data(task_config(task, SCRATCH, 0, overrides, config))
-        ex = rows[task] = training_rows(base)
-        batch = int(base.batch_size)
-        for n in sizes:
-            if n > len(ex):
-                raise ValueError(
-                    f"--labels {n}: task {task} has {len(ex)} training rows ({base.data.source})"
-                    f"; pick sizes up to {len(ex)} for {task}, or leave it out with --tasks"
-                )
-            if n < batch:
-                raise ValueError(
-                    f"--labels {n}: fewer rows than one batch of task {task} ({batch}); pick "
-                    f"sizes of at least {batch} or lower --config.batch_size"
-                )
+    rows = {task: checked_rows(task, sizes, overrides, config) for task in runnable}
     out, names = Path(out), workdir_names(srcs)
     values, budget = {}, {}
     for task in runnable:
@@ -184,20 +205,7 @@ def run(
                         score
                     )
                     budget.setdefault((source, task), set()).add(_budget(workdir))
-    results = {
-        source: {
-            task: {
-                str(n): {
-                    "metric": METRICS[task][0],
-                    **summarize(list(per.values())),
-                    "per_seed": {str(s): v for s, v in per.items()},
-                }
-                for n, per in by_n.items()
-            }
-            for task, by_n in by_task.items()
-        }
-        for source, by_task in values.items()
-    }
+    results = summarize_curve(values)
     (out / "curve.json").write_text(json.dumps(results, indent=2) + "\n")
     budget = {k: "; ".join(sorted(b)) for k, b in budget.items()}
     (out / "curve.md").write_text(curve_table(results, budget, seeds, command))

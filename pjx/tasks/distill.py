@@ -148,39 +148,9 @@ class Distill(MLM):
             run(teacher_model, jax.lax.stop_gradient(teacher_params), None, False)
         )
 
-        B, L = ids.shape
-        w = base.weight(batch, B)
-        real = batch.get("attention_mask")
-        real = jnp.ones((B, L), jnp.float32) if real is None else real.astype(jnp.float32)
-        real = real * w[:, None]
-        masked = m["masked_weights"] * w[:, None]
-        mlm_loss, mets = loss_lib.masked_lm(student["mlm_logits"], m["masked_targets"], masked)
-        parts = {"mlm": (mlm_loss, mets)}
-        if "logits" in terms:
-            parts["logits"] = loss_lib.distill_kl(
-                student["mlm_logits"], teacher["mlm_logits"], masked, temperature=temperature
-            )
-        if "hidden_cosine" in terms:
-            parts["hidden_cosine"] = loss_lib.cosine_distance(
-                student["last_hidden_state"], teacher["last_hidden_state"], real
-            )
-        if "embedding" in terms:
-            parts["embedding"] = loss_lib.mean_squared_error(
-                student["embedding_output"], teacher["embedding_output"], real
-            )
-        if "attention_relations" in terms:
-            keys = make_attention_mask(
-                L, L, kv_mask=batch.get("attention_mask"), q_segment_ids=batch.get("segment_ids")
-            )
-            keys = jnp.ones((B, L, L), bool) if keys is None else keys[:, 0]
-            qkv = ("query", "key", "value")
-            parts["attention_relations"] = loss_lib.attention_relations(
-                [student[n] for n in qkv],
-                [teacher[n] for n in qkv],
-                jnp.broadcast_to(keys, (B, L, L)),
-                real,
-                num_heads=relation_heads or teacher_model.config.num_heads,
-            )
+        heads = relation_heads or teacher_model.config.num_heads
+        parts = _parts(terms, student, teacher, batch, m, temperature, heads)
+        mets = parts["mlm"][1]
         total = 0.0
         for name, weight in terms.items():
             loss, pm = parts[name]
@@ -229,3 +199,41 @@ class Distill(MLM):
 
     def batch_spec(self, batch_size, data_cfg, model_config, args) -> dict:
         return super().batch_spec(batch_size, data_cfg, model_config, {**args, "nsp": False})
+
+
+def _parts(terms, student, teacher, batch, m, temperature, relation_heads) -> dict:
+    """name -> (mean loss, metric sums) of each term asked for (`mlm` always: its metrics
+    are the task's)."""
+    B, L = batch["input_ids"].shape
+    w = base.weight(batch, B)
+    real = batch.get("attention_mask")
+    real = jnp.ones((B, L), jnp.float32) if real is None else real.astype(jnp.float32)
+    real = real * w[:, None]
+    masked = m["masked_weights"] * w[:, None]
+    parts = {"mlm": loss_lib.masked_lm(student["mlm_logits"], m["masked_targets"], masked)}
+    if "logits" in terms:
+        parts["logits"] = loss_lib.distill_kl(
+            student["mlm_logits"], teacher["mlm_logits"], masked, temperature=temperature
+        )
+    if "hidden_cosine" in terms:
+        parts["hidden_cosine"] = loss_lib.cosine_distance(
+            student["last_hidden_state"], teacher["last_hidden_state"], real
+        )
+    if "embedding" in terms:
+        parts["embedding"] = loss_lib.mean_squared_error(
+            student["embedding_output"], teacher["embedding_output"], real
+        )
+    if "attention_relations" in terms:
+        keys = make_attention_mask(
+            L, L, kv_mask=batch.get("attention_mask"), q_segment_ids=batch.get("segment_ids")
+        )
+        keys = jnp.ones((B, L, L), bool) if keys is None else keys[:, 0]
+        qkv = ("query", "key", "value")
+        parts["attention_relations"] = loss_lib.attention_relations(
+            [student[n] for n in qkv],
+            [teacher[n] for n in qkv],
+            jnp.broadcast_to(keys, (B, L, L)),
+            real,
+            num_heads=relation_heads,
+        )
+    return parts
