@@ -184,23 +184,26 @@ def clipped_sum(loss_fn, params, trainable, batch, keys, l2_norm_clip: float):
     for i, g in zip(other, g_other):
         sums[i] = jnp.einsum("b,b...->...", scale, f32(g)).astype(leaves[i].dtype)
     for key, (kind, _, _, held) in covered.items():
-        x, g = flat_in[key], flat_out[key]
         for name, p in held.items():
-            shape = leaves[index[p]].shape
-            if kind in _TABLES:
-                table = jnp.zeros(shape, jnp.float32)
-                s = table.at[x.reshape(-1)].add((g * scale[:, None, None]).reshape(-1, shape[-1]))
-            elif name == "kernel":
-                # sum_b c_b x_b^T g_b as one 2-D matmul of the scaled input, transposed
-                # first: given the 3-D einsum, XLA:CPU fuses the input's producer (GELU)
-                # into a transposing copy that took 3x the matmul itself.
-                xt = (x * scale[:, None, None]).reshape(-1, x.shape[-1]).T
-                s = (xt @ g.reshape(-1, g.shape[-1])).reshape(shape)
-            else:
-                s = jnp.einsum("b,bno->o", scale, g).reshape(shape)
+            s = _scaled_sum(kind, name, flat_in[key], flat_out[key], scale, leaves[index[p]].shape)
             sums[index[p]] = s.astype(leaves[index[p]].dtype)
     msum = jax.tree.map(lambda v: jnp.sum(v, axis=0), mets)
     return [s for s, t in zip(sums, trainable) if t], msum
+
+
+def _scaled_sum(kind: str, name: str, x, g, scale, shape):
+    """sum_b scale_b * (the gradient of one covered parameter of example b), from the
+    layer's flattened inputs `x` and output gradients `g`."""
+    if kind in _TABLES:
+        table = jnp.zeros(shape, jnp.float32)
+        return table.at[x.reshape(-1)].add((g * scale[:, None, None]).reshape(-1, shape[-1]))
+    if name == "kernel":
+        # sum_b c_b x_b^T g_b as one 2-D matmul of the scaled input, transposed first:
+        # given the 3-D einsum, XLA:CPU fuses the input's producer (GELU) into a
+        # transposing copy that took 3x the matmul itself.
+        xt = (x * scale[:, None, None]).reshape(-1, x.shape[-1]).T
+        return (xt @ g.reshape(-1, g.shape[-1])).reshape(shape)
+    return jnp.einsum("b,bno->o", scale, g).reshape(shape)
 
 
 def _discover(loss_fn, params, trainable, batch, key_data):

@@ -39,7 +39,7 @@ CLIPPING = ("ghost", "vmap")
 
 @dataclasses.dataclass(frozen=True)
 class Canaries:
-    """Gradient canaries for the one-run privacy audit (pjx.audit): canary j is the
+    """Gradient canaries for the one-run privacy audit (pjx.privacy.audit): canary j is the
     gradient value * e_coords[j] on trainable leaf `leaf` (flat coordinates), present in
     the data set when `included[j]`, and then drawn into each step's batch with
     probability `sampling_rate`, like a real example. Its score is what the step
@@ -117,24 +117,34 @@ def gradients(
     batch_sharding=None,
     trainable=None,
     dp: DP | None = None,
+    loss_args=(),
 ):
     """(loss, metric sums, gradient) of one logical batch (see the module docstring).
 
-    `loss_fn(params, batch, rng) -> (mean loss, metrics)` with `metrics["count"]` the
-    number of loss terms. `trainable`: a bool pytree like params; under DP, False leaves
-    get a zero gradient and do not count towards the clip norm."""
+    `loss_fn(params, batch, rng, *loss_args) -> (mean loss, metrics)` with
+    `metrics["count"]` the number of loss terms; `loss_args` are not differentiated (a
+    frozen teacher's parameters). `trainable`: a bool pytree like params; under DP, False
+    leaves get a zero gradient and do not count towards the clip norm."""
+    if dp is None and accum_steps <= 1:  # the plain step
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, metrics), g = grad_fn(params, batch, rng, *loss_args)
+        return loss, metrics, g
+    if loss_args:
+        loss_fn = _with_args(loss_fn, loss_args)
     if dp is None:
-        return _mean_gradients(loss_fn, params, batch, rng, accum_steps, batch_sharding)
+        return _accumulated_gradients(loss_fn, params, batch, rng, accum_steps, batch_sharding)
     return _private_gradients(
         loss_fn, params, batch, rng, dp, accum_steps, batch_sharding, trainable
     )
 
 
-def _mean_gradients(loss_fn, params, batch, rng, accum_steps, batch_sharding):
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    if accum_steps <= 1:
-        (loss, metrics), grads = grad_fn(params, batch, rng)
-        return loss, metrics, grads
+def _with_args(loss_fn, args):
+    """loss_fn with its trailing non-differentiated arguments bound: (params, batch, rng)."""
+    return lambda p, b, r: loss_fn(p, b, r, *args)
+
+
+def _accumulated_gradients(loss_fn, params, batch, rng, accum_steps, batch_sharding):
+    """The mean gradient over `accum_steps` slices, weighted by their loss terms."""
 
     def weighted(p, mb, r):
         loss, metrics = loss_fn(p, mb, r)

@@ -201,6 +201,8 @@ def fit(
     evaluated or saved past it).
     """
     run = _Fit(s, state, train_data, metrics, eval_data, checkpointer)
+    run.step_for(run.first)  # compiled before the clock starts
+    metrics.start_clock()
     with (
         sharding.context(s.mesh),
         Watchdog(run.phases, run.workdir, s.plan.loop.stall_s),
@@ -234,8 +236,6 @@ class _Fit:
         self.unit = s.task.unit
         self.per_step = _units(batch, self.unit, s.plan.batch.rows)
         self.first = self.trim(batch)
-        self.step_for(self.first)
-        metrics.start_clock()
 
     def trim(self, batch):
         # Under DP-SGD every step runs at the configured width: a width cut to the longest

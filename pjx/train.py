@@ -68,7 +68,7 @@ def train_step(
     distill's teacher), passed to the loss after `rng`."""
     rng = jax.random.fold_in(state.rng, state.step)
     loss, mets, g = grads.gradients(
-        lambda p, b, r: loss_fn(model, p, b, r, *frozen, train=True),
+        functools.partial(loss_fn, model, train=True),
         state.params,
         batch,
         rng,
@@ -76,6 +76,7 @@ def train_step(
         batch_sharding=batch_sharding,
         trainable=trainable,
         dp=dp,
+        loss_args=frozen,
     )
     updates, opt_state = tx.update(g, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -126,7 +127,7 @@ class Setup:
 def build(plan: Plan, *, tokenizer=None, mesh=None, devices=None, dp_mechanism=None) -> Setup:
     """The model, task, optimizer and jitted steps of a run's plan (pjx.plan).
     `dp_mechanism`: fields of the DP-SGD step's `grads.DP` to replace, or a function of
-    (abstract params, trainable mask) that returns them (pjx.audit's canaries)."""
+    (abstract params, trainable mask) that returns them (pjx.privacy.audit's canaries)."""
     family = plan.model.family
     model = lora.adapted(
         models.create(family, plan.model.size, **plan.model.fields), plan.trainable.lora, family
@@ -134,34 +135,22 @@ def build(plan: Plan, *, tokenizer=None, mesh=None, devices=None, dp_mechanism=N
     task = tasks.get(plan.task)
     args = task.args(dict(plan.task_args))
     loss_fn = functools.partial(task.loss, **task.runtime_args(args, tokenizer, model.config))
+    eval_fn = functools.partial(eval_step, model=model, loss_fn=loss_fn)
     tx, lr_fn = optim.make(
         plan.optimizer, plan.loop.steps, frozen=_lora_frozen(plan), heads=plan.trainable.heads
     )
     mesh = mesh or sharding.make_mesh(plan.mesh, devices)
-    init_params, init_state = _initializers(plan, model, tx)
-    boxed = jax.eval_shape(init_params, jax.random.PRNGKey(0))
-    if plan.trainable.lora:
-        lora.check(boxed, plan.trainable.lora, family)
-    abstract = jax.eval_shape(init_state, jax.random.PRNGKey(0))
-    state_sh = _state_shardings(boxed, abstract, mesh, plan.ema_decay)
+    init_state, abstract, state_sh = _state(plan, model, tx, mesh)
     repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     batch_sh = sharding.batch_sharding(mesh, plan.batch.rows)
-    frozen_models = task.frozen_models(args)
+    frozen_models = tuple(task.frozen_models(args))
     abstract_frozen = tuple(_abstract_params(m, family, plan.seq_len, mesh) for m in frozen_models)
     frozen_sh = [jax.tree.map(lambda a: a.sharding, a) for a in abstract_frozen]
     trainable = trainable_mask(plan, abstract.params)
-    step = functools.partial(
-        train_step,
-        model=model,
-        loss_fn=loss_fn,
-        tx=tx,
-        lr_fn=lr_fn,
-        accum_steps=plan.batch.accum_steps,
-        batch_sharding=batch_sh,
-        dp=_dp(plan, abstract.params, trainable, dp_mechanism),
-        trainable=trainable,
-        ema_decay=plan.ema_decay,
-    )
+    dp = _dp(plan, abstract.params, trainable, dp_mechanism)
+    step = functools.partial(train_step, model=model, loss_fn=loss_fn, tx=tx, lr_fn=lr_fn,
+                             accum_steps=plan.batch.accum_steps, batch_sharding=batch_sh,
+                             dp=dp, trainable=trainable, ema_decay=plan.ema_decay)  # fmt: skip
     return Setup(
         plan=plan,
         model=model,
@@ -173,16 +162,15 @@ def build(plan: Plan, *, tokenizer=None, mesh=None, devices=None, dp_mechanism=N
         abstract_state=_with_shardings(abstract, state_sh),
         batch_sharding=batch_sh,
         init=jax.jit(init_state, out_shardings=state_sh),
+        # The state is donated: a step updates its buffers in place.
         step_fn=jax.jit(
             step,
             in_shardings=(state_sh, batch_sh, *frozen_sh),
             out_shardings=(state_sh, repl),
             donate_argnums=0,
-        ),
-        eval_fn=jax.jit(
-            functools.partial(eval_step, model=model, loss_fn=loss_fn), out_shardings=repl
-        ),
-        frozen_models=tuple(frozen_models),
+        ),  # fmt: skip
+        eval_fn=jax.jit(eval_fn, out_shardings=repl),
+        frozen_models=frozen_models,
         abstract_frozen=abstract_frozen,
     )
 
@@ -230,6 +218,16 @@ def _initializers(plan: Plan, model, tx):
     return init_params, init_state
 
 
+def _state(plan: Plan, model, tx, mesh):
+    """(rng -> TrainState, its ShapeDtypeStructs, its shardings); LoRA targets checked."""
+    init_params, init_state = _initializers(plan, model, tx)
+    boxed = jax.eval_shape(init_params, jax.random.PRNGKey(0))
+    if plan.trainable.lora:
+        lora.check(boxed, plan.trainable.lora, plan.model.family)
+    abstract = jax.eval_shape(init_state, jax.random.PRNGKey(0))
+    return init_state, abstract, _state_shardings(boxed, abstract, mesh, plan.ema_decay)
+
+
 def _state_shardings(boxed, abstract, mesh, ema_decay) -> TrainState:
     param_sh = sharding.param_shardings(boxed, mesh)
     repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -256,7 +254,7 @@ def _abstract_params(model, family: str, seq_len, mesh):
 
 
 def _dp(plan: Plan, params, trainable, replace):
-    """The plan's DP-SGD mechanism with `replace`'s fields (pjx.audit), None without."""
+    """The plan's DP-SGD mechanism with `replace`'s fields (pjx.privacy.audit), None without."""
     if plan.dp is None:
         return None
     if callable(replace):
