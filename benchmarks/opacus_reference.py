@@ -26,7 +26,7 @@ optimizer chain with or without DP).
 
 `poisson_sampling=False`: the data loader is left as is, so every step has exactly
 `batch` examples, like the synthetic fixed-size batch `pjx bench` times (a real pjx
-DP-SGD run draws Poisson batches padded to a fixed, larger shape, see pjx/privacy.py; the
+DP-SGD run draws Poisson batches padded to a fixed, larger shape, see pjx/privacy/__init__.py; the
 Opacus accountant's epsilon is therefore not a guarantee for these steps, which does not
 matter for timing). The data set is two batches of random ids (all-ones attention mask,
 token types 0) and labels, collected from the (DP) data loader before timing and cycled

@@ -40,12 +40,12 @@ from pjx import (
     models,
     optim,
     privacy,
-    private_data,
     sharding,
     tasks,
     watchdog,
 )
 from pjx import teacher as teacher_lib
+from pjx.privacy import private_data
 from pjx.tokenizers import parse_spec
 from pjx.values import parse_bool
 

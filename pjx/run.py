@@ -32,7 +32,6 @@ from pjx import (
     loop,
     plot,
     privacy,
-    private_data,
     saved,
     sharding,
     tokenizers,
@@ -43,6 +42,7 @@ from pjx import teacher as teacher_lib
 from pjx import train as train_lib
 from pjx.data import cache, overlap, prepared, sources
 from pjx.metrics_log import MetricsLog
+from pjx.privacy import private_data
 from pjx.uri import parse_uri
 
 log = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ def resolve_run(
 ) -> Resolved:
     """The run's tokenizer (`build_tokenizer` unless given), its resolved config and mesh,
     and under DP-SGD its plan, fixed once per start after what WORKDIR/checkpoints ran
-    (`fresh`: from step 0 whatever the workdir holds, as pjx.audit plans)."""
+    (`fresh`: from step 0 whatever the workdir holds, as pjx.privacy.audit plans)."""
     if tokenizer is None:
         tokenizer = build_tokenizer(config, workdir)
     config = config_lib.resolve(config, tokenizer)

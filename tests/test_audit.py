@@ -1,4 +1,4 @@
-"""The one-run privacy audit (pjx.audit) on a tiny private classifier (claimed epsilon
+"""The one-run privacy audit (pjx.privacy.audit) on a tiny private classifier (claimed epsilon
 0.79): the real mechanism stays below the claim; too little noise (a quarter: true
 epsilon 15) and clipping switched off in the real clipping code are caught; the ceiling is
 jax_privacy's own bound for a perfect attack, and a claim above it is inconclusive."""
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from test_privacy_run import _config
 
-from pjx import audit, cli, ghost_clipping, grads, privacy
+from pjx import cli, ghost_clipping, grads, privacy
+from pjx.privacy import audit
 
 # delta far below 1 / canaries: the one-run bound pays 2 * canaries * delta in its p-value.
 STEPS = dict(steps=60, **{"dp.noise_multiplier": 2.0, "dp.delta": 1e-6})

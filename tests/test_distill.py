@@ -290,7 +290,7 @@ def test_a_private_student_trains_and_audits_with_its_teacher(teachers, tmp_path
     the teacher as in plain distillation, and `pjx audit` runs the same step. On the
     teacher's own rows it is refused: the teacher trained on them without DP, and the
     student would learn them from its outputs."""
-    from pjx import audit
+    from pjx.privacy import audit
 
     dp = {"dp.noise_multiplier": 1.0, "dp.delta": 1e-5, "data.pack": "none", "steps": 2}
     with pytest.raises(ValueError, match="distill.teacher=.*trained without DP-SGD.*holds 200"):

@@ -18,7 +18,6 @@ import optax
 import pytest
 
 from pjx import (
-    accounting,
     cli,
     ghost_clipping,
     grads,
@@ -35,6 +34,7 @@ from pjx import config as config_lib
 from pjx import plan as plan_lib
 from pjx.data import pipeline
 from pjx.metrics_log import TIMING_KEYS
+from pjx.privacy import accounting
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 B, L = 6, 12

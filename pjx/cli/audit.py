@@ -1,6 +1,6 @@
 """`pjx audit --config FILE[:ARG] [--config.key=value ...] [--canaries M]
 [--canary-kind dirac|example] [--workdir DIR]`: trains a DP-SGD config once with canaries
-(pjx.audit: Steinke, Nasr and Jagielski 2023) and prints, as its last line, one JSON
+(pjx.privacy.audit: Steinke, Nasr and Jagielski 2023) and prints, as its last line, one JSON
 object: `epsilon` (claimed), `epsilon_lower_bound` (empirical, 95% confidence),
 `epsilon_ceiling` (the most a perfect attack could show with these canaries), `verdict`
 ("violation": the bound exceeds the claim; "consistent": it does not; "inconclusive":
@@ -36,8 +36,8 @@ def add_arguments(p):
 
 
 def main(args, overrides) -> int:
-    from pjx import audit
     from pjx import config as config_lib
+    from pjx.privacy import audit
 
     config = config_lib.first_stage(config_lib.load(args.config, overrides))
     start_compute(args)

@@ -27,8 +27,9 @@ def add_arguments(p):
 
 
 def main(args, overrides) -> int:
-    from pjx import accounting, privacy, run, sharding
     from pjx import config as config_lib
+    from pjx import privacy, run, sharding
+    from pjx.privacy import accounting
 
     config = config_lib.first_stage(config_lib.load(args.config, overrides))
     config = config_lib.resolve_data(config)

@@ -62,7 +62,7 @@ class Task:
     # How rows hold documents: "" (a row is an example), "optional" (documents packed into
     # rows unless `data.pack=none`, one row per document), "always" (rows cut from the
     # documents' concatenation). One document reaching rows beyond its own breaks DP-SGD's
-    # row-level unit (pjx.private_data.check_run).
+    # row-level unit (pjx.privacy.private_data.check_run).
     packs: str = ""
     # Row arrays [B, L] whose tail past every row's attention_mask is padding: a batch may be
     # cut to a narrower width (data.length_bucket, pjx.train.trim_padding) without changing

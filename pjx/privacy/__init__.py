@@ -15,7 +15,7 @@ A resume composes what ran with what remains; with `dp.target_epsilon` only the 
 steps are calibrated, so the total stays at the target; whatever would make the record
 untrue (another data set, another sampling) is refused.
 
-Accounting (pjx.accounting) is dp_accounting's, PLD or RDP (`dp.accountant`): one
+Accounting (pjx.privacy.accounting) is dp_accounting's, PLD or RDP (`dp.accountant`): one
 accountant per run, for the plan and every line.
 """
 
@@ -27,7 +27,8 @@ import math
 import os
 import secrets
 
-from pjx import accounting, grads
+from pjx import grads
+from pjx.privacy import accounting
 
 # `config.dp` and its defaults (pjx.config holds it as a ConfigDict). DP is on when
 # noise_multiplier > 0, or target_epsilon > 0 (sigma is then calibrated before training).
