@@ -116,12 +116,12 @@ def from_config(config) -> Plan:
         lora={**lora.DEFAULTS, **lora_cfg} if lora.enabled(lora_cfg) else None,
         heads=lora.HEADS[family],
     )
-    data = _plain(config["data"])
+    data, dp = _plain(config["data"]), _plain(config.get("dp") or {})
     return Plan(
         model=Model(family, str(model["size"]), fields),
         task=str(config["task"]),
         task_args=_plain(config["task_args"]),
-        batch=_batch(config, opt),
+        batch=_batch(config, opt, dp),
         optimizer=opt,
         ema_decay=ema_decay,
         trainable=trainable,
@@ -129,13 +129,12 @@ def from_config(config) -> Plan:
         mesh=_plain(config["mesh"]),
         data=data,
         eval_data=_plain(config.get("eval_data") or data),
-        dp=_mechanism(config),
+        dp=_mechanism(config, dp),
         config=config,
     )
 
 
-def _batch(config, opt) -> Batch:
-    dp = _plain(config.get("dp") or {})
+def _batch(config, opt, dp: dict) -> Batch:
     expected = int(config["batch_size"])
     private = privacy.enabled(dp)
     poisson = private and dp.get("sampling", "poisson") == "poisson"
@@ -165,9 +164,8 @@ def _loop(config, data) -> Loop:
     )
 
 
-def _mechanism(config) -> grads.DP | None:
+def _mechanism(config, dp: dict) -> grads.DP | None:
     """DP-SGD's step mechanism: the noise this start runs with (planned by pjx.run)."""
-    dp = _plain(config.get("dp") or {})
     if not privacy.enabled(dp):
         return None
     return grads.DP(

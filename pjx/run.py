@@ -426,14 +426,7 @@ def build_data(plan: plan_lib.Plan, tokenizer, *, train: bool, workdir=None, mes
     bs = plan.batch.rows if train else plan.batch.eval_rows
     rows = None if mesh is None else sharding.process_rows(sharding.batch_sharding(mesh, bs), bs)
     return data.build(
-        data.Spec(
-            plan.data if train else plan.eval_data,
-            task=plan.task,
-            task_args=plan.task_args,
-            model=plan.model.family,
-            seed=plan.loop.seed if seed is None else seed,
-            num_labels=plan.num_labels,
-        ),
+        data_spec(plan, train=train, seed=seed),
         tokenizer=tokenizer,
         batch_size=bs,
         train=train,
@@ -445,20 +438,31 @@ def build_data(plan: plan_lib.Plan, tokenizer, *, train: bool, workdir=None, mes
     )
 
 
-def count_examples(config, tokenizer, workdir=None) -> int:
-    """Rows of the run's training data (cached table or prepared index): DP's N."""
-    return data.num_rows(
-        data.Spec(
-            config.data,
-            task=config.task,
-            task_args=config.task_args.to_dict(),
-            model=config.model.name,
-            seed=config.seed,
-            num_labels=int(config.model.get("num_labels", 0) or 0),
-        ),
-        tokenizer=tokenizer,
-        workdir=workdir,
+def data_spec(plan: plan_lib.Plan, *, train: bool, seed=None) -> data.Spec:
+    """What the run reads for training (`data`) or evaluation (`eval_data`), and how its
+    task encodes it; `seed` replaces the run's seed (DP-SGD's secret seed)."""
+    return data.Spec(
+        plan.data if train else plan.eval_data,
+        task=plan.task,
+        task_args=plan.task_args,
+        model=plan.model.family,
+        seed=plan.loop.seed if seed is None else seed,
+        num_labels=plan.num_labels,
     )
+
+
+def count_examples(config, tokenizer, workdir=None) -> int:
+    """Rows of the run's training data (cached table or prepared index): DP's N. Read
+    while the DP-SGD plan is made, before the run has a Plan, so from the config."""
+    spec = data.Spec(
+        config.data,
+        task=config.task,
+        task_args=config.task_args.to_dict(),
+        model=config.model.name,
+        seed=config.seed,
+        num_labels=int(config.model.get("num_labels", 0) or 0),
+    )
+    return data.num_rows(spec, tokenizer=tokenizer, workdir=workdir)
 
 
 def saved_config(workdir) -> dict:
