@@ -2,9 +2,11 @@
 modules they sit in) between `pjx.cli.main` and `Task.loss` when the train step is traced.
 
   python benchmarks/call_depth.py                        # a plain run (BERT classifier)
-  python benchmarks/call_depth.py --config.dp.noise_multiplier=1.0   # under DP-SGD
+  python benchmarks/call_depth.py --config.dp.noise_multiplier=1.0 \
+      --config.data.tokenizer='byte?specials=bert'       # under DP-SGD (a public tokenizer)
 
-Runs `pjx train` on configs/glue.py:sst2,smoke (2 steps, embedded data) in a temporary workdir
+Runs `pjx train` on configs/glue.py:sst2,smoke (2 steps on the first rows of $PJX_DATA/sst2,
+from the checkout's root) in a temporary workdir
 with the loss wrapped; prints one line per pjx frame (file:function), then the counts as
 JSON on the last line. JAX's own frames (jit, grad, vmap) are not counted: they are the
 transformations, not pjx's code.
