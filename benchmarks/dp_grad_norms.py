@@ -30,8 +30,9 @@ from minilm_sst2 import _model_dir
 
 from pjx import config as config_lib
 from pjx import plan as plan_lib
-from pjx import run
+from pjx import resolution, run
 from pjx import train as train_lib
+from pjx import workdir as workdir_lib
 from pjx.saved import Saved
 
 CLIPS = (0.01, 0.1, 1.0)
@@ -51,8 +52,8 @@ def main():
     overrides += ["--config.optimizer.accum_steps=1", *extra]
     cfg = config_lib.load(args.spec, overrides)
     clip = float(cfg.dp.l2_norm_clip)
-    tok = run.build_tokenizer(cfg)
-    cfg = config_lib.resolve(cfg, tokenizer=tok)
+    tok = workdir_lib.build_tokenizer(cfg)
+    cfg = resolution.resolve(cfg, tokenizer=tok)
     plan = plan_lib.from_config(cfg)
     s = train_lib.build(plan, tokenizer=tok)
     params = run.fresh_state(s, cfg).params
@@ -67,7 +68,7 @@ def main():
     trained = jax.tree.leaves(s.trainable)
     groups = {}  # group -> per-example squared norms
     sums, squares = {}, {}  # kind -> {leaf: sum of clipped gradients}; their squared norms
-    data = iter(run.build_data(plan, tok, train=True))
+    data = iter(workdir_lib.build_data(plan, tok, train=True))
     for _ in range(args.batches):
         batch = {k: np.asarray(v) for k, v in next(data).items()}
         leaves = jax.tree_util.tree_flatten_with_path(

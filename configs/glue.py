@@ -82,7 +82,7 @@ def get_config(arg: str = "sst2"):
         c.data.seq_len = 64  # SST-2 sentences are short; per-example gradients cost per token
         # Without init_from, bytes: a vocabulary trained on the private text would leak which
         # words occur in it, outside epsilon (pjx.privacy.check_run). With init_from the
-        # pretrained model's own tokenizer wins (pjx.run.build_tokenizer).
+        # pretrained model's own tokenizer wins (pjx.workdir.build_tokenizer).
         c.data.tokenizer = "byte?specials=bert"
     if "lora" in rest:
         c.lora.update(dict(rank=8, alpha=16.0))

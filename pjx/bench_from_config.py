@@ -13,9 +13,9 @@ import time
 import numpy as np
 
 from pjx import config as config_lib
-from pjx import data, tokenizers
+from pjx import data, resolution, tokenizers
 from pjx import plan as plan_lib
-from pjx import run as run_lib
+from pjx import workdir as workdir_lib
 from pjx.bench import MLM_DEFAULTS
 from pjx.tokenizers import parse_spec
 
@@ -42,10 +42,10 @@ def resolve(config, *, train_tokenizer: bool = False):
     so the vocabulary is the run's; otherwise such a spec only sets the vocabulary size."""
     spec = str(config.data.get("tokenizer", "") or "")
     if train_tokenizer and spec.startswith("train:"):
-        tokenizer = run_lib.cached_tokenizer(config)
+        tokenizer = workdir_lib.cached_tokenizer(config)
     else:
         tokenizer = load_tokenizer(config)
-    resolved = config_lib.resolve(prepare_config(config, tokenizer), tokenizer)
+    resolved = resolution.resolve(prepare_config(config, tokenizer), tokenizer)
     return plan_lib.from_config(resolved), tokenizer
 
 
@@ -71,10 +71,10 @@ def pipeline(config, steps: int = 200, tokenizer=None) -> dict:
     """Builds `config`'s training pipeline (encoding into the cache if needed), then times
     `steps` batches. Returns tokens_per_s (row positions incl. padding), real_tokens_per_s
     (non-padding), examples_per_s, batch_s, cache_s, first_batch_s."""
-    config = config_lib.resolve_data(config_lib.first_stage(config))
+    config = resolution.resolve_data(config_lib.first_stage(config))
     cfg = data.with_defaults(config.data)
     t0 = time.perf_counter()
-    tok = tokenizer if tokenizer is not None else run_lib.cached_tokenizer(config, cfg)
+    tok = tokenizer if tokenizer is not None else workdir_lib.cached_tokenizer(config, cfg)
     it = data.build(
         data.Spec(
             cfg,

@@ -291,6 +291,25 @@ def maybe_restore(manager: ocp.CheckpointManager, abstract_state):
     return None, None, 0
 
 
+# What `restore_newest` finds in a folder without checkpoints: a fresh start.
+NOTHING_RESTORED = Restored(None, None, None, 0)
+
+
+def restore_newest(directory, abstract_state) -> Restored:
+    """`maybe_restore` from `directory` before a run is assembled (its saving policy is not
+    known yet): the newest intact checkpoint's state and data position (config: None), or
+    `NOTHING_RESTORED` when the folder holds none. A missing folder is not created."""
+    directory = Path(directory).absolute()
+    if not directory.is_dir():
+        return NOTHING_RESTORED
+    manager = create_manager(directory, async_save=False)
+    try:
+        state, data_state, step = maybe_restore(manager, abstract_state)
+    finally:
+        manager.close()
+    return Restored(state, data_state, None, step)
+
+
 def complete_steps(manager: ocp.CheckpointManager) -> list[int]:
     manager.wait_until_finished()
     return [s for s in manager.all_steps() if is_complete(step_dir(manager, s))]
@@ -311,11 +330,11 @@ def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
 
 
 class Checkpointer:
-    """What a run saves and restores through: the train state, the data iterator's
-    position, the resolved `config` (which `init_from` rebuilds the exact architecture
-    from), the tokenizer folder and, under DP-SGD, `privacy_record(step)` (the ledger a
-    checkpoint at `step` keeps). Saves every `every` steps; keeps the last `keep` and the
-    best by eval metric `best_metric` (None: none)."""
+    """What a run saves through (it restores with `restore_newest`): the train state, the
+    data iterator's position, the resolved `config` (which `init_from` rebuilds the exact
+    architecture from), the tokenizer folder and, under DP-SGD, `privacy_record(step)` (the
+    ledger a checkpoint at `step` keeps). Saves every `every` steps; keeps the last `keep`
+    and the best by eval metric `best_metric` (None: none)."""
 
     def __init__(
         self,
@@ -335,14 +354,6 @@ class Checkpointer:
             directory, checkpoint_every=every, keep=keep, best_metric=best_metric,
             best_mode=best_mode,
         )  # fmt: skip
-
-    def restore(self, abstract_state, data_iter) -> tuple[Any, int]:
-        """(state, step) of the newest intact checkpoint ((None, 0) if none); moves
-        `data_iter` to the position saved with it."""
-        state, data_state, step = maybe_restore(self.manager, abstract_state)
-        if state is not None and data_state is not None and hasattr(data_iter, "set_state"):
-            data_iter.set_state(data_state)
-        return state, step
 
     def due(self, step) -> bool:
         return self.manager.should_save(step)

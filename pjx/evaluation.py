@@ -29,6 +29,7 @@ from pjx import inference, tasks
 from pjx import plan as plan_lib
 from pjx import run as run_lib
 from pjx import train as train_lib
+from pjx import workdir as workdir_lib
 from pjx.data import overlap
 from pjx.saved import Saved
 
@@ -81,7 +82,7 @@ class Loaded:
         encoded once into a cache that lives as long as this object (re-iterable)."""
         if self._data is None:
             self._cache = tempfile.TemporaryDirectory(prefix="pjx_eval_")
-            self._data = run_lib.build_data(
+            self._data = workdir_lib.build_data(
                 self.setup.plan, self.tokenizer, train=False, workdir=self._cache.name,
                 mesh=self.setup.mesh,
             )  # fmt: skip

@@ -11,7 +11,7 @@ The resolved config itself travels along as `Plan.config`: it is what WORKDIR/co
 saves and prints. A plain nested dict with a resolved config's keys makes a plan too
 (benchmarks/gpu_bench.py, on hosts without ml_collections), through the same function.
 
-    plan = pjx.plan.from_config(pjx.config.resolve(config, tokenizer))
+    plan = pjx.plan.from_config(pjx.resolution.resolve(config, tokenizer))
     setup = pjx.train.build(plan, tokenizer=tokenizer)
 """
 
@@ -71,7 +71,7 @@ class Loop:
 class Plan:
     model: Model
     task: str  # a key of pjx.tasks.TASKS
-    task_args: dict  # the task's options, defaults filled (pjx.config.resolve)
+    task_args: dict  # the task's options, defaults filled (pjx.resolution.resolve)
     batch: Batch
     optimizer: dict  # config.optimizer over pjx.optim.DEFAULTS
     ema_decay: float  # optimizer.ema_decay, checked: 0 = off
@@ -98,8 +98,8 @@ class Plan:
 
 
 def from_config(config) -> Plan:
-    """The plan of a resolved config (pjx.config.resolve; under DP-SGD after
-    pjx.config.with_privacy has filled in the noise and padded batch of this start). The
+    """The plan of a resolved config (pjx.resolution.resolve; under DP-SGD after
+    pjx.resolution.with_privacy has filled in the noise and padded batch of this start). The
     one place that reads the run config by key: a ConfigDict or a plain dict."""
     model, family = _plain(config["model"]), config["model"]["name"]
     fields = {k: v for k, v in model.items() if k not in ("name", "size")}

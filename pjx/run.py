@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -25,25 +24,24 @@ import jax.numpy as jnp
 
 from pjx import (
     checkpoint,
-    data,
     init_from,
     lock,
     logs,
     loop,
     plot,
     privacy,
+    resolution,
     saved,
     sharding,
-    tokenizers,
 )
 from pjx import config as config_lib
 from pjx import plan as plan_lib
 from pjx import teacher as teacher_lib
 from pjx import train as train_lib
-from pjx.data import cache, overlap, prepared, sources
+from pjx import workdir as workdir_lib
+from pjx.data import overlap
 from pjx.metrics_log import MetricsLog
 from pjx.privacy import private_data
-from pjx.uri import parse_uri
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +123,6 @@ class Resolved:
     mesh: jax.sharding.Mesh
     privacy: privacy.Plan | None = None  # DP-SGD's accounting; None: no DP-SGD
     secret: int | None = None  # DP-SGD's secret seed (pjx.privacy.secret)
-    planned_at: int = 0  # the checkpoint step the privacy plan starts from
 
     @property
     def config(self):
@@ -154,14 +151,13 @@ def start(
     """Holds `workdir` (one run at a time) and yields its `Run`: resumed from
     WORKDIR/checkpoints when it holds one, else fresh (with `config.init_from`'s
     parameters). On exit waits for the last (async) save and releases the workdir."""
-    config = config_lib.resolve_data(config)  # a bad config fails before the workdir exists
+    config = resolution.resolve_data(config)  # a bad config fails before the workdir exists
     os.makedirs(workdir, exist_ok=True)
     held = lock.hold(workdir)  # one run per workdir
     r = None
     try:
         kw = dict(train_data=train_data, eval_data=eval_data, tokenizer=tokenizer)
-        while r is None:
-            r = _assemble(config, workdir, checkpoints=checkpoints, devices=devices, **kw)
+        r = _assemble(config, workdir, checkpoints=checkpoints, devices=devices, **kw)
         yield r
     finally:
         if r is not None and r.checkpointer is not None:
@@ -170,24 +166,32 @@ def start(
 
 
 def _assemble(config, workdir, *, train_data, eval_data, tokenizer, checkpoints, devices):
-    """`start` once its workdir is held; None when a DP-SGD run restored an older
-    checkpoint than the one it planned from (the newest was damaged and is now set aside):
-    it is assembled again, planning from the restored one."""
-    rs = resolve_run(config, workdir, tokenizer=tokenizer, devices=devices, checkpoints=checkpoints)
-    config, tokenizer, plan = rs.config, rs.tokenizer, rs.privacy
-    s = train_lib.build(rs.plan, tokenizer=tokenizer, mesh=rs.mesh)
+    """`start` once its workdir is held. The newest intact checkpoint is restored before
+    the run is planned (a train state's shapes do not depend on DP-SGD's plan), so a
+    private run plans the steps that remain after the step it really resumes at."""
+    if tokenizer is None:
+        tokenizer = workdir_lib.build_tokenizer(config, workdir)
+    config = resolution.complete(config, tokenizer)
+    mesh = sharding.make_mesh(config.mesh, devices)
+    restored = _restore(config, workdir, mesh) if checkpoints else checkpoint.NOTHING_RESTORED
+    rs = plan_start(config, workdir, tokenizer, mesh, resumed_at=restored.step)
+    config, plan = rs.config, rs.privacy
+    s = train_lib.build(rs.plan, tokenizer=tokenizer, mesh=mesh)
     if s.frozen_models:  # distill's teacher: read and checked before anything is written
         config, s = load_teacher(s, config, workdir)
-    ran_with = saved_config(workdir)  # the last start's: a re-plan checks replays against it
-    save_config(config, workdir)
+    workdir_lib.save_config(config, workdir)
     log.info(config_lib.describe(config))
     log.info(train_lib.describe(s))
     if train_data is None:
-        train_data = build_data(
-            s.plan, tokenizer, train=True, workdir=workdir, mesh=s.mesh, seed=rs.secret
+        train_data = workdir_lib.build_data(
+            s.plan, tokenizer, train=True, workdir=workdir, mesh=mesh, seed=rs.secret
         )
+    if restored.data_state is not None and hasattr(train_data, "set_state"):
+        train_data.set_state(restored.data_state)  # where the restored checkpoint read to
     if eval_data is None and config.eval_data.source:
-        eval_data = build_data(s.plan, tokenizer, train=False, workdir=workdir, mesh=s.mesh)
+        eval_data = workdir_lib.build_data(
+            s.plan, tokenizer, train=False, workdir=workdir, mesh=mesh
+        )
     checkpointer = None
     if checkpoints:
         checkpointer = checkpoint.Checkpointer(
@@ -197,68 +201,69 @@ def _assemble(config, workdir, *, train_data, eval_data, tokenizer, checkpoints,
             keep=config.keep_checkpoints,
             best_metric=config.best_metric or None,
             best_mode=config.best_mode,
-            tokenizer_dir=save_tokenizer(tokenizer, workdir),
+            tokenizer_dir=workdir_lib.save_tokenizer(tokenizer, workdir),
             privacy_record=plan.record if plan else None,
         )
-    try:
-        state, step = None, 0
-        if checkpointer is not None:
-            state, step = checkpointer.restore(s.abstract_state, train_data)
-        if plan is not None and step != rs.planned_at:
-            checkpointer.close()
-            if ran_with and jax.process_index() == 0:
-                with open(os.path.join(workdir, "config.json"), "w") as f:
-                    f.write(json.dumps(ran_with, indent=1) + "\n")
-            return None
-        if state is None:
-            state = fresh_state(s, config, rs.secret)
-    except BaseException:
-        if checkpointer is not None:
-            checkpointer.close()
-        raise
+    state = restored.state
+    if state is None:
+        state = fresh_state(s, config, rs.secret)
     annotate = privacy.Ledger(plan).fields if plan else None
-    return Run(config, s, state, step, train_data, eval_data, checkpointer, annotate)
+    return Run(config, s, state, restored.step, train_data, eval_data, checkpointer, annotate)
 
 
-def resolve_run(
-    config, workdir, *, tokenizer=None, devices=None, checkpoints=True, fresh=False
-) -> Resolved:
-    """The run's tokenizer (`build_tokenizer` unless given), its resolved config and mesh,
-    and under DP-SGD its plan, fixed once per start after what WORKDIR/checkpoints ran
-    (`fresh`: from step 0 whatever the workdir holds, as pjx.privacy.audit plans)."""
+def _restore(config, workdir, mesh) -> checkpoint.Restored:
+    """The newest intact checkpoint in WORKDIR/checkpoints (a damaged one is set aside),
+    restored onto the shardings the resolved `config` gives its train state."""
+    target = train_lib.state_target(plan_lib.from_config(config), mesh)
+    return checkpoint.restore_newest(os.path.join(workdir, "checkpoints"), target)
+
+
+def resolve_run(config, workdir, *, tokenizer=None, devices=None) -> Resolved:
+    """A run resolved to start from step 0 whatever its workdir holds (what
+    pjx.privacy.audit trains): tokenizer (`build_tokenizer` unless given), resolved
+    config, mesh and, under DP-SGD, its privacy plan. `config`: after `resolve_data`."""
     if tokenizer is None:
-        tokenizer = build_tokenizer(config, workdir)
-    config = config_lib.resolve(config, tokenizer)
+        tokenizer = workdir_lib.build_tokenizer(config, workdir)
+    config = resolution.complete(config, tokenizer)
     mesh = sharding.make_mesh(config.mesh, devices)
+    return plan_start(config, workdir, tokenizer, mesh, resumed_at=None)
+
+
+def plan_start(config, workdir, tokenizer, mesh, *, resumed_at: int | None) -> Resolved:
+    """This start's `Resolved` from a resolved config. Under DP-SGD its privacy plan
+    continues the ledger of the checkpoint it resumes at (`resumed_at`: that step, 0 for
+    none; None: from step 0 whatever the workdir holds, unchecked against its past)."""
     if not privacy.enabled(config.dp):
         return Resolved(plan_lib.from_config(config), tokenizer, mesh)
     private_data.check_vocabulary(config, getattr(tokenizer, "trained_on", None))
-    planned_at, record = 0, None
-    if checkpoints and not fresh:
-        planned_at, record = checkpoint.read_item(os.path.join(workdir, "checkpoints"), "privacy")
-    if planned_at and record is None:
-        raise ValueError(
-            f"{workdir} holds a checkpoint at step {planned_at} with no privacy ledger: the "
-            "steps that ran were not private, and DP-SGD cannot account for them. Train "
-            "privately in a new --workdir (init_from a non-private run on public data only)."
-        )
+    record = None
+    if resumed_at:
+        steps = checkpoint.complete_step_dirs(os.path.join(workdir, "checkpoints"))
+        record = checkpoint.read_step_item(steps[resumed_at], "privacy")
+        if record is None:
+            raise ValueError(
+                f"{workdir} holds a checkpoint at step {resumed_at} with no privacy ledger: "
+                "the steps that ran were not private, and DP-SGD cannot account for them. "
+                "Train privately in a new --workdir (init_from a non-private run on public "
+                "data only)."
+            )
     inherited = ()
     if record is None:
         inherited, lines = inherited_privacy(config)
         for line in lines:
             log.info(line)
     plan = plan_privacy(config, tokenizer, workdir, mesh, record, inherited=inherited)
-    config = config_lib.with_privacy(config, plan, data_fingerprint(config.data))
-    if not fresh:
-        before = saved_config(workdir)
+    config = resolution.with_privacy(config, plan, workdir_lib.data_fingerprint(config.data))
+    if resumed_at is not None:
+        before = workdir_lib.saved_config(workdir)
         privacy.check_replay(
-            json.loads((before.get("dp") or {}).get("segments") or "[]"), plan, planned_at,
+            json.loads((before.get("dp") or {}).get("segments") or "[]"), plan, resumed_at,
             int(MetricsLog.last_record(workdir).get("step", 0)),
             before=before, now=json.loads(config_lib.to_json(config)),
         )  # fmt: skip
     secret = privacy.secret(workdir)
     log.info(plan.describe())
-    return Resolved(plan_lib.from_config(config), tokenizer, mesh, plan, secret, planned_at)
+    return Resolved(plan_lib.from_config(config), tokenizer, mesh, plan, secret)
 
 
 def inherited_privacy(config) -> tuple[tuple, list[str]]:
@@ -295,7 +300,7 @@ def plan_privacy(config, tokenizer, workdir, mesh, ledger=None, num_examples=Non
     multiple = sharding.batch_devices(mesh) * int(config.optimizer.accum_steps or 1)
     return privacy.plan(
         config.dp,
-        num_examples=num_examples or count_examples(config, tokenizer, workdir),
+        num_examples=num_examples or workdir_lib.count_examples(config, tokenizer, workdir),
         batch_size=config.batch_size,
         steps=config.steps,
         multiple=multiple,
@@ -338,7 +343,7 @@ def load_teacher(s: train_lib.Setup, config, workdir):
     parameters as its frozen step argument). A workdir whose checkpoints trained with a
     teacher of another hash is refused."""
     params, digest = read_teacher(s, config)
-    before = (saved_config(workdir).get("distill") or {}).get("teacher_hash")
+    before = (workdir_lib.saved_config(workdir).get("distill") or {}).get("teacher_hash")
     ran = checkpoint.complete_step_dirs(os.path.join(workdir, "checkpoints"))
     if before and before != digest and ran:
         raise ValueError(
@@ -352,160 +357,6 @@ def load_teacher(s: train_lib.Setup, config, workdir):
         config.task_args.teacher_hash = digest
     s = dataclasses.replace(s, plan=plan_lib.from_config(config))
     return config, train_lib.with_frozen(s, (params,))
-
-
-# ------------------------------------------------------------------ what a workdir holds
-def build_tokenizer(config, workdir: str | None = None):
-    """The run's tokenizer (None if it needs none).
-
-    Precedence: the one saved with `config.init_from` (a fine-tuned model must read text
-    the way it was pretrained: a config's `data.tokenizer` is its default for runs without
-    one, unless `allow_vocab_resize` says the vocabulary changes on purpose), then a
-    tokenizer the config names (`sentencepiece:PATH`, `wordpiece:...`, `byte`), then a
-    `train:...` spec, which trains on the training texts into WORKDIR/tokenizer on the
-    first run and is reloaded from there on resume.
-    """
-    if config.get("task") == "distill" and config.distill.teacher:
-        # The student reads text as its teacher does (pjx.teacher refuses another tokenizer).
-        tok = saved.Saved(config.distill.teacher).tokenizer
-        if tok is not None:
-            return tok
-    spec = config.data.get("tokenizer", "") or ""
-    source = str(config.get("init_from") or "")
-    named = bool(spec) and not spec.startswith("train:")
-    folder = _pretrained_tokenizer(source, named) if source else None
-    if folder is not None and not (named and config.get("allow_vocab_resize")):
-        if named:
-            log.info(
-                f"tokenizer: {source}'s, which its model was trained with, not "
-                f"data.tokenizer={spec!r} (set allow_vocab_resize=true to change the vocabulary)"
-            )
-        return tokenizers.load(str(folder))
-    if named:
-        return tokenizers.load(spec)
-    if not spec:
-        return None
-    # What it is trained on: refused before training in a private run (pjx.privacy).
-    trained_on = {"source": str(config.data.source)}
-    if privacy.enabled(config.dp):
-        private_data.check_vocabulary(config, trained_on)
-    # A generator: the texts are read only if the tokenizer is trained now.
-    texts = data.read_texts(config.data.source, config.data)
-    return tokenizers.from_config(
-        spec, workdir=workdir, family=config.model.name, texts=texts, trained_on=trained_on
-    )
-
-
-def _pretrained_tokenizer(source: str, named: bool):
-    """The folder of the tokenizer `init_from`'s model was trained with (a PEFT adapter's is
-    its base model's). Where the config names a tokenizer of its own, None when the source
-    brings none (a pjx checkpoint saved without one, a Hugging Face folder of weights only)."""
-    model = saved.Saved(source)
-    folder = model.tokenizer_dir
-    if named and folder is not None and model.kind != "pjx":
-        if not tokenizers.holds_tokenizer(folder):
-            return None
-    return folder
-
-
-def cached_tokenizer(config, data_cfg=None):
-    """The run's tokenizer for a command without a workdir (`pjx bench --data-only`,
-    `pjx privacy`): a `train:` spec trains once into a folder of the data cache."""
-    data_cfg = config.data if data_cfg is None else data_cfg
-    spec = data_cfg.get("tokenizer", "") or ""
-    key = f"{spec}|{data_cfg.source}|{config.model.name}"
-    key = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return build_tokenizer(config, os.path.join(cache.root(data_cfg), f"bench-tokenizer-{key}"))
-
-
-def build_data(plan: plan_lib.Plan, tokenizer, *, train: bool, workdir=None, mesh=None, seed=None):
-    """Train: an infinite iterator with get_state/set_state; eval: a re-iterable. With
-    `mesh`, this process produces the rows its devices hold of every global batch (else
-    its equal share). `seed` replaces the run's seed for the order and sampling of rows
-    (DP-SGD's secret seed)."""
-    bs = plan.batch.rows if train else plan.batch.eval_rows
-    rows = None if mesh is None else sharding.process_rows(sharding.batch_sharding(mesh, bs), bs)
-    return data.build(
-        data_spec(plan, train=train, seed=seed),
-        tokenizer=tokenizer,
-        batch_size=bs,
-        train=train,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        rows=rows,
-        workdir=workdir,
-        poisson_rate=plan.batch.poisson_rate,
-    )
-
-
-def data_spec(plan: plan_lib.Plan, *, train: bool, seed=None) -> data.Spec:
-    """What the run reads for training (`data`) or evaluation (`eval_data`), and how its
-    task encodes it; `seed` replaces the run's seed (DP-SGD's secret seed)."""
-    return data.Spec(
-        plan.data if train else plan.eval_data,
-        task=plan.task,
-        task_args=plan.task_args,
-        model=plan.model.family,
-        seed=plan.loop.seed if seed is None else seed,
-        num_labels=plan.num_labels,
-    )
-
-
-def count_examples(config, tokenizer, workdir=None) -> int:
-    """Rows of the run's training data (cached table or prepared index): DP's N. Read
-    while the DP-SGD plan is made, before the run has a Plan, so from the config."""
-    spec = data.Spec(
-        config.data,
-        task=config.task,
-        task_args=config.task_args.to_dict(),
-        model=config.model.name,
-        seed=config.seed,
-        num_labels=int(config.model.get("num_labels", 0) or 0),
-    )
-    return data.num_rows(spec, tokenizer=tokenizer, workdir=workdir)
-
-
-def saved_config(workdir) -> dict:
-    """The resolved config WORKDIR/config.json saved at the last start ({} if none)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
-
-def data_fingerprint(data_cfg) -> str:
-    """A hash of what the training source holds (its files' paths, sizes and times; a
-    prepared folder's index), so that a replayed DP-SGD step is known to read the same rows."""
-    u = parse_uri(str(data_cfg.source))
-    if u.kind == "prepared":
-        what = [prepared.load_index(u.path)]
-    else:
-        what = sources.fingerprint(u, data_cfg)
-    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def save_config(config, workdir) -> str:
-    """WORKDIR/config.json: every value the run uses (process 0 writes)."""
-    path = os.path.join(workdir, "config.json")
-    if jax.process_index() == 0:
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(config_lib.to_json(config) + "\n")
-        os.replace(tmp, path)
-    return path
-
-
-def save_tokenizer(tokenizer, workdir) -> str | None:
-    """The tokenizer's files in WORKDIR/tokenizer (checkpoints copy them from there)."""
-    if tokenizer is None or not hasattr(tokenizer, "save"):
-        return None
-    folder = os.path.join(workdir, "tokenizer")
-    if jax.process_index() == 0 and not os.path.isdir(folder):
-        tmp = folder + f".tmp{os.getpid()}"
-        tokenizer.save(tmp)
-        os.replace(tmp, folder)
-    return folder
 
 
 # ----------------------------------------------------------------------------- stages

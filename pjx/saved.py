@@ -25,7 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from pjx import checkpoint, hf, init_from, lora, models, tokenizers
+from pjx import checkpoint, hf, init_from, lora, models, resolution, tokenizers
 from pjx import config as config_lib
 from pjx import data as data_lib
 from pjx.data import sources
@@ -110,7 +110,7 @@ class Saved:
 
     @cached_property
     def config(self) -> ml_collections.ConfigDict:
-        """The resolved config to rebuild the run's task and model with (pjx.config.resolve):
+        """The resolved config to rebuild the run's task and model with (pjx.resolution.resolve):
         the saved one, or for a Hugging Face model one built from it (its head's task)."""
         if self.kind == "pjx" and not self.raw_config:
             raise FileNotFoundError(f"{self.source}: its checkpoint holds no run config")
@@ -120,7 +120,7 @@ class Saved:
                 "written by pjx convert, not a pjx train run): read the Hugging Face folder it "
                 "came from as hf:DIR, or fine-tune it with pjx train first"
             )
-        return config_lib.resolve(self.settings, self.tokenizer)
+        return resolution.resolve(self.settings, self.tokenizer)
 
     # --------------------------------------------------------------- tokenizer
     @cached_property

@@ -129,16 +129,12 @@ def build(plan: Plan, *, tokenizer=None, mesh=None, devices=None, dp_mechanism=N
     `dp_mechanism`: fields of the DP-SGD step's `grads.DP` to replace, or a function of
     (abstract params, trainable mask) that returns them (pjx.privacy.audit's canaries)."""
     family = plan.model.family
-    model = lora.adapted(
-        models.create(family, plan.model.size, **plan.model.fields), plan.trainable.lora, family
-    )
+    model = _model(plan)
     task = tasks.get(plan.task)
     args = task.args(dict(plan.task_args))
     loss_fn = functools.partial(task.loss, **task.runtime_args(args, tokenizer, model.config))
     eval_fn = functools.partial(eval_step, model=model, loss_fn=loss_fn)
-    tx, lr_fn = optim.make(
-        plan.optimizer, plan.loop.steps, frozen=_lora_frozen(plan), heads=plan.trainable.heads
-    )
+    tx, lr_fn = _optimizer(plan)
     mesh = mesh or sharding.make_mesh(plan.mesh, devices)
     init_state, abstract, state_sh = _state(plan, model, tx, mesh)
     repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -172,6 +168,27 @@ def build(plan: Plan, *, tokenizer=None, mesh=None, devices=None, dp_mechanism=N
         eval_fn=jax.jit(eval_fn, out_shardings=repl),
         frozen_models=frozen_models,
         abstract_frozen=abstract_frozen,
+    )
+
+
+def state_target(plan: Plan, mesh) -> TrainState:
+    """The train state of `plan` as ShapeDtypeStructs on their shardings over `mesh`, what a
+    checkpoint restores onto, without building the steps. Equal to `build(plan).
+    abstract_state`: the state's shapes do not depend on the batch or DP-SGD's noise."""
+    _, abstract, state_sh = _state(plan, _model(plan), _optimizer(plan)[0], mesh)
+    return _with_shardings(abstract, state_sh)
+
+
+def _model(plan: Plan):
+    family = plan.model.family
+    model = models.create(family, plan.model.size, **plan.model.fields)
+    return lora.adapted(model, plan.trainable.lora, family)
+
+
+def _optimizer(plan: Plan):
+    """(optax transformation, learning-rate schedule)."""
+    return optim.make(
+        plan.optimizer, plan.loop.steps, frozen=_lora_frozen(plan), heads=plan.trainable.heads
     )
 
 

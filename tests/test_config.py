@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pjx import cli
+from pjx import cli, resolution
 from pjx import config as config_lib
 
 
@@ -83,11 +83,11 @@ def test_a_count_out_of_range_names_the_key_before_the_workdir_exists(cfg_file, 
     assert not w.exists()
     c = config_lib.apply_overrides(config_lib.base_config(), ["--config.eval_steps=-1"])
     with pytest.raises(config_lib.ConfigError, match=r"eval_steps=-1: must be an integer >= 0"):
-        config_lib.resolve_data(c)
+        resolution.resolve_data(c)
     for key in ("keep_checkpoints", "log_every"):  # read as they are: no silent default
         c = config_lib.apply_overrides(config_lib.base_config(), [f"--config.{key}=0"])
         with pytest.raises(config_lib.ConfigError, match=rf"{key}=0: must be an integer >= 1"):
-            config_lib.resolve_data(c)
+            resolution.resolve_data(c)
 
 
 def test_first_stage_is_the_first_stage_or_the_config(cfg_file):
@@ -114,18 +114,18 @@ GLUE = str(Path(__file__).resolve().parents[1] / "configs" / "glue.py")
 def test_values_derived_from_steps_follow_the_command_line():
     """`--config.steps=500` on GLUE SST-2: 10% warm-up of the 500 steps, not of the file's
     5,000 (the derived values are references, resolved after the overrides)."""
-    c = config_lib.resolve_data(config_lib.load(GLUE + ":sst2", ["--config.steps=500"]))
+    c = resolution.resolve_data(config_lib.load(GLUE + ":sst2", ["--config.steps=500"]))
     assert (c.steps, c.optimizer.warmup_steps, c.eval_every, c.checkpoint_every) == (
         500,
         50,
         100,
         100,
     )
-    c = config_lib.resolve_data(config_lib.load(GLUE + ":sst2"))
+    c = resolution.resolve_data(config_lib.load(GLUE + ":sst2"))
     assert (c.optimizer.warmup_steps, c.eval_every) == (500, 1000)
     # An explicit value replaces the rule; the rest keep following `steps`.
     c = config_lib.load(GLUE + ":sst2", ["--config.optimizer.warmup_steps=7", "--config.steps=50"])
-    c = config_lib.resolve_data(c)
+    c = resolution.resolve_data(c)
     assert (c.optimizer.warmup_steps, c.eval_every) == (7, 10)
 
 
@@ -147,7 +147,7 @@ def test_no_config_derives_from_the_steps_in_its_file(spec):
     for steps in (400, 4000):
         c = config_lib.load(path, [f"--config.steps={steps}"])
         for _, s in config_lib.stage_configs(c, "", ()) if c.stages else [("", c)]:
-            s = config_lib.resolve_data(s)
+            s = resolution.resolve_data(s)
             if s.get("stages"):
                 continue
             assert 0 < s.optimizer.warmup_steps <= steps // 5, (spec, steps)
@@ -159,10 +159,10 @@ def test_eval_data_inherits_data_unless_set():
     c = config_lib.base_config()
     c.data.seq_len, c.eval_data.source = 64, "embedded"
     c = config_lib.apply_overrides(c, ["--config.data.pack=stream"])
-    r = config_lib.resolve_data(c)
+    r = resolution.resolve_data(c)
     assert (r.eval_data.seq_len, r.eval_data.pack, r.eval_data.source) == (64, "stream", "embedded")
     assert "tokenizer" not in r.eval_data  # one tokenizer per run
-    r = config_lib.resolve_data(config_lib.apply_overrides(c, ["--config.eval_data.seq_len=128"]))
+    r = resolution.resolve_data(config_lib.apply_overrides(c, ["--config.eval_data.seq_len=128"]))
     assert (r.data.seq_len, r.eval_data.seq_len) == (64, 128)
     with pytest.raises(config_lib.ConfigError, match="eval_data.seq_le"):
         config_lib.apply_overrides(c, ["--config.eval_data.seq_le=1"])

@@ -16,6 +16,7 @@ from data_fixtures import write_idx, write_sst2
 
 from pjx import cli
 from pjx import config as config_lib
+from pjx import workdir as workdir_lib
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -183,29 +184,29 @@ def test_dp_recipe_reads_text_with_the_pretrained_models_tokenizer(minilm_dir):
     """glue.py's DP recipes name bytes as their tokenizer for runs without a pretrained
     model; with init_from the model's own WordPiece vocabulary must win (a byte-fed
     MiniLM sees ids it never learned and DP-SGD stays at the majority class)."""
-    from pjx import run, tokenizers
+    from pjx import tokenizers
 
     text = "a gripping, funny film"
     for arg in ("sst2,dp", "sst2,dp,lora"):
         c = config_lib.load(f"{CONFIGS}/glue.py:{arg}")
-        assert isinstance(run.build_tokenizer(c), tokenizers.ByteTokenizer)  # no init_from
+        assert isinstance(workdir_lib.build_tokenizer(c), tokenizers.ByteTokenizer)  # no init_from
         c.init_from = f"hf:{minilm_dir}"
-        tok = run.build_tokenizer(c)
+        tok = workdir_lib.build_tokenizer(c)
         assert tok.encode(text) == tokenizers.load(str(minilm_dir)).encode(text)
         assert tok.encode(text) != tokenizers.load("byte?specials=bert").encode(text)
         c.allow_vocab_resize = True  # a vocabulary change on purpose: the config's own
-        assert isinstance(run.build_tokenizer(c), tokenizers.ByteTokenizer)
+        assert isinstance(workdir_lib.build_tokenizer(c), tokenizers.ByteTokenizer)
 
 
 def test_a_named_tokenizer_applies_where_init_from_brings_none(tmp_path):
     """A Hugging Face folder of weights only has no tokenizer to prefer: the config's
     named one applies (and without one, loading says what the folder lacks)."""
-    from pjx import run, tokenizers
+    from pjx import tokenizers
 
     (tmp_path / "config.json").write_text("{}")
     c = config_lib.load(f"{CONFIGS}/glue.py:sst2,dp")
     c.init_from = f"hf:{tmp_path}"
-    assert isinstance(run.build_tokenizer(c), tokenizers.ByteTokenizer)
+    assert isinstance(workdir_lib.build_tokenizer(c), tokenizers.ByteTokenizer)
     c.data.tokenizer = ""
     with pytest.raises(FileNotFoundError, match="no tokenizer in"):
-        run.build_tokenizer(c)
+        workdir_lib.build_tokenizer(c)

@@ -13,9 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pjx import checkpoint, cli, evaluation, losses, models, run, saved, teacher, train
+from pjx import checkpoint, cli, evaluation, losses, models, resolution, run, saved, teacher, train
 from pjx import config as config_lib
 from pjx import plan as plan_lib
+from pjx import workdir as workdir_lib
 from pjx.models import bert
 from pjx.tasks import distill
 
@@ -210,7 +211,7 @@ def test_resume_is_exact_and_the_checkpoint_holds_no_teacher(
     read = lambda w: saved.Saved(str(w)).params()  # noqa: E731
     jax.tree.map(np.testing.assert_array_equal, read(straight), read(resumed))
     meta = checkpoint.state_metadata(checkpoint.resolve(straight / "checkpoints"))
-    student = run.saved_config(straight)["model"]
+    student = workdir_lib.saved_config(straight)["model"]
     n_params = sum(np.prod(m.shape) for m in jax.tree.leaves(meta["params"]))
     assert n_params == sum(x.size for x in jax.tree.leaves(read(straight)))
     assert student["num_layers"] == 2 and "teacher" not in json.dumps(list(meta))
@@ -319,15 +320,15 @@ def _setup(c, tokenizer, devices=None):
 def test_eight_devices_equal_one_and_scanned_equals_unscanned(teachers):
     from pjx import sharding
 
-    c = config_lib.resolve_data(_student(teachers[0], batch_size=8))
-    tok = run.build_tokenizer(c)
-    c = config_lib.resolve(c, tok)
-    batch = next(iter(run.build_data(plan_lib.from_config(c), tok, train=True)))
+    c = resolution.resolve_data(_student(teachers[0], batch_size=8))
+    tok = workdir_lib.build_tokenizer(c)
+    c = resolution.resolve(c, tok)
+    batch = next(iter(workdir_lib.build_data(plan_lib.from_config(c), tok, train=True)))
     results = {}
     for name, cfg, devices in [
         ("one", c, jax.devices()[:1]),
         ("eight", c, jax.devices()[:8]),
-        ("scan", config_lib.resolve(_student_scanned(teachers[0]), tok), jax.devices()[:1]),
+        ("scan", resolution.resolve(_student_scanned(teachers[0]), tok), jax.devices()[:1]),
     ]:
         s = _setup(cfg, tok, devices)
         state = run.fresh_state(s, cfg)
@@ -350,4 +351,4 @@ def test_eight_devices_equal_one_and_scanned_equals_unscanned(teachers):
 def _student_scanned(teacher_dir):
     c = _student(teacher_dir, batch_size=8)
     c.model.scan_layers = True
-    return config_lib.resolve_data(c)
+    return resolution.resolve_data(c)

@@ -12,7 +12,7 @@ import pytest
 from data_fixtures import ByteTok, IndexedBatches, Preempting
 
 from pjx import config as config_lib
-from pjx import convert, init_from, loop, losses, masking, run, sharding, train
+from pjx import convert, init_from, loop, losses, masking, resolution, run, sharding, train
 from pjx import plan as plan_lib
 from pjx.metrics_log import TIMING_KEYS
 
@@ -60,7 +60,7 @@ def _batch(i, label=False):
 def _setup(c, devices=None):
     devices = devices or jax.devices()[:1]
     return train.build(
-        plan_lib.from_config(config_lib.resolve(c, TOK)), tokenizer=TOK, devices=devices
+        plan_lib.from_config(resolution.resolve(c, TOK)), tokenizer=TOK, devices=devices
     )
 
 
@@ -170,15 +170,15 @@ def test_no_gradient_through_sampling_and_one_shared_embedding(electra):
 
 
 def test_generator_size_and_rtd_weight_come_from_the_electra_block():
-    c = config_lib.resolve(_config(**{"electra.generator_size": 0.5}), TOK)
+    c = resolution.resolve(_config(**{"electra.generator_size": 0.5}), TOK)
     assert c.model.generator_size == 0.5 and c.task_args.rtd_weight == 50.0
     s = train.build(plan_lib.from_config(c), tokenizer=TOK, devices=jax.devices()[:1])
     kernel = s.abstract_state.params["generator"]["embeddings_project"]["kernel"]
     assert kernel.shape == (32, 16)
     with pytest.raises(config_lib.ConfigError, match="config.electra"):
-        config_lib.resolve(_config(**{"task_args.rtd_weight": 10.0}), TOK)
+        resolution.resolve(_config(**{"task_args.rtd_weight": 10.0}), TOK)
     with pytest.raises(ValueError, match="generator_size"):
-        config_lib.resolve(_config(**{"electra.generator_size": 0.0}), TOK)
+        resolution.resolve(_config(**{"electra.generator_size": 0.0}), TOK)
 
 
 def _electra_run(workdir, kill_at=None):
@@ -235,7 +235,7 @@ def test_init_from_an_electra_run_gives_a_classifier_the_discriminator(
     trained, _ = init_from.init_from(str(pre), electra[1], verbose=False)
 
     c = _config("classify", init_from=str(pre), steps=1, **{"model.num_labels": 2})
-    resolved = config_lib.resolve(c, TOK)
+    resolved = resolution.resolve(c, TOK)
     assert resolved.model.generator_size == 0.0  # a plain BERT
     s = train.build(plan_lib.from_config(resolved), tokenizer=TOK, devices=jax.devices()[:1])
     params, report = init_from.init_from(str(pre), train.create_state(s, 0).params, verbose=False)

@@ -10,7 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 from data_fixtures import IndexedBatches, Preempting
 
-from pjx import checkpoint, loop, run, sharding, train
+from pjx import checkpoint, loop, resolution, run, sharding, train
 from pjx import config as config_lib
 from pjx import plan as plan_lib
 from pjx.saved import Saved
@@ -106,7 +106,7 @@ def test_run_evaluates_and_releases_the_average(tmp_path):
         np.testing.assert_array_equal(released[k], ema[k], err_msg=k)
     assert any(not np.allclose(ema[k], params[k]) for k in ema)
     # The run's own eval line scored the average.
-    s = train.build(plan_lib.from_config(config_lib.resolve(c)), devices=_one_device())
+    s = train.build(plan_lib.from_config(resolution.resolve(c)), devices=_one_device())
     as_tree = lambda tree: jax.device_put(tree, s.state_shardings.params)  # noqa: E731
     on_ema = train.evaluate(s, as_tree(saved["ema"]), eval_batches)
     on_params = train.evaluate(s, as_tree(saved["params"]), eval_batches)

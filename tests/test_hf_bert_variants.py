@@ -10,7 +10,7 @@ import pytest
 from test_hf import _export_matches, _perturb_and_save, _torch, assert_close
 
 from pjx import config as config_lib
-from pjx import hf, run, tokenizers
+from pjx import hf, resolution, run, tokenizers
 
 ATOL = 1e-4
 TINY = dict(num_attention_heads=4, max_position_embeddings=64)
@@ -117,7 +117,7 @@ def test_byte_level_bpe_tokenizer_and_init_from_hf_roberta(tf, tmp_path):
     c.model.num_labels = 2
     c.data.source, c.eval_data.source = "embedded:classify[:64]", "embedded:classify[64:96]"
     c.data.seq_len, c.batch_size, c.steps, c.progress = 16, 8, 2, False
-    resolved = config_lib.resolve(c, tok)
+    resolved = resolution.resolve(c, tok)
     assert (resolved.model.variant, resolved.model.position_offset) == ("roberta", 2)
     last = run.train(c, str(tmp_path / "run"), devices=jax.devices()[:1])
     assert np.isfinite(last["loss"]) and "accuracy" in last

@@ -17,7 +17,7 @@ from flax import traverse_util
 
 from pjx import checkpoint as ckpt
 from pjx import config as config_lib
-from pjx import hf, inference, tokenizers
+from pjx import hf, inference, resolution, tokenizers
 from pjx.hf import folder, hub
 
 REPO = "sentence-transformers/all-MiniLM-L6-v2"
@@ -129,7 +129,7 @@ def test_peft_adapter_and_its_base_from_the_hub(hub_cache, tmp_path):
 def test_init_from_hub_id_becomes_the_snapshot(hub_cache):
     c = config_lib.base_config()
     c.init_from = f"hf:{REPO}@v1"
-    resolved = config_lib.resolve_data(c)
+    resolved = resolution.resolve_data(c)
     assert resolved.init_from == f"hf:{snapshot(hub_cache, PINNED)}"
     # What the run then reads from it: the tokenizer folder and the architecture.
     assert (ckpt.tokenizer_dir(resolved.init_from) / "vocab.txt").is_file()

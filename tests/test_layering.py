@@ -46,7 +46,7 @@ LAYERS = [
         "pjx.metrics_log",
     ),
     ("pjx.init_from", "pjx.teacher", "pjx.plan"),
-    ("pjx.config", "pjx.saved", "pjx.convert"),
+    ("pjx.config", "pjx.resolution", "pjx.workdir", "pjx.saved", "pjx.convert"),
     ("pjx.train", "pjx.loop"),
     (
         "pjx.run",

@@ -12,7 +12,7 @@ import pytest
 from flax import traverse_util
 
 from pjx import checkpoint as ckpt
-from pjx import cli, convert, hf, inference, lora, models, run, train
+from pjx import cli, convert, hf, inference, lora, models, resolution, run, train
 from pjx import config as config_lib
 from pjx import plan as plan_lib
 from pjx.init_from import init_from
@@ -137,7 +137,7 @@ def test_all_linear_targets_and_a_target_that_matches_nothing():
     assert not any("pooler" in m or "classifier" in m for m in adapted)
     c = _config(**{"lora.targets": "nonexistent"})
     with pytest.raises(ValueError, match="matches no Dense layer"):
-        train.build(plan_lib.from_config(config_lib.resolve(c)), devices=jax.devices()[:1])
+        train.build(plan_lib.from_config(resolution.resolve(c)), devices=jax.devices()[:1])
 
 
 # ------------------------------------------------------------------ training
@@ -381,7 +381,7 @@ def test_a_peft_adapter_trains_on_in_pjx(tf, tmp_path):
     c.model.update(dict(name="bert", num_labels=3, dropout_rate=0.0, attention_dropout_rate=0.0))
     c.data.tokenizer = "byte?specials=bert"
     c.data.seq_len = 16
-    resolved = config_lib.resolve(c)
+    resolved = resolution.resolve(c)
     assert (resolved.lora.rank, resolved.lora.alpha) == (2, 6.0)
     s = train.build(plan_lib.from_config(resolved), devices=jax.devices()[:1])
     state = run.fresh_state(s, resolved)

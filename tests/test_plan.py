@@ -9,7 +9,7 @@ import json
 import pytest
 
 from pjx import config as config_lib
-from pjx import grads, lora, optim
+from pjx import grads, lora, optim, resolution
 from pjx import plan as plan_lib
 
 
@@ -19,7 +19,7 @@ def _config(**kw):
     c.model.num_labels = 2
     for k, v in kw.items():
         config_lib.set_key(c, k, v, parse=False)
-    return config_lib.resolve(c)
+    return resolution.resolve(c)
 
 
 def test_a_plain_run_reads_its_fields_with_the_defaults_filled():
@@ -35,7 +35,7 @@ def test_a_plain_run_reads_its_fields_with_the_defaults_filled():
 
 
 def test_a_private_run_reads_the_planned_batch_and_mechanism():
-    """After pjx.config.with_privacy: the physical batch is the padded Poisson batch, the
+    """After pjx.resolution.with_privacy: the physical batch is the padded Poisson batch, the
     step's mechanism carries this start's noise."""
     c = _config(**{"dp.noise_multiplier": 1.3, "dp.l2_norm_clip": 0.5})
     with c.dp.unlocked():
@@ -65,3 +65,30 @@ def test_a_plain_dict_makes_the_same_plan_as_the_config():
     assert as_json(a.data) == as_json(b.data) and as_json(a.eval_data) == as_json(b.eval_data)
     bare = dict(config=None, data=None, eval_data=None)
     assert dataclasses.replace(a, **bare) == dataclasses.replace(b, **bare)
+
+
+def test_a_restore_target_does_not_depend_on_the_privacy_plan():
+    """pjx.run restores a checkpoint before it plans DP-SGD's noise and padded batch (so
+    the plan continues from the step it really resumes at): the state's shapes and
+    shardings must be the same before and after the privacy plan is filled in, and equal
+    to what the built run restores onto."""
+    import jax
+
+    from pjx import sharding
+    from pjx import train as train_lib
+
+    c = _config(
+        **{"dp.target_epsilon": 2.0, "optimizer.ema_decay": 0.9, "model.size": "tiny"}
+    )
+    before = plan_lib.from_config(c)
+    with c.dp.unlocked():
+        c.dp.noise_multiplier, c.dp.padded_batch_size, c.dp.sampling_rate = 1.7, 40, 0.01
+    after = plan_lib.from_config(c)
+    assert (before.batch.rows, after.batch.rows) == (16, 40)
+    assert before.dp.noise_multiplier != after.dp.noise_multiplier
+    mesh = sharding.make_mesh(after.mesh)
+    target = train_lib.state_target(before, mesh)
+    built = train_lib.build(after, mesh=mesh).abstract_state
+    leaves = lambda t: [(x.shape, x.dtype, x.sharding) for x in jax.tree.leaves(t)]
+    assert jax.tree.structure(target) == jax.tree.structure(built)
+    assert leaves(target) == leaves(built) and len(leaves(target)) > 10

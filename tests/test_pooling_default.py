@@ -4,7 +4,7 @@ mean token state unless model.pooling says otherwise; one from an NSP run keeps 
 import pytest
 
 from pjx import config as config_lib
-from pjx import init_from, run
+from pjx import init_from, resolution, run
 
 L = 32
 TINY = dict(
@@ -41,7 +41,7 @@ def _classify(source, *overrides):
 
 def test_mlm_without_nsp_classifies_from_the_mean_and_says_so(runs, capsys):
     capsys.readouterr()
-    assert config_lib.resolve(_classify(runs[False])).model.pooling == "mean"
+    assert resolution.resolve(_classify(runs[False])).model.pooling == "mean"
     said = capsys.readouterr().out
     assert "model.pooling='mean'" in said and "without next-sentence" in said
     assert runs[False] in said
@@ -49,11 +49,11 @@ def test_mlm_without_nsp_classifies_from_the_mean_and_says_so(runs, capsys):
 
 def test_nsp_run_keeps_the_pooler_and_explicit_pooling_wins(runs, capsys):
     capsys.readouterr()
-    assert config_lib.resolve(_classify(runs[True])).model.pooling == "cls"
+    assert resolution.resolve(_classify(runs[True])).model.pooling == "cls"
     pinned = _classify(runs[False], "--config.model.pooling=cls")
-    assert config_lib.resolve(pinned).model.pooling == "cls"
+    assert resolution.resolve(pinned).model.pooling == "cls"
     pinned = _classify(runs[True], "--config.model.pooling=mean")
-    assert config_lib.resolve(pinned).model.pooling == "mean"
+    assert resolution.resolve(pinned).model.pooling == "mean"
     assert "model.pooling='mean':" not in capsys.readouterr().out
     # Not without a classifier (MLM continued from MLM), nor from a Hugging Face folder.
     assert init_from.default_pooling(runs[False], {"num_labels": 0}) == ("", "")

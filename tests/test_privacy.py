@@ -24,6 +24,7 @@ from pjx import (
     lora,
     models,
     privacy,
+    resolution,
     run,
     sharding,
     tasks,
@@ -315,7 +316,7 @@ def test_any_microbatch_size_splits_a_padded_poisson_batch(tmp_path):
     assert [grads.chunk_rows(r, 3) for r in (10, 12, 7, 2)] == [2, 3, 1, 2]
     assert grads.chunk_rows(176, 32) == 22 and grads.chunk_rows(8, 0) == 8
     c = _dp_config(**{"dp.microbatch_size": 3, "optimizer.accum_steps": 2, "steps": 2})
-    c = config_lib.resolve(c, tokenizers.load("byte?specials=bert"))
+    c = resolution.resolve(c, tokenizers.load("byte?specials=bert"))
     mesh = sharding.make_mesh(c.mesh, jax.devices()[:2])
     p = run.plan_privacy(c, tokenizers.load("byte?specials=bert"), str(tmp_path), mesh)
     assert (p.current.padded_batch_size // 2) % 3 != 0  # the case the divisor rule is for
@@ -402,8 +403,8 @@ def test_dp_train_step_sharded_matches_unsharded_setup():
         (jax.devices()[:1], dict(data=1)),
         (jax.devices(), dict(data=2, fsdp=2, tensor=2)),
     ):
-        c = config_lib.resolve(_dp_config(**{f"mesh.{k}": v for k, v in mesh.items()}))
-        c = config_lib.with_privacy(
+        c = resolution.resolve(_dp_config(**{f"mesh.{k}": v for k, v in mesh.items()}))
+        c = resolution.with_privacy(
             c, privacy.plan(c.dp, num_examples=200, batch_size=8, steps=4, multiple=4)
         )
         s = train.build(plan_lib.from_config(c), mesh=sharding.make_mesh(c.mesh, devices))

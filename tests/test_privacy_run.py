@@ -17,7 +17,8 @@ import pytest
 from test_privacy import _dp_config
 
 from pjx import config as config_lib
-from pjx import privacy, run
+from pjx import privacy, resolution, run
+from pjx import workdir as workdir_lib
 from pjx.metrics_log import TIMING_KEYS
 
 
@@ -138,15 +139,15 @@ def test_private_runs_refuse_what_epsilon_would_not_cover(kw, message):
     if c.task != "classify":
         c.model.num_labels, c.eval_data.source = 0, ""
     with pytest.raises(ValueError, match=message):
-        config_lib.resolve_data(c)
+        resolution.resolve_data(c)
 
 
 def test_what_a_private_run_may_use():
     """One row per document (data.pack=none), a public tokenizer, an opted-in one."""
     c = _config(**{"task": "mlm", "data.pack": "none", "data.source": "embedded[:90%]"})
     c.model.num_labels, c.eval_data.source = 0, "embedded[90%:]"
-    config_lib.resolve_data(c)
-    config_lib.resolve_data(
+    resolution.resolve_data(c)
+    resolution.resolve_data(
         _config(**{"data.tokenizer": "train:sentencepiece", "dp.private_tokenizer": True})
     )
 
@@ -239,9 +240,9 @@ def test_evaluation_on_any_training_row_is_refused(tmp_path, ev, shared):
     c = _config(**{"data.source": f"tsv:{f}[:200]", "eval_data.source": ev})
     if shared:
         with pytest.raises(ValueError, match=f"reads {shared} of the private training rows"):
-            config_lib.resolve_data(c)
+            resolution.resolve_data(c)
     else:
-        config_lib.resolve_data(c)
+        resolution.resolve_data(c)
 
 
 def test_a_vocabulary_trained_on_the_private_rows_is_refused_however_it_arrives(tmp_path):
@@ -311,9 +312,9 @@ def test_packed_prepared_rows_and_a_vocabulary_trained_on_them_are_refused(tmp_p
             task="mlm", **{"data.source": text, "data.tokenizer": "train:char?specials=bert"}
         )
         c.model.num_labels, c.eval_data.source, c.data.pack = 0, "", pack
-        c = config_lib.resolve_data(c)
+        c = resolution.resolve_data(c)
         out = str(tmp_path / f"prep_{pack}")
-        tok = run.build_tokenizer(c, str(tmp_path / f"scratch_{pack}"))
+        tok = workdir_lib.build_tokenizer(c, str(tmp_path / f"scratch_{pack}"))
         prepared.prepare(
             data.with_defaults(c.data), task="mlm", task_args={}, tokenizer=tok, out=out
         )
@@ -327,7 +328,7 @@ def test_packed_prepared_rows_and_a_vocabulary_trained_on_them_are_refused(tmp_p
         return c
 
     with pytest.raises(ValueError, match="prepared with data.pack='documents'"):
-        config_lib.resolve_data(private(prepare("documents")))
+        resolution.resolve_data(private(prepare("documents")))
     with pytest.raises(ValueError, match="vocabulary was trained on"):
         _train(private(prepare("none")), tmp_path / "run")
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from pjx import cli, convert, evaluation, hf, init_from, lora, models, run, tokenizers
+from pjx import cli, convert, evaluation, hf, init_from, lora, models, resolution, run, tokenizers
 from pjx import config as config_lib
 from pjx.saved import Saved
 
@@ -117,7 +117,7 @@ def _lora_workdir(run_dir: Path, base: Path, dst: Path):
     c.lora.update(RANK4)
     c.data.seq_len, c.batch_size = L, 8
     tokenizer_dir = Saved(run_dir).tokenizer_dir
-    c = config_lib.resolve(c, tokenizers.load(str(tokenizer_dir)))
+    c = resolution.resolve(c, tokenizers.load(str(tokenizer_dir)))
     fields = {k: v for k, v in c.model.items() if k not in ("name", "size")}
     model = lora.adapted(models.create("bert", "tiny", **fields), c.lora.to_dict(), "bert")
     inputs = models.example_inputs("bert", model.config, 1, 8)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from data_fixtures import ByteTok, lm_config, write_docs, write_idx
 
-from pjx import bench, data, losses, models, packing, run, tasks
+from pjx import bench, data, losses, models, packing, resolution, run, tasks
 from pjx import config as config_lib
 from pjx import plan as plan_lib
 from pjx.tasks import base
@@ -87,18 +87,18 @@ def test_task_decides_its_heads_and_refuses_a_contradiction():
     c = config_lib.base_config()
     c.model.name, c.task, c.model.vocab_size = "bert", "mlm", 64
     c.task_args.nsp = True
-    r = config_lib.resolve(c)
+    r = resolution.resolve(c)
     assert (r.model.mlm_head, r.model.nsp_head) == (True, True)
     c.task, c.model.num_labels = "classify", 3
     del c.task_args["nsp"]
-    r = config_lib.resolve(c)
+    r = resolution.resolve(c)
     assert (r.model.mlm_head, r.model.nsp_head, r.model.num_labels) == (False, False, 3)
     c.model.nsp_head = True
     with pytest.raises(config_lib.ConfigError, match="model.nsp_head=True contradicts task"):
-        config_lib.resolve(c)
+        resolution.resolve(c)
     c.model.name = "gpt2"
     with pytest.raises(config_lib.ConfigError, match="runs on model families"):
-        config_lib.resolve(c)
+        resolution.resolve(c)
 
 
 def test_unknown_task_arg_lists_the_valid_ones():

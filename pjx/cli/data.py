@@ -72,17 +72,18 @@ def main(args, overrides) -> int:
     if args.action == "verify":
         return verify(args.folder)
     from pjx import config as config_lib
-    from pjx import data, run
+    from pjx import data, resolution
+    from pjx import workdir as workdir_lib
     from pjx.data import prepared
 
     if args.runner == []:  # `--runner` with nothing after it
         raise ValueError("pjx data prepare --runner NAME: name a Beam runner, e.g. DirectRunner")
     config = config_lib.first_stage(config_lib.load(args.config, overrides))
-    config = config_lib.resolve_data(config)
+    config = resolution.resolve_data(config)
     cfg = data.with_defaults(config.data)
     out = os.path.abspath(os.path.expanduser(args.out))
     with tempfile.TemporaryDirectory() as scratch:
-        tokenizer = run.build_tokenizer(config, scratch)
+        tokenizer = workdir_lib.build_tokenizer(config, scratch)
         t0 = time.perf_counter()
         index = prepared.prepare(
             cfg,

@@ -28,11 +28,12 @@ def add_arguments(p):
 
 def main(args, overrides) -> int:
     from pjx import config as config_lib
-    from pjx import privacy, run, sharding
+    from pjx import privacy, resolution, run, sharding
+    from pjx import workdir as workdir_lib
     from pjx.privacy import accounting
 
     config = config_lib.first_stage(config_lib.load(args.config, overrides))
-    config = config_lib.resolve_data(config)
+    config = resolution.resolve_data(config)
     if not privacy.enabled(config.dp):
         raise ValueError(
             "dp is off in this config: set --config.dp.noise_multiplier=SIGMA or "
@@ -40,8 +41,8 @@ def main(args, overrides) -> int:
         )
     tokenizer = None
     if not args.num_examples:  # N is the training table's rows: encode it as `pjx train` would
-        tokenizer = run.cached_tokenizer(config)
-        config = config_lib.resolve(config, tokenizer)
+        tokenizer = workdir_lib.cached_tokenizer(config)
+        config = resolution.resolve(config, tokenizer)
     mesh = sharding.make_mesh(config.mesh)
     inherited = ()
     if config.get("init_from"):  # its private steps on these rows count (pjx.privacy.inherit)

@@ -15,9 +15,10 @@ def add_arguments(p):
 
 def main(args, overrides) -> int:
     from pjx import config as config_lib
+    from pjx import resolution
 
     for stage, cfg in config_lib.stage_configs(config_lib.load(args.config), "", overrides):
         if stage:
             print(f"# stage {stage}")
-        print(config_lib.to_json(config_lib.resolve_data(cfg)))
+        print(config_lib.to_json(resolution.resolve_data(cfg)))
     return 0

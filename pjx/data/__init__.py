@@ -59,7 +59,7 @@ def default_config() -> ml_collections.ConfigDict:
     # Padded text rows (classify): each batch is cut to the smallest multiple of this that
     # holds its longest row, one compiled step per width (0 = every batch at seq_len).
     c.length_bucket = 16
-    c.tokenizer = ""  # a pjx.tokenizers spec, read by pjx.run.build_tokenizer
+    c.tokenizer = ""  # a pjx.tokenizers spec, read by pjx.workdir.build_tokenizer
     c.data_dir = ""  # TFDS data_dir ("" = TFDS's default)
     c.download = False  # TFDS: download_and_prepare when not prepared (needs internet)
     c.cache = True  # store encoded arrays (see pjx.data.cache) ...

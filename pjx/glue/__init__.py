@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from pjx import config as config_lib
+from pjx import resolution, uri
 from pjx import run as run_lib
-from pjx import uri
 from pjx.data import files
 from pjx.examples import DataError
 from pjx.metrics_log import MetricsLog
@@ -89,7 +89,7 @@ def missing_data(cfg) -> list[str]:
 def finished(cfg, workdir) -> bool:
     """Whether `workdir` holds the final eval line of `cfg`'s run."""
     last = MetricsLog.last_record(workdir)
-    steps = int(config_lib.resolve_data(cfg).steps)
+    steps = int(resolution.resolve_data(cfg).steps)
     return last.get("split") == "eval" and int(last.get("step", -1)) >= steps
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from pjx import config as config_lib
+from pjx import resolution
 from pjx import run as run_lib
 from pjx.data import sources
 from pjx.glue import (
@@ -124,7 +125,7 @@ def on_rows(cfg, path: Path, ex):
 
 def checked_rows(task: str, sizes, overrides, config):
     """Task's training rows, after checking that every size of the curve fits them."""
-    base = config_lib.resolve_data(task_config(task, SCRATCH, 0, overrides, config))
+    base = resolution.resolve_data(task_config(task, SCRATCH, 0, overrides, config))
     ex, batch = training_rows(base), int(base.batch_size)
     for n in sizes:
         if n > len(ex):

@@ -51,13 +51,6 @@ ACCOUNTANTS = ("pld", "rdp")
 MARGIN_SIGMAS = 6.0
 
 
-def batch_rows(config) -> int:
-    """Rows of a physical training batch: the padded Poisson batch under DP-SGD, else
-    `batch_size`."""
-    dp = config.get("dp") or {}
-    return int(dp.get("padded_batch_size") or 0) or int(config["batch_size"])
-
-
 def enabled(dp_cfg) -> bool:
     return bool(dp_cfg) and (
         float(dp_cfg.get("noise_multiplier") or 0) > 0

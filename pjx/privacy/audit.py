@@ -60,10 +60,10 @@ import os
 import jax
 import numpy as np
 
-from pjx import config as config_lib
-from pjx import grads, logs, privacy, sharding
+from pjx import grads, logs, privacy, resolution, sharding
 from pjx import run as run_lib
 from pjx import train as train_lib
+from pjx import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
@@ -167,14 +167,14 @@ def audit(
     if kind not in KINDS:
         raise ValueError(f"canary kind {kind!r}: pick one of {KINDS}")
     logs.setup()
-    config = config_lib.resolve_data(config)
+    config = resolution.resolve_data(config)
     if not privacy.enabled(config.dp):
         raise ValueError(
             "pjx audit needs DP-SGD on: set --config.dp.noise_multiplier=SIGMA or "
             "--config.dp.target_epsilon=EPSILON"
         )
     os.makedirs(workdir, exist_ok=True)
-    r = run_lib.resolve_run(config, workdir, devices=devices, checkpoints=False, fresh=True)
+    r = run_lib.resolve_run(config, workdir, devices=devices)
     config, plan, secret = r.config, r.privacy, r.secret
     C, B = float(config.dp.l2_norm_clip), int(config.batch_size)
     q = float(plan.current.sampling_rate)
@@ -228,7 +228,7 @@ def audit(
 def _released_scores(s: train_lib.Setup, config, tokenizer, workdir, secret) -> np.ndarray:
     """Trains the canaried run from scratch; [steps, canaries]: the released (noised,
     summed) gradient at each canary's coordinate, step by step."""
-    data = run_lib.build_data(
+    data = workdir_lib.build_data(
         s.plan, tokenizer, train=True, workdir=workdir, mesh=s.mesh, seed=secret
     )
     state = run_lib.fresh_state(s, config, secret)

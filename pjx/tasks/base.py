@@ -20,7 +20,7 @@ A task is a subclass of `Task` in its own module of this package, listed in
 `config.task_args` are the keyword-only arguments of the task's `loss` (plus the encoding
 options among them, `nsp`); `defaults` gives each one's default. A task may keep some of
 them in a top-level config block of its own (`section`, e.g. `config.electra`), which
-`pjx.config.resolve` folds into the task's arguments.
+`pjx.resolution.resolve` folds into the task's arguments.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ DEFAULTS = dict(
     losses="logits:5,hidden_cosine:1,mlm:2",
     temperature=2.0,
     relation_heads=0,
-    teacher_model=None,  # filled in by pjx.config.resolve: the teacher's Config fields
+    teacher_model=None,  # filled in by pjx.resolution.resolve: the teacher's Config fields
     teacher_hash="",  # filled in by pjx.run: a hash of the teacher's parameters
 )
 STUDENT_INITS = ("every_other", "random")
