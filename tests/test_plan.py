@@ -77,9 +77,7 @@ def test_a_restore_target_does_not_depend_on_the_privacy_plan():
     from pjx import sharding
     from pjx import train as train_lib
 
-    c = _config(
-        **{"dp.target_epsilon": 2.0, "optimizer.ema_decay": 0.9, "model.size": "tiny"}
-    )
+    c = _config(**{"dp.target_epsilon": 2.0, "optimizer.ema_decay": 0.9, "model.size": "tiny"})
     before = plan_lib.from_config(c)
     with c.dp.unlocked():
         c.dp.noise_multiplier, c.dp.padded_batch_size, c.dp.sampling_rate = 1.7, 40, 0.01
