@@ -41,7 +41,7 @@ from pjx import train as train_lib
 from pjx import workdir as workdir_lib
 from pjx.data import overlap
 from pjx.metrics_log import MetricsLog
-from pjx.privacy import private_data
+from pjx.privacy import private_data, replay
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ def plan_start(config, workdir, tokenizer, mesh, *, resumed_at: int | None) -> R
     config = resolution.with_privacy(config, plan, workdir_lib.data_fingerprint(config.data))
     if resumed_at is not None:
         before = workdir_lib.saved_config(workdir)
-        privacy.check_replay(
+        replay.check_replay(
             json.loads((before.get("dp") or {}).get("segments") or "[]"), plan, resumed_at,
             int(MetricsLog.last_record(workdir).get("step", 0)),
             before=before, now=json.loads(config_lib.to_json(config)),
