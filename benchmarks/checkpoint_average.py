@@ -28,7 +28,7 @@ import numpy as np
 
 from pjx import checkpoint, evaluation
 from pjx import train as train_lib
-from pjx.saved import Saved
+from pjx.checkpoint.saved import Saved
 
 
 def _weighted_mean(trees, weights):

@@ -33,7 +33,7 @@ from pjx import plan as plan_lib
 from pjx import resolution, run
 from pjx import train as train_lib
 from pjx import workdir as workdir_lib
-from pjx.saved import Saved
+from pjx.checkpoint.saved import Saved
 
 CLIPS = (0.01, 0.1, 1.0)
 

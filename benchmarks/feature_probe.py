@@ -30,9 +30,9 @@ import numpy as np
 
 from pjx import data as data_lib
 from pjx import metrics, tasks
+from pjx.checkpoint.saved import Saved
 from pjx.data import sources
 from pjx.models import bert
-from pjx.saved import Saved
 
 DATA = os.environ.get("PJX_DATA", "../shared/data")
 METRIC = {"sst2": "accuracy", "cola": "mcc", "mrpc": "f1", "rte": "accuracy"}

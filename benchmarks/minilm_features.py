@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from feature_probe import probe  # this folder's linear probe
 
+from pjx.checkpoint.saved import Saved
 from pjx.models import bert
-from pjx.saved import Saved
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

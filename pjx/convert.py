@@ -24,8 +24,8 @@ from flax import traverse_util
 
 from pjx import checkpoint as ckpt
 from pjx import hf, lora, models
+from pjx.checkpoint.saved import Saved
 from pjx.hf import mapping
-from pjx.saved import Saved
 
 
 def write_workdir(dst, params, config: dict, tokenizer_dir=None) -> Path:

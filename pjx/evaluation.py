@@ -7,7 +7,7 @@
     evaluation.evaluate("runs/sst2", "tsv:dev.tsv")["accuracy"]
 
 A pjx run (workdir or checkpoint) brings its resolved config, tokenizer and (LoRA)
-parameters (pjx.saved); the data source is read with the run's data settings (columns,
+parameters (pjx.checkpoint.saved); the data source is read with the run's data settings (columns,
 preset, sequence length) as its eval split: every example once, in input order. A Hugging
 Face folder (`hf:DIR`) works where it has the task's head (a sequence classifier, an LM
 head). The model runs over the examples in pjx.inference.
@@ -30,8 +30,8 @@ from pjx import plan as plan_lib
 from pjx import run as run_lib
 from pjx import train as train_lib
 from pjx import workdir as workdir_lib
+from pjx.checkpoint.saved import Saved
 from pjx.data import overlap
-from pjx.saved import Saved
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ import numpy as np
 
 from pjx import data as data_lib
 from pjx import tasks
+from pjx.checkpoint.saved import Saved
 from pjx.examples import DataError, Examples
 from pjx.models import bert
-from pjx.saved import Saved
 from pjx.tokenizers.base import SPECIAL_NAMES
 
 log = logging.getLogger(__name__)

@@ -4,9 +4,9 @@
     print(pjx.inference.generate("runs/shakespeare", "ROMEO:", max_new_tokens=200))
 
 A checkpoint is self-contained: its resolved run config rebuilds the model and its
-tokenizer folder the tokenizer (pjx.saved). Only the parameters are read (not the optimizer
-state). The batch functions (class probabilities, greedy seq2seq) are what `pjx predict`
-and `pjx eval` run over a data source (pjx.evaluation).
+tokenizer folder the tokenizer (pjx.checkpoint.saved). Only the parameters are read (not
+the optimizer state). The batch functions (class probabilities, greedy seq2seq) are what
+`pjx predict` and `pjx eval` run over a data source (pjx.evaluation).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from pjx import distributed, sharding
+from pjx.checkpoint.saved import Saved
 from pjx.models import gpt2, llama, t5
-from pjx.saved import Saved
 
 log = logging.getLogger(__name__)
 

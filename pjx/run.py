@@ -22,23 +22,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from pjx import (
-    checkpoint,
-    init_from,
-    lock,
-    logs,
-    loop,
-    plot,
-    privacy,
-    resolution,
-    saved,
-    sharding,
-)
+from pjx import checkpoint, init_from, logs, loop, plot, privacy, resolution, sharding
 from pjx import config as config_lib
 from pjx import plan as plan_lib
 from pjx import teacher as teacher_lib
 from pjx import train as train_lib
 from pjx import workdir as workdir_lib
+from pjx.checkpoint import lock, saved
 from pjx.data import overlap
 from pjx.metrics_log import MetricsLog
 from pjx.privacy import private_data, replay

@@ -16,8 +16,9 @@ import os
 import jax
 
 from pjx import config as config_lib
-from pjx import data, privacy, saved, sharding, tokenizers
+from pjx import data, privacy, sharding, tokenizers
 from pjx import plan as plan_lib
+from pjx.checkpoint import saved
 from pjx.data import cache, prepared, sources
 from pjx.privacy import private_data
 from pjx.uri import parse_uri

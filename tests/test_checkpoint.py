@@ -264,7 +264,7 @@ m.close()
 KILLED = """
 import sys, time, pathlib, jax, jax.numpy as jnp
 from pjx import checkpoint as ck
-from pjx import checkpoint_io
+from pjx.checkpoint import items as checkpoint_io
 d = pathlib.Path(sys.argv[1])
 m = ck.create_manager(d / "ckpt", checkpoint_every=1)
 ck.save(m, 1, {"w": jnp.full((64,), 1.0)}, data_state={"pos": 1})

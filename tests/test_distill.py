@@ -13,10 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pjx import checkpoint, cli, evaluation, losses, models, resolution, run, saved, teacher, train
+from pjx import checkpoint, cli, evaluation, losses, models, resolution, run, teacher, train
 from pjx import config as config_lib
 from pjx import plan as plan_lib
 from pjx import workdir as workdir_lib
+from pjx.checkpoint import saved
 from pjx.models import bert
 from pjx.tasks import distill
 

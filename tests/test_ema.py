@@ -13,7 +13,7 @@ from data_fixtures import IndexedBatches, Preempting
 from pjx import checkpoint, loop, resolution, run, sharding, train
 from pjx import config as config_lib
 from pjx import plan as plan_lib
-from pjx.saved import Saved
+from pjx.checkpoint.saved import Saved
 
 VOCAB, L, B = 32, 8, 4
 

@@ -15,9 +15,9 @@ from pjx import checkpoint as ckpt
 from pjx import cli, convert, hf, inference, lora, models, resolution, run, train
 from pjx import config as config_lib
 from pjx import plan as plan_lib
+from pjx.checkpoint.saved import Saved
 from pjx.init_from import init_from
 from pjx.metrics_log import TIMING_KEYS
-from pjx.saved import Saved
 
 SMALL = dict(num_layers=2, hidden_size=32, num_heads=2, mlp_dim=64)
 FIELDS = {

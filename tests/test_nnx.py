@@ -16,7 +16,7 @@ from flax import nnx
 
 from pjx import convert, models
 from pjx import nnx as pjx_nnx
-from pjx.saved import Saved
+from pjx.checkpoint.saved import Saved
 
 TINY = {
     "bert": dict(num_labels=3),

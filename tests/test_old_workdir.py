@@ -14,7 +14,7 @@ import numpy as np
 from test_privacy import _dp_config
 
 from pjx import run
-from pjx.saved import Saved
+from pjx.checkpoint.saved import Saved
 
 FIXTURE = Path(__file__).parent / "fixtures" / "dp_run_v1"
 SETTINGS = {

@@ -1,7 +1,7 @@
-"""pjx.saved: one reader of a saved model. A workdir, its checkpoints dir and a step dir read
-the same run; parameters come in any layer layout; LoRA-merged parameters give the adapted
-model's logits (from a pjx run and from a PEFT adapter alike); a Hugging Face folder reads
-like a run; a bad source says what it is and what to pass."""
+"""pjx.checkpoint.saved: one reader of a saved model. A workdir, its checkpoints dir and a
+step dir read the same run; parameters come in any layer layout; LoRA-merged parameters
+give the adapted model's logits (from a pjx run and from a PEFT adapter alike); a Hugging
+Face folder reads like a run; a bad source says what it is and what to pass."""
 
 import json
 from pathlib import Path
@@ -14,7 +14,7 @@ from flax import traverse_util
 
 from pjx import cli, convert, evaluation, hf, init_from, lora, models, resolution, run, tokenizers
 from pjx import config as config_lib
-from pjx.saved import Saved
+from pjx.checkpoint.saved import Saved
 
 L = 16
 TINY = dict(

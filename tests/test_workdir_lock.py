@@ -1,5 +1,5 @@
-"""One run per workdir (pjx.lock): a second `pjx train` in a live run's workdir is refused
-and leaves the first untouched; a lock left by a dead process is taken over."""
+"""One run per workdir (pjx.checkpoint.lock): a second `pjx train` in a live run's workdir
+is refused and leaves the first untouched; a lock left by a dead process is taken over."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pjx import lock
+from pjx.checkpoint import lock
 
 REPO = Path(__file__).resolve().parents[1]
 

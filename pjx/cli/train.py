@@ -14,8 +14,9 @@ def add_arguments(p):
 
 
 def main(args, overrides) -> int:
-    from pjx import checkpoint, lock, loop, run
+    from pjx import checkpoint, loop, run
     from pjx import config as config_lib
+    from pjx.checkpoint import lock
 
     config = config_lib.load(args.config)  # the overrides apply to each stage (pjx.run.train)
     start_compute(args)

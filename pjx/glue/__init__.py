@@ -30,10 +30,10 @@ import numpy as np
 from pjx import config as config_lib
 from pjx import resolution, uri
 from pjx import run as run_lib
+from pjx.checkpoint.saved import Saved
 from pjx.data import files
 from pjx.examples import DataError
 from pjx.metrics_log import MetricsLog
-from pjx.saved import Saved
 
 log = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ def check_replay(
     their outputs were released (metrics lines): running them again must replay them, with
     the mechanism they ran with (`previous`: the last start's segments), hence the same
     noise, and with the same settings and data (`before` / `now`: the last start's resolved
-    config and this one's; `plan`: this start's pjx.privacy.Plan). Anything else would release them twice, with noise that a
-    comparison of the two releases cancels."""
+    config and this one's; `plan`: this start's pjx.privacy.Plan). Anything else would
+    release them twice, with noise that a comparison of the two releases cancels."""
     if released <= start or not previous:
         return
     if before and now:

@@ -9,7 +9,7 @@ privacy/, the ledger up to that step):
   config/     the resolved run config (JSON)
   tokenizer/  a copy of the tokenizer folder (self-contained for eval/generation)
 
-Their Orbax handlers are in pjx.checkpoint_io. All items are written inside Orbax's
+Their Orbax handlers are in pjx.checkpoint.items. All items are written inside Orbax's
 `<step>.orbax-checkpoint-tmp` directory and appear together on the atomic rename that
 commits the step, so `keep` rotation and a `kill -9` never leave a step with only some of
 them.
@@ -29,7 +29,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as ocm
 
-from pjx import checkpoint_io
+from pjx.checkpoint import items as item_io
 
 # Orbax 0.12 writes this file into a step dir as the last act of a commit (on
 # local disks as well as GCS); a step without it is not trusted.
@@ -107,11 +107,11 @@ def save(
         data_state = data_state()
     items = {"state": ocp.args.StandardSave(state)}
     if data_state is not None:
-        items["data"] = checkpoint_io.DataSave(json.dumps(checkpoint_io.encode(data_state)))
+        items["data"] = item_io.DataSave(json.dumps(item_io.encode(data_state)))
     if config is not None:
-        items["config"] = ocp.args.JsonSave(checkpoint_io.config_dict(config))
+        items["config"] = ocp.args.JsonSave(item_io.config_dict(config))
     if tokenizer_dir is not None:
-        items["tokenizer"] = checkpoint_io.FolderSave(str(tokenizer_dir))
+        items["tokenizer"] = item_io.FolderSave(str(tokenizer_dir))
     if privacy is not None:
         items["privacy"] = ocp.args.JsonSave(privacy)
     if metrics is not None:
@@ -241,7 +241,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
         _check_shapes(flat_shapes(state_metadata(path)), flat_shapes(abstract_state), str(path))
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if (path / "data").is_dir():
-        items["data"] = checkpoint_io.DataRestore()
+        items["data"] = item_io.DataRestore()
     if (path / "config").is_dir():
         items["config"] = ocp.args.JsonRestore()
     out = manager.restore(step, args=ocp.args.Composite(**items))
@@ -261,13 +261,13 @@ def maybe_restore(manager: ocp.CheckpointManager, abstract_state):
     for step in sorted(complete_steps(manager), reverse=True):
         why = "another process could not read its part"
         try:
-            with checkpoint_io.quiet_failed_reads():
+            with item_io.quiet_failed_reads():
                 r = restore(manager, abstract_state, step)
             ok = True
         except CheckpointMismatch:
             raise
         except Exception as e:  # noqa: BLE001 - any read failure of the step's files
-            ok, why = False, checkpoint_io.failure_reason(e)
+            ok, why = False, item_io.failure_reason(e)
         if jax.process_count() > 1:  # one process's damaged shard stops all of them
             ok = bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
         if ok:
