@@ -17,6 +17,7 @@ from pjx import data, resolution, tokenizers
 from pjx import plan as plan_lib
 from pjx import workdir as workdir_lib
 from pjx.bench import MLM_DEFAULTS
+from pjx.checkpoint.saved import Saved
 from pjx.tokenizers import parse_spec
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,12 @@ def resolve(config, *, train_tokenizer: bool = False):
     spec is trained on the config's data (once, into the data cache) as `pjx train` would,
     so the vocabulary is the run's; otherwise such a spec only sets the vocabulary size."""
     spec = str(config.data.get("tokenizer", "") or "")
-    if train_tokenizer and spec.startswith("train:"):
+    source = str(config.get("init_from") or "")
+    if source and not config.get("allow_vocab_resize"):
+        # A run reads text as its init_from source did (pjx.workdir.build_tokenizer): the
+        # source's vocabulary, not the size a `train:` spec would give.
+        tokenizer = Saved(source).tokenizer or load_tokenizer(config)
+    elif train_tokenizer and spec.startswith("train:"):
         tokenizer = workdir_lib.cached_tokenizer(config)
     else:
         tokenizer = load_tokenizer(config)

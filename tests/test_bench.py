@@ -153,6 +153,20 @@ def test_vocab_from_train_spec_and_mlm_defaults():
     assert bench_from_config.prepare_config(c).model.get("vocab_size") is None
 
 
+def test_a_fine_tuning_bench_reads_its_sources_vocabulary():
+    """With init_from, `pjx bench` times the model a run would train: the source's
+    architecture and vocabulary (its tokenizer), not the size of the config's `train:` spec."""
+    source = pathlib.Path(__file__).parent / "fixtures" / "dp_run_v1"
+    c = config_lib.base_config()
+    c.task, c.model.num_labels, c.init_from = "classify", 2, str(source)
+    c.data.tokenizer = "train:sentencepiece?vocab_size=512&model_type=unigram"
+    plan, tokenizer = bench_from_config.resolve(c)
+    saved = json.loads((source / "config.json").read_text())["model"]
+    assert tokenizer is not None and tokenizer.vocab_size == saved["vocab_size"] == 261
+    assert plan.model.fields["vocab_size"] == 261
+    assert plan.model.fields["hidden_size"] == saved["hidden_size"]
+
+
 def test_compiled_step_is_the_step_bench_times(tiny_config):
     """`bench.compiled_step` (benchmarks/dp_overhead.py, cpu_step_profile.py) hands out the
     step `pjx bench` times: same batch, same initial state, so the same loss."""
