@@ -51,7 +51,7 @@ def main(argv=None):
         raise SystemExit(f"{folder} holds no complete checkpoint")
     steps = sorted(dirs)
     scorers = {uri: evaluation.Loaded(str(dirs[steps[-1]]), uri) for uri in args.source}
-    like = next(iter(scorers.values())).setup.abstract_state.params
+    like = next(iter(scorers.values())).setup.abstract_params
     wanted = steps if args.decay else sorted({s for k in args.last for s in steps[-k:]})
     params = {s: Saved(str(dirs[s])).params(merged=False, like=like) for s in wanted}
     averages = [({"steps": steps[-k:]}, [1.0] * len(steps[-k:]), steps[-k:]) for k in args.last]
@@ -61,7 +61,7 @@ def main(argv=None):
     for out, weights, used in averages:
         mean = _weighted_mean([params[s] for s in used], weights)
         for uri, run in scorers.items():
-            on_device = jax.device_put(mean, run.setup.state_shardings.params)
+            on_device = jax.device_put(mean, jax.tree.map(lambda a: a.sharding, like))
             sums = train_lib.metric_sums(run.setup, on_device, run.batches())
             out[uri] = round(float(run.setup.task.finalize(sums)[args.metric]), 4)
         print(json.dumps(out), flush=True)

@@ -36,7 +36,7 @@ from pjx.data import overlap
 log = logging.getLogger(__name__)
 
 
-def _with_teacher(s: train_lib.Setup, config, source: str) -> train_lib.Setup:
+def _with_teacher(s: train_lib.Scorer, config, source: str) -> train_lib.Scorer:
     """`s` with a distillation run's teacher (distill.teacher), which must be the one it
     trained with (distill.teacher_hash)."""
     params, digest = run_lib.read_teacher(s, config)
@@ -51,7 +51,7 @@ def _with_teacher(s: train_lib.Setup, config, source: str) -> train_lib.Setup:
 
 class Loaded:
     """A saved model ready to score on data source `uri`: its resolved config reading `uri`
-    as the eval split, tokenizer, train.Setup and sharded params; and what a task's
+    as the eval split, tokenizer, train.Scorer (no optimizer) and sharded params; and what a task's
     `report` / `predictions` run the model with (`label_names`, `probabilities`,
     `continuations`, `generated`)."""
 
@@ -70,11 +70,12 @@ class Loaded:
             )
         self.config, self.tokenizer, self.source = c, self.saved.tokenizer, str(source)
         plan = plan_lib.from_config(c)
-        self.setup = train_lib.build(plan, tokenizer=self.tokenizer, devices=devices)
+        self.setup = train_lib.scorer(plan, tokenizer=self.tokenizer, devices=devices)
         if self.setup.frozen_models:  # distill: the loss compares with its teacher
             self.setup = _with_teacher(self.setup, c, str(source))
-        params = self.saved.params(merged=False, like=self.setup.abstract_state.params)
-        self.params = jax.device_put(params, self.setup.state_shardings.params)
+        like = self.setup.abstract_params
+        params = self.saved.params(merged=False, like=like)
+        self.params = jax.device_put(params, jax.tree.map(lambda a: a.sharding, like))
         self._data = None
 
     def batches(self):

@@ -322,7 +322,7 @@ def fresh_state(s: train_lib.Setup, config, secret=None) -> train_lib.TrainState
     return state.replace(params=params, ema=ema)
 
 
-def read_teacher(s: train_lib.Setup, config):
+def read_teacher(s: train_lib.Scorer, config):
     """Task distill: (the teacher's parameters in the layout `s` takes them, their hash)."""
     params = saved.Saved(config.distill.teacher).params(like=s.abstract_frozen[0])
     return params, teacher_lib.param_hash(params)

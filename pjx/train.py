@@ -98,22 +98,18 @@ def eval_step(params, batch, rng, *frozen, model, loss_fn):
 
 
 # ----------------------------------------------------------------------------- setup
-@dataclasses.dataclass(frozen=True)
-class Setup:
-    """Everything built from a run's plan: model, task, optimizer, mesh, shardings, and
-    the jitted functions."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Scorer:
+    """What scoring a plan's model needs, and no optimizer (pjx.evaluation): the model, its
+    task and loss, the mesh, the parameters' shapes on their shardings, the jitted eval
+    step, and the task's frozen models."""
 
     plan: Plan
     model: nn.Module
     task: tasks.Task
     loss_fn: Callable  # the task's loss with its runtime arguments bound
-    trainable: Any  # bool pytree like params: False = frozen (optimizer.freeze, LoRA's base)
     mesh: jax.sharding.Mesh
-    state_shardings: Any
-    abstract_state: Any  # ShapeDtypeStructs with shardings (restore target)
-    batch_sharding: Any
-    init: Callable  # rng -> sharded TrainState
-    step_fn: Callable  # jitted train_step(state, batch, *frozen)
+    abstract_params: Any  # ShapeDtypeStructs with shardings (what parameters load onto)
     eval_fn: Callable  # jitted eval_step(params, batch, rng, *frozen)
     # The task's frozen models (`Task.frozen_models`: distill's teacher), whose parameters
     # every step takes as arguments after its own: () for other tasks. `abstract_frozen`:
@@ -124,36 +120,64 @@ class Setup:
     frozen: tuple = ()
 
 
-def build(plan: Plan, *, tokenizer=None, mesh=None, devices=None, dp_mechanism=None) -> Setup:
-    """The model, task, optimizer and jitted steps of a run's plan (pjx.plan).
-    `dp_mechanism`: fields of the DP-SGD step's `grads.DP` to replace, or a function of
-    (abstract params, trainable mask) that returns them (pjx.privacy.audit's canaries)."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Setup(Scorer):
+    """Everything built from a run's plan: a `Scorer`, and the optimizer's state, the
+    shardings of the whole train state and the jitted train step."""
+
+    trainable: Any  # bool pytree like params: False = frozen (optimizer.freeze, LoRA's base)
+    state_shardings: Any
+    abstract_state: Any  # ShapeDtypeStructs with shardings (restore target)
+    batch_sharding: Any
+    init: Callable  # rng -> sharded TrainState
+    step_fn: Callable  # jitted train_step(state, batch, *frozen)
+
+
+def scorer(plan: Plan, *, tokenizer=None, mesh=None, devices=None) -> Scorer:
+    """The model, task, loss and jitted eval step of a plan, without an optimizer."""
     family = plan.model.family
     model = _model(plan)
     task = tasks.get(plan.task)
     args = task.args(dict(plan.task_args))
     loss_fn = functools.partial(task.loss, **task.runtime_args(args, tokenizer, model.config))
-    eval_fn = functools.partial(eval_step, model=model, loss_fn=loss_fn)
-    tx, lr_fn = _optimizer(plan)
     mesh = mesh or sharding.make_mesh(plan.mesh, devices)
-    init_state, abstract, state_sh = _state(plan, model, tx, mesh)
     repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    batch_sh = sharding.batch_sharding(mesh, plan.batch.rows)
     frozen_models = tuple(task.frozen_models(args))
-    abstract_frozen = tuple(_abstract_params(m, family, plan.seq_len, mesh) for m in frozen_models)
-    frozen_sh = [jax.tree.map(lambda a: a.sharding, a) for a in abstract_frozen]
-    trainable = trainable_mask(plan, abstract.params)
-    dp = _dp(plan, abstract.params, trainable, dp_mechanism)
-    step = functools.partial(train_step, model=model, loss_fn=loss_fn, tx=tx, lr_fn=lr_fn,
-                             accum_steps=plan.batch.accum_steps, batch_sharding=batch_sh,
-                             dp=dp, trainable=trainable, ema_decay=plan.ema_decay)  # fmt: skip
-    return Setup(
+    return Scorer(
         plan=plan,
         model=model,
         task=task,
         loss_fn=loss_fn,
-        trainable=trainable,
         mesh=mesh,
+        abstract_params=_abstract_params(model, family, plan.seq_len, mesh),
+        eval_fn=jax.jit(
+            functools.partial(eval_step, model=model, loss_fn=loss_fn), out_shardings=repl
+        ),
+        frozen_models=frozen_models,
+        abstract_frozen=tuple(
+            _abstract_params(m, family, plan.seq_len, mesh) for m in frozen_models
+        ),
+    )
+
+
+def build(plan: Plan, *, tokenizer=None, mesh=None, devices=None, dp_mechanism=None) -> Setup:
+    """The model, task, optimizer and jitted steps of a run's plan (pjx.plan).
+    `dp_mechanism`: fields of the DP-SGD step's `grads.DP` to replace, or a function of
+    (abstract params, trainable mask) that returns them (pjx.privacy.audit's canaries)."""
+    sc = scorer(plan, tokenizer=tokenizer, mesh=mesh, devices=devices)
+    tx, lr_fn = _optimizer(plan)
+    init_state, abstract, state_sh = _state(plan, sc.model, tx, sc.mesh)
+    repl = jax.sharding.NamedSharding(sc.mesh, jax.sharding.PartitionSpec())
+    batch_sh = sharding.batch_sharding(sc.mesh, plan.batch.rows)
+    frozen_sh = [jax.tree.map(lambda a: a.sharding, a) for a in sc.abstract_frozen]
+    trainable = trainable_mask(plan, abstract.params)
+    dp = _dp(plan, abstract.params, trainable, dp_mechanism)
+    step = functools.partial(train_step, model=sc.model, loss_fn=sc.loss_fn, tx=tx, lr_fn=lr_fn,
+                             accum_steps=plan.batch.accum_steps, batch_sharding=batch_sh,
+                             dp=dp, trainable=trainable, ema_decay=plan.ema_decay)  # fmt: skip
+    return Setup(
+        **{f.name: getattr(sc, f.name) for f in dataclasses.fields(Scorer)},
+        trainable=trainable,
         state_shardings=state_sh,
         abstract_state=_with_shardings(abstract, state_sh),
         batch_sharding=batch_sh,
@@ -165,9 +189,6 @@ def build(plan: Plan, *, tokenizer=None, mesh=None, devices=None, dp_mechanism=N
             out_shardings=(state_sh, repl),
             donate_argnums=0,
         ),  # fmt: skip
-        eval_fn=jax.jit(eval_fn, out_shardings=repl),
-        frozen_models=frozen_models,
-        abstract_frozen=abstract_frozen,
     )
 
 
@@ -279,7 +300,7 @@ def _dp(plan: Plan, params, trainable, replace):
     return dataclasses.replace(plan.dp, **(replace or {}))
 
 
-def with_frozen(s: Setup, trees) -> Setup:
+def with_frozen(s: Scorer, trees) -> Scorer:
     """`s` with its frozen models' parameters (`trees`, host or device arrays in the
     layout of `s.abstract_frozen`) placed on their shardings."""
     if len(trees) != len(s.abstract_frozen):
@@ -291,7 +312,7 @@ def with_frozen(s: Setup, trees) -> Setup:
     return dataclasses.replace(s, frozen=placed)
 
 
-def random_frozen(s: Setup, seed: int = 0) -> Setup:
+def random_frozen(s: Scorer, seed: int = 0) -> Scorer:
     """`s` with freshly initialised frozen parameters: for timing and tests (`pjx bench`),
     never for training (pjx.run loads the real ones)."""
     trees = []
@@ -329,7 +350,7 @@ def abstract_batch(s: Setup, batch):
     )
 
 
-def trim_padding(s: Setup, batch: dict) -> dict:
+def trim_padding(s: Scorer, batch: dict) -> dict:
     """`batch` cut to the smallest multiple of `data.length_bucket` columns that holds the
     longest row of the global batch (the task's `padded_keys`; other arrays as they are).
 
@@ -372,13 +393,13 @@ def describe(s: Setup) -> str:
     )
 
 
-def evaluate(s: Setup, params, batches: Iterable, *, seed: int = 0, max_batches: int = 0) -> dict:
+def evaluate(s: Scorer, params, batches: Iterable, *, seed: int = 0, max_batches: int = 0) -> dict:
     """The task's metrics over every batch of `batches` (sums on device, one sync)."""
     total = metric_sums(s, params, batches, seed=seed, max_batches=max_batches)
     return {} if total is None else s.task.finalize(total)
 
 
-def metric_sums(s: Setup, params, batches: Iterable, *, seed: int = 0, max_batches: int = 0):
+def metric_sums(s: Scorer, params, batches: Iterable, *, seed: int = 0, max_batches: int = 0):
     """The task's metric sums over `batches` on the host (None for no batch), before
     `task.finalize` turns them into metrics.
 

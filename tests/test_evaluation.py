@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from pjx import cli, evaluation, explain, run, tasks
+from pjx import cli, evaluation, explain, optim, run, tasks
 from pjx import config as config_lib
 from pjx import data as data_lib
 from pjx.data import sources
@@ -67,6 +67,18 @@ def test_eval_metrics_equal_a_per_example_reference(classifier, capsys):
     again = evaluation.evaluate(classifier, HELD_OUT, ["--config.eval_batch_size=8"])
     assert again["confusion_matrix"] == got["confusion_matrix"]
     assert again["loss"] == pytest.approx(got["loss"], rel=1e-5)
+
+
+def test_scoring_builds_no_optimizer(classifier, monkeypatch):
+    """`pjx eval` needs the model, its loss and the parameters, never an optimizer or a
+    train state: it scores with the optimizer's constructor broken, and the same metrics."""
+    want = evaluation.evaluate(classifier, HELD_OUT)
+
+    def no_optimizer(*a, **k):
+        raise AssertionError("scoring built an optimizer")
+
+    monkeypatch.setattr(optim, "make", no_optimizer)
+    assert evaluation.evaluate(classifier, HELD_OUT) == want
 
 
 def test_predict_writes_one_line_per_example_in_input_order(classifier, tmp_path, capsys):
