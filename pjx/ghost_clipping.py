@@ -217,7 +217,7 @@ def _discover(loss_fn, params, trainable, batch, key_data):
     tape = _Tape()
     first = jax.tree.map(lambda x: x[:1], batch)
     with nn.intercept_methods(tape.intercept):
-        jax.eval_shape(lambda: loss_fn(params, first, jax.random.wrap_key_data(key_data)))
+        jax.eval_shape(loss_fn, params, first, jax.random.wrap_key_data(key_data))
     covered = _covered(tape, index)
     raw = _raw_uses(loss_fn, params, index, covered, first, key_data)
     return tape, index, {k: v for k, v in covered.items() if not set(v[3].values()) & raw}
