@@ -104,7 +104,9 @@ def test_example_canaries_are_clipped_by_the_runs_clipping(clipping, monkeypatch
     np.testing.assert_allclose(released(slots=0), 5.0 / 4, rtol=1e-6)  # Dirac: as it is
     if clipping == "ghost":
         clipped_sum = ghost_clipping.clipped_sum
-        monkeypatch.setattr(ghost_clipping, "clipped_sum", lambda *a: clipped_sum(*a[:-1], 1e9))
+        monkeypatch.setattr(
+            ghost_clipping, "clipped_sum", lambda *a, **k: clipped_sum(*a[:5], l2_norm_clip=1e9)
+        )
         np.testing.assert_allclose(released(slots=10), 5.0 / 4, rtol=1e-5)
 
 
@@ -127,7 +129,9 @@ def test_clipping_switched_off_is_caught_by_example_canaries(tmp_path, monkeypat
     """ghost_clipping.clipped_sum with no clip norm (every example's gradient kept whole),
     the noise unchanged: the example canaries' gradients exceed C, so they show."""
     clipped_sum = ghost_clipping.clipped_sum
-    monkeypatch.setattr(ghost_clipping, "clipped_sum", lambda *a: clipped_sum(*a[:-1], math.inf))
+    monkeypatch.setattr(
+        ghost_clipping, "clipped_sum", lambda *a, **k: clipped_sum(*a[:5], l2_norm_clip=math.inf)
+    )
     r = _audit(tmp_path, canaries=1000, kind="example")
     assert r["epsilon_lower_bound"] > r["epsilon"] and r["verdict"] == "violation", r
 

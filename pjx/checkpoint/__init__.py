@@ -300,7 +300,10 @@ def restore_newest(directory, abstract_state) -> Restored:
     known yet): the newest intact checkpoint's state and data position (config: None), or
     `NOTHING_RESTORED` when the folder holds none. A missing folder is not created."""
     directory = Path(directory).absolute()
-    if not directory.is_dir():
+    exists = directory.is_dir()
+    if jax.process_count() > 1:  # one decision for all: a manager's creation syncs them
+        exists = bool(np.max(multihost_utils.process_allgather(np.int32(exists))))
+    if not exists:
         return NOTHING_RESTORED
     manager = create_manager(directory, async_save=False)
     try:
