@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -159,10 +160,7 @@ def _assemble(config, workdir, *, train_data, eval_data, tokenizer, checkpoints,
     """`start` once its workdir is held. The newest intact checkpoint is restored before
     the run is planned (a train state's shapes do not depend on DP-SGD's plan), so a
     private run plans the steps that remain after the step it really resumes at."""
-    if tokenizer is None:
-        tokenizer = workdir_lib.build_tokenizer(config, workdir)
-    config = resolution.complete(config, tokenizer)
-    mesh = sharding.make_mesh(config.mesh, devices)
+    tokenizer, config, mesh = _resolve(config, workdir, tokenizer, devices)
     restored = _restore(config, workdir, mesh) if checkpoints else checkpoint.NOTHING_RESTORED
     rs = plan_start(config, workdir, tokenizer, mesh, resumed_at=restored.step)
     config, plan = rs.config, rs.privacy
@@ -204,7 +202,7 @@ def _assemble(config, workdir, *, train_data, eval_data, tokenizer, checkpoints,
 def _restore(config, workdir, mesh) -> checkpoint.Restored:
     """The newest intact checkpoint in WORKDIR/checkpoints (a damaged one is set aside),
     restored onto the shardings the resolved `config` gives its train state."""
-    target = train_lib.state_target(plan_lib.from_config(config), mesh)
+    target = functools.partial(train_lib.state_target, plan_lib.from_config(config), mesh)
     return checkpoint.restore_newest(os.path.join(workdir, "checkpoints"), target)
 
 
@@ -212,11 +210,17 @@ def resolve_run(config, workdir, *, tokenizer=None, devices=None) -> Resolved:
     """A run resolved to start from step 0 whatever its workdir holds (what
     pjx.privacy.audit trains): tokenizer (`build_tokenizer` unless given), resolved
     config, mesh and, under DP-SGD, its privacy plan. `config`: after `resolve_data`."""
+    tokenizer, config, mesh = _resolve(config, workdir, tokenizer, devices)
+    return plan_start(config, workdir, tokenizer, mesh, resumed_at=None)
+
+
+def _resolve(config, workdir, tokenizer, devices):
+    """(tokenizer, resolved config, mesh) of a config after `resolve_data`; the tokenizer
+    built (`workdir.build_tokenizer`) unless given."""
     if tokenizer is None:
         tokenizer = workdir_lib.build_tokenizer(config, workdir)
     config = resolution.complete(config, tokenizer)
-    mesh = sharding.make_mesh(config.mesh, devices)
-    return plan_start(config, workdir, tokenizer, mesh, resumed_at=None)
+    return tokenizer, config, sharding.make_mesh(config.mesh, devices)
 
 
 def plan_start(config, workdir, tokenizer, mesh, *, resumed_at: int | None) -> Resolved:
@@ -228,8 +232,8 @@ def plan_start(config, workdir, tokenizer, mesh, *, resumed_at: int | None) -> R
     private_data.check_vocabulary(config, getattr(tokenizer, "trained_on", None))
     record = None
     if resumed_at:
-        steps = checkpoint.complete_step_dirs(os.path.join(workdir, "checkpoints"))
-        record = checkpoint.read_step_item(steps[resumed_at], "privacy")
+        step_dir = os.path.join(workdir, "checkpoints", str(resumed_at))
+        record = checkpoint.read_step_item(step_dir, "privacy")
         if record is None:
             raise ValueError(
                 f"{workdir} holds a checkpoint at step {resumed_at} with no privacy ledger: "

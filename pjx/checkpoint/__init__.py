@@ -97,7 +97,7 @@ def save(
 
     `data_state` may be a callable (`iterator.get_state`), called only when saving.
     `metrics` (eval metrics, for `best_metric`) are stored as floats. `privacy`: a DP
-    run's ledger up to `step` (pjx.privacy.Plan.record), read back by `read_item`.
+    run's ledger up to `step` (pjx.privacy.Plan.record), read back by `read_step_item`.
     """
     if not force and not manager.should_save(step):
         return False
@@ -295,10 +295,11 @@ def maybe_restore(manager: ocp.CheckpointManager, abstract_state):
 NOTHING_RESTORED = Restored(None, None, None, 0)
 
 
-def restore_newest(directory, abstract_state) -> Restored:
+def restore_newest(directory, target: Callable[[], Any]) -> Restored:
     """`maybe_restore` from `directory` before a run is assembled (its saving policy is not
-    known yet): the newest intact checkpoint's state and data position (config: None), or
-    `NOTHING_RESTORED` when the folder holds none. A missing folder is not created."""
+    known yet) onto `target()`, the abstract state (called only when there is a folder to
+    restore from): the newest intact checkpoint's state and data position (config: None),
+    or `NOTHING_RESTORED` when the folder holds none. A missing folder is not created."""
     directory = Path(directory).absolute()
     exists = directory.is_dir()
     if jax.process_count() > 1:  # one decision for all: a manager's creation syncs them
@@ -307,7 +308,7 @@ def restore_newest(directory, abstract_state) -> Restored:
         return NOTHING_RESTORED
     manager = create_manager(directory, async_save=False)
     try:
-        state, data_state, step = maybe_restore(manager, abstract_state)
+        state, data_state, step = maybe_restore(manager, target())
     finally:
         manager.close()
     return Restored(state, data_state, None, step)
@@ -409,16 +410,6 @@ def read_checkpoint_config(source) -> dict:
     if not path.is_dir():
         return {}
     return dict(ocp.handlers.JsonCheckpointHandler().restore(path))
-
-
-def read_item(directory, name: str) -> tuple[int, dict | None]:
-    """(step, JSON item `name`) of the newest complete checkpoint under `directory`;
-    (0, None) when there is none, None when that checkpoint has no such item."""
-    steps = complete_step_dirs(Path(directory).absolute())
-    if not steps:
-        return 0, None
-    step = max(steps)
-    return step, read_step_item(steps[step], name)
 
 
 def read_step_item(step_dir, name: str) -> dict | None:
