@@ -135,21 +135,27 @@ class Setup(Scorer):
 
 def scorer(plan: Plan, *, tokenizer=None, mesh=None, devices=None) -> Scorer:
     """The model, task, loss and jitted eval step of a plan, without an optimizer."""
-    family = plan.model.family
     model = _model(plan)
+    mesh = mesh or sharding.make_mesh(plan.mesh, devices)
+    params = _abstract_params(model, plan.model.family, plan.seq_len, mesh)
+    return Scorer(**_scoring(plan, model, mesh, params, tokenizer))
+
+
+def _scoring(plan: Plan, model, mesh, abstract_params, tokenizer) -> dict:
+    """A `Scorer`'s fields, around the parameters' ShapeDtypeStructs (with shardings)."""
+    family = plan.model.family
     task = tasks.get(plan.task)
     args = task.args(dict(plan.task_args))
     loss_fn = functools.partial(task.loss, **task.runtime_args(args, tokenizer, model.config))
-    mesh = mesh or sharding.make_mesh(plan.mesh, devices)
     repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     frozen_models = tuple(task.frozen_models(args))
-    return Scorer(
+    return dict(
         plan=plan,
         model=model,
         task=task,
         loss_fn=loss_fn,
         mesh=mesh,
-        abstract_params=_abstract_params(model, family, plan.seq_len, mesh),
+        abstract_params=abstract_params,
         eval_fn=jax.jit(
             functools.partial(eval_step, model=model, loss_fn=loss_fn), out_shardings=repl
         ),
@@ -164,22 +170,25 @@ def build(plan: Plan, *, tokenizer=None, mesh=None, devices=None, dp_mechanism=N
     """The model, task, optimizer and jitted steps of a run's plan (pjx.plan).
     `dp_mechanism`: fields of the DP-SGD step's `grads.DP` to replace, or a function of
     (abstract params, trainable mask) that returns them (pjx.privacy.audit's canaries)."""
-    sc = scorer(plan, tokenizer=tokenizer, mesh=mesh, devices=devices)
+    model = _model(plan)
+    mesh = mesh or sharding.make_mesh(plan.mesh, devices)
     tx, lr_fn = _optimizer(plan)
-    init_state, abstract, state_sh = _state(plan, sc.model, tx, sc.mesh)
-    repl = jax.sharding.NamedSharding(sc.mesh, jax.sharding.PartitionSpec())
-    batch_sh = sharding.batch_sharding(sc.mesh, plan.batch.rows)
-    frozen_sh = [jax.tree.map(lambda a: a.sharding, a) for a in sc.abstract_frozen]
+    init_state, abstract, state_sh = _state(plan, model, tx, mesh)
+    abstract_state = _with_shardings(abstract, state_sh)
+    sc = _scoring(plan, model, mesh, abstract_state.params, tokenizer)
+    repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    batch_sh = sharding.batch_sharding(mesh, plan.batch.rows)
+    frozen_sh = [jax.tree.map(lambda a: a.sharding, a) for a in sc["abstract_frozen"]]
     trainable = trainable_mask(plan, abstract.params)
     dp = _dp(plan, abstract.params, trainable, dp_mechanism)
-    step = functools.partial(train_step, model=sc.model, loss_fn=sc.loss_fn, tx=tx, lr_fn=lr_fn,
+    step = functools.partial(train_step, model=model, loss_fn=sc["loss_fn"], tx=tx, lr_fn=lr_fn,
                              accum_steps=plan.batch.accum_steps, batch_sharding=batch_sh,
                              dp=dp, trainable=trainable, ema_decay=plan.ema_decay)  # fmt: skip
     return Setup(
-        **{f.name: getattr(sc, f.name) for f in dataclasses.fields(Scorer)},
+        **sc,
         trainable=trainable,
         state_shardings=state_sh,
-        abstract_state=_with_shardings(abstract, state_sh),
+        abstract_state=abstract_state,
         batch_sharding=batch_sh,
         init=jax.jit(init_state, out_shardings=state_sh),
         # The state is donated: a step updates its buffers in place.
