@@ -17,7 +17,6 @@ from pjx import data, resolution, tokenizers
 from pjx import plan as plan_lib
 from pjx import workdir as workdir_lib
 from pjx.bench import MLM_DEFAULTS
-from pjx.checkpoint.saved import Saved
 from pjx.tokenizers import parse_spec
 
 log = logging.getLogger(__name__)
@@ -42,14 +41,12 @@ def resolve(config, *, train_tokenizer: bool = False):
     spec is trained on the config's data (once, into the data cache) as `pjx train` would,
     so the vocabulary is the run's; otherwise such a spec only sets the vocabulary size."""
     spec = str(config.data.get("tokenizer", "") or "")
-    source = str(config.get("init_from") or "")
-    if source and not config.get("allow_vocab_resize"):
-        # A run reads text as its init_from source did (pjx.workdir.build_tokenizer): the
-        # source's vocabulary, not the size a `train:` spec would give.
-        tokenizer = Saved(source).tokenizer or load_tokenizer(config)
-    elif train_tokenizer and spec.startswith("train:"):
+    # A run reads text as the model it learns from did (init_from, a distillation teacher):
+    # that vocabulary, not the size a `train:` spec would give.
+    tokenizer = workdir_lib.inherited_tokenizer(config_lib.first_stage(config))
+    if tokenizer is None and train_tokenizer and spec.startswith("train:"):
         tokenizer = workdir_lib.cached_tokenizer(config)
-    else:
+    elif tokenizer is None:
         tokenizer = load_tokenizer(config)
     resolved = resolution.resolve(prepare_config(config, tokenizer), tokenizer)
     return plan_lib.from_config(resolved), tokenizer

@@ -36,22 +36,11 @@ def build_tokenizer(config, workdir: str | None = None):
     `train:...` spec, which trains on the training texts into WORKDIR/tokenizer on the
     first run and is reloaded from there on resume.
     """
-    if config.get("task") == "distill" and config.distill.teacher:
-        # The student reads text as its teacher does (pjx.teacher refuses another tokenizer).
-        tok = saved.Saved(config.distill.teacher).tokenizer
-        if tok is not None:
-            return tok
+    inherited = inherited_tokenizer(config)
+    if inherited is not None:
+        return inherited
     spec = config.data.get("tokenizer", "") or ""
-    source = str(config.get("init_from") or "")
     named = bool(spec) and not spec.startswith("train:")
-    folder = _pretrained_tokenizer(source, named) if source else None
-    if folder is not None and not (named and config.get("allow_vocab_resize")):
-        if named:
-            log.info(
-                f"tokenizer: {source}'s, which its model was trained with, not "
-                f"data.tokenizer={spec!r} (set allow_vocab_resize=true to change the vocabulary)"
-            )
-        return tokenizers.load(str(folder))
     if named:
         return tokenizers.load(spec)
     if not spec:
@@ -65,6 +54,29 @@ def build_tokenizer(config, workdir: str | None = None):
     return tokenizers.from_config(
         spec, workdir=workdir, family=config.model.name, texts=texts, trained_on=trained_on
     )
+
+
+def inherited_tokenizer(config):
+    """The tokenizer a run takes from the model it learns from, before its own
+    `data.tokenizer`: task distill's teacher's (pjx.teacher refuses another), else the one
+    `init_from`'s model was trained with (unless `allow_vocab_resize` lets a named
+    tokenizer change the vocabulary). None when the run reads text its own way."""
+    if config.get("task") == "distill" and config.distill.teacher:
+        tok = saved.Saved(config.distill.teacher).tokenizer
+        if tok is not None:
+            return tok
+    spec = config.data.get("tokenizer", "") or ""
+    source = str(config.get("init_from") or "")
+    named = bool(spec) and not spec.startswith("train:")
+    folder = _pretrained_tokenizer(source, named) if source else None
+    if folder is None or (named and config.get("allow_vocab_resize")):
+        return None
+    if named:
+        log.info(
+            f"tokenizer: {source}'s, which its model was trained with, not "
+            f"data.tokenizer={spec!r} (set allow_vocab_resize=true to change the vocabulary)"
+        )
+    return tokenizers.load(str(folder))
 
 
 def _pretrained_tokenizer(source: str, named: bool):
