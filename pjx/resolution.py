@@ -10,7 +10,9 @@ reads it once into the typed plan the engine runs.
   `resolve` is both.
 - `with_privacy`: the DP-SGD plan of this start (pjx.privacy.plan) filled into `dp`.
 
-    c = pjx.resolution.resolve(pjx.config.load("configs/quickstart.py"), tokenizer)
+    config = pjx.config.load("configs/glue.py:sst2,smoke")
+    tokenizer = pjx.workdir.build_tokenizer(pjx.resolution.resolve_data(config), "runs/sst2")
+    c = pjx.resolution.resolve(config, tokenizer)
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 reloaded), the data iterators read with it, the resolved config (WORKDIR/config.json) and
 the fingerprint of the training rows a private run records.
 
-    tokenizer = pjx.workdir.build_tokenizer(config, "runs/quickstart")
-    batches = pjx.workdir.build_data(plan, tokenizer, train=True, workdir="runs/quickstart")
+    config = pjx.resolution.resolve_data(pjx.config.load("configs/glue.py:sst2,smoke"))
+    tokenizer = pjx.workdir.build_tokenizer(config, "runs/sst2")
+    plan = pjx.plan.from_config(pjx.resolution.complete(config, tokenizer))
+    batches = pjx.workdir.build_data(plan, tokenizer, train=True, workdir="runs/sst2")
 """
 
 from __future__ import annotations
