@@ -17,10 +17,11 @@ The student reads text with the teacher's tokenizer.
   layer, the embedding outputs and its own MLM loss. all-MiniLM-L6-v2 is a sentence
   encoder without an MLM head, so `logits` (the teacher's MLM distribution) is not among
   the terms: a run that asks for it is refused.
-- `mini`: a randomly initialised BERT-mini student (4 layers, 256 wide, 4 heads). Its width
-  differs from the teacher's, so only width-free terms apply: attention relations (16
-  relation heads, dividing both 384 and 256) and its MLM loss; `hidden_cosine` and
-  `embedding` need equal widths (pjx has no learned projection for them) and are refused.
+- `mini`: a randomly initialised BERT-mini student (4 layers, 256 wide, 4 heads), trained
+  on the last hidden states' cosine through a learned 256 -> 384 projection (TinyBERT's
+  W_h, `model.distill_width`; weighed 4, the term a sentence task's features come from),
+  attention relations (16 relation heads, dividing both 384 and 256) and its MLM loss;
+  `embedding` needs equal widths and is refused.
 - `smoke`: stage `teacher` trains a tiny BERT (MLM, 2 steps, a SentencePiece vocabulary of
   512 pieces on the built-in corpus) into WORKDIR/teacher; stage `student` distils it into a
   1-layer every_other student with every term in WORKDIR/student. No network, no data set.
@@ -47,7 +48,7 @@ def get_config(arg: str = ""):
     if "mini" in args:
         c.model.size = "mini"
         c.distill.student_init = "random"
-        c.distill.losses = "attention_relations:1,mlm:1"
+        c.distill.losses = "hidden_cosine:4,attention_relations:1,mlm:1"
         c.distill.relation_heads = 16
     else:
         c.model.num_layers = 3

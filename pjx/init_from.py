@@ -239,8 +239,16 @@ def init_from(source, target_params, *, allow_vocab_resize: bool = False, verbos
 
 # Fields that belong to the task, not the pretrained body: the fine-tuning run decides them.
 # `generator_size`: ELECTRA's generator (pjx.models.electra) is dropped, its discriminator
-# is the BERT encoder a later run starts from.
-HEAD_FIELDS = ("mlm_head", "nsp_head", "num_labels", "projection_dim", "generator_size")
+# is the BERT encoder a later run starts from; `distill_width`: a distilled student's
+# projection to its teacher's width, which only the distillation loss reads.
+HEAD_FIELDS = (
+    "mlm_head",
+    "nsp_head",
+    "num_labels",
+    "projection_dim",
+    "generator_size",
+    "distill_width",
+)
 RUNTIME_FIELDS = (
     "dtype",
     "attention_impl",

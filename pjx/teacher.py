@@ -67,7 +67,7 @@ def resolve(c) -> tuple[dict, dict]:
     runtime = {k: own[k] for k in ("dtype", "attention_impl", "scan_layers") if k in own}
     teacher.update(
         runtime, nsp_head=False, num_labels=0, generator_size=0.0, remat="none",
-        sow_internals=True, mlm_head=bool(saved.get("mlm_head", True)),
+        sow_internals=True, mlm_head=bool(saved.get("mlm_head", True)), distill_width=0,
     )  # fmt: skip
     t = models.make_config("bert", None, **teacher)
 
@@ -98,6 +98,8 @@ def resolve(c) -> tuple[dict, dict]:
         student["num_layers"] = n
     s = models.make_config("bert", c.model.size, **{**student, **own})
     _check_terms(d, t, s)
+    if "hidden_cosine" in dict(task.parse_losses(d.losses)) and s.hidden_size != t.hidden_size:
+        student["distill_width"] = t.hidden_size  # the student's projection to the teacher
     _check_tokenizer(c, source)
     return dataclass_fields(t), student
 
@@ -121,13 +123,12 @@ def _check_terms(d, t, s) -> None:
                 f"model.vocab_size={s.vocab_size}: term 'logits' compares MLM distributions "
                 f"over the teacher's {t.vocab_size} ids; leave model.vocab_size unset"
             )
-    for name in ("hidden_cosine", "embedding"):
-        if name in terms and s.hidden_size != t.hidden_size:
-            raise ValueError(
-                f"distill.losses: term {name!r} compares hidden states of equal widths, but "
-                f"model.hidden_size={s.hidden_size} and the teacher's is {t.hidden_size}: drop "
-                f"{name!r} (attention_relations works across widths)"
-            )
+    if "embedding" in terms and s.hidden_size != t.hidden_size:
+        raise ValueError(
+            f"distill.losses: term 'embedding' compares embedding outputs of equal widths, but "
+            f"model.hidden_size={s.hidden_size} and the teacher's is {t.hidden_size}: drop "
+            "'embedding' (hidden_cosine and attention_relations work across widths)"
+        )
     if "attention_relations" in terms:
         heads = int(d.relation_heads or t.num_heads)
         if heads < 1 or s.hidden_size % heads or t.hidden_size % heads:

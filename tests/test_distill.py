@@ -248,7 +248,7 @@ def test_bad_input_exits_2_naming_the_key_before_the_workdir_exists(
         (["--config.model.num_layers=3"], "model.num_layers"),
         (
             ["--config.distill.student_init=random", "--config.model.hidden_size=64"],
-            "distill.losses: term 'hidden_cosine'",
+            "distill.losses: term 'embedding'",
         ),  # fmt: skip
         ([f"--config.distill.teacher=hf:{minilm_dir}"], "distill.losses: term 'logits'"),
         (["--config.data.tokenizer=byte"], "data.tokenizer"),
@@ -285,6 +285,51 @@ def test_random_student_across_widths_with_relations_only(teachers, tmp_path):
     run.train(c, str(tmp_path / "w"), FAST)
     line = json.loads((tmp_path / "w" / "metrics.jsonl").read_text().splitlines()[-1])
     assert np.isfinite(line["loss"])
+
+
+def test_a_narrower_student_compares_hidden_states_through_a_learned_projection(teachers, tmp_path):
+    """TinyBERT's W_h: a 16-wide student of a 32-wide teacher learns `distill_projection`
+    [16, 32], and hidden_cosine is 1 - cos(h_student W + b, h_teacher) on real tokens (a
+    numpy computation here); a classifier fine-tuned from the student drops the projection."""
+    widths = {"model.hidden_size": 16, "model.num_heads": 2, "model.mlp_dim": 32}
+    c = _student(
+        teachers[0],
+        **widths,
+        **{
+            "distill.student_init": "random",
+            "distill.losses": "hidden_cosine:1,attention_relations:1,mlm:1",
+            "model.num_layers": 1,
+        },
+    )
+    with run.start(c, str(tmp_path / "w"), checkpoints=False) as r:
+        s, params = r.setup, r.state.params
+        assert r.config.model.distill_width == 32
+        proj = params["distill_projection"]
+        assert proj["kernel"].shape == (16, 32) and proj["bias"].shape == (32,)
+        batch = {k: np.asarray(v) for k, v in next(iter(r.train_data)).items()}
+        _, mets = s.loss_fn(s.model, params, batch, jax.random.key(0), s.frozen[0], train=False)
+        # The same masked input through both models, read back by hand.
+        names = ("mask_id", "vocab_size", "special_ids", "pad_id", "mask_rate",
+                 "max_predictions")  # fmt: skip
+        key = jax.random.split(jax.random.key(0))[0]
+        args = {n: s.loss_fn.keywords[n] for n in names}
+        m = distill.Distill.mask(key, batch["input_ids"], **args)
+        h_s = s.model.apply({"params": params}, m["input_ids"], batch["attention_mask"])
+        h_t = s.frozen_models[0].apply({"params": s.frozen[0]}, m["input_ids"],
+                                       batch["attention_mask"])  # fmt: skip
+        h_s, h_t = np.asarray(h_s["last_hidden_state"]), np.asarray(h_t["last_hidden_state"])
+        p = h_s @ np.asarray(proj["kernel"]) + np.asarray(proj["bias"])
+        cos = (p * h_t).sum(-1) / np.linalg.norm(p, axis=-1) / np.linalg.norm(h_t, axis=-1)
+        real = np.asarray(batch["attention_mask"], bool)
+        want = np.sum((1 - cos)[real])
+        np.testing.assert_allclose(float(mets["hidden_cosine_loss_sum"]), want, rtol=1e-4)
+    run.train(c, str(tmp_path / "w"), FAST)
+    f = config_lib.base_config()
+    f.task, f.model.num_labels, f.init_from = "classify", 2, str(tmp_path / "w")
+    f.data.source, f.data.seq_len, f.batch_size = "embedded:classify", 16, 4
+    with run.start(f, str(tmp_path / "f"), checkpoints=False) as r:
+        assert "distill_projection" not in r.state.params
+        assert not r.config.model.distill_width
 
 
 def test_a_private_student_trains_and_audits_with_its_teacher(teachers, tmp_path):

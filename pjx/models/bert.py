@@ -19,6 +19,7 @@ Parameter tree (mirrors Hugging Face `BertForPreTraining`; HF `weight` -> `kerne
   cls/predictions/bias                                [V]
   cls/seq_relationship/{kernel,bias}                  (nsp_head)
   classifier/{kernel,bias}                            (num_labels > 0)
+  distill_projection/{kernel,bias}                    [D,W] (distill_width W != D)
 
 RoBERTa's classifier is classifier/{dense,out_proj}/{kernel,bias}; DistilBERT's
 pre_classifier/{kernel,bias} + classifier/{kernel,bias}; DistilBERT has no
@@ -83,6 +84,11 @@ class Config:
     # collection (`internals` reads them), kept where apply makes it mutable: what task
     # distill's embedding and attention-relation losses compare. Off: nothing is sown.
     sow_internals: bool = False
+    # A width other than hidden_size (and > 0): a learned projection of the last hidden
+    # state to this width, output as `projected_hidden_state` (TinyBERT's W_h, Jiao et al.
+    # 2020): how task distill's hidden_cosine compares a student with a wider or narrower
+    # teacher. A fine-tuning run drops it with the other pretraining heads.
+    distill_width: int = 0
 
     @property
     def head_dim(self) -> int:
@@ -308,6 +314,10 @@ class Model(nn.Module):
             deterministic,
         )
         out = {"last_hidden_state": x_BxLxD}
+        if cfg.distill_width and cfg.distill_width != cfg.hidden_size:
+            project = dense(cfg.layer_config(), cfg.distill_width, ("embed", "mlp"),
+                            name="distill_projection")  # fmt: skip
+            out["projected_hidden_state"] = project(x_BxLxD)
         if pooled_BxD is not None:
             out["pooler_output"] = pooled_BxD
         if cfg.mlm_head or cfg.nsp_head:

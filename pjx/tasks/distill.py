@@ -8,8 +8,9 @@ student, and adds the terms `distill.losses` weighs (`"logits:5,hidden_cosine:1,
 
 - `logits`: T^2 KL(teacher || student) of the MLM distributions at the masked positions,
   at temperature `distill.temperature` (DistilBERT's L_ce; the teacher needs an MLM head);
-- `hidden_cosine`: 1 - cos of the last hidden states on real tokens (DistilBERT's L_cos;
-  equal widths);
+- `hidden_cosine`: 1 - cos of the last hidden states on real tokens (DistilBERT's L_cos);
+  a student of another width compares its `projected_hidden_state`, a learned projection
+  to the teacher's width (TinyBERT's W_h; `model.distill_width`, set by pjx.teacher);
 - `attention_relations`: MiniLMv2's Q-Q, K-K, V-V self-attention relations of the last
   layer, in `distill.relation_heads` heads (0: the teacher's heads), KL(teacher ||
   student) over real keys (any widths the heads divide);
@@ -216,8 +217,9 @@ def _parts(terms, student, teacher, batch, m, temperature, relation_heads) -> di
             student["mlm_logits"], teacher["mlm_logits"], masked, temperature=temperature
         )
     if "hidden_cosine" in terms:
+        hidden = student.get("projected_hidden_state", student["last_hidden_state"])
         parts["hidden_cosine"] = loss_lib.cosine_distance(
-            student["last_hidden_state"], teacher["last_hidden_state"], real
+            hidden, teacher["last_hidden_state"], real
         )
     if "embedding" in terms:
         parts["embedding"] = loss_lib.mean_squared_error(
