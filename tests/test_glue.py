@@ -3,6 +3,7 @@ two seeds of two steps; the table, JSON and chart agree with each run's metrics.
 
 import json
 import shlex
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,37 @@ def test_glue_table_json_chart_and_resume(source, data, tmp_path, capsys):
     assert cli.main([*argv, "--config.optimizer.lr=0.5"]) == 0
     assert "lr 0.5" not in capsys.readouterr().out
     assert (out / "glue.md").read_text() == md
+
+
+def test_task_groups_run_into_one_out_and_another_source_is_refused(source, data, tmp_path):
+    """Task groups run by separate calls (each with its own settings) share OUT: glue.json
+    holds every task; a call with another source into the same OUT is refused before any
+    run starts, instead of reporting the first source's runs as its own."""
+    out, fast = tmp_path / "glue", [*FAST, "--config.steps=1"]
+    glue.glue(source, out, tasks=["sst2"], seeds=1, overrides=fast)
+    sst2 = (out / "sst2" / "seed0" / "metrics.jsonl").read_text()
+    results = glue.glue(source, out, tasks=["mrpc"], seeds=1, overrides=fast)
+    assert list(results) == ["sst2", "mrpc"]
+    assert json.loads((out / "glue.json").read_text()) == results
+    last = json.loads(sst2.splitlines()[-1])
+    assert results["sst2"]["accuracy"]["values"] == [last["accuracy"]]
+    assert "| sst2 | accuracy |" in (out / "glue.md").read_text()
+    with pytest.raises(ValueError, match=r"sst2/seed0 holds a run fine-tuned from .*mlm.*"
+                       r"not from 'scratch': give each source its own --out"):  # fmt: skip
+        glue.glue("scratch", out, tasks=["sst2"], seeds=1, overrides=fast)
+    assert (out / "sst2" / "seed0" / "metrics.jsonl").read_text() == sst2
+    assert json.loads((out / "glue.json").read_text()) == results
+
+
+def test_a_curve_refuses_another_source_of_the_same_folder_name(source, data, tmp_path):
+    from pjx.glue import curve
+
+    shutil.copytree(source, tmp_path / "other" / "mlm")  # another run, also named `mlm`
+    out, fast = tmp_path / "curve", [*FAST, "--config.steps=1"]
+    curve.run([source], out, "8", tasks=["sst2"], seeds=1, overrides=fast)
+    with pytest.raises(ValueError, match="holds a run fine-tuned from .*, not from .*other"):
+        curve.run([str(tmp_path / "other" / "mlm")], out, "8", tasks=["sst2"], seeds=1,
+                  overrides=fast)  # fmt: skip
 
 
 def test_tasks_without_data_are_named(data, tmp_path, capsys):

@@ -14,7 +14,10 @@ is read back, not trained again; an unfinished one resumes from its checkpoints.
 scores are each run's last eval line (the held-out 10% of the task's training file, see
 configs/glue.py). Written into OUT: glue.json (task -> metric -> {mean, std, values}; std
 is the sample standard deviation, 0 for one seed), glue.md (a Markdown table stating the
-step budget) and glue.png (means with std error bars). The label-efficiency curve
+step budget) and glue.png (means with std error bars), each holding every task OUT has
+from this source (task groups run by separate calls, each with its own settings, share
+one OUT); a run in OUT from another source is refused, not read back as this source's.
+The label-efficiency curve
 (`--labels`) is pjx.glue.curve.
 """
 
@@ -93,6 +96,32 @@ def finished(cfg, workdir) -> bool:
     return last.get("split") == "eval" and int(last.get("step", -1)) >= steps
 
 
+def _trained_from(workdir) -> str | None:
+    """The `init_from` a run in `workdir` started from ('' from scratch), None if no run
+    started there."""
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        return None
+    return str(json.loads(path.read_text()).get("init_from") or "")
+
+
+def check_source(cfg, workdir) -> None:
+    """Refuses a workdir that holds a run fine-tuned from another source than `cfg`'s: read
+    back (or resumed), its scores would be reported as this source's."""
+    was, now = _trained_from(workdir), str(cfg.get("init_from") or "")
+    if was is not None and was != now:
+        raise ValueError(
+            f"{workdir} holds a run fine-tuned from {was or SCRATCH!r}, not from "
+            f"{now or SCRATCH!r}: give each source its own --out"
+        )
+
+
+def _finished_from(workdir, source: str) -> bool:
+    """Whether `workdir` holds a finished run (its last line an eval line) from `source`."""
+    now = "" if source == SCRATCH else str(source)
+    return _trained_from(workdir) == now and MetricsLog.last_record(workdir).get("split") == "eval"
+
+
 def glue(
     source: str,
     out,
@@ -107,6 +136,10 @@ def glue(
     writes OUT/glue.json, glue.md, glue.png; returns glue.json's contents."""
     runnable = runnable_tasks(tasks, source, seeds, overrides, config)
     out = Path(out)
+    for task in runnable:  # before any run starts: OUT holds no other source's runs
+        for seed in range(seeds):
+            check_source(task_config(task, source, seed, overrides, config),
+                         out / task / f"seed{seed}")  # fmt: skip
     values, budget = {}, {}
     for task in runnable:
         for seed in range(seeds):
@@ -121,8 +154,20 @@ def glue(
             budget.setdefault(task, set()).add(_budget(workdir))
             for metric in METRICS[task]:
                 values.setdefault(task, {}).setdefault(metric, []).append(float(last[metric]))
+    # Tasks an earlier call ran into OUT from the same source (task groups are often run
+    # with their own settings, one call each): the table holds every task OUT has.
+    for task in TASKS:
+        runs = [out / task / f"seed{s}" for s in range(seeds)]
+        if task not in values and all(_finished_from(w, source) for w in runs):
+            for workdir in runs:
+                last = MetricsLog.last_record(workdir)
+                budget.setdefault(task, set()).add(_budget(workdir))
+                for metric in METRICS[task]:
+                    values.setdefault(task, {}).setdefault(metric, []).append(float(last[metric]))
     results = {
-        task: {metric: summarize(v) for metric, v in per.items()} for task, per in values.items()
+        task: {metric: summarize(v) for metric, v in values[task].items()}
+        for task in TASKS
+        if task in values
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "glue.json").write_text(json.dumps(results, indent=2) + "\n")

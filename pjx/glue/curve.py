@@ -40,6 +40,7 @@ from pjx.glue import (
     SCRATCH,
     TASKS,
     _budget,
+    check_source,
     finished,
     runnable_tasks,
     summarize,
@@ -185,6 +186,12 @@ def run(
     runnable = runnable_tasks(tasks, srcs[0], seeds, overrides, config)
     rows = {task: checked_rows(task, sizes, overrides, config) for task in runnable}
     out, names = Path(out), workdir_names(srcs)
+    for task in runnable:  # before any run starts: OUT holds no other source's runs
+        for seed in range(seeds):
+            for source in srcs:
+                cfg = task_config(task, source, seed, overrides, config)
+                for n in sizes:
+                    check_source(cfg, out / names[source] / task / f"n{n}" / f"seed{seed}")
     values, budget = {}, {}
     for task in runnable:
         metric = METRICS[task][0]
