@@ -153,6 +153,10 @@ def complete(c, tokenizer=None) -> ml_collections.ConfigDict:
     student = {}
     if task.name == "distill":  # the frozen teacher's architecture; every_other's student
         c.distill.teacher_model, student = teacher_lib.resolve(c)
+        # A saved config's task_args hold the teacher as the version that wrote it resolved
+        # it (without fields added since): derived, so the fresh resolution replaces it.
+        if "teacher_model" in c.task_args:
+            del c.task_args["teacher_model"]
     args = task.args(task_options(c, task))
 
     own = {k: v for k, v in c.model.items() if k not in ("name", "size")}

@@ -332,6 +332,19 @@ def test_a_narrower_student_compares_hidden_states_through_a_learned_projection(
         assert not r.config.model.distill_width
 
 
+def test_a_config_saved_before_a_new_model_field_resolves_again(teachers):
+    """`pjx eval` / a resume re-resolve a saved config: its teacher, written before a model
+    field existed (here distill_width), is derived again, not compared with the old copy."""
+    c = resolution.resolve(_student(teachers[0]))
+    for block in (c.task_args, c.distill):
+        del block.teacher_model["distill_width"]  # as an older version saved it
+    again = resolution.complete(c)
+    assert again.distill.teacher_model.distill_width == 0
+    assert "teacher_model" not in again.task_args or again.task_args.teacher_model == (
+        again.distill.teacher_model
+    )
+
+
 def test_a_private_student_trains_and_audits_with_its_teacher(teachers, tmp_path):
     """DP-SGD on rows the teacher never saw (it trained on embedded[:200]): the step takes
     the teacher as in plain distillation, and `pjx audit` runs the same step. On the
