@@ -140,7 +140,6 @@ def glue(
         for seed in range(seeds):
             check_source(task_config(task, source, seed, overrides, config),
                          out / task / f"seed{seed}")  # fmt: skip
-    values, budget = {}, {}
     for task in runnable:
         for seed in range(seeds):
             cfg = task_config(task, source, seed, overrides, config)
@@ -150,24 +149,20 @@ def glue(
             else:
                 log.info(f"=== glue: {task} seed {seed} -> {workdir}")
                 run_lib.train(cfg, str(workdir))
+    # This call's tasks, and those an earlier call ran into OUT from the same source (task
+    # groups are often run with their own settings, one call each): every task OUT has.
+    values, budget = {}, {}
+    for task in TASKS:
+        runs = [out / task / f"seed{s}" for s in range(seeds)]
+        if task not in runnable and not all(_finished_from(w, source) for w in runs):
+            continue
+        for workdir in runs:
             last = MetricsLog.last_record(workdir)
             budget.setdefault(task, set()).add(_budget(workdir))
             for metric in METRICS[task]:
                 values.setdefault(task, {}).setdefault(metric, []).append(float(last[metric]))
-    # Tasks an earlier call ran into OUT from the same source (task groups are often run
-    # with their own settings, one call each): the table holds every task OUT has.
-    for task in TASKS:
-        runs = [out / task / f"seed{s}" for s in range(seeds)]
-        if task not in values and all(_finished_from(w, source) for w in runs):
-            for workdir in runs:
-                last = MetricsLog.last_record(workdir)
-                budget.setdefault(task, set()).add(_budget(workdir))
-                for metric in METRICS[task]:
-                    values.setdefault(task, {}).setdefault(metric, []).append(float(last[metric]))
     results = {
-        task: {metric: summarize(v) for metric, v in values[task].items()}
-        for task in TASKS
-        if task in values
+        task: {metric: summarize(v) for metric, v in per.items()} for task, per in values.items()
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "glue.json").write_text(json.dumps(results, indent=2) + "\n")
